@@ -1,0 +1,11 @@
+//! IO-free wire codecs for nimbus.
+//!
+//! Nothing in this crate touches a socket, a clock or a file: every codec takes
+//! bytes or text in and gives typed messages out (and the reverse), so each one
+//! can be unit-tested byte for byte, property-tested and fuzzed.
+//!
+//! - [`cloud`]: the Scratch / TurboWarp cloud-variable protocol (newline-delimited JSON
+//!   in WebSocket text frames).
+#![forbid(unsafe_code)]
+
+pub mod cloud;
