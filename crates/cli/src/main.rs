@@ -1,1 +1,37 @@
-fn main() {}
+//! The `nimbus` binary: `serve`, `cloud`, `bench`.
+#![forbid(unsafe_code)]
+
+mod bench;
+mod cloud;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// nimbus: a real-time room server (Scratch/TurboWarp cloud variables) and its tools.
+#[derive(Debug, Parser)]
+#[command(name = "nimbus", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (WebSocket cloud protocol at `/`, metrics, HTTP API).
+    Serve(serve::ServeCmd),
+    /// Talk to any cloud-variable server (nimbus, TurboWarp, ...).
+    #[command(subcommand)]
+    Cloud(cloud::CloudCmd),
+    /// Load generators (see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(cmd) => serve::run(cmd),
+        Command::Cloud(cmd) => cloud::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}
