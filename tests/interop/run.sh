@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Interop suite: real third-party Scratch cloud clients (scratchattach, scratchclient,
+# scratchcloud from PyPI) and our Rust CLI against a local `nimbus serve`. Loopback only.
+#
+#   tests/interop/run.sh                 # builds nimbus (debug) unless NIMBUS_BIN is set
+#   NIMBUS_BIN=target/release/nimbus tests/interop/run.sh
+#   tests/interop/run.sh late-joiner-join-frame cross-library-matrix   # only these checks
+#
+# Environment: NIMBUS_BIN (skip the build), PYTHON (interpreter for the venv, 3.10-3.13),
+# INTEROP_STRICT=1 (a skipped check fails the run), INTEROP_KEEP_LOGS=1 (keep the temp dir).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+VENV="$HERE/.venv"
+START=$SECONDS
+
+say() { printf '\n== %s\n' "$*"; }
+die() { printf 'interop: %s\n' "$*" >&2; exit 1; }
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/nimbus-interop.XXXXXX")"
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        # bounded: a server that ignores SIGTERM gets SIGKILL after 5 s
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    if [[ "${INTEROP_KEEP_LOGS:-0}" == 1 ]]; then
+        echo "logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ------------------------------------------------------------------ Python venv
+say "python venv ($VENV)"
+PY="${PYTHON:-}"
+if [[ -z "$PY" ]]; then
+    for cand in python3.11 python3.12 python3.13 python3.10 python3; do
+        if command -v "$cand" >/dev/null 2>&1; then PY="$cand"; break; fi
+    done
+fi
+[[ -n "$PY" ]] || die "no python3 found"
+# scratchcloud 1.2.3 calls asyncio.get_event_loop() in a default argument at import time,
+# which fails on Python >= 3.14.
+timeout 30 "$PY" - <<'EOF' || die "need Python 3.10-3.13 (set PYTHON=...)"
+import sys
+print("using", sys.executable, sys.version.split()[0])
+sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) else 1)
+EOF
+want_ver="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+if [[ -x "$VENV/bin/python" ]] && \
+   [[ "$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" != "$want_ver" ]]; then
+    echo "venv has another Python: recreating"
+    rm -rf "$VENV"
+fi
+if [[ ! -x "$VENV/bin/python" ]]; then
+    timeout 120 "$PY" -m venv "$VENV" || die "python -m venv failed (Debian: apt-get install python3-venv)"
+fi
+timeout 600 "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
+    -r "$HERE/requirements.txt"
+"$VENV/bin/python" -m pip freeze --disable-pip-version-check \
+    | grep -Ei '^(scratchattach|scratchclient|scratchcloud|websockets|websocket-client)==' \
+    | sed 's/^/  /'
+VPY="$VENV/bin/python"
+
+# ------------------------------------------------------------------ nimbus binary
+if [[ -n "${NIMBUS_BIN:-}" ]]; then
+    say "nimbus binary: $NIMBUS_BIN (from NIMBUS_BIN)"
+else
+    say "cargo build -p nimbus"
+    (cd "$ROOT" && timeout 1800 cargo build -p nimbus)
+    NIMBUS_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/nimbus"
+fi
+[[ -x "$NIMBUS_BIN" ]] || die "no executable at $NIMBUS_BIN"
+NIMBUS_BIN="$(cd "$(dirname "$NIMBUS_BIN")" && pwd)/$(basename "$NIMBUS_BIN")"
+SERVE_HELP="$(timeout 30 "$NIMBUS_BIN" serve --help 2>&1)" || die "\`nimbus serve --help\` failed: $SERVE_HELP"
+
+free_port() {
+    "$VPY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_server NAME EXTRA_ARGS...: starts nimbus serve on a free loopback port, waits for
+# /healthz, sets $SERVER_PORT. Up to 3 attempts (the free port can be taken in between).
+start_server() {
+    local name="$1"; shift
+    local attempt port pid log
+    for attempt in 1 2 3; do
+        port="$(free_port)"
+        log="$WORK/server-$name.log"
+        mkdir -p "$WORK/data-$name"
+        echo "\$ nimbus serve --listen 127.0.0.1:$port --data-dir $WORK/data-$name $*"
+        RUST_LOG="${RUST_LOG:-info}" "$NIMBUS_BIN" serve --listen "127.0.0.1:$port" \
+            --data-dir "$WORK/data-$name" "$@" >"$log" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        if timeout 30 "$VPY" - "$port" "$pid" <<'EOF'
+import os, sys, time, urllib.request
+port, pid = sys.argv[1], int(sys.argv[2])
+while True:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit("server exited")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            if r.status == 200:
+                sys.exit(0)
+    except Exception:
+        pass
+    time.sleep(0.1)
+EOF
+        then
+            SERVER_PORT="$port"
+            echo "server '$name' up on 127.0.0.1:$port (pid $pid, log $log)"
+            return 0
+        fi
+        echo "server '$name' did not come up (attempt $attempt); its log:"
+        sed 's/^/  | /' "$log" | tail -30
+        kill "$pid" 2>/dev/null || true
+    done
+    return 1
+}
+
+# ------------------------------------------------------------------ servers
+say "start nimbus serve (defaults)"
+start_server default || die "nimbus serve did not start"
+URL="ws://127.0.0.1:$SERVER_PORT"
+
+# Second server with the policies some clients need (§2, §4, §10 of the protocol notes):
+# empty_join_frame (scratchclient/scratchcloud wait for a first frame) and
+# one_message_per_frame (scratchclient parses each later frame as ONE message).
+POLICY_URL=""
+POLICY_WHY=""
+policy_args=()
+if grep -q -- '--empty-join-frame' <<<"$SERVE_HELP"; then policy_args+=(--empty-join-frame); fi
+if grep -q -- '--one-message-per-frame' <<<"$SERVE_HELP"; then policy_args+=(--one-message-per-frame); fi
+if [[ ${#policy_args[@]} -eq 2 ]]; then
+    say "start nimbus serve ${policy_args[*]}"
+    start_server policies "${policy_args[@]}" || die "nimbus serve ${policy_args[*]} did not start"
+    POLICY_URL="ws://127.0.0.1:$SERVER_PORT"
+else
+    POLICY_WHY="\`nimbus serve --help\` has no --empty-join-frame/--one-message-per-frame flags"
+fi
+
+# ------------------------------------------------------------------ checks
+if [[ $# -gt 0 ]]; then
+    CHECKS=("$@")
+else
+    mapfile -t CHECKS < <(timeout 60 "$VPY" "$HERE/cloud/checks.py" list | cut -f1)
+fi
+[[ ${#CHECKS[@]} -gt 0 ]] || die "no checks listed"
+
+declare -A RESULT
+passed=0 failed=0 skipped=0
+for check in "${CHECKS[@]}"; do
+    say "check $check"
+    args=(run "$check" --url "$URL" --nimbus "$NIMBUS_BIN" --logdir "$WORK/logs")
+    if [[ -n "$POLICY_URL" ]]; then args+=(--policy-url "$POLICY_URL"); else args+=(--policy-missing-reason "$POLICY_WHY"); fi
+    set +e
+    # every check is bounded; each of its waits has its own, shorter bound
+    timeout -k 5 180 "$VPY" "$HERE/cloud/checks.py" "${args[@]}"
+    rc=$?
+    set -e
+    case $rc in
+        0) RESULT[$check]=PASS; passed=$((passed + 1)) ;;
+        77) RESULT[$check]=SKIP; skipped=$((skipped + 1)) ;;
+        124|137) RESULT[$check]="FAIL (killed after 180 s)"; failed=$((failed + 1)) ;;
+        *) RESULT[$check]=FAIL; failed=$((failed + 1)) ;;
+    esac
+done
+
+for name in default policies; do
+    log="$WORK/server-$name.log"
+    if [[ -f "$log" ]] && grep -qiE 'panick|ERROR' "$log"; then
+        say "server '$name' logged errors:"
+        grep -iE 'panick|ERROR' "$log" | head -20 | sed 's/^/  | /'
+    fi
+done
+
+say "interop summary ($((SECONDS - START)) s)"
+for check in "${CHECKS[@]}"; do
+    printf '  %-32s %s\n' "$check" "${RESULT[$check]}"
+done
+if [[ $failed -eq 0 && $skipped -gt 0 && "${INTEROP_STRICT:-0}" == 1 ]]; then
+    echo "INTEROP_STRICT=1: skipped checks count as failures"
+    failed=$skipped
+fi
+echo "interop: $passed passed, $failed failed, $skipped skipped"
+[[ $failed -eq 0 ]]
