@@ -1,10 +1,76 @@
-//! `nimbus serve` (owned by the server work; placeholder until it lands).
+//! `nimbus serve`: run the server until SIGTERM or Ctrl-C.
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::Args;
+use nimbus_server::{Config, Server, Settings};
+use tracing_subscriber::EnvFilter;
 
-/// Arguments of `nimbus serve`.
+/// Arguments of `nimbus serve`. Every setting can also come from `NIMBUS_*`
+/// environment variables or the TOML file given with `--config`
+/// (precedence: flag > environment > file > default).
 #[derive(Debug, Args)]
-pub struct ServeCmd {}
+pub struct ServeCmd {
+    /// TOML file with settings (keys as the long flags, with `_`).
+    #[arg(long, env = "NIMBUS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
 
-pub fn run(_cmd: ServeCmd) -> anyhow::Result<()> {
-    anyhow::bail!("serve: not built yet")
+pub fn run(cmd: ServeCmd) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let file = match &cmd.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    let config = Config::from_settings(cmd.settings.merge(file))?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    runtime.block_on(async move {
+        let data_dir = config.data_dir.clone();
+        let server = Server::bind(config).await?;
+        let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
+        tracing::info!(
+            "nimbus listening on ws://{} (metrics: http://{}/metrics), storing in {}",
+            server.local_addr(),
+            server.local_addr(),
+            data_dir.display()
+        );
+        server.run_until(shutdown_signal()).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested: closing connections and flushing the store");
 }

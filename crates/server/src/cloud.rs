@@ -1,0 +1,376 @@
+//! The cloud-protocol connection: one task per WebSocket.
+//!
+//! The task `select!`s over the socket, its [`Outbox`], a keepalive timer and
+//! the server's shutdown signal. Incoming lines are parsed with the IO-free
+//! codec in `nimbus_proto::cloud`, validated, and sent to the room actor.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use nimbus_proto::cloud::{
+    parse_client_line, split_frame, validate_name, ClientMessage, CloseCode, Handshake,
+};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Hub, RoomHandle};
+use crate::outbox::{Item, Outbox};
+use crate::room::{JoinError, RoomCmd, Subscriber};
+
+/// Close code for an internal failure (the room could not be loaded).
+const INTERNAL_ERROR: u16 = 1011;
+
+/// What the HTTP upgrade request told us about the peer.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// Remote address, for logs.
+    pub addr: Option<std::net::SocketAddr>,
+    /// A policy refusal decided from the headers (4005, 4006), with its explanation.
+    pub refuse: Option<(CloseCode, &'static str)>,
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Why a connection ends.
+enum End {
+    /// Close with this code and reason.
+    Close(u16, String),
+    /// Drop without a close frame (dead peer, handshake timeout, peer gone).
+    Drop,
+}
+
+fn protocol_error(reason: impl Into<String>) -> End {
+    End::Close(CloseCode::Generic.code(), reason.into())
+}
+
+/// Serve one upgraded WebSocket until it closes.
+pub async fn serve(mut ws: WebSocket, hub: Arc<Hub>, peer: Peer, shutdown: CancellationToken) {
+    let metrics = hub.metrics.clone();
+    metrics.clients.inc();
+    let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let end = match peer.refuse {
+        Some((code, why)) => {
+            // One plain-text explanation frame, then the close (protocol §9).
+            let _ = ws.send(Message::Text(Utf8Bytes::from_static(why))).await;
+            End::Close(code.code(), why.to_owned())
+        }
+        None => Conn::new(id, hub.clone(), shutdown).run(&mut ws).await,
+    };
+    match end {
+        End::Close(code, reason) => {
+            metrics.close(code);
+            tracing::info!(conn = id, peer = ?peer.addr, code, %reason, "closing connection");
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from(truncate_reason(reason)),
+            };
+            let _ = ws.send(Message::Close(Some(frame))).await;
+        }
+        End::Drop => tracing::debug!(conn = id, peer = ?peer.addr, "connection dropped"),
+    }
+    metrics.clients.dec();
+}
+
+/// A close reason must fit in a control frame (123 bytes).
+fn truncate_reason(mut reason: String) -> String {
+    if reason.len() > 123 {
+        let mut cut = 123;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    reason
+}
+
+struct Joined {
+    room: RoomHandle,
+}
+
+struct Conn {
+    id: u64,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+    outbox: Arc<Outbox>,
+    joined: Option<Joined>,
+}
+
+impl Conn {
+    fn new(id: u64, hub: Arc<Hub>, shutdown: CancellationToken) -> Conn {
+        Conn {
+            id,
+            hub,
+            shutdown,
+            outbox: Arc::new(Outbox::default()),
+            joined: None,
+        }
+    }
+
+    async fn run(mut self, ws: &mut WebSocket) -> End {
+        let end = self.main_loop(ws).await;
+        if let Some(j) = self.joined.take() {
+            j.room.send(RoomCmd::Leave { id: self.id }).await;
+        }
+        end
+    }
+
+    async fn main_loop(&mut self, ws: &mut WebSocket) -> End {
+        let limits = self.hub.limits.clone();
+        let handshake_deadline = tokio::time::sleep(limits.handshake_timeout);
+        tokio::pin!(handshake_deadline);
+        let period = limits.ping_interval;
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut awaiting_pong = false;
+        let mut pending: VecDeque<Item> = VecDeque::new();
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => {
+                    return End::Close(CloseCode::GoingAway.code(), "server shutting down".into());
+                }
+                () = self.outbox.ready() => {
+                    let closed = self.outbox.drain(&mut pending);
+                    if let Err(end) = self.write(ws, &mut pending, limits.one_message_per_frame).await {
+                        return end;
+                    }
+                    if let Some(code) = closed {
+                        return End::Close(code.code(), "send queue full: client too slow".into());
+                    }
+                }
+                () = &mut handshake_deadline, if self.joined.is_none() => {
+                    tracing::debug!(conn = self.id, "no handshake in time");
+                    return End::Drop;
+                }
+                _ = keepalive.tick() => {
+                    if awaiting_pong {
+                        self.hub.metrics.keepalive_timeouts.inc();
+                        return End::Drop;
+                    }
+                    awaiting_pong = true;
+                    if ws.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                        return End::Drop;
+                    }
+                }
+                msg = ws.recv() => match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Err(end) = self.on_frame(&text).await {
+                            return end;
+                        }
+                    }
+                    Some(Ok(Message::Pong(_))) => awaiting_pong = false,
+                    Some(Ok(Message::Binary(_) | Message::Ping(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => return End::Drop,
+                    Some(Err(e)) => return on_socket_error(&e),
+                },
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        ws: &mut WebSocket,
+        pending: &mut VecDeque<Item>,
+        one_per_frame: bool,
+    ) -> Result<(), End> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let result = if one_per_frame || pending.len() == 1 {
+            let mut r = Ok(());
+            for item in pending.drain(..) {
+                r = ws.feed(Message::Text(item.text)).await;
+                if r.is_err() {
+                    break;
+                }
+            }
+            match r {
+                Ok(()) => ws.flush().await,
+                e => e,
+            }
+        } else {
+            let len = pending.iter().map(|i| i.text.len()).sum();
+            let mut frame = String::with_capacity(len);
+            for item in pending.drain(..) {
+                frame.push_str(item.text.as_str());
+            }
+            ws.send(Message::Text(Utf8Bytes::from(frame))).await
+        };
+        pending.clear();
+        // Give back the queue's memory once a burst is over.
+        pending.shrink_to(16);
+        result.map_err(|_| End::Drop)
+    }
+
+    async fn on_frame(&mut self, text: &str) -> Result<(), End> {
+        for line in split_frame(text) {
+            let msg = parse_client_line(line);
+            let Some(joined) = &self.joined else {
+                match msg {
+                    Ok(ClientMessage::Handshake(h)) => {
+                        self.hub.metrics.messages.handshake.inc();
+                        self.handshake(&h).await?;
+                    }
+                    Ok(_) => return Err(protocol_error("the first message must be a handshake")),
+                    Err(e) => return Err(protocol_error(format!("malformed handshake: {e}"))),
+                }
+                continue;
+            };
+            let room = joined.room.clone();
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    self.hub.metrics.malformed_lines.inc();
+                    tracing::debug!(conn = self.id, error = %e, "malformed line dropped");
+                    continue;
+                }
+            };
+            self.on_message(&room, msg).await?;
+        }
+        Ok(())
+    }
+
+    async fn handshake(&mut self, h: &Handshake) -> Result<(), End> {
+        let limits = &self.hub.limits;
+        let room = h
+            .room()
+            .map_err(|e| protocol_error(format!("bad project_id: {e}")))?;
+        if limits.blocked_rooms.iter().any(|b| b == room) {
+            return Err(End::Close(
+                CloseCode::ProjectUnavailable.code(),
+                "project unavailable".into(),
+            ));
+        }
+        let user = h
+            .user(limits.max_username_len)
+            .map_err(|e| End::Close(CloseCode::Username.code(), e.to_string()))?;
+        let sub = Subscriber {
+            id: self.id,
+            user: user.to_owned(),
+            outbox: self.outbox.clone(),
+        };
+        match self.hub.join(room, sub).await {
+            Ok(handle) => {
+                tracing::debug!(conn = self.id, %room, %user, "joined");
+                self.joined = Some(Joined { room: handle });
+                Ok(())
+            }
+            Err(JoinError::RoomFull) => Err(End::Close(
+                CloseCode::Overloaded.code(),
+                "room is full".into(),
+            )),
+            Err(JoinError::TooManyRooms) => Err(End::Close(
+                CloseCode::Overloaded.code(),
+                "server has too many rooms".into(),
+            )),
+            Err(JoinError::UsernameTaken) => Err(End::Close(
+                CloseCode::Username.code(),
+                "username already in use in this room".into(),
+            )),
+            Err(JoinError::Unavailable | JoinError::Retry) => Err(End::Close(
+                INTERNAL_ERROR,
+                "room could not be loaded".into(),
+            )),
+        }
+    }
+
+    async fn on_message(&self, room: &RoomHandle, msg: ClientMessage) -> Result<(), End> {
+        let limits = &self.hub.limits;
+        let metrics = &self.hub.metrics;
+        let is_create = matches!(msg, ClientMessage::Create { .. });
+        match msg {
+            ClientMessage::Handshake(_) => {
+                metrics.messages.handshake.inc();
+                Err(protocol_error("already handshaken"))
+            }
+            ClientMessage::Set { name, value } | ClientMessage::Create { name, value } => {
+                if is_create {
+                    metrics.messages.create.inc();
+                } else {
+                    metrics.messages.set.inc();
+                }
+                let (Ok(name), Ok(value)) = (name, value) else {
+                    metrics.dropped_set("bad_field");
+                    return Ok(());
+                };
+                if let Err(e) = validate_name(&name, limits.max_name_len) {
+                    metrics.dropped_set("invalid_name");
+                    tracing::debug!(conn = self.id, error = %e, "set dropped");
+                    return Ok(());
+                }
+                if let Err(e) = value.validate(limits.profile, limits.max_value_len) {
+                    metrics.dropped_set("invalid_value");
+                    tracing::debug!(conn = self.id, error = %e, "set dropped");
+                    return Ok(());
+                }
+                if !room
+                    .send(RoomCmd::Set {
+                        from: self.id,
+                        name,
+                        value,
+                    })
+                    .await
+                {
+                    return Err(End::Drop);
+                }
+                Ok(())
+            }
+            ClientMessage::Rename { name, new_name } => {
+                metrics.messages.rename.inc();
+                if !limits.allow_rename {
+                    return Ok(());
+                }
+                let (Ok(name), Ok(new_name)) = (name, new_name) else {
+                    return Err(protocol_error("rename needs name and new_name"));
+                };
+                let (reply, rx) = oneshot::channel();
+                room.send(RoomCmd::Rename {
+                    name,
+                    new_name,
+                    reply,
+                })
+                .await;
+                match rx.await {
+                    Ok(true) => Ok(()),
+                    _ => Err(protocol_error(
+                        "rename of an unknown variable or to an invalid name",
+                    )),
+                }
+            }
+            ClientMessage::Delete { name } => {
+                metrics.messages.delete.inc();
+                if !limits.allow_delete {
+                    return Ok(());
+                }
+                let Ok(name) = name else {
+                    return Err(protocol_error("delete needs a name"));
+                };
+                let (reply, rx) = oneshot::channel();
+                room.send(RoomCmd::Delete { name, reply }).await;
+                match rx.await {
+                    Ok(true) => Ok(()),
+                    _ => Err(protocol_error("delete of an unknown variable")),
+                }
+            }
+            ClientMessage::Unknown { method } => {
+                metrics.messages.other.inc();
+                Err(protocol_error(format!("unknown method {method:?}")))
+            }
+        }
+    }
+}
+
+fn on_socket_error(e: &axum::Error) -> End {
+    use std::error::Error as _;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(err) = source {
+        if let Some(tungstenite::Error::Capacity(c)) = err.downcast_ref::<tungstenite::Error>() {
+            return End::Close(CloseCode::TooBig.code(), format!("message too big: {c}"));
+        }
+        source = err.source();
+    }
+    tracing::debug!(error = %e, "socket error");
+    End::Drop
+}

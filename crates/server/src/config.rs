@@ -1,0 +1,420 @@
+//! Server configuration: flags, `NIMBUS_*` environment variables and a TOML file.
+//!
+//! [`Settings`] is the single description of every setting: the same struct is
+//! parsed by clap (flags + env) and by serde (the `--config` file), then
+//! [`Settings::merge`] applies the precedence flag > env > file and
+//! [`Config::from_settings`] fills in defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nimbus_proto::cloud::ValueProfile;
+use serde::Deserialize;
+use thiserror::Error;
+
+/// A configuration problem found at startup.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The `--config` file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The `--config` file is not valid TOML for [`Settings`] (unknown keys are errors).
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {key}: {reason}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Every setting of `nimbus serve`, each optional so that flags, environment and
+/// file can be layered. Durations are in milliseconds.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Settings {
+    /// Address to listen on [default: 127.0.0.1:9080].
+    #[arg(long, env = "NIMBUS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the embedded store [default: ./nimbus-data].
+    #[arg(long, env = "NIMBUS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Group-commit window of the store: a `kill -9` loses at most this much [default: 100].
+    #[arg(long, env = "NIMBUS_FLUSH_INTERVAL_MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// Value rules: `turbowarp` (any number) or `scratch` (digits only) [default: turbowarp].
+    #[arg(long, env = "NIMBUS_VALUE_PROFILE", value_parser = parse_profile)]
+    pub value_profile: Option<ValueProfile>,
+    /// Clients per room; the next handshake is closed with 4003 [default: 128].
+    #[arg(long, env = "NIMBUS_MAX_CLIENTS_PER_ROOM")]
+    pub max_clients_per_room: Option<usize>,
+    /// Variables per room; a set that would create one more is dropped [default: 128].
+    #[arg(long, env = "NIMBUS_MAX_VARIABLES_PER_ROOM")]
+    pub max_variables_per_room: Option<usize>,
+    /// Loaded rooms; a handshake for a new room is closed with 4003 [default: 16384].
+    #[arg(long, env = "NIMBUS_MAX_ROOMS")]
+    pub max_rooms: Option<usize>,
+    /// Maximum variable name length in characters [default: 1024].
+    #[arg(long, env = "NIMBUS_MAX_NAME_LEN")]
+    pub max_name_len: Option<usize>,
+    /// Maximum value length in characters [default: 100000 (turbowarp) / 256 (scratch)].
+    #[arg(long, env = "NIMBUS_MAX_VALUE_LEN")]
+    pub max_value_len: Option<usize>,
+    /// Maximum incoming WebSocket message size in bytes; larger ones close with 1009 [default: 1048576].
+    #[arg(long, env = "NIMBUS_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Maximum username length [default: 20].
+    #[arg(long, env = "NIMBUS_MAX_USERNAME_LEN")]
+    pub max_username_len: Option<usize>,
+    /// Refuse a username already used in the room (4002) [default: false].
+    #[arg(long, env = "NIMBUS_UNIQUE_USERNAMES")]
+    pub unique_usernames: Option<bool>,
+    /// Require a non-empty User-Agent header (4006) [default: false].
+    #[arg(long, env = "NIMBUS_REQUIRE_USER_AGENT")]
+    pub require_user_agent: Option<bool>,
+    /// Close connections that send a `scratchsessionsid` cookie (4005) [default: true].
+    #[arg(long, env = "NIMBUS_REJECT_SESSION_COOKIE")]
+    pub reject_session_cookie: Option<bool>,
+    /// Honour `rename` messages [default: false: silently ignored].
+    #[arg(long, env = "NIMBUS_ALLOW_RENAME")]
+    pub allow_rename: Option<bool>,
+    /// Honour `delete` messages [default: false: silently ignored].
+    #[arg(long, env = "NIMBUS_ALLOW_DELETE")]
+    pub allow_delete: Option<bool>,
+    /// Send a frame holding only "\n" when joining an empty room [default: false].
+    #[arg(long, env = "NIMBUS_EMPTY_JOIN_FRAME")]
+    pub empty_join_frame: Option<bool>,
+    /// Never batch broadcasts: one message per frame after the join frame [default: false].
+    #[arg(long, env = "NIMBUS_ONE_MESSAGE_PER_FRAME")]
+    pub one_message_per_frame: Option<bool>,
+    /// Room keys refused with 4004 (comma-separated) [default: none].
+    #[arg(long, env = "NIMBUS_BLOCKED_ROOMS", value_delimiter = ',')]
+    pub blocked_rooms: Option<Vec<String>>,
+    /// Time allowed before the handshake [default: 30000].
+    #[arg(long, env = "NIMBUS_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Keepalive ping period; a peer that missed the previous ping is dropped [default: 30000].
+    #[arg(long, env = "NIMBUS_PING_INTERVAL_MS")]
+    pub ping_interval_ms: Option<u64>,
+    /// How long an empty room stays loaded [default: 60000].
+    #[arg(long, env = "NIMBUS_ROOM_IDLE_MS")]
+    pub room_idle_ms: Option<u64>,
+    /// Per-connection send queue, in messages; a consumer whose queue is full is closed with 1008 [default: 1024].
+    #[arg(long, env = "NIMBUS_OUTBOX_CAPACITY")]
+    pub outbox_capacity: Option<usize>,
+    /// Queue length from which a newer value replaces a queued older value of the same variable [default: 64].
+    #[arg(long, env = "NIMBUS_COALESCE_AFTER")]
+    pub coalesce_after: Option<usize>,
+}
+
+fn parse_profile(s: &str) -> Result<ValueProfile, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "turbowarp" | "tw" => Ok(ValueProfile::TurboWarp),
+        "scratch" => Ok(ValueProfile::Scratch),
+        other => Err(format!(
+            "unknown value profile {other:?} (turbowarp, scratch)"
+        )),
+    }
+}
+
+macro_rules! merge_fields {
+    ($hi:ident, $lo:ident, $($f:ident),* $(,)?) => {
+        Settings { $($f: $hi.$f.or($lo.$f),)* }
+    };
+}
+
+impl Settings {
+    /// Read a TOML file of settings (same keys as the long flags, with `_`).
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Layer two sets of settings: every value of `self` wins over `lower`'s.
+    pub fn merge(self, lower: Settings) -> Settings {
+        let hi = self;
+        let lo = lower;
+        merge_fields!(
+            hi,
+            lo,
+            listen,
+            data_dir,
+            flush_interval_ms,
+            value_profile,
+            max_clients_per_room,
+            max_variables_per_room,
+            max_rooms,
+            max_name_len,
+            max_value_len,
+            max_frame_bytes,
+            max_username_len,
+            unique_usernames,
+            require_user_agent,
+            reject_session_cookie,
+            allow_rename,
+            allow_delete,
+            empty_join_frame,
+            one_message_per_frame,
+            blocked_rooms,
+            handshake_timeout_ms,
+            ping_interval_ms,
+            room_idle_ms,
+            outbox_capacity,
+            coalesce_after,
+        )
+    }
+}
+
+/// Limits and policies of the cloud protocol. Defaults are TurboWarp's
+/// (see `docs/protocols/cloud.md`).
+#[derive(Debug, Clone)]
+pub struct CloudLimits {
+    /// Value rules.
+    pub profile: ValueProfile,
+    /// Clients per room (4003 beyond).
+    pub max_clients_per_room: usize,
+    /// Variables per room (new ones dropped beyond).
+    pub max_variables_per_room: usize,
+    /// Loaded rooms (4003 beyond).
+    pub max_rooms: usize,
+    /// Name length limit, characters.
+    pub max_name_len: usize,
+    /// Value length limit, characters.
+    pub max_value_len: usize,
+    /// Incoming message limit, bytes (1009 beyond).
+    pub max_frame_bytes: usize,
+    /// Username length limit.
+    pub max_username_len: usize,
+    /// Usernames unique per room (4002).
+    pub unique_usernames: bool,
+    /// Require a User-Agent (4006).
+    pub require_user_agent: bool,
+    /// Refuse Scratch session cookies (4005).
+    pub reject_session_cookie: bool,
+    /// Honour `rename`.
+    pub allow_rename: bool,
+    /// Honour `delete`.
+    pub allow_delete: bool,
+    /// Send `"\n"` on joining an empty room.
+    pub empty_join_frame: bool,
+    /// No batching after the join frame.
+    pub one_message_per_frame: bool,
+    /// Room keys refused with 4004.
+    pub blocked_rooms: Vec<String>,
+    /// Time allowed before the handshake.
+    pub handshake_timeout: Duration,
+    /// Keepalive period.
+    pub ping_interval: Duration,
+    /// How long an empty room stays loaded.
+    pub room_idle: Duration,
+    /// Per-connection send queue capacity, in messages.
+    pub outbox_capacity: usize,
+    /// Queue length from which last-writer-wins replacement starts.
+    pub coalesce_after: usize,
+}
+
+impl Default for CloudLimits {
+    fn default() -> Self {
+        CloudLimits {
+            profile: ValueProfile::TurboWarp,
+            max_clients_per_room: 128,
+            max_variables_per_room: 128,
+            max_rooms: 16_384,
+            max_name_len: 1024,
+            max_value_len: ValueProfile::TurboWarp.default_max_len(),
+            max_frame_bytes: 1 << 20,
+            max_username_len: 20,
+            unique_usernames: false,
+            require_user_agent: false,
+            reject_session_cookie: true,
+            allow_rename: false,
+            allow_delete: false,
+            empty_join_frame: false,
+            one_message_per_frame: false,
+            blocked_rooms: Vec::new(),
+            handshake_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(30),
+            room_idle: Duration::from_secs(60),
+            outbox_capacity: 1024,
+            coalesce_after: 64,
+        }
+    }
+}
+
+/// The resolved configuration of a server.
+///
+/// ```
+/// let mut config = nimbus_server::Config::default();
+/// config.listen = "127.0.0.1:0".parse().unwrap();
+/// config.cloud.max_clients_per_room = 2;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Group-commit window of the store.
+    pub flush_interval: Duration,
+    /// Cloud protocol limits and policies.
+    pub cloud: CloudLimits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
+            data_dir: PathBuf::from("./nimbus-data"),
+            flush_interval: Duration::from_millis(100),
+            cloud: CloudLimits::default(),
+        }
+    }
+}
+
+fn positive(key: &'static str, v: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match v {
+        Some(0) => Err(ConfigError::Invalid {
+            key,
+            reason: "must be at least 1".into(),
+        }),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
+impl Config {
+    /// Fill in defaults and check ranges.
+    pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let dc = d.cloud;
+        let profile = s.value_profile.unwrap_or(dc.profile);
+        let ms =
+            |v: Option<u64>, default: Duration| v.map(Duration::from_millis).unwrap_or(default);
+        let outbox_capacity = positive("outbox_capacity", s.outbox_capacity, dc.outbox_capacity)?;
+        let coalesce_after = s.coalesce_after.unwrap_or(dc.coalesce_after);
+        if coalesce_after > outbox_capacity {
+            return Err(ConfigError::Invalid {
+                key: "coalesce_after",
+                reason: format!("must not exceed outbox_capacity ({outbox_capacity})"),
+            });
+        }
+        let ping_interval = ms(s.ping_interval_ms, dc.ping_interval);
+        if ping_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "ping_interval_ms",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(Config {
+            listen: s.listen.unwrap_or(d.listen),
+            data_dir: s.data_dir.unwrap_or(d.data_dir),
+            flush_interval: ms(s.flush_interval_ms, d.flush_interval),
+            cloud: CloudLimits {
+                profile,
+                max_clients_per_room: positive(
+                    "max_clients_per_room",
+                    s.max_clients_per_room,
+                    dc.max_clients_per_room,
+                )?,
+                max_variables_per_room: s
+                    .max_variables_per_room
+                    .unwrap_or(dc.max_variables_per_room),
+                max_rooms: positive("max_rooms", s.max_rooms, dc.max_rooms)?,
+                max_name_len: s.max_name_len.unwrap_or(dc.max_name_len),
+                max_value_len: s.max_value_len.unwrap_or(profile.default_max_len()),
+                max_frame_bytes: positive(
+                    "max_frame_bytes",
+                    s.max_frame_bytes,
+                    dc.max_frame_bytes,
+                )?,
+                max_username_len: positive(
+                    "max_username_len",
+                    s.max_username_len,
+                    dc.max_username_len,
+                )?,
+                unique_usernames: s.unique_usernames.unwrap_or(dc.unique_usernames),
+                require_user_agent: s.require_user_agent.unwrap_or(dc.require_user_agent),
+                reject_session_cookie: s.reject_session_cookie.unwrap_or(dc.reject_session_cookie),
+                allow_rename: s.allow_rename.unwrap_or(dc.allow_rename),
+                allow_delete: s.allow_delete.unwrap_or(dc.allow_delete),
+                empty_join_frame: s.empty_join_frame.unwrap_or(dc.empty_join_frame),
+                one_message_per_frame: s.one_message_per_frame.unwrap_or(dc.one_message_per_frame),
+                blocked_rooms: s.blocked_rooms.unwrap_or_default(),
+                handshake_timeout: ms(s.handshake_timeout_ms, dc.handshake_timeout),
+                ping_interval,
+                room_idle: ms(s.room_idle_ms, dc.room_idle),
+                outbox_capacity,
+                coalesce_after,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let file: Settings = toml::from_str(
+            "listen = \"127.0.0.1:1\"\nmax_rooms = 5\nvalue_profile = \"scratch\"\n",
+        )
+        .expect("valid toml");
+        let flags = Settings {
+            listen: Some("127.0.0.1:2".parse().expect("addr")),
+            ..Settings::default()
+        };
+        let c = Config::from_settings(flags.merge(file)).expect("valid");
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.cloud.max_rooms, 5);
+        assert_eq!(c.cloud.profile, ValueProfile::Scratch);
+        assert_eq!(c.cloud.max_value_len, 256, "scratch profile default length");
+        assert_eq!(c.cloud.max_clients_per_room, 128);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        assert!(toml::from_str::<Settings>("listn = \"x\"").is_err());
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let s = Settings {
+            max_rooms: Some(0),
+            ..Settings::default()
+        };
+        assert!(matches!(
+            Config::from_settings(s),
+            Err(ConfigError::Invalid {
+                key: "max_rooms",
+                ..
+            })
+        ));
+        let s = Settings {
+            coalesce_after: Some(10),
+            outbox_capacity: Some(5),
+            ..Settings::default()
+        };
+        assert!(Config::from_settings(s).is_err());
+    }
+}

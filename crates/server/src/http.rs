@@ -1,0 +1,135 @@
+//! The HTTP side of `nimbus serve`: WebSocket upgrade at `/`, `/metrics`,
+//! `/healthz` and the JSON API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use nimbus_proto::cloud::CloseCode;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cloud::{self, Peer};
+use crate::hub::Hub;
+
+/// Shared state of the HTTP handlers.
+#[derive(Debug, Clone)]
+pub(crate) struct App {
+    pub hub: Arc<Hub>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+pub(crate) fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(upgrade))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/rooms/{id}/variables", get(variables))
+        .with_state(app)
+}
+
+/// Policy checks that only need the upgrade request's headers.
+fn refuse(headers: &HeaderMap, hub: &Hub) -> Option<(CloseCode, &'static str)> {
+    let limits = &hub.limits;
+    if limits.reject_session_cookie
+        && headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .any(|c| c.trim_start().starts_with("scratchsessionsid="))
+    {
+        return Some((
+            CloseCode::Security,
+            "Closed to protect your security: do not send your Scratch session cookie to this server.",
+        ));
+    }
+    if limits.require_user_agent
+        && headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.trim().is_empty())
+    {
+        return Some((
+            CloseCode::IdentifyYourself,
+            "Identify yourself: send a User-Agent header that says what your client is and how to contact you.",
+        ));
+    }
+    None
+}
+
+async fn upgrade(
+    State(app): State<App>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    mut ws: WebSocketUpgrade,
+) -> Response {
+    let limits = &app.hub.limits;
+    // Echo the first offered subprotocol: Chromium fails a handshake that selects none.
+    let first = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').map(str::trim).find(|p| !p.is_empty()))
+        .and_then(|p| HeaderValue::from_str(p).ok());
+    if let Some(p) = first {
+        ws.set_selected_protocol(p);
+    }
+    let peer = Peer {
+        addr: Some(addr),
+        refuse: refuse(&headers, &app.hub),
+    };
+    let App {
+        hub,
+        shutdown,
+        tracker,
+    } = app.clone();
+    ws.max_message_size(limits.max_frame_bytes)
+        .max_frame_size(limits.max_frame_bytes)
+        // Small buffers: an idle connection should cost a few KiB, not 256.
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| tracker.track_future(cloud::serve(socket, hub, peer, shutdown)))
+}
+
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.hub.metrics.encode(),
+    )
+}
+
+async fn variables(State(app): State<App>, Path(id): Path<String>) -> Response {
+    match app.hub.variables(&id).await {
+        Ok(Some(vars)) => {
+            let mut body = String::from("{");
+            for (i, (name, value)) in vars.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(&serde_json::to_string(&**name).unwrap_or_default());
+                body.push(':');
+                value.write_json(&mut body);
+            }
+            body.push('}');
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Ok(None) => (StatusCode::NOT_FOUND, "{\"error\":\"unknown room\"}\n").into_response(),
+        Err(e) => {
+            tracing::error!(room = %id, error = %e, "variables API failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{\"error\":\"store unavailable\"}\n",
+            )
+                .into_response()
+        }
+    }
+}

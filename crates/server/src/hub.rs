@@ -1,0 +1,144 @@
+//! The hub: room key → room actor. Its lock is taken on join and on unload only.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use nimbus_proto::cloud::CloudValue;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::CloudLimits;
+use crate::metrics::Metrics;
+use crate::room::{JoinError, Room, RoomCmd, Subscriber};
+use crate::store::Store;
+
+/// Capacity of each room's command channel: a publisher faster than its room
+/// waits here (and so, through TCP, at its socket).
+const ROOM_QUEUE: usize = 1024;
+
+/// A handle to a live room.
+#[derive(Debug, Clone)]
+pub struct RoomHandle {
+    id: u64,
+    tx: mpsc::Sender<RoomCmd>,
+}
+
+impl RoomHandle {
+    /// Send a command; `false` if the room has gone away.
+    pub async fn send(&self, cmd: RoomCmd) -> bool {
+        self.tx.send(cmd).await.is_ok()
+    }
+}
+
+/// All live rooms, and what they share.
+#[derive(Debug)]
+pub struct Hub {
+    rooms: Mutex<HashMap<Arc<str>, RoomHandle>>,
+    next_id: AtomicU64,
+    /// The store rooms load from and write to.
+    pub store: Store,
+    /// Cloud limits and policies.
+    pub limits: Arc<CloudLimits>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    /// A hub with no rooms.
+    pub fn new(store: Store, limits: Arc<CloudLimits>, metrics: Arc<Metrics>) -> Hub {
+        Hub {
+            rooms: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            store,
+            limits,
+            metrics,
+        }
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<Arc<str>, RoomHandle>> {
+        self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Number of loaded rooms.
+    pub fn room_count(&self) -> usize {
+        self.rooms().len()
+    }
+
+    /// The live room, if loaded.
+    pub fn get(&self, key: &str) -> Option<RoomHandle> {
+        self.rooms().get(key).cloned()
+    }
+
+    fn get_or_create(self: &Arc<Self>, key: &str) -> Result<RoomHandle, JoinError> {
+        let mut rooms = self.rooms();
+        if let Some(h) = rooms.get(key) {
+            return Ok(h.clone());
+        }
+        if rooms.len() >= self.limits.max_rooms {
+            return Err(JoinError::TooManyRooms);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let key: Arc<str> = Arc::from(key);
+        let (tx, rx) = mpsc::channel(ROOM_QUEUE);
+        let handle = RoomHandle { id, tx };
+        rooms.insert(key.clone(), handle.clone());
+        self.metrics.rooms.set(rooms.len() as i64);
+        drop(rooms);
+        tokio::spawn(Room::new(key, id, self.clone()).run(rx));
+        Ok(handle)
+    }
+
+    /// Join `sub` to room `key`, loading the room first if needed.
+    pub async fn join(
+        self: &Arc<Self>,
+        key: &str,
+        sub: Subscriber,
+    ) -> Result<RoomHandle, JoinError> {
+        // A room that is unloading answers Retry; the next attempt creates a fresh one.
+        for _ in 0..8 {
+            let handle = self.get_or_create(key)?;
+            let (reply, rx) = oneshot::channel();
+            if !handle
+                .send(RoomCmd::Join {
+                    sub: sub.clone(),
+                    reply,
+                })
+                .await
+            {
+                continue;
+            }
+            match rx.await {
+                Ok(Ok(())) => return Ok(handle),
+                Ok(Err(JoinError::Retry)) | Err(_) => continue,
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+        Err(JoinError::Unavailable)
+    }
+
+    /// Called by a room actor that is unloading.
+    pub(crate) fn release(&self, key: &str, id: u64) {
+        let mut rooms = self.rooms();
+        if rooms.get(key).is_some_and(|h| h.id == id) {
+            rooms.remove(key);
+        }
+        self.metrics.rooms.set(rooms.len() as i64);
+    }
+
+    /// A room's variables: from the live room, else from the store. `None` if it has none.
+    pub async fn variables(
+        &self,
+        key: &str,
+    ) -> Result<Option<Vec<(Arc<str>, CloudValue)>>, crate::store::StoreError> {
+        if let Some(h) = self.get(key) {
+            let (reply, rx) = oneshot::channel();
+            if h.send(RoomCmd::Snapshot { reply }).await {
+                if let Ok(vars) = rx.await {
+                    return Ok(Some(vars));
+                }
+            }
+        }
+        let vars = self.store.load(key).await?;
+        Ok((!vars.is_empty()).then(|| vars.into_iter().map(|v| (v.name, v.value)).collect()))
+    }
+}

@@ -1,0 +1,169 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Counters per cloud method, resolved once so the hot path only increments.
+#[derive(Debug, Clone)]
+pub struct MethodCounters {
+    /// `handshake` messages.
+    pub handshake: Counter,
+    /// `set` messages.
+    pub set: Counter,
+    /// `create` messages.
+    pub create: Counter,
+    /// `rename` messages.
+    pub rename: Counter,
+    /// `delete` messages.
+    pub delete: Counter,
+    /// Any other method.
+    pub other: Counter,
+}
+
+/// All server metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Connected cloud clients (after the WebSocket upgrade).
+    pub clients: Gauge,
+    /// Loaded rooms.
+    pub rooms: Gauge,
+    /// Incoming messages by method.
+    pub messages: MethodCounters,
+    closes: Family<Labels, Counter>,
+    dropped: Family<Labels, Counter>,
+    /// Connections cut because their send queue stayed full.
+    pub slow_consumers: Counter,
+    /// Lines after the handshake that were not protocol messages.
+    pub malformed_lines: Counter,
+    /// Messages queued to receivers (one per receiver).
+    pub deliveries: Counter,
+    /// Queued values replaced by a newer value of the same variable.
+    pub coalesced: Counter,
+    /// Peers dropped because they missed a keepalive ping.
+    pub keepalive_timeouts: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("nimbus");
+        let clients = Gauge::default();
+        let rooms = Gauge::default();
+        let messages: Family<Labels, Counter> = Family::default();
+        let closes: Family<Labels, Counter> = Family::default();
+        let dropped: Family<Labels, Counter> = Family::default();
+        let slow_consumers = Counter::default();
+        let malformed_lines = Counter::default();
+        let deliveries = Counter::default();
+        let coalesced = Counter::default();
+        let keepalive_timeouts = Counter::default();
+        registry.register("cloud_clients", "Connected cloud clients", clients.clone());
+        registry.register("cloud_rooms", "Loaded cloud rooms", rooms.clone());
+        registry.register(
+            "cloud_messages",
+            "Incoming cloud messages by method",
+            messages.clone(),
+        );
+        registry.register(
+            "cloud_closes",
+            "Connections closed by the server, by close code",
+            closes.clone(),
+        );
+        registry.register(
+            "cloud_dropped_sets",
+            "Sets dropped, by reason",
+            dropped.clone(),
+        );
+        registry.register(
+            "cloud_slow_consumers",
+            "Connections cut because their send queue stayed full",
+            slow_consumers.clone(),
+        );
+        registry.register(
+            "cloud_malformed_lines",
+            "Lines after the handshake that were not protocol messages",
+            malformed_lines.clone(),
+        );
+        registry.register(
+            "cloud_deliveries",
+            "Messages queued to receivers",
+            deliveries.clone(),
+        );
+        registry.register(
+            "cloud_coalesced",
+            "Queued values replaced by a newer value of the same variable",
+            coalesced.clone(),
+        );
+        registry.register(
+            "cloud_keepalive_timeouts",
+            "Peers dropped for missing a keepalive ping",
+            keepalive_timeouts.clone(),
+        );
+        let m = |name: &'static str| messages.get_or_create(&vec![("method", name)]).clone();
+        let counters = MethodCounters {
+            handshake: m("handshake"),
+            set: m("set"),
+            create: m("create"),
+            rename: m("rename"),
+            delete: m("delete"),
+            other: m("other"),
+        };
+        Metrics {
+            registry,
+            clients,
+            rooms,
+            messages: counters,
+            closes,
+            dropped,
+            slow_consumers,
+            malformed_lines,
+            deliveries,
+            coalesced,
+            keepalive_timeouts,
+        }
+    }
+
+    /// Count a close sent by the server (`code`: the numeric code as text label, e.g. `4000`).
+    pub fn close(&self, code: u16) {
+        let label: &'static str = match code {
+            1001 => "1001",
+            1008 => "1008",
+            1009 => "1009",
+            1011 => "1011",
+            4000 => "4000",
+            4002 => "4002",
+            4003 => "4003",
+            4004 => "4004",
+            4005 => "4005",
+            4006 => "4006",
+            _ => "other",
+        };
+        self.closes.get_or_create(&vec![("code", label)]).inc();
+    }
+
+    /// Count a dropped set (`reason`: a stable label such as `invalid_name`).
+    pub fn dropped_set(&self, reason: &'static str) {
+        self.dropped.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

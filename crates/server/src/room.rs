@@ -1,0 +1,342 @@
+//! The room actor: one task owns a room's variables and subscribers.
+//!
+//! Every change to a room goes through its command channel, so changes are
+//! totally ordered (each gets the next [`Room::offset`]) and nothing on the hot
+//! path takes a lock shared with other rooms.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use nimbus_proto::cloud::{encode_set, validate_name, CloseCode, CloudValue};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::CloudLimits;
+use crate::hub::Hub;
+use crate::outbox::{Outbox, Pushed};
+use crate::store::{StoreOp, StoredVar};
+
+/// A connection as a room sees it.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// Connection id (unique per server).
+    pub id: u64,
+    /// Username from the handshake.
+    pub user: String,
+    /// Its send queue.
+    pub outbox: Arc<Outbox>,
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinError {
+    /// The room has `max_clients_per_room` clients (4003).
+    RoomFull,
+    /// The server has `max_rooms` rooms loaded (4003).
+    TooManyRooms,
+    /// Another client of the room uses this name (4002, when usernames are unique).
+    UsernameTaken,
+    /// The room's state could not be loaded (1011).
+    Unavailable,
+    /// The room was unloading; join again.
+    Retry,
+}
+
+/// A command to a room actor.
+#[derive(Debug)]
+pub enum RoomCmd {
+    /// Add a subscriber; its outbox first receives the join frame.
+    Join {
+        /// The connection.
+        sub: Subscriber,
+        /// Result.
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
+    /// Remove a subscriber.
+    Leave {
+        /// Connection id.
+        id: u64,
+    },
+    /// Set (or create) a variable. Name and value are already validated.
+    Set {
+        /// Sender's connection id (not echoed to it).
+        from: u64,
+        /// Variable name.
+        name: String,
+        /// New value.
+        value: CloudValue,
+    },
+    /// Rename a variable; replies `false` when `name` is unknown or `new_name` taken.
+    Rename {
+        /// Current name.
+        name: String,
+        /// New name (already validated).
+        new_name: String,
+        /// Result.
+        reply: oneshot::Sender<bool>,
+    },
+    /// Delete a variable; replies `false` when unknown.
+    Delete {
+        /// Name.
+        name: String,
+        /// Result.
+        reply: oneshot::Sender<bool>,
+    },
+    /// Current variables in insertion order.
+    Snapshot {
+        /// Result.
+        reply: oneshot::Sender<Vec<(Arc<str>, CloudValue)>>,
+    },
+}
+
+struct Var {
+    value: CloudValue,
+    pos: i64,
+}
+
+/// A room's state, owned by its actor task.
+pub struct Room {
+    key: Arc<str>,
+    id: u64,
+    hub: Arc<Hub>,
+    limits: Arc<CloudLimits>,
+    vars: HashMap<Arc<str>, Var>,
+    next_pos: i64,
+    subs: Vec<Subscriber>,
+    offset: u64,
+}
+
+impl Room {
+    pub(crate) fn new(key: Arc<str>, id: u64, hub: Arc<Hub>) -> Room {
+        let limits = hub.limits.clone();
+        Room {
+            key,
+            id,
+            hub,
+            limits,
+            vars: HashMap::new(),
+            next_pos: 0,
+            subs: Vec::new(),
+            offset: 0,
+        }
+    }
+
+    /// Offset of the last accepted change (0 before any).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The actor: load, then serve commands until idle for `room_idle`.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
+        match self.hub.store.load(&self.key).await {
+            Ok(vars) => {
+                for v in vars {
+                    self.next_pos = self.next_pos.max(v.pos + 1);
+                    self.vars.insert(
+                        v.name,
+                        Var {
+                            value: v.value,
+                            pos: v.pos,
+                        },
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(room = %self.key, error = %e, "cannot load room");
+                self.hub.release(&self.key, self.id);
+                rx.close();
+                while let Some(cmd) = rx.recv().await {
+                    if let RoomCmd::Join { reply, .. } = cmd {
+                        let _ = reply.send(Err(JoinError::Unavailable));
+                    }
+                }
+                return;
+            }
+        }
+        loop {
+            let cmd = if self.subs.is_empty() {
+                tokio::select! {
+                    cmd = rx.recv() => cmd,
+                    () = tokio::time::sleep(self.limits.room_idle) => None,
+                }
+            } else {
+                rx.recv().await
+            };
+            match cmd {
+                Some(cmd) => self.handle(cmd),
+                None => break,
+            }
+        }
+        // Idle (or every handle dropped): leave the hub, then refuse whatever raced in.
+        self.hub.release(&self.key, self.id);
+        rx.close();
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                RoomCmd::Join { reply, .. } => {
+                    let _ = reply.send(Err(JoinError::Retry));
+                }
+                other => self.handle(other),
+            }
+        }
+        tracing::debug!(room = %self.key, "room unloaded");
+    }
+
+    fn handle(&mut self, cmd: RoomCmd) {
+        match cmd {
+            RoomCmd::Join { sub, reply } => {
+                let _ = reply.send(self.join(sub));
+            }
+            RoomCmd::Leave { id } => self.subs.retain(|s| s.id != id),
+            RoomCmd::Set { from, name, value } => self.set(from, name, value),
+            RoomCmd::Rename {
+                name,
+                new_name,
+                reply,
+            } => {
+                let _ = reply.send(self.rename(&name, new_name));
+            }
+            RoomCmd::Delete { name, reply } => {
+                let removed = self.vars.remove(name.as_str()).is_some();
+                if removed {
+                    self.offset += 1;
+                    self.hub.store.apply(StoreOp::Delete {
+                        room: self.key.clone(),
+                        name: Arc::from(name),
+                    });
+                }
+                let _ = reply.send(removed);
+            }
+            RoomCmd::Snapshot { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(Arc<str>, CloudValue)> {
+        let mut vars: Vec<_> = self.vars.iter().collect();
+        vars.sort_by_key(|(_, v)| v.pos);
+        vars.into_iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect()
+    }
+
+    fn join(&mut self, sub: Subscriber) -> Result<(), JoinError> {
+        if self.subs.len() >= self.limits.max_clients_per_room {
+            return Err(JoinError::RoomFull);
+        }
+        if self.limits.unique_usernames
+            && self
+                .subs
+                .iter()
+                .any(|s| s.user.eq_ignore_ascii_case(&sub.user))
+        {
+            return Err(JoinError::UsernameTaken);
+        }
+        let mut frame = String::new();
+        for (name, value) in self.snapshot() {
+            frame.push_str(&encode_set(&name, &value));
+        }
+        if frame.is_empty() && self.limits.empty_join_frame {
+            frame.push('\n');
+        }
+        if !frame.is_empty() {
+            // The join frame bypasses the capacity limit: it is one message.
+            sub.outbox
+                .push(None, &Utf8Bytes::from(frame), usize::MAX, usize::MAX);
+        }
+        self.subs.push(sub);
+        Ok(())
+    }
+
+    fn set(&mut self, from: u64, name: String, value: CloudValue) {
+        let key: Arc<str> = match self.vars.get_key_value(name.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => {
+                if self.vars.len() >= self.limits.max_variables_per_room {
+                    self.hub.metrics.dropped_set("too_many_variables");
+                    tracing::debug!(room = %self.key, %name, "set dropped: variable limit reached");
+                    return;
+                }
+                Arc::from(name)
+            }
+        };
+        self.offset += 1;
+        let line = Utf8Bytes::from(encode_set(&key, &value));
+        let (cap, coalesce) = (self.limits.outbox_capacity, self.limits.coalesce_after);
+        let metrics = &self.hub.metrics;
+        let mut cut = false;
+        let mut delivered = 0u64;
+        for s in self.subs.iter().filter(|s| s.id != from) {
+            match s.outbox.push(Some(&key), &line, cap, coalesce) {
+                Pushed::Queued => delivered += 1,
+                Pushed::Replaced => {
+                    delivered += 1;
+                    metrics.coalesced.inc();
+                }
+                Pushed::Overflow => {
+                    cut = true;
+                    metrics.slow_consumers.inc();
+                    tracing::info!(room = %self.key, conn = s.id, user = %s.user, "slow consumer cut (1008)");
+                }
+                Pushed::Closed => {}
+            }
+        }
+        metrics.deliveries.inc_by(delivered);
+        if cut {
+            self.subs
+                .retain(|s| s.id == from || !s.outbox_closed_by_overflow());
+        }
+        let pos = match self.vars.get_mut(&key) {
+            Some(v) => {
+                v.value = value.clone();
+                v.pos
+            }
+            None => {
+                let pos = self.next_pos;
+                self.next_pos += 1;
+                self.vars.insert(
+                    key.clone(),
+                    Var {
+                        value: value.clone(),
+                        pos,
+                    },
+                );
+                pos
+            }
+        };
+        self.hub.store.apply(StoreOp::Put {
+            room: self.key.clone(),
+            var: StoredVar {
+                name: key,
+                value,
+                pos,
+            },
+        });
+    }
+
+    fn rename(&mut self, name: &str, new_name: String) -> bool {
+        if self.vars.contains_key(new_name.as_str())
+            || validate_name(&new_name, self.limits.max_name_len).is_err()
+        {
+            return false;
+        }
+        let Some((old, var)) = self.vars.remove_entry(name) else {
+            return false;
+        };
+        let new: Arc<str> = Arc::from(new_name);
+        self.vars.insert(new.clone(), var);
+        self.offset += 1;
+        self.hub.store.apply(StoreOp::Rename {
+            room: self.key.clone(),
+            name: old,
+            new_name: new,
+        });
+        true
+    }
+}
+
+impl Subscriber {
+    fn outbox_closed_by_overflow(&self) -> bool {
+        self.outbox.is_closed_with(CloseCode::SlowConsumer)
+    }
+}

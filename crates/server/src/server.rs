@@ -1,0 +1,128 @@
+//! [`Server`]: bind, run, shut down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::http::{router, App};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// How long shutdown waits for connections to send their close frames.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server failure.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store failed to open or flush.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The accept loop failed.
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A bound, not yet running, nimbus server.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), nimbus_server::ServerError> {
+/// let mut config = nimbus_server::Config::default();
+/// config.listen = "127.0.0.1:0".parse().unwrap();
+/// let server = nimbus_server::Server::bind(config).await?;
+/// println!("listening on {}", server.local_addr());
+/// server.run_until(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    addr: SocketAddr,
+    hub: Arc<Hub>,
+}
+
+impl Server {
+    /// Open the store and bind the listener (port 0 picks a free port).
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let store = Store::open_sqlite(&config.data_dir, config.flush_interval)?;
+        Server::bind_with_store(config, store).await
+    }
+
+    /// Like [`Server::bind`] with a store of your choice (e.g. in memory).
+    pub async fn bind_with_store(config: Config, store: Store) -> Result<Server, ServerError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr()?;
+        let hub = Arc::new(Hub::new(
+            store,
+            Arc::new(config.cloud),
+            Arc::new(Metrics::new()),
+        ));
+        Ok(Server {
+            listener,
+            addr,
+            hub,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serve until `shutdown` resolves, then: stop accepting, close every client
+    /// with 1001, and flush the store.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let app = App {
+            hub: self.hub.clone(),
+            shutdown: token.clone(),
+            tracker: tracker.clone(),
+        };
+        let stop = token.clone();
+        axum::serve(
+            self.listener,
+            router(app).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await?;
+        token.cancel();
+        tracker.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
+        }
+        self.hub.store.flush().await?;
+        tracing::info!("shut down cleanly");
+        Ok(())
+    }
+}
