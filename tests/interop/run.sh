@@ -97,7 +97,7 @@ start_server() {
         log="$WORK/server-$name.log"
         mkdir -p "$WORK/data-$name"
         echo "\$ nimbus serve --listen 127.0.0.1:$port --data-dir $WORK/data-$name $*"
-        RUST_LOG="${RUST_LOG:-info}" "$NIMBUS_BIN" serve --listen "127.0.0.1:$port" \
+        NIMBUS_LOG="${NIMBUS_LOG:-info}" "$NIMBUS_BIN" serve --listen "127.0.0.1:$port" \
             --data-dir "$WORK/data-$name" "$@" >"$log" 2>&1 &
         pid=$!
         PIDS+=("$pid")
@@ -140,9 +140,9 @@ URL="ws://127.0.0.1:$SERVER_PORT"
 POLICY_URL=""
 POLICY_WHY=""
 policy_args=()
-if grep -q -- '--empty-join-frame' <<<"$SERVE_HELP"; then policy_args+=(--empty-join-frame); fi
-if grep -q -- '--one-message-per-frame' <<<"$SERVE_HELP"; then policy_args+=(--one-message-per-frame); fi
-if [[ ${#policy_args[@]} -eq 2 ]]; then
+if grep -q -- '--empty-join-frame' <<<"$SERVE_HELP"; then policy_args+=(--empty-join-frame true); fi
+if grep -q -- '--one-message-per-frame' <<<"$SERVE_HELP"; then policy_args+=(--one-message-per-frame true); fi
+if [[ ${#policy_args[@]} -eq 4 ]]; then
     say "start nimbus serve ${policy_args[*]}"
     start_server policies "${policy_args[@]}" || die "nimbus serve ${policy_args[*]} did not start"
     POLICY_URL="ws://127.0.0.1:$SERVER_PORT"

@@ -180,7 +180,7 @@ def run_scratchclient(url: str, project: str, user: str, join_timeout: float,
 
 # ---------------------------------------------------------------- scratchcloud 1.2.3
 def run_scratchcloud(url: str, project: str, user: str, join_timeout: float,
-                     expect_join: bool) -> None:
+                     expect_join: bool, send_session_cookie: bool = False) -> None:
     import asyncio
 
     loop = asyncio.new_event_loop()
@@ -192,8 +192,8 @@ def run_scratchcloud(url: str, project: str, user: str, join_timeout: float,
     real_ws = sc_client.websockets
 
     class _WsShim:
-        """scratchcloud hard-codes wss://clouddata.scratch.mit.edu in connect_ws; keep its
-        own connect call (origin, extra_headers: websockets < 14) and swap only the URL."""
+        """Stands in for the `websockets` module inside scratchcloud.client: passes every
+        call through and swaps only the hard-coded wss://clouddata.scratch.mit.edu URL."""
 
         def __getattr__(self, name):
             return getattr(real_ws, name)
@@ -204,12 +204,19 @@ def run_scratchcloud(url: str, project: str, user: str, join_timeout: float,
 
     class LocalClient(CloudClient):
         async def connect_ws(self):
-            saved = sc_client.websockets
-            sc_client.websockets = _WsShim()
-            try:
-                await super().connect_ws()
-            finally:
-                sc_client.websockets = saved
+            if send_session_cookie:
+                # the library's own connect_ws, unchanged: origin + extra_headers (websockets
+                # < 14) with a Cookie that carries `scratchsessionsid=` (from the LoginCookie)
+                saved = sc_client.websockets
+                sc_client.websockets = _WsShim()
+                try:
+                    await super().connect_ws()
+                finally:
+                    sc_client.websockets = saved
+            else:
+                # §11 recipe: same call without the Scratch session cookie, which nimbus
+                # refuses by default (4005) to protect the user's Scratch account
+                self.ws = await real_ws.connect(url, origin="https://scratch.mit.edu")
 
     # ignore_missing_variables: without it, a room with no join frame within 5 s raises
     # MissingCloudVariable; keep that error when the room is known to hold variables.
@@ -262,10 +269,14 @@ def main() -> None:
     ap.add_argument("--join-timeout", type=float, default=10.0)
     ap.add_argument("--expect-join", action="store_true",
                     help="the room already holds variables: read the join frame")
+    ap.add_argument("--send-session-cookie", action="store_true",
+                    help="scratchcloud: keep its stock connect_ws and its session cookie")
     a = ap.parse_args()
+    extra = {"send_session_cookie": True} if a.send_session_cookie else {}
     try:
         {"scratchattach": run_scratchattach, "scratchclient": run_scratchclient,
-         "scratchcloud": run_scratchcloud}[a.lib](a.url, a.project, a.user, a.join_timeout, a.expect_join)
+         "scratchcloud": run_scratchcloud}[a.lib](a.url, a.project, a.user, a.join_timeout,
+                                                  a.expect_join, **extra)
     except SystemExit:
         raise
     except BaseException:  # noqa: BLE001

@@ -38,11 +38,12 @@ class Ctx:
         self._closers: list = []
 
     def agent(self, lib: str, project: str, user: str, *, url: str | None = None,
-              expect_join: bool = False) -> Agent:
+              expect_join: bool = False, extra_args: tuple[str, ...] = ()) -> Agent:
         log(f"join {lib} as {user} in room {project}"
-            + (" (strict: must get a first frame)" if expect_join else ""))
+            + (" (strict: must get a first frame)" if expect_join else "")
+            + (" " + " ".join(extra_args) if extra_args else ""))
         a = Agent(lib, url or self.url, project, user, expect_join=expect_join,
-                  logdir=self.logdir)
+                  logdir=self.logdir, extra_args=extra_args)
         self._closers.append(a)
         return a
 
@@ -136,6 +137,19 @@ def scratchcloud_pair(ctx: Ctx) -> None:
     c = ctx.agent(SCLOUD, "103", "scd_carol", expect_join=True)
     ready_all(c)
     expect_initial(c, {"score": "62", "level": "63"})
+
+
+@check("scratchcloud-session-cookie-refused",
+       "scratchcloud's stock connect_ws sends a `scratchsessionsid=` cookie: the default server "
+       "closes it with 4005 (protects the user's Scratch account); the room stays usable")
+def scratchcloud_cookie(ctx: Ctx) -> None:
+    s = seed(ctx, "108", "seed", 1)
+    bad = ctx.agent(SCLOUD, "108", "scd_cookie", extra_args=("--send-session-cookie",))
+    err = bad.expect_error("4005")
+    log(f"{bad.label} was refused: {err.strip().splitlines()[-1][:200]}")
+    ok = ctx.agent(SCLOUD, "108", "scd_nocookie", expect_join=True)
+    ready_all(ok)
+    send(s, "after", 81, [ok])
 
 
 # ------------------------------------------------------------------ across libraries

@@ -49,7 +49,8 @@ class Agent:
     """One third-party client library in its own process (agent.py)."""
 
     def __init__(self, lib: str, url: str, project: str, user: str, *,
-                 expect_join: bool = False, join_timeout: float = WAIT, logdir: Path):
+                 expect_join: bool = False, join_timeout: float = WAIT, logdir: Path,
+                 extra_args: tuple[str, ...] = ()):
         self.lib, self.user, self.project = lib, user, project
         self.label = f"{lib}({user})"
         self.events: list[dict] = []
@@ -61,6 +62,7 @@ class Agent:
                "--user", user, "--join-timeout", str(join_timeout)]
         if expect_join:
             cmd.append("--expect-join")
+        cmd.extend(extra_args)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._stderr, text=True, encoding="utf-8",
                                      bufsize=1)
@@ -149,6 +151,15 @@ class Agent:
             raise CheckFailed(f"{self.label}: {name} arrived as {show(ev['value'])}, "
                               f"sent as {show(value)}: the JSON type was not kept")
         return ev
+
+    def expect_error(self, needle: str, timeout: float = WAIT) -> str:
+        """Wait for the library to fail with an error mentioning `needle`."""
+        ev = self._wait(lambda e: e.get("ev") in ("error", "exit"), timeout,
+                        f"an error mentioning {needle!r}")
+        text = ev.get("error") or f"exited with {ev.get('code')} and no error"
+        if needle not in text:
+            raise CheckFailed(f"{self.label} failed, but not with {needle!r}: {text}")
+        return text
 
     def close(self) -> None:
         try:
