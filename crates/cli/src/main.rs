@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (WebSocket cloud protocol at `/`, metrics, HTTP API).
-    Serve(serve::ServeCmd),
+    Serve(Box<serve::ServeCmd>),
     /// Talk to any cloud-variable server (nimbus, TurboWarp, ...).
     #[command(subcommand)]
     Cloud(cloud::CloudCmd),
@@ -30,7 +30,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(cmd) => serve::run(cmd),
+        Command::Serve(cmd) => serve::run(*cmd),
         Command::Cloud(cmd) => cloud::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     }

@@ -23,6 +23,9 @@ use crate::room::{JoinError, RoomCmd, Subscriber};
 /// Close code for an internal failure (the room could not be loaded).
 const INTERNAL_ERROR: u16 = 1011;
 
+/// How long the final close frame may take to send.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the HTTP upgrade request told us about the peer.
 #[derive(Debug, Clone, Default)]
 pub struct Peer {
@@ -67,7 +70,8 @@ pub async fn serve(mut ws: WebSocket, hub: Arc<Hub>, peer: Peer, shutdown: Cance
                 code,
                 reason: Utf8Bytes::from(truncate_reason(reason)),
             };
-            let _ = ws.send(Message::Close(Some(frame))).await;
+            // A peer that stopped reading must not hold this task forever.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
         }
         End::Drop => tracing::debug!(conn = id, peer = ?peer.addr, "connection dropped"),
     }
@@ -133,8 +137,14 @@ impl Conn {
                 }
                 () = self.outbox.ready() => {
                     let closed = self.outbox.drain(&mut pending);
-                    if let Err(end) = self.write(ws, &mut pending, limits.one_message_per_frame).await {
-                        return end;
+                    // A write stalled for a whole keepalive period means a dead or stuck peer.
+                    match tokio::time::timeout(period, self.write(ws, &mut pending, limits.one_message_per_frame)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(end)) => return end,
+                        Err(_) => {
+                            self.hub.metrics.keepalive_timeouts.inc();
+                            return End::Drop;
+                        }
                     }
                     if let Some(code) = closed {
                         return End::Close(code.code(), "send queue full: client too slow".into());
