@@ -123,10 +123,13 @@ impl Conn {
 
     async fn main_loop(&mut self, ws: &mut WebSocket) -> End {
         let limits = self.hub.limits.clone();
-        let handshake_deadline = tokio::time::sleep(limits.handshake_timeout);
-        tokio::pin!(handshake_deadline);
         let period = limits.ping_interval;
-        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // One timer serves both the handshake deadline and the keepalive, to keep
+        // an idle connection small.
+        let handshake_deadline = tokio::time::Instant::now() + limits.handshake_timeout;
+        let timer =
+            tokio::time::sleep_until(handshake_deadline.min(tokio::time::Instant::now() + period));
+        tokio::pin!(timer);
         let mut awaiting_pong = false;
         let mut pending: VecDeque<Item> = VecDeque::new();
         loop {
@@ -150,11 +153,12 @@ impl Conn {
                         return End::Close(code.code(), "send queue full: client too slow".into());
                     }
                 }
-                () = &mut handshake_deadline, if self.joined.is_none() => {
-                    tracing::debug!(conn = self.id, "no handshake in time");
-                    return End::Drop;
-                }
-                _ = keepalive.tick() => {
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if self.joined.is_none() && now >= handshake_deadline {
+                        tracing::debug!(conn = self.id, "no handshake in time");
+                        return End::Drop;
+                    }
                     if awaiting_pong {
                         self.hub.metrics.keepalive_timeouts.inc();
                         return End::Drop;
@@ -163,6 +167,9 @@ impl Conn {
                     if ws.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
                         return End::Drop;
                     }
+                    let next = now + period;
+                    let next = if self.joined.is_none() { next.min(handshake_deadline) } else { next };
+                    timer.as_mut().reset(next);
                 }
                 msg = ws.recv() => match msg {
                     Some(Ok(Message::Text(text))) => {
@@ -210,7 +217,7 @@ impl Conn {
         };
         pending.clear();
         // Give back the queue's memory once a burst is over.
-        pending.shrink_to(16);
+        pending.shrink_to(4);
         result.map_err(|_| End::Drop)
     }
 

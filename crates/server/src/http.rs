@@ -92,7 +92,7 @@ async fn upgrade(
     ws.max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         // Small buffers: an idle connection should cost a few KiB, not 256.
-        .read_buffer_size(4096)
+        .read_buffer_size(256)
         .write_buffer_size(0)
         .on_upgrade(move |socket| tracker.track_future(cloud::serve(socket, hub, peer, shutdown)))
 }
