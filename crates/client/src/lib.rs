@@ -1,1 +1,24 @@
-//! placeholder
+//! nimbus client SDK: [`CloudConnection`], the Rust counterpart of the Python
+//! `CloudConnection` (scratchclient), for Scratch, TurboWarp and nimbus cloud servers.
+//!
+//! - `on` / `once` / `off` / `listeners` with the seed's event keys, plus [`CloudConnection::events`];
+//! - `get_cloud_variable`, `set_cloud_variable`, `create_cloud_variable`, `delete_cloud_variable`
+//!   (names with or without `"☁ "`);
+//! - client-side pacing and value checks per [`HostProfile`];
+//! - reconnect with exponential backoff and jitter, except after fatal close codes.
+//!
+//! Event semantics: `change` fires for every change (ours too), `set` only for changes by
+//! others, `create` the first time a name is seen (or when we create it), `delete` when we
+//! delete (servers never broadcast deletes), `outgoing` with the exact text sent.
+#![forbid(unsafe_code)]
+
+mod connection;
+mod error;
+mod event;
+mod pacing;
+
+pub use connection::{CloudConnection, CloudConnectionBuilder, HostProfile, DEFAULT_USER_AGENT};
+pub use error::CloudError;
+pub use event::{CloudVariable, Event, EventKind, ListenerId};
+pub use nimbus_proto::cloud::{CloudValue, ValueProfile};
+pub use pacing::Backoff;
