@@ -1,10 +1,17 @@
-//! `nimbus bench ...` (owned by the benchmark work; placeholder until it lands).
+//! `nimbus bench ...`: load generators (see docs/benchmarks.md).
 use clap::Subcommand;
+
+mod cloud;
 
 /// `nimbus bench` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum BenchCmd {}
+pub enum BenchCmd {
+    /// Cloud-variable load: rooms × clients with paced publishers, or idle connections.
+    Cloud(cloud::CloudBench),
+}
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        BenchCmd::Cloud(args) => cloud::run(args),
+    }
 }
