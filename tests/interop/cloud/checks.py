@@ -212,7 +212,8 @@ def late_joiner(ctx: Ctx) -> None:
 # ------------------------------------------------------------------ our Rust client
 @check("rust-cli-set-to-python",
        "`nimbus cloud set` (Rust CloudConnection) is received by scratchattach, scratchclient "
-       "and scratchcloud in the same room; a '☁ '-prefixed name is not doubled")
+       "and scratchcloud: numbers as JSON numbers, --string as strings, -1.5 intact; a name "
+       "given with '☁ ' is not doubled")
 def rust_set(ctx: Ctx) -> None:
     ctx.cli.require()
     seed(ctx, "106", "seed", 1)
@@ -220,43 +221,41 @@ def rust_set(ctx: Ctx) -> None:
     sc = ctx.agent(SCLIENT, "106", "scl_r", expect_join=True)
     sd = ctx.agent(SCLOUD, "106", "scd_r", expect_join=True)
     ready_all(sa, sc, sd)
-    ctx.cli.set("106", "fromrust", "4242")
-    for r in (sa, sc, sd):
-        ev = r.expect_set("fromrust", "4242", exact_type=False)
-        log(f"  {r.label} received fromrust = {show(ev['value'])} (raw name {ev['raw_name']!r})")
-    ctx.cli.set("106", CLOUD + "prefixed", "4343")
-    for r in (sa, sc, sd):
-        ev = r.expect_set("prefixed", "4343", exact_type=False)
-        log(f"  {r.label} received prefixed = {show(ev['value'])}")
-    # sclient shows the full wire name: it must be exactly "☁ prefixed"
+    receivers = (sa, sc, sd)
+    for name, arg, string, want in (("fromrust", "4242", False, 4242),
+                                    (CLOUD + "prefixed", "4343", True, "4343"),
+                                    ("negative", "-1.5", False, -1.5)):
+        ctx.cli.set("106", name, arg, string=string)
+        for r in receivers:
+            ev = r.expect_set(name.removeprefix(CLOUD), want)
+            log(f"  {r.label} received {ev['raw_name']!r} = {show(ev['value'])}")
+    # scratchclient shows the full wire name: it must be exactly "☁ prefixed"
     got = [e["raw_name"] for e in sc.events if e.get("ev") == "set" and e["name"] == "prefixed"]
     if got != [CLOUD + "prefixed"]:
         raise CheckFailed(f"wire name of a prefixed set was {got}, want ['☁ prefixed']")
 
 
 @check("python-to-rust-cli-watch-get",
-       "sets from scratchattach, scratchclient and scratchcloud are printed by `nimbus cloud "
-       "watch`, and `nimbus cloud get` (a late joiner) returns the current values")
+       "`nimbus cloud watch` prints the join frame, then the sets of scratchattach, scratchclient "
+       "and scratchcloud with their JSON types; `nimbus cloud get` (a late joiner) prints the "
+       "current value of each")
 def rust_watch(ctx: Ctx) -> None:
     ctx.cli.require()
     sa = seed(ctx, "107", "seed", 1)
     w = ctx.watch("107")
+    log(f"  watch printed (join frame): {w.expect_set('seed', 1)}")  # also: it is connected
     sc = ctx.agent(SCLIENT, "107", "scl_w", expect_join=True)
     sd = ctx.agent(SCLOUD, "107", "scd_w", expect_join=True)
     ready_all(sc, sd)
-    # The watcher is connected once it prints the seed from its join frame, or (if it does
-    # not print join values) once it prints a live set.
     sent = [(sa, "from_sa", 5151), (sc, "from_sclient", "6161"), (sd, "from_scloud", "7171")]
     for who, name, value in sent:
         log(f"{who.label} sets {name} = {show(value)}")
         who.set(name, value)
-        line = w.expect(lambda ln, n=name, v=value: n in ln and str(v) in ln,
-                        f"{name} and {value}")
-        log(f"  watch printed: {line}")
-    for _, name, value in sent:
+        log(f"  watch printed: {w.expect_set(name, value)}")
+    for _, name, value in sent + [(None, "seed", 1)]:
         got = ctx.cli.get("107", name)
         log(f"  nimbus cloud get 107 {name} -> {got!r}")
-        if got.strip().strip('"') != str(value):
+        if got != str(value):
             raise CheckFailed(f"`nimbus cloud get 107 {name}` printed {got!r}, want {value}")
 
 

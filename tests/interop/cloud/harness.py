@@ -185,17 +185,18 @@ class RustCli:
         if not self.bin:
             raise CheckSkipped("NIMBUS_BIN not given")
         missing = []
-        for sub in ("set", "get", "watch"):
+        for sub, flags in (("set", ("--host", "--string")), ("get", ("--host", "--wait")),
+                           ("watch", ("--host", "--json"))):
             r = subprocess.run([self.bin, "cloud", sub, "--help"], capture_output=True,
                                text=True, timeout=30)
-            if r.returncode != 0 or "--host" not in r.stdout:
-                missing.append(sub)
+            if r.returncode != 0 or not all(f in r.stdout for f in flags):
+                missing.append(f"`nimbus cloud {sub} {' '.join(flags)}`")
         if missing:
-            raise CheckSkipped("the Rust CLI has no `nimbus cloud "
-                               + "|".join(missing) + " ... --host` yet")
+            raise CheckSkipped("the Rust CLI lacks " + ", ".join(missing))
 
-    def _run(self, args: list[str], timeout: float = WAIT) -> subprocess.CompletedProcess:
-        cmd = [self.bin, "cloud", *args, "--host", self.url]
+    def _run(self, sub: str, args: list[str], timeout: float = WAIT) -> subprocess.CompletedProcess:
+        # options first, so that args may hold `--` (a value such as -1.5)
+        cmd = [self.bin, "cloud", sub, "--host", self.url, *args]
         log("$ " + " ".join(shlex.quote(c) for c in cmd))
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -207,11 +208,14 @@ class RustCli:
                               f"stdout {r.stdout!r} stderr {r.stderr!r}")
         return r
 
-    def set(self, project: str, name: str, value: str) -> None:
-        self._run(["set", project, name, value])
+    def set(self, project: str, name: str, value: str, *, string: bool = False) -> None:
+        """Numbers go out as JSON numbers unless string=True (`--string`)."""
+        self._run("set", (["--string"] if string else []) + ["--", project, name, value])
 
     def get(self, project: str, name: str) -> str:
-        return self._run(["get", project, name]).stdout.strip()
+        # --wait bounds the wait for the join frame; it returns as soon as the value is there
+        return self._run("get", ["--wait", f"{WAIT:.0f}s", "--", project, name],
+                         timeout=WAIT + 10).stdout.strip()
 
     def watch(self, project: str) -> "RustWatch":
         return RustWatch(self.bin, self.url, project, self.logdir)
@@ -225,7 +229,7 @@ class RustWatch:
         self.label = f"nimbus cloud watch {project}"
         self.stderr_path = logdir / f"rust-watch-{project}.stderr"
         self._stderr = open(self.stderr_path, "w")
-        cmd = [nimbus, "cloud", "watch", project, "--host", url]
+        cmd = [nimbus, "cloud", "watch", "--json", "--host", url, "--", project]
         log("$ " + " ".join(shlex.quote(c) for c in cmd) + " &")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr,
                                      stdin=subprocess.DEVNULL, text=True, encoding="utf-8")
@@ -238,6 +242,21 @@ class RustWatch:
         for line in self.proc.stdout:
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
+
+    def expect_set(self, name: str, value, *, timeout: float = WAIT) -> dict:
+        """Wait for a `--json` line {"name": "☁ <name>", "value": <value>}, same JSON type."""
+        def match(line: str) -> bool:
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                return False
+            return ev.get("name") == CLOUD + name and str(ev.get("value")) == str(value)
+        line = self.expect(match, f"{CLOUD}{name} = {show(value)}", timeout)
+        ev = json.loads(line)
+        if not same(ev["value"], value):
+            raise CheckFailed(f"{self.label}: {name} printed as {show(ev['value'])}, sent as "
+                              f"{show(value)}: the JSON type was not kept")
+        return ev
 
     def expect(self, match, what: str, timeout: float = WAIT) -> str:
         deadline = time.monotonic() + timeout
