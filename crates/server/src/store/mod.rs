@@ -14,8 +14,8 @@ mod memory;
 mod sqlite;
 
 use std::collections::HashMap;
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use nimbus_proto::cloud::CloudValue;
@@ -42,6 +42,9 @@ pub enum StoreError {
     /// The writer thread has stopped.
     #[error("the store writer has stopped")]
     Stopped,
+    /// The commit this request waited for failed.
+    #[error("commit failed: {0}")]
+    Commit(String),
 }
 
 /// One persisted variable: name, value, and its position in the room's insertion order.
@@ -93,15 +96,49 @@ pub trait Backend: Send + 'static {
 }
 
 enum Job {
-    Op(StoreOp),
-    Load(String, oneshot::Sender<Result<Vec<StoredVar>, StoreError>>),
+    Load(
+        Arc<str>,
+        oneshot::Sender<Result<Vec<StoredVar>, StoreError>>,
+    ),
     Flush(oneshot::Sender<Result<(), StoreError>>),
 }
 
-/// Handle to the store's writer thread. Clone freely.
+/// What the writer thread has to do, guarded by one mutex.
+#[derive(Default)]
+struct Pending {
+    batch: Batch,
+    /// When the oldest uncommitted op arrived.
+    since: Option<Instant>,
+    jobs: Vec<Job>,
+    stopped: bool,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Handle to the store's writer thread. Clone freely; the thread stops when the
+/// last handle is dropped (after committing what is pending).
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    _stop: Arc<StopOnDrop>,
+}
+
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.lock().stopped = true;
+        self.0.wake.notify_one();
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -123,38 +160,62 @@ impl Store {
 
     /// Start a writer thread over any backend.
     pub fn spawn(backend: impl Backend, flush: Duration) -> Store {
-        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+        });
+        let thread_shared = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("nimbus-store".into())
-            .spawn(move || writer(backend, rx, flush));
+            .spawn(move || writer(backend, &thread_shared, flush));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the store writer thread");
+            shared.lock().stopped = true;
         }
-        Store { tx }
+        Store {
+            _stop: Arc::new(StopOnDrop(shared.clone())),
+            shared,
+        }
     }
 
-    /// Queue a change (never blocks). It is committed within one flush window.
+    /// Queue a change (never blocks on IO). It is committed within one flush window.
+    /// Only the first change of a window wakes the writer thread.
     pub fn apply(&self, op: StoreOp) {
-        if self.tx.send(Job::Op(op)).is_err() {
+        let mut p = self.shared.lock();
+        if p.stopped {
             tracing::error!("store writer stopped: a change was not persisted");
+            return;
         }
+        p.batch.push(op);
+        if p.since.is_none() {
+            p.since = Some(Instant::now());
+            drop(p);
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn job(&self, job: Job) -> Result<(), StoreError> {
+        let mut p = self.shared.lock();
+        if p.stopped {
+            return Err(StoreError::Stopped);
+        }
+        p.jobs.push(job);
+        drop(p);
+        self.shared.wake.notify_one();
+        Ok(())
     }
 
     /// Load a room, after every change queued before this call.
     pub async fn load(&self, room: &str) -> Result<Vec<StoredVar>, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Load(room.to_owned(), tx))
-            .map_err(|_| StoreError::Stopped)?;
+        self.job(Job::Load(Arc::from(room), tx))?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
     /// Commit everything queued so far.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Flush(tx))
-            .map_err(|_| StoreError::Stopped)?;
+        self.job(Job::Flush(tx))?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 }
@@ -203,38 +264,60 @@ impl Batch {
     }
 }
 
-fn writer(mut backend: impl Backend, rx: mpsc::Receiver<Job>, flush: Duration) {
-    let mut batch = Batch::default();
-    let mut deadline: Option<Instant> = None;
+fn writer(mut backend: impl Backend, shared: &Shared, flush: Duration) {
+    let mut guard = shared.lock();
     loop {
-        let job = match deadline {
-            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-        };
-        match job {
-            Ok(Job::Op(op)) => {
-                batch.push(op);
-                deadline.get_or_insert_with(|| Instant::now() + flush);
-            }
-            Ok(Job::Load(room, reply)) => {
-                let committed = batch.commit(&mut backend);
-                deadline = None;
-                let _ = reply.send(committed.and_then(|()| backend.load(&room)));
-            }
-            Ok(Job::Flush(reply)) => {
-                let committed = batch.commit(&mut backend);
-                deadline = None;
-                let _ = reply.send(committed);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = batch.commit(&mut backend);
-                deadline = None;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = batch.commit(&mut backend);
-                return;
+        // Sleep until there is a job, the window of the oldest op has passed, or we stop.
+        let due = guard.since.map(|t| t + flush);
+        let ready =
+            !guard.jobs.is_empty() || guard.stopped || due.is_some_and(|d| Instant::now() >= d);
+        if !ready {
+            guard = match due {
+                Some(d) => {
+                    let wait = d.saturating_duration_since(Instant::now());
+                    shared
+                        .wake
+                        .wait_timeout(guard, wait)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|e| e.into_inner().0)
+                }
+                None => shared
+                    .wake
+                    .wait(guard)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
+            continue;
+        }
+        let mut batch = std::mem::take(&mut guard.batch);
+        let jobs = std::mem::take(&mut guard.jobs);
+        let stopped = guard.stopped;
+        guard.since = None;
+        drop(guard);
+        // Commit before serving jobs: a load sees every earlier write.
+        let committed = batch.commit(&mut backend);
+        for job in jobs {
+            match job {
+                Job::Load(room, reply) => {
+                    let result = match &committed {
+                        Ok(()) => backend.load(&room),
+                        Err(e) => Err(StoreError::Commit(e.to_string())),
+                    };
+                    let _ = reply.send(result);
+                }
+                Job::Flush(reply) => {
+                    let _ = reply.send(
+                        committed
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| StoreError::Commit(e.to_string())),
+                    );
+                }
             }
         }
+        if stopped {
+            return;
+        }
+        guard = shared.lock();
     }
 }
 
