@@ -61,12 +61,12 @@ def commands():
 def run_scratchattach(url: str, project: str, user: str, join_timeout: float,
                       expect_join: bool) -> None:
     import scratchattach as sa
-    import websocket  # websocket-client, scratchattach's transport
 
     class LocalCloud(sa.TwCloud):
-        """TwCloud pointed at our server. Subclassed (not CustomCloud) because the event
-        stream re-creates the cloud as `type(cloud)(project_id=...)`, which would send a
-        plain TwCloud back to TurboWarp's host."""
+        """TwCloud (the class TurboWarp bots use, with its User-Agent) pointed at our server.
+        Subclassed rather than given cloud_host=: the event stream re-creates a non-CustomCloud
+        as `type(cloud)(project_id=...)`, which would send a plain TwCloud back to
+        TurboWarp's host."""
 
         def __init__(self, *, project_id, **_):
             super().__init__(project_id=project_id, cloud_host=url,
