@@ -187,7 +187,7 @@ done
 
 say "interop summary ($((SECONDS - START)) s)"
 for check in "${CHECKS[@]}"; do
-    printf '  %-32s %s\n' "$check" "${RESULT[$check]}"
+    printf '  %-38s %s\n' "$check" "${RESULT[$check]}"
 done
 if [[ $failed -eq 0 && $skipped -gt 0 && "${INTEROP_STRICT:-0}" == 1 ]]; then
     echo "INTEROP_STRICT=1: skipped checks count as failures"
