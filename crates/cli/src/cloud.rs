@@ -41,7 +41,8 @@ pub enum CloudCmd {
         project: String,
         /// Variable name, with or without "☁ ".
         name: String,
-        /// The value.
+        /// The value (negative numbers need no `--`).
+        #[arg(allow_negative_numbers = true)]
         value: String,
         /// Send the value as a JSON string.
         #[arg(long)]

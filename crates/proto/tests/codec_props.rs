@@ -1,5 +1,6 @@
 //! Property tests for the cloud codec: whatever bytes arrive, parsing never
 //! panics, and every value the server encodes parses back to itself.
+#![allow(clippy::unwrap_used)]
 use nimbus_proto::cloud::{
     encode_set, parse_client_line, parse_server_line, split_frame, CloudValue, ServerMessage,
     ValueProfile,

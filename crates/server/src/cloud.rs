@@ -70,8 +70,20 @@ pub async fn serve(mut ws: WebSocket, hub: Arc<Hub>, peer: Peer, shutdown: Cance
                 code,
                 reason: Utf8Bytes::from(truncate_reason(reason)),
             };
-            // A peer that stopped reading must not hold this task forever.
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
+            // Send the close, then read until the peer's close or EOF: dropping a socket
+            // with unread input makes the kernel send a reset, and the peer would lose
+            // the close frame and its code. A peer that stopped reading or never answers
+            // must not hold this task forever: both steps share one deadline.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                if ws.send(Message::Close(Some(frame))).await.is_ok() {
+                    while let Some(Ok(msg)) = ws.recv().await {
+                        if matches!(msg, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                }
+            })
+            .await;
         }
         End::Drop => tracing::debug!(conn = id, peer = ?peer.addr, "connection dropped"),
     }

@@ -181,11 +181,11 @@ impl Client {
                 .await
                 .expect("end in time")
             {
-                Some(Ok(Message::Close(Some(f)))) => {
-                    return (Ended::Closed(u16::from(f.code)), texts)
-                }
-                Some(Ok(Message::Close(None))) => {
-                    return (Ended::Closed(WsCode::Status.into()), texts)
+                Some(Ok(Message::Close(frame))) => {
+                    // Send the queued close reply, as a well-behaved peer does.
+                    let _ = self.ws.flush().await;
+                    let code = frame.map_or(WsCode::Status.into(), |f| u16::from(f.code));
+                    return (Ended::Closed(code), texts);
                 }
                 Some(Ok(Message::Text(t))) => texts.push(t.as_str().to_owned()),
                 Some(Ok(_)) => {}
