@@ -228,3 +228,19 @@ async fn paced_sends_keep_their_order() {
     sender.await.unwrap();
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn wss_to_a_plain_server_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path(), None).await;
+    let c = CloudConnection::builder("1")
+        .cloud_host(format!("wss://{}", srv.addr))
+        .build()
+        .unwrap();
+    let result = tokio::time::timeout(WAIT, c.connect()).await.unwrap();
+    assert!(
+        matches!(result, Err(CloudError::WebSocket(_))),
+        "{result:?}"
+    );
+    srv.stop().await;
+}
