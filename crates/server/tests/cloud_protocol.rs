@@ -325,3 +325,33 @@ async fn the_first_offered_subprotocol_is_echoed() {
     assert_eq!(resp.headers()["sec-websocket-protocol"], "bearer=abc");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_room_unloads_and_reloads_its_values_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.cloud.room_idle = std::time::Duration::from_millis(50);
+    let srv = TestServer::start(cfg).await;
+    let mut observer = Client::join(&srv.url(), "12", "observer").await;
+    let mut a = Client::join(&srv.url(), "12", "alice").await;
+    a.set("kept", "5").await;
+    observer.lines(1).await;
+    drop(a);
+    drop(observer);
+    // Wait (bounded) until the room has unloaded.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let (_, m) = srv.http_get("/metrics").await;
+        if m.contains("nimbus_cloud_rooms 0") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "room never unloaded: {m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut b = Client::join(&srv.url(), "12", "bob").await;
+    assert_eq!(b.frame().await, format!("{}\n", set_line("kept", "5")));
+    srv.stop().await;
+}
