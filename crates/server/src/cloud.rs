@@ -23,9 +23,6 @@ use crate::room::{JoinError, RoomCmd, Subscriber};
 /// Close code for an internal failure (the room could not be loaded).
 const INTERNAL_ERROR: u16 = 1011;
 
-/// How long the final close frame may take to send.
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// What the HTTP upgrade request told us about the peer.
 #[derive(Debug, Clone, Default)]
 pub struct Peer {
@@ -74,7 +71,7 @@ pub async fn serve(mut ws: WebSocket, hub: Arc<Hub>, peer: Peer, shutdown: Cance
             // with unread input makes the kernel send a reset, and the peer would lose
             // the close frame and its code. A peer that stopped reading or never answers
             // must not hold this task forever: both steps share one deadline.
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            let _ = tokio::time::timeout(hub.limits.close_timeout, async {
                 if ws.send(Message::Close(Some(frame))).await.is_ok() {
                     while let Some(Ok(msg)) = ws.recv().await {
                         if matches!(msg, Message::Close(_)) {
@@ -151,6 +148,17 @@ impl Conn {
                     return End::Close(CloseCode::GoingAway.code(), "server shutting down".into());
                 }
                 () = self.outbox.ready() => {
+                    if !limits.send_interval.is_zero() {
+                        // Let updates gather until the next tick of a grid shared by all
+                        // connections, then send them as one frame.
+                        tokio::select! {
+                            biased;
+                            () = self.shutdown.cancelled() => {
+                                return End::Close(CloseCode::GoingAway.code(), "server shutting down".into());
+                            }
+                            () = tokio::time::sleep_until(next_tick(limits.send_interval)) => {}
+                        }
+                    }
                     let closed = self.outbox.drain(&mut pending);
                     // A write stalled for a whole keepalive period means a dead or stuck peer.
                     match tokio::time::timeout(period, self.write(ws, &mut pending, limits.one_message_per_frame)).await {
@@ -389,6 +397,17 @@ impl Conn {
             }
         }
     }
+}
+
+/// The next multiple of `interval` on the runtime's clock (a grid shared by all
+/// connections, so their flushes line up).
+fn next_tick(interval: std::time::Duration) -> tokio::time::Instant {
+    static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(tokio::time::Instant::now);
+    let step = interval.as_nanos().max(1);
+    let elapsed = origin.elapsed().as_nanos();
+    let ticks = elapsed / step + 1;
+    origin + std::time::Duration::from_nanos(u64::try_from(ticks * step).unwrap_or(u64::MAX))
 }
 
 fn on_socket_error(e: &axum::Error) -> End {

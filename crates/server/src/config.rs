@@ -101,6 +101,10 @@ pub struct Settings {
     /// Never batch broadcasts: one message per frame after the join frame [default: false].
     #[arg(long, env = "NIMBUS_ONE_MESSAGE_PER_FRAME")]
     pub one_message_per_frame: Option<bool>,
+    /// Hold each connection's outgoing updates for up to this long and send them as one frame
+    /// (TurboWarp's `bufferSends`); trades latency for fewer syscalls. 0 = send at once [default: 0].
+    #[arg(long, env = "NIMBUS_SEND_INTERVAL_MS")]
+    pub send_interval_ms: Option<u64>,
     /// Room keys refused with 4004 (comma-separated) [default: none].
     #[arg(long, env = "NIMBUS_BLOCKED_ROOMS", value_delimiter = ',')]
     pub blocked_rooms: Option<Vec<String>>,
@@ -175,6 +179,7 @@ impl Settings {
             allow_delete,
             empty_join_frame,
             one_message_per_frame,
+            send_interval_ms,
             blocked_rooms,
             handshake_timeout_ms,
             ping_interval_ms,
@@ -219,6 +224,11 @@ pub struct CloudLimits {
     pub empty_join_frame: bool,
     /// No batching after the join frame.
     pub one_message_per_frame: bool,
+    /// Batch outgoing updates per connection on this grid (zero: send at once).
+    pub send_interval: Duration,
+    /// How long a closing connection waits for the client's close reply (and how long the
+    /// close frame may take to send). Bounds shutdown time for peers that never answer.
+    pub close_timeout: Duration,
     /// Room keys refused with 4004.
     pub blocked_rooms: Vec<String>,
     /// Time allowed before the handshake.
@@ -251,6 +261,8 @@ impl Default for CloudLimits {
             allow_delete: false,
             empty_join_frame: false,
             one_message_per_frame: false,
+            send_interval: Duration::ZERO,
+            close_timeout: Duration::from_secs(5),
             blocked_rooms: Vec::new(),
             handshake_timeout: Duration::from_secs(30),
             ping_interval: Duration::from_secs(30),
@@ -359,6 +371,8 @@ impl Config {
                 allow_delete: s.allow_delete.unwrap_or(dc.allow_delete),
                 empty_join_frame: s.empty_join_frame.unwrap_or(dc.empty_join_frame),
                 one_message_per_frame: s.one_message_per_frame.unwrap_or(dc.one_message_per_frame),
+                send_interval: ms(s.send_interval_ms, dc.send_interval),
+                close_timeout: dc.close_timeout,
                 blocked_rooms: s.blocked_rooms.unwrap_or_default(),
                 handshake_timeout: ms(s.handshake_timeout_ms, dc.handshake_timeout),
                 ping_interval,

@@ -355,3 +355,22 @@ async fn an_idle_room_unloads_and_reloads_its_values_from_the_store() {
     assert_eq!(b.frame().await, format!("{}\n", set_line("kept", "5")));
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_send_interval_keeps_every_update_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.cloud.send_interval = std::time::Duration::from_millis(200);
+    let srv = TestServer::start(cfg).await;
+    let url = srv.url();
+    let mut b = Client::join(&url, "13", "bob").await;
+    let mut a = Client::join(&url, "13", "alice").await;
+    // Three frames from a: b still receives all three updates, in order, in at most
+    // three frames (usually one, when they land in one interval).
+    for i in 0..3 {
+        a.set("v", &i.to_string()).await;
+    }
+    let expected: Vec<String> = (0..3).map(|i| set_line("v", &i.to_string())).collect();
+    assert_eq!(b.lines(3).await, expected);
+    srv.stop().await;
+}
