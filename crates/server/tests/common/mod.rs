@@ -84,9 +84,15 @@ impl TestServer {
 }
 
 pub fn config(dir: &std::path::Path) -> Config {
+    // Test clients often stop reading; don't wait 5 s for their close reply at shutdown.
+    let cloud = nimbus_server::CloudLimits {
+        close_timeout: Duration::from_millis(100),
+        ..Default::default()
+    };
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
+        cloud,
         ..Config::default()
     }
 }
