@@ -5,6 +5,7 @@
 #
 #   bench/cloud.sh                 # all shapes
 #   bench/cloud.sh idle fanout     # some shapes (idle, fanout, oneroom)
+#   SERVER_ARGS="--send-interval-ms 16" bench/cloud.sh fanout   (extra nimbus serve flags)
 #   SERVER_CMD="node /tmp/tw/src/index.js" SERVER_PORT=9080 bench/cloud.sh fanout
 #       (any other server; it must listen on SERVER_PORT)
 set -euo pipefail
@@ -22,7 +23,7 @@ start_server() {
     if [[ -n "${SERVER_CMD:-}" ]]; then
         taskset -c 0 $SERVER_CMD >/dev/null 2>&1 &
     else
-        taskset -c 0 "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" --room-idle-ms 600000 >/dev/null 2>&1 &
+        taskset -c 0 "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" --room-idle-ms 600000 ${SERVER_ARGS:-} >/dev/null 2>&1 &
     fi
     SPID=$!
     for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return; sleep 0.1; done
