@@ -6,6 +6,8 @@
 //!
 //! - [`cloud`]: the Scratch / TurboWarp cloud-variable protocol (newline-delimited JSON
 //!   in WebSocket text frames).
+//! - [`ipc`]: the discord.py-style IPC request/response protocol (primary and better-ipc dialects).
 #![forbid(unsafe_code)]
 
 pub mod cloud;
+pub mod ipc;
