@@ -5,6 +5,7 @@
 
 mod bench;
 mod cloud;
+mod ipc;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,9 @@ enum Command {
     /// Load generators (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Call routes of an IPC server (discord-ext-ipc / better-ipc compatible).
+    #[command(subcommand)]
+    Ipc(ipc::IpcCmd),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(cmd) => serve::run(*cmd),
         Command::Cloud(cmd) => cloud::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Ipc(cmd) => ipc::run(cmd),
     }
 }
