@@ -59,6 +59,7 @@ pub struct ServerBuilder {
     max_frame: usize,
     route_timeout: Duration,
     max_in_flight: usize,
+    max_conns_per_peer: usize,
 }
 
 impl Default for ServerBuilder {
@@ -72,6 +73,7 @@ impl Default for ServerBuilder {
             max_frame: 1 << 20,
             route_timeout: Duration::from_secs(30),
             max_in_flight: 256,
+            max_conns_per_peer: 64,
         }
     }
 }
@@ -117,6 +119,11 @@ impl ServerBuilder {
         self.max_in_flight = n.max(1);
         self
     }
+    /// Maximum open connections per peer IP address (default 64); extra ones are closed at once.
+    pub fn max_connections_per_peer(mut self, n: usize) -> Self {
+        self.max_conns_per_peer = n.max(1);
+        self
+    }
     /// Build the server (fails on a non-loopback host without a secret).
     pub fn build(self) -> Result<Server, ServerError> {
         if self.secret_key.is_none() && !is_loopback(&self.host) {
@@ -136,6 +143,7 @@ impl ServerBuilder {
                 callbacks: RwLock::new(Vec::new()),
                 events,
                 main_port: Mutex::new(0),
+                peers: Mutex::new(HashMap::new()),
                 running: Mutex::new(None),
             }),
         })
@@ -167,7 +175,41 @@ struct Inner {
     callbacks: RwLock<Vec<(u8, Callback)>>,
     events: broadcast::Sender<IpcEvent>,
     main_port: Mutex<u16>,
+    peers: Mutex<HashMap<std::net::IpAddr, usize>>,
     running: Mutex<Option<Running>>,
+}
+
+/// Counts a connection against its peer's limit while alive.
+struct PeerSlot {
+    inner: Arc<Inner>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlot {
+    fn acquire(inner: &Arc<Inner>, ip: std::net::IpAddr) -> Option<Self> {
+        let mut peers = inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let n = peers.entry(ip).or_insert(0);
+        if *n >= inner.cfg.max_conns_per_peer {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            inner: inner.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = peers.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The IPC server: named async routes on a main port and a multicast port.
@@ -563,7 +605,16 @@ async fn accept_loop(
             _ = shutdown.changed() => break,
             acc = listener.accept() => match acc {
                 Ok((stream, peer)) => {
-                    conns.spawn(connection(inner.clone(), stream, peer, shutdown.clone()));
+                    let Some(slot) = PeerSlot::acquire(&inner, peer.ip()) else {
+                        tracing::warn!(%peer, "too many connections from this peer; closing");
+                        drop(stream);
+                        continue;
+                    };
+                    let (inner, shutdown) = (inner.clone(), shutdown.clone());
+                    conns.spawn(async move {
+                        connection(inner, stream, peer, shutdown).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

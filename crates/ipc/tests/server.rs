@@ -482,3 +482,45 @@ async fn frame_size_limit() {
     );
     s.terminate_server().await;
 }
+
+#[tokio::test]
+async fn connections_per_peer_limited() {
+    let s = Server::builder()
+        .host("127.0.0.1")
+        .port(0)
+        .multicast(false)
+        .max_connections_per_peer(2)
+        .build()
+        .unwrap();
+    s.route("ping", |_r: Request| async move { Ok(json!("pong")) });
+    s.start().await.unwrap();
+    let p = s.local_addr().unwrap().port();
+    let mut a = raw(p).await;
+    let mut b = raw(p).await;
+    assert_eq!(ask(&mut a, r#"{"endpoint":"ping"}"#).await, json!("pong"));
+    assert_eq!(ask(&mut b, r#"{"endpoint":"ping"}"#).await, json!("pong"));
+    // A third connection from the same IP is closed before the upgrade.
+    let third = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{p}/")),
+    )
+    .await
+    .unwrap();
+    assert!(third.is_err());
+    // Closing one frees a slot (bounded retries: the server notices the close asynchronously).
+    a.close(None).await.unwrap();
+    drop(a);
+    let mut ok = false;
+    for _ in 0..100 {
+        if let Ok((mut c, _)) =
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{p}/")).await
+        {
+            ok = ask(&mut c, r#"{"endpoint":"ping"}"#).await == json!("pong");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok);
+    drop(b);
+    s.terminate_server().await;
+}
