@@ -134,18 +134,20 @@ impl ServerBuilder {
             .secret_key
             .as_ref()
             .map(|k| Sha256::digest(k.as_bytes()).into());
+        let inner = Arc::new(Inner {
+            semaphore: Arc::new(Semaphore::new(self.max_in_flight)),
+            cfg: self,
+            digest,
+            routes: RwLock::new(HashMap::new()),
+            callbacks: RwLock::new(Vec::new()),
+            events,
+            main_port: Mutex::new(0),
+            peers: Mutex::new(HashMap::new()),
+            running: Mutex::new(None),
+        });
         Ok(Server {
-            inner: Arc::new(Inner {
-                semaphore: Arc::new(Semaphore::new(self.max_in_flight)),
-                cfg: self,
-                digest,
-                routes: RwLock::new(HashMap::new()),
-                callbacks: RwLock::new(Vec::new()),
-                events,
-                main_port: Mutex::new(0),
-                peers: Mutex::new(HashMap::new()),
-                running: Mutex::new(None),
-            }),
+            _guard: Arc::new(StopOnDrop(inner.clone())),
+            inner,
         })
     }
 }
@@ -226,6 +228,26 @@ impl Drop for PeerSlot {
 #[derive(Clone)]
 pub struct Server {
     inner: Arc<Inner>,
+    _guard: Arc<StopOnDrop>,
+}
+
+/// Shared by all clones of a [`Server`]: when the last one is dropped, the listeners and
+/// connections stop (the tasks hold `Inner`, not this guard, so there is no cycle).
+struct StopOnDrop(Arc<Inner>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let running = self
+            .0
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(r) = running {
+            let _ = r.shutdown.send(true);
+            drop(r.tasks); // aborts the accept loops, whose JoinSets abort the connections
+        }
+    }
 }
 
 impl std::fmt::Debug for Server {

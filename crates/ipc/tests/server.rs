@@ -524,3 +524,28 @@ async fn connections_per_peer_limited() {
     drop(b);
     s.terminate_server().await;
 }
+
+#[tokio::test]
+async fn dropping_the_server_stops_it() {
+    let s = server(None).await;
+    let p = s.local_addr().unwrap().port();
+    let s2 = s.clone();
+    drop(s);
+    // A clone keeps it running.
+    let mut c = ClientSession::new("127.0.0.1", Some(p), 1, None).with_timeout(WAIT);
+    assert_eq!(c.request("add", json!({"a": 1})).await.unwrap(), json!(1));
+    drop(s2);
+    // The last handle gone: the listener closes (bounded retries while the tasks end).
+    let mut closed = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", p))
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed);
+}
