@@ -4,7 +4,8 @@
 # then the medians. Loopback only; every run is bounded in time.
 #
 #   bench/cloud.sh                 # all shapes
-#   bench/cloud.sh idle fanout     # some shapes (idle, fanout, oneroom)
+#   bench/cloud.sh idle fanout     # some shapes (idle, fanout, fanout50, oneroom)
+#                                  # fanout50: half the fanout load (90k deliveries/s), generator not saturated
 #   SERVER_ARGS="--send-interval-ms 16" bench/cloud.sh fanout   (extra nimbus serve flags)
 #   SERVER_CMD="node /tmp/tw/src/index.js" SERVER_PORT=9080 bench/cloud.sh fanout
 #       (any other server; it must listen on SERVER_PORT)
@@ -72,6 +73,7 @@ for shape in "${SHAPES[@]}"; do
         case $shape in
             idle)    line=$(run_shape idle 0 8 --idle 10000 --source-ips 4) ;;
             fanout)  line=$(run_shape fanout 2 10 --rooms 100 --clients 10 --publishers 2 --rate 100) ;;
+            fanout50) line=$(run_shape fanout50 2 10 --rooms 50 --clients 10 --publishers 2 --rate 100) ;;
             oneroom) line=$(run_shape "oneroom-${RATE:-8000}" 2 10 --rooms 1 --clients 128 --publishers 4 --rate "$(( ${RATE:-8000} / 4 ))" --threads 1) ;;
             *) echo "unknown shape $shape" >&2; exit 2 ;;
         esac

@@ -257,10 +257,13 @@ async fn pubsub(args: &CloudBench) -> anyhow::Result<()> {
                 received: 0,
                 closed: None,
             };
+            // One timer per reader, not one per received frame.
+            let drain = tokio::time::sleep_until(drain_until);
+            tokio::pin!(drain);
             loop {
                 let msg = tokio::select! {
                     m = stream.next() => m,
-                    () = tokio::time::sleep_until(drain_until) => break,
+                    () = &mut drain => break,
                 };
                 match msg {
                     Some(Ok(Message::Text(t))) => {
