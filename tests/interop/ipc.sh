@@ -3,6 +3,7 @@
 #  1. discord-ext-ipc 2.1.1 Client -> nimbus echo_server (explicit port, multicast discovery, 403)
 #  2. nimbus `ipc request` (ClientSession) -> discord-ext-ipc 2.1.1 Server (explicit port + discovery)
 #  3. better-ipc 2.0.3 Client -> nimbus echo_server (both ports)
+#     plus: discord-ext-ipc 2.1.1 Client -> `nimbus serve --ipc` built-in routes (port and discovery)
 # Creates its own venvs under tests/interop/.venv-ipc{1,2}. Bounded by `timeout`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -40,6 +41,16 @@ out=$(timeout 20 "$NIMBUS" ipc request add a=1 b=2 --host 127.0.0.1 --multicast-
 [ "$out" = "3" ] || { echo "got $out"; exit 1; }
 if timeout 20 "$NIMBUS" ipc request fail --host 127.0.0.1 --port "$P" --secret "$KEY" 2>/dev/null; then echo "fail route exited 0"; exit 1; fi
 echo "ok nimbus ipc request (discovery; 500 -> exit 1)"
+
+echo "== discord-ext-ipc 2.1.1 client -> nimbus serve --ipc (built-in routes)"
+SP=$(free_port) SM=$(free_port) SW=$(free_port)
+SDATA=$(mktemp -d)
+"$NIMBUS" serve --listen "127.0.0.1:$SW" --data-dir "$SDATA" --ipc --ipc-port "$SP" --ipc-multicast-port "$SM" --ipc-secret "$KEY" >/dev/null 2>&1 & PIDS+=($!)
+wait_port "$SP"; wait_port "$SM"
+timeout 60 "$V1/bin/python" "$HERE/ipc/ext_ipc_nimbus_serve.py" "$SP" "$SM" "$KEY"
+out=$(timeout 20 "$NIMBUS" cloud get 777 score --host "ws://127.0.0.1:$SW")
+[ "$out" = "42" ] || { echo "cloud client saw $out after the IPC set"; exit 1; }
+echo "ok an IPC cloud.set is seen by a cloud client"
 
 PP=$(free_port) PM=$(free_port)
 timeout 300 "$V1/bin/python" "$HERE/ipc/ext_ipc_server.py" "$PP" "$PM" "$KEY" >/dev/null 2>&1 & PIDS+=($!)

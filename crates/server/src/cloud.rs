@@ -170,7 +170,11 @@ impl Conn {
                         }
                     }
                     if let Some(code) = closed {
-                        return End::Close(code.code(), "send queue full: client too slow".into());
+                        let reason = match code {
+                            CloseCode::SlowConsumer => "send queue full: client too slow",
+                            _ => "removed by the server operator",
+                        };
+                        return End::Close(code.code(), reason.into());
                     }
                 }
                 () = &mut timer => {

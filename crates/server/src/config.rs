@@ -105,6 +105,21 @@ pub struct Settings {
     /// (TurboWarp's `bufferSends`); trades latency for fewer syscalls. 0 = send at once [default: 0].
     #[arg(long, env = "NIMBUS_SEND_INTERVAL_MS")]
     pub send_interval_ms: Option<u64>,
+    /// Serve the IPC routes (see docs/ipc.md) on their own ports [default: false].
+    #[arg(long, env = "NIMBUS_IPC", num_args = 0..=1, default_missing_value = "true")]
+    pub ipc: Option<bool>,
+    /// IPC main port [default: 8000].
+    #[arg(long, env = "NIMBUS_IPC_PORT")]
+    pub ipc_port: Option<u16>,
+    /// IPC multicast (discovery) port [default: 20000].
+    #[arg(long, env = "NIMBUS_IPC_MULTICAST_PORT")]
+    pub ipc_multicast_port: Option<u16>,
+    /// IPC host; anything but loopback requires a secret [default: 127.0.0.1].
+    #[arg(long, env = "NIMBUS_IPC_HOST")]
+    pub ipc_host: Option<String>,
+    /// IPC shared secret (the `Authorization` value clients send).
+    #[arg(long, env = "NIMBUS_IPC_SECRET", hide_env_values = true)]
+    pub ipc_secret: Option<String>,
     /// Room keys refused with 4004 (comma-separated) [default: none].
     #[arg(long, env = "NIMBUS_BLOCKED_ROOMS", value_delimiter = ',')]
     pub blocked_rooms: Option<Vec<String>>,
@@ -180,6 +195,11 @@ impl Settings {
             empty_join_frame,
             one_message_per_frame,
             send_interval_ms,
+            ipc,
+            ipc_port,
+            ipc_multicast_port,
+            ipc_host,
+            ipc_secret,
             blocked_rooms,
             handshake_timeout_ms,
             ping_interval_ms,
@@ -290,6 +310,32 @@ pub struct Config {
     pub flush_interval: Duration,
     /// Cloud protocol limits and policies.
     pub cloud: CloudLimits,
+    /// IPC routes, when enabled.
+    pub ipc: Option<IpcConfig>,
+}
+
+/// Where and how `nimbus serve` exposes its IPC routes.
+#[derive(Clone)]
+pub struct IpcConfig {
+    /// Host to bind (loopback unless a secret is set).
+    pub host: String,
+    /// Main port (0: any free port).
+    pub port: u16,
+    /// Multicast (discovery) port (0: any free port).
+    pub multicast_port: u16,
+    /// Shared secret.
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for IpcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpcConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("multicast_port", &self.multicast_port)
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -299,6 +345,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./nimbus-data"),
             flush_interval: Duration::from_millis(100),
             cloud: CloudLimits::default(),
+            ipc: None,
         }
     }
 }
@@ -337,7 +384,14 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        let ipc = s.ipc.unwrap_or(false).then(|| IpcConfig {
+            host: s.ipc_host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+            port: s.ipc_port.unwrap_or(8000),
+            multicast_port: s.ipc_multicast_port.unwrap_or(20000),
+            secret: s.ipc_secret.clone().filter(|k| !k.is_empty()),
+        });
         Ok(Config {
+            ipc,
             listen: s.listen.unwrap_or(d.listen),
             data_dir: s.data_dir.unwrap_or(d.data_dir),
             flush_interval: ms(s.flush_interval_ms, d.flush_interval),

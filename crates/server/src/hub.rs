@@ -12,6 +12,23 @@ use crate::metrics::Metrics;
 use crate::room::{JoinError, Room, RoomCmd, Subscriber};
 use crate::store::Store;
 
+/// The sender id of changes made by the server itself (no connection has id 0).
+pub const SERVER_SENDER: u64 = 0;
+
+/// Why an operator action (IPC route, HTTP API) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The name or value is refused by the room's rules.
+    #[error("{0}")]
+    Invalid(String),
+    /// The room is not loaded and the server holds `max_rooms` rooms.
+    #[error("the server has too many rooms loaded")]
+    TooManyRooms,
+    /// The room went away while handling the request.
+    #[error("the room is unavailable")]
+    Unavailable,
+}
+
 /// Capacity of each room's command channel: a publisher faster than its room
 /// waits here (and so, through TCP, at its socket).
 const ROOM_QUEUE: usize = 1024;
@@ -123,6 +140,78 @@ impl Hub {
             rooms.remove(key);
         }
         self.metrics.rooms.set(rooms.len() as i64);
+    }
+
+    /// Keys of the loaded rooms, sorted.
+    pub fn room_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.rooms().keys().map(|k| k.to_string()).collect();
+        keys.sort();
+        keys
+    }
+
+    /// Set a variable as the server (validated like a client's set; broadcast to the
+    /// whole room; loads the room if needed).
+    pub async fn set_variable(
+        self: &Arc<Self>,
+        room: &str,
+        name: &str,
+        value: CloudValue,
+    ) -> Result<(), AdminError> {
+        nimbus_proto::cloud::validate_name(name, self.limits.max_name_len)
+            .map_err(|e| AdminError::Invalid(e.to_string()))?;
+        value
+            .validate(self.limits.profile, self.limits.max_value_len)
+            .map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let handle = self
+            .get_or_create(room)
+            .map_err(|_| AdminError::TooManyRooms)?;
+        let cmd = RoomCmd::Set {
+            from: SERVER_SENDER,
+            name: name.to_owned(),
+            value,
+        };
+        if handle.send(cmd).await {
+            Ok(())
+        } else {
+            Err(AdminError::Unavailable)
+        }
+    }
+
+    /// Delete a variable; `Ok(false)` if the room has no such variable.
+    pub async fn delete_variable(
+        self: &Arc<Self>,
+        room: &str,
+        name: &str,
+    ) -> Result<bool, AdminError> {
+        let handle = self
+            .get_or_create(room)
+            .map_err(|_| AdminError::TooManyRooms)?;
+        let (reply, rx) = oneshot::channel();
+        let cmd = RoomCmd::Delete {
+            name: name.to_owned(),
+            reply,
+        };
+        if !handle.send(cmd).await {
+            return Err(AdminError::Unavailable);
+        }
+        rx.await.map_err(|_| AdminError::Unavailable)
+    }
+
+    /// Close every connection of `user` (case-insensitive) in a live room with 4002;
+    /// returns how many were closed.
+    pub async fn kick(&self, room: &str, user: &str) -> usize {
+        let Some(handle) = self.get(room) else {
+            return 0;
+        };
+        let (reply, rx) = oneshot::channel();
+        let cmd = RoomCmd::Kick {
+            user: user.to_owned(),
+            reply,
+        };
+        if !handle.send(cmd).await {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
     }
 
     /// A room's variables: from the live room, else from the store. `None` if it has none.

@@ -13,11 +13,12 @@ pub mod cloud;
 pub mod config;
 mod http;
 pub mod hub;
+mod ipc_routes;
 pub mod metrics;
 pub mod outbox;
 pub mod room;
 mod server;
 pub mod store;
 
-pub use config::{CloudLimits, Config, ConfigError, Settings};
+pub use config::{CloudLimits, Config, ConfigError, IpcConfig, Settings};
 pub use server::{Server, ServerError};

@@ -82,6 +82,13 @@ pub enum RoomCmd {
         /// Result.
         reply: oneshot::Sender<bool>,
     },
+    /// Close every subscriber with this username (case-insensitive) with 4002.
+    Kick {
+        /// Username.
+        user: String,
+        /// How many were closed.
+        reply: oneshot::Sender<usize>,
+    },
     /// Current variables in insertion order.
     Snapshot {
         /// Result.
@@ -208,6 +215,18 @@ impl Room {
             }
             RoomCmd::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot());
+            }
+            RoomCmd::Kick { user, reply } => {
+                let mut kicked = 0;
+                self.subs.retain(|s| {
+                    let hit = s.user.eq_ignore_ascii_case(&user);
+                    if hit {
+                        s.outbox.close(CloseCode::Username);
+                        kicked += 1;
+                    }
+                    !hit
+                });
+                let _ = reply.send(kicked);
             }
         }
     }

@@ -33,6 +33,9 @@ pub enum ServerError {
     /// The store failed to open or flush.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The IPC server could not start.
+    #[error("ipc: {0}")]
+    Ipc(#[from] nimbus_ipc::ServerError),
     /// The accept loop failed.
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
@@ -54,6 +57,7 @@ pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
     hub: Arc<Hub>,
+    ipc: Option<nimbus_ipc::Server>,
 }
 
 impl Server {
@@ -78,11 +82,35 @@ impl Server {
             Arc::new(config.cloud),
             Arc::new(Metrics::new()),
         ));
+        let ipc = match config.ipc {
+            Some(c) => {
+                let server =
+                    nimbus_ipc::Server::new(c.host, c.port, c.secret, true, c.multicast_port)?;
+                crate::ipc_routes::register(&server, hub.clone());
+                server.start().await?;
+                tracing::info!(addr = ?server.local_addr(), multicast = ?server.multicast_addr(), "IPC routes listening");
+                Some(server)
+            }
+            None => None,
+        };
         Ok(Server {
             listener,
             addr,
             hub,
+            ipc,
         })
+    }
+
+    /// The IPC main port's address, when `--ipc` is on.
+    pub fn ipc_addr(&self) -> Option<SocketAddr> {
+        self.ipc.as_ref().and_then(nimbus_ipc::Server::local_addr)
+    }
+
+    /// The IPC multicast (discovery) port's address, when `--ipc` is on.
+    pub fn ipc_multicast_addr(&self) -> Option<SocketAddr> {
+        self.ipc
+            .as_ref()
+            .and_then(nimbus_ipc::Server::multicast_addr)
     }
 
     /// The address actually bound.
@@ -114,6 +142,9 @@ impl Server {
         })
         .await?;
         token.cancel();
+        if let Some(ipc) = &self.ipc {
+            ipc.terminate_server().await;
+        }
         tracker.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
             .await

@@ -1,0 +1,129 @@
+//! The IPC routes `nimbus serve --ipc` offers to the apps around it (a bot, a
+//! dashboard). Wire format and client libraries: `docs/ipc.md`.
+//!
+//! | route | data | reply |
+//! | --- | --- | --- |
+//! | `stats` | — | `{"rooms", "clients", "uptime_s"}` |
+//! | `rooms` | — | loaded room keys, sorted |
+//! | `cloud.get` | `room` | `{"☁ name": value, …}` (`{}` for an unknown room) |
+//! | `cloud.set` | `room`, `name`, `value` | `true`; validated like a client's set, broadcast to the whole room |
+//! | `cloud.delete` | `room`, `name` | `true` if it existed |
+//! | `kick` | `room`, `user` | number of connections closed (with 4002) |
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use nimbus_ipc::{Request, RouteError};
+use nimbus_proto::cloud::{normalize_name, CloudValue};
+use serde_json::{json, Map, Value};
+
+use crate::hub::Hub;
+
+fn text<'a>(req: &'a Request, key: &str) -> Result<&'a str, RouteError> {
+    req.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| RouteError::with_kind("BadRequest", format!("{key:?} must be a string")))
+}
+
+/// A room key given as a string or an integer, like a handshake's `project_id`.
+fn room(req: &Request) -> Result<String, RouteError> {
+    match req.get("room") {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::Number(n)) if n.is_u64() => Ok(n.to_string()),
+        _ => Err(RouteError::with_kind(
+            "BadRequest",
+            "\"room\" must be a non-empty string or an integer",
+        )),
+    }
+}
+
+fn json_value(v: &CloudValue) -> Value {
+    match v {
+        CloudValue::Number(lit) => {
+            serde_json::from_str(lit).unwrap_or_else(|_| Value::String(lit.clone()))
+        }
+        CloudValue::String(s) => Value::String(s.clone()),
+    }
+}
+
+/// Register every route on `server`.
+pub(crate) fn register(server: &nimbus_ipc::Server, hub: Arc<Hub>) {
+    let started = Instant::now();
+    let h = hub.clone();
+    server.route("stats", move |_req: Request| {
+        let h = h.clone();
+        async move {
+            Ok(json!({
+                "rooms": h.room_count(),
+                "clients": h.metrics.clients.get(),
+                "uptime_s": started.elapsed().as_secs(),
+            }))
+        }
+    });
+    let h = hub.clone();
+    server.route("rooms", move |_req: Request| {
+        let h = h.clone();
+        async move { Ok(json!(h.room_keys())) }
+    });
+    let h = hub.clone();
+    server.route("cloud.get", move |req: Request| {
+        let h = h.clone();
+        async move {
+            let room = room(&req)?;
+            let vars = h
+                .variables(&room)
+                .await
+                .map_err(|e| RouteError::with_kind("StoreError", e.to_string()))?
+                .unwrap_or_default();
+            let map: Map<String, Value> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), json_value(v)))
+                .collect();
+            Ok(Value::Object(map))
+        }
+    });
+    let h = hub.clone();
+    server.route("cloud.set", move |req: Request| {
+        let h = h.clone();
+        async move {
+            let room = room(&req)?;
+            let name = normalize_name(text(&req, "name")?);
+            let value = match req.get("value") {
+                Some(Value::Number(n)) => CloudValue::Number(n.to_string()),
+                Some(Value::String(s)) => CloudValue::String(s.clone()),
+                _ => {
+                    return Err(RouteError::with_kind(
+                        "BadRequest",
+                        "\"value\" must be a number or a string",
+                    ))
+                }
+            };
+            h.set_variable(&room, &name, value)
+                .await
+                .map_err(|e| RouteError::with_kind("InvalidValue", e.to_string()))?;
+            Ok(json!(true))
+        }
+    });
+    let h = hub.clone();
+    server.route("cloud.delete", move |req: Request| {
+        let h = h.clone();
+        async move {
+            let room = room(&req)?;
+            let name = normalize_name(text(&req, "name")?);
+            let existed = h
+                .delete_variable(&room, &name)
+                .await
+                .map_err(|e| RouteError::with_kind("Unavailable", e.to_string()))?;
+            Ok(json!(existed))
+        }
+    });
+    let h = hub;
+    server.route("kick", move |req: Request| {
+        let h = h.clone();
+        async move {
+            let room = room(&req)?;
+            let user = text(&req, "user")?.to_owned();
+            Ok(json!(h.kick(&room, &user).await))
+        }
+    });
+}
