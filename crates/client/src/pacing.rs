@@ -93,7 +93,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         for t in tasks {
-            t.await.unwrap_or_default();
+            t.await.expect("a pacing task panicked");
         }
         let order = order.lock().unwrap_or_else(|e| e.into_inner()).clone();
         assert_eq!(

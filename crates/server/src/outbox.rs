@@ -116,11 +116,6 @@ impl Outbox {
         st.closed
     }
 
-    /// Whether the outbox was closed with `code`.
-    pub fn is_closed_with(&self, code: CloseCode) -> bool {
-        self.lock().closed == Some(code)
-    }
-
     /// Wait until something was pushed or the outbox was closed.
     pub async fn ready(&self) {
         self.notify.notified().await;

@@ -283,7 +283,8 @@ impl Room {
         let line = Utf8Bytes::from(encode_set(&key, &value));
         let (cap, coalesce) = (self.limits.outbox_capacity, self.limits.coalesce_after);
         let metrics = &self.hub.metrics;
-        let mut cut = false;
+        // Ids of subscribers cut in this fan-out (rare; no allocation unless it happens).
+        let mut cut: Vec<u64> = Vec::new();
         let mut delivered = 0u64;
         for s in self.subs.iter().filter(|s| s.id != from) {
             match s.outbox.push(Some(&key), &line, cap, coalesce) {
@@ -293,7 +294,7 @@ impl Room {
                     metrics.coalesced.inc();
                 }
                 Pushed::Overflow => {
-                    cut = true;
+                    cut.push(s.id);
                     metrics.slow_consumers.inc();
                     tracing::info!(room = %self.key, conn = s.id, user = %s.user, "slow consumer cut (1008)");
                 }
@@ -301,9 +302,8 @@ impl Room {
             }
         }
         metrics.deliveries.inc_by(delivered);
-        if cut {
-            self.subs
-                .retain(|s| s.id == from || !s.outbox_closed_by_overflow());
+        if !cut.is_empty() {
+            self.subs.retain(|s| !cut.contains(&s.id));
         }
         let pos = match self.vars.get_mut(&key) {
             Some(v) => {
@@ -351,11 +351,5 @@ impl Room {
             new_name: new,
         });
         true
-    }
-}
-
-impl Subscriber {
-    fn outbox_closed_by_overflow(&self) -> bool {
-        self.outbox.is_closed_with(CloseCode::SlowConsumer)
     }
 }
