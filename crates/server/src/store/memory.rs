@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Backend, StoreError, StoreOp, StoredVar};
+use super::{Backend, DocLog, StoreError, StoreOp, StoredVar};
 
 /// Keeps everything in a map; lost when the process exits.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     rooms: HashMap<Arc<str>, Vec<StoredVar>>,
+    docs: HashMap<Arc<str>, DocLog>,
 }
 
 impl Backend for MemoryBackend {
@@ -46,8 +47,29 @@ impl Backend for MemoryBackend {
                         vars.retain(|v| v.name != *name);
                     }
                 }
+                StoreOp::DocAppend { room, update } => {
+                    let log = self.docs.entry(room.clone()).or_default();
+                    log.updates.push(update.to_vec());
+                }
+                StoreOp::DocCompact { .. } => {}
             }
         }
+        Ok(())
+    }
+
+    fn load_doc(&mut self, room: &str) -> Result<DocLog, StoreError> {
+        Ok(self.docs.get(room).cloned().unwrap_or_default())
+    }
+
+    fn replace_doc(
+        &mut self,
+        room: &str,
+        snapshot: &[u8],
+        covered: usize,
+    ) -> Result<(), StoreError> {
+        let log = self.docs.entry(Arc::from(room)).or_default();
+        log.snapshot = Some(snapshot.to_vec());
+        log.updates.drain(..covered.min(log.updates.len()));
         Ok(())
     }
 }

@@ -10,6 +10,7 @@
 //! accepted it, so `kill -9` loses at most that window (SQLite WAL,
 //! `synchronous=NORMAL`: a committed transaction survives a process crash).
 
+mod doc;
 mod memory;
 mod sqlite;
 
@@ -22,6 +23,7 @@ use nimbus_proto::cloud::CloudValue;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+pub use doc::{apply_records, compact, Applied, DocLog};
 pub use memory::MemoryBackend;
 pub use sqlite::SqliteBackend;
 
@@ -84,6 +86,47 @@ pub enum StoreOp {
         /// Name.
         name: Arc<str>,
     },
+    /// Append a Yjs v1 update to a document room's log.
+    DocAppend {
+        /// Document room key.
+        room: Arc<str>,
+        /// The update, as the room applied it.
+        update: bytes::Bytes,
+    },
+    /// Fold a document room's log into one snapshot now (e.g. when the room goes idle).
+    DocCompact {
+        /// Document room key.
+        room: Arc<str>,
+    },
+}
+
+/// When the writer folds a document log into a snapshot on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionPolicy {
+    /// Compact once a room's log holds this many updates after its snapshot.
+    pub max_updates: usize,
+    /// ... or this many bytes.
+    pub max_bytes: usize,
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        CompactionPolicy {
+            max_updates: 1000,
+            max_bytes: 4 << 20,
+        }
+    }
+}
+
+/// What the writer thread has done to document logs, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct DocStoreStats {
+    /// Compactions run.
+    pub compactions: std::sync::atomic::AtomicU64,
+    /// Log bytes replaced by compactions.
+    pub bytes_before: std::sync::atomic::AtomicU64,
+    /// Snapshot bytes written by compactions.
+    pub bytes_after: std::sync::atomic::AtomicU64,
 }
 
 /// Where the writer thread puts things. Implementations are synchronous: they run
@@ -91,8 +134,19 @@ pub enum StoreOp {
 pub trait Backend: Send + 'static {
     /// A room's variables in insertion order; empty for an unknown room.
     fn load(&mut self, room: &str) -> Result<Vec<StoredVar>, StoreError>;
-    /// Apply a batch of operations atomically, in order.
+    /// Apply a batch of operations atomically, in order. `DocCompact` ops are the
+    /// writer's business (it calls [`Backend::replace_doc`]); backends ignore them here.
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
+    /// A document room's log; empty for an unknown room.
+    fn load_doc(&mut self, room: &str) -> Result<DocLog, StoreError>;
+    /// Atomically replace the snapshot and the first `covered` updates of a room's log
+    /// with `snapshot` (updates appended after those stay, in order).
+    fn replace_doc(
+        &mut self,
+        room: &str,
+        snapshot: &[u8],
+        covered: usize,
+    ) -> Result<(), StoreError>;
 }
 
 enum Job {
@@ -100,6 +154,7 @@ enum Job {
         Arc<str>,
         oneshot::Sender<Result<Vec<StoredVar>, StoreError>>,
     ),
+    LoadDoc(Arc<str>, oneshot::Sender<Result<DocLog, StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -116,6 +171,7 @@ struct Pending {
 struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
+    stats: DocStoreStats,
 }
 
 impl Shared {
@@ -160,14 +216,20 @@ impl Store {
 
     /// Start a writer thread over any backend.
     pub fn spawn(backend: impl Backend, flush: Duration) -> Store {
+        Store::spawn_with(backend, flush, CompactionPolicy::default())
+    }
+
+    /// Start a writer thread over any backend, with a compaction policy for document logs.
+    pub fn spawn_with(backend: impl Backend, flush: Duration, policy: CompactionPolicy) -> Store {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
+            stats: DocStoreStats::default(),
         });
         let thread_shared = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("nimbus-store".into())
-            .spawn(move || writer(backend, &thread_shared, flush));
+            .spawn(move || writer(backend, &thread_shared, flush, policy));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the store writer thread");
             shared.lock().stopped = true;
@@ -212,6 +274,18 @@ impl Store {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
+    /// Load a document room's log, after every change queued before this call.
+    pub async fn load_doc(&self, room: &str) -> Result<DocLog, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.job(Job::LoadDoc(Arc::from(room), tx))?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// What the writer has done to document logs so far.
+    pub fn doc_stats(&self) -> &DocStoreStats {
+        &self.shared.stats
+    }
+
     /// Commit everything queued so far.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
@@ -239,6 +313,7 @@ impl Batch {
                 }
                 self.puts.insert(key, self.ops.len());
             }
+            StoreOp::DocAppend { .. } | StoreOp::DocCompact { .. } => {}
             StoreOp::Rename { room, name, .. } | StoreOp::Delete { room, name } => {
                 // Later puts must not jump over this op.
                 self.puts.remove(&(room.clone(), name.clone()));
@@ -264,7 +339,97 @@ impl Batch {
     }
 }
 
-fn writer(mut backend: impl Backend, shared: &Shared, flush: Duration) {
+/// Size of a document room's log after its snapshot, as far as the writer has seen it.
+#[derive(Debug, Default, Clone, Copy)]
+struct LogSize {
+    updates: usize,
+    bytes: usize,
+}
+
+/// The writer's view of document logs: what has grown past the policy.
+struct Compactor {
+    policy: CompactionPolicy,
+    sizes: HashMap<Arc<str>, LogSize>,
+}
+
+impl Compactor {
+    /// Account for a batch about to be committed; returns the rooms to compact after it.
+    fn plan(&mut self, ops: &[StoreOp]) -> Vec<(Arc<str>, bool)> {
+        let mut due: Vec<(Arc<str>, bool)> = Vec::new();
+        for op in ops {
+            match op {
+                StoreOp::DocAppend { room, update } => {
+                    let size = self.sizes.entry(room.clone()).or_default();
+                    size.updates += 1;
+                    size.bytes += update.len();
+                    if (size.updates >= self.policy.max_updates
+                        || size.bytes >= self.policy.max_bytes)
+                        && !due.iter().any(|(r, _)| r == room)
+                    {
+                        due.push((room.clone(), false));
+                    }
+                }
+                StoreOp::DocCompact { room } => match due.iter_mut().find(|(r, _)| r == room) {
+                    Some(entry) => entry.1 = true,
+                    None => due.push((room.clone(), true)),
+                },
+                _ => {}
+            }
+        }
+        due
+    }
+
+    /// Record a loaded log's size; `true` when it is already past the policy.
+    fn loaded(&mut self, room: &Arc<str>, log: &DocLog) -> bool {
+        let size = LogSize {
+            updates: log.updates.len(),
+            bytes: log.updates.iter().map(Vec::len).sum(),
+        };
+        self.sizes.insert(room.clone(), size);
+        size.updates >= self.policy.max_updates || size.bytes >= self.policy.max_bytes
+    }
+
+    /// Fold `room`'s log into a snapshot. `forget`: the room went idle, drop its entry.
+    fn compact(
+        &mut self,
+        backend: &mut impl Backend,
+        stats: &DocStoreStats,
+        room: &Arc<str>,
+        forget: bool,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let result = backend.load_doc(room).and_then(|log| {
+            if log.updates.is_empty() {
+                return Ok(None);
+            }
+            let before = log.bytes();
+            let snapshot = compact(room, &log);
+            backend.replace_doc(room, &snapshot, log.updates.len())?;
+            Ok(Some((before, snapshot.len(), log.updates.len())))
+        });
+        match result {
+            Ok(Some((before, after, updates))) => {
+                stats.compactions.fetch_add(1, Relaxed);
+                stats.bytes_before.fetch_add(before as u64, Relaxed);
+                stats.bytes_after.fetch_add(after as u64, Relaxed);
+                tracing::debug!(%room, updates, before, after, "compacted document log");
+            }
+            Ok(None) => {}
+            Err(error) => tracing::error!(%room, %error, "document compaction failed"),
+        }
+        if forget {
+            self.sizes.remove(room);
+        } else {
+            self.sizes.insert(room.clone(), LogSize::default());
+        }
+    }
+}
+
+fn writer(mut backend: impl Backend, shared: &Shared, flush: Duration, policy: CompactionPolicy) {
+    let mut compactor = Compactor {
+        policy,
+        sizes: HashMap::new(),
+    };
     let mut guard = shared.lock();
     loop {
         // Sleep until there is a job, the window of the oldest op has passed, or we stop.
@@ -293,24 +458,41 @@ fn writer(mut backend: impl Backend, shared: &Shared, flush: Duration) {
         let stopped = guard.stopped;
         guard.since = None;
         drop(guard);
+        let to_compact = compactor.plan(&batch.ops);
         // Commit before serving jobs: a load sees every earlier write.
         let committed = batch.commit(&mut backend);
+        if committed.is_ok() {
+            for (room, forget) in &to_compact {
+                compactor.compact(&mut backend, &shared.stats, room, *forget);
+            }
+        }
         for job in jobs {
+            let failed = |e: &StoreError| StoreError::Commit(e.to_string());
             match job {
                 Job::Load(room, reply) => {
                     let result = match &committed {
                         Ok(()) => backend.load(&room),
-                        Err(e) => Err(StoreError::Commit(e.to_string())),
+                        Err(e) => Err(failed(e)),
                     };
                     let _ = reply.send(result);
                 }
+                Job::LoadDoc(room, reply) => {
+                    let result = match &committed {
+                        Ok(()) => backend.load_doc(&room),
+                        Err(e) => Err(failed(e)),
+                    };
+                    let oversized = match &result {
+                        Ok(log) => compactor.loaded(&room, log),
+                        Err(_) => false,
+                    };
+                    let _ = reply.send(result);
+                    if oversized {
+                        // A log that grew past the policy before a restart: fold it now.
+                        compactor.compact(&mut backend, &shared.stats, &room, false);
+                    }
+                }
                 Job::Flush(reply) => {
-                    let _ = reply.send(
-                        committed
-                            .as_ref()
-                            .map(|_| ())
-                            .map_err(|e| StoreError::Commit(e.to_string())),
-                    );
+                    let _ = reply.send(committed.as_ref().map(|_| ()).map_err(failed));
                 }
             }
         }
@@ -368,5 +550,119 @@ mod tests {
         store.apply(put("r", "a", 7, 0));
         let vars = store.load("r").await.expect("load");
         assert_eq!(vars[0].value, CloudValue::from(7));
+    }
+
+    fn text_updates(n: usize) -> (String, Vec<bytes::Bytes>) {
+        use yrs::{GetString, Text, Transact};
+        let doc = yrs::Doc::new();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = out.clone();
+        doc.observe_update_v1("test", move |_, e| {
+            sink.lock()
+                .expect("lock")
+                .push(bytes::Bytes::from(e.update.clone()));
+        })
+        .expect("observe");
+        let text = doc.get_or_insert_text("t");
+        for i in 0..n {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, &format!("{i},"));
+            if i % 3 == 0 {
+                text.remove_range(&mut txn, 0, 1);
+            }
+        }
+        let s = text.get_string(&doc.transact());
+        let updates = out.lock().expect("lock").clone();
+        (s, updates)
+    }
+
+    fn text_of(log: &DocLog) -> String {
+        use yrs::{GetString, Transact};
+        let doc = yrs::Doc::new();
+        let applied = apply_records("r", &doc, log.records());
+        assert_eq!(applied.skipped, 0);
+        let text = doc.get_or_insert_text("t");
+        let s = text.get_string(&doc.transact());
+        s
+    }
+
+    #[tokio::test]
+    async fn a_growing_document_log_is_compacted_with_identical_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = SqliteBackend::open(&dir.path().join("db")).expect("open");
+        let policy = CompactionPolicy {
+            max_updates: 10,
+            max_bytes: usize::MAX,
+        };
+        let store = Store::spawn_with(backend, Duration::from_millis(1), policy);
+        let (expected, updates) = text_updates(95);
+        let log_bytes: usize = updates.iter().map(|u| u.len()).sum();
+        for u in updates {
+            store.apply(StoreOp::DocAppend {
+                room: "r".into(),
+                update: u,
+            });
+        }
+        store.flush().await.expect("flush");
+        let log = store.load_doc("r").await.expect("load");
+        assert!(log.snapshot.is_some(), "compacted at least once");
+        assert!(log.updates.len() < 10, "{} updates left", log.updates.len());
+        assert!(log.bytes() < log_bytes, "{} !< {log_bytes}", log.bytes());
+        assert_eq!(text_of(&log), expected);
+        assert!(
+            store
+                .doc_stats()
+                .compactions
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 1
+        );
+    }
+
+    #[tokio::test]
+    async fn an_explicit_compaction_folds_the_whole_log_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let (expected, updates) = text_updates(30);
+        {
+            let store = Store::spawn(SqliteBackend::open(&path).expect("open"), Duration::ZERO);
+            for u in updates {
+                store.apply(StoreOp::DocAppend {
+                    room: "r".into(),
+                    update: u,
+                });
+            }
+            store.apply(StoreOp::DocCompact { room: "r".into() });
+            store.flush().await.expect("flush");
+        }
+        let mut db = SqliteBackend::open(&path).expect("reopen");
+        let log = db.load_doc("r").expect("load");
+        assert!(log.snapshot.is_some());
+        assert!(log.updates.is_empty());
+        assert_eq!(text_of(&log), expected);
+        assert!(db.load_doc("other").expect("load").is_empty());
+    }
+
+    #[test]
+    fn replacing_a_log_prefix_keeps_the_later_updates_in_order() {
+        let (expected, updates) = text_updates(20);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut db = SqliteBackend::open(&dir.path().join("db")).expect("open");
+        let ops: Vec<StoreOp> = updates
+            .iter()
+            .map(|u| StoreOp::DocAppend {
+                room: "r".into(),
+                update: u.clone(),
+            })
+            .collect();
+        db.commit(&ops).expect("commit");
+        let prefix = DocLog {
+            snapshot: None,
+            updates: updates[..12].iter().map(|u| u.to_vec()).collect(),
+        };
+        db.replace_doc("r", &compact("r", &prefix), 12)
+            .expect("replace");
+        let log = db.load_doc("r").expect("load");
+        assert_eq!(log.updates.len(), 8);
+        assert_eq!(text_of(&log), expected);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use nimbus_proto::cloud::CloudValue;
 use rusqlite::{params, Connection};
 
-use super::{Backend, StoreError, StoreOp, StoredVar};
+use super::{Backend, DocLog, StoreError, StoreOp, StoredVar};
 
 /// A SQLite database file holding every room's variables.
 #[derive(Debug)]
@@ -22,6 +22,16 @@ CREATE TABLE IF NOT EXISTS cloud_vars (
     is_num INTEGER NOT NULL,
     pos    INTEGER NOT NULL,
     PRIMARY KEY (room, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS doc_updates (
+    id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    room  TEXT    NOT NULL,
+    data  BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS doc_updates_room ON doc_updates (room, id);
+CREATE TABLE IF NOT EXISTS doc_snapshots (
+    room  TEXT PRIMARY KEY,
+    data  BLOB NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -68,6 +78,8 @@ impl Backend for SqliteBackend {
                 tx.prepare_cached("UPDATE cloud_vars SET name = ?3 WHERE room = ?1 AND name = ?2")?;
             let mut delete =
                 tx.prepare_cached("DELETE FROM cloud_vars WHERE room = ?1 AND name = ?2")?;
+            let mut append =
+                tx.prepare_cached("INSERT INTO doc_updates (room, data) VALUES (?1, ?2)")?;
             for op in ops {
                 match op {
                     StoreOp::Put { room, var } => {
@@ -90,9 +102,49 @@ impl Backend for SqliteBackend {
                     StoreOp::Delete { room, name } => {
                         delete.execute(params![&**room, &**name])?;
                     }
+                    StoreOp::DocAppend { room, update } => {
+                        append.execute(params![&**room, &update[..]])?;
+                    }
+                    StoreOp::DocCompact { .. } => {}
                 }
             }
         }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn load_doc(&mut self, room: &str) -> Result<DocLog, StoreError> {
+        let snapshot = self
+            .conn
+            .prepare_cached("SELECT data FROM doc_snapshots WHERE room = ?1")?
+            .query_map([room], |row| row.get::<_, Vec<u8>>(0))?
+            .next()
+            .transpose()?;
+        let updates = self
+            .conn
+            .prepare_cached("SELECT data FROM doc_updates WHERE room = ?1 ORDER BY id")?
+            .query_map([room], |row| row.get::<_, Vec<u8>>(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(DocLog { snapshot, updates })
+    }
+
+    fn replace_doc(
+        &mut self,
+        room: &str,
+        snapshot: &[u8],
+        covered: usize,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO doc_snapshots (room, data) VALUES (?1, ?2)
+             ON CONFLICT (room) DO UPDATE SET data = excluded.data",
+            params![room, snapshot],
+        )?;
+        tx.execute(
+            "DELETE FROM doc_updates WHERE id IN
+               (SELECT id FROM doc_updates WHERE room = ?1 ORDER BY id LIMIT ?2)",
+            params![room, covered as i64],
+        )?;
         tx.commit()?;
         Ok(())
     }
