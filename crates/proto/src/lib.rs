@@ -6,8 +6,11 @@
 //!
 //! - [`cloud`]: the Scratch / TurboWarp cloud-variable protocol (newline-delimited JSON
 //!   in WebSocket text frames).
+//! - [`doc`]: the y-sync protocol (y-websocket) of Yjs document rooms: lib0 primitives,
+//!   sync/awareness/auth messages, awareness updates.
 //! - [`ipc`]: the discord.py-style IPC request/response protocol (primary and better-ipc dialects).
 #![forbid(unsafe_code)]
 
 pub mod cloud;
+pub mod doc;
 pub mod ipc;

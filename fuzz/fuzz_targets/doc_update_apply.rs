@@ -1,0 +1,27 @@
+//! Arbitrary bytes applied as a Yjs v1 update to a document that already holds content:
+//! finds inputs that decode but make yrs panic while applying (see nimbus-doc's
+//! `update` module, which validates updates in a scratch document for that reason).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, GetString, Map, ReadTxn, Text, Transact, Update};
+
+fuzz_target!(|data: &[u8]| {
+    let doc = Doc::with_client_id(1);
+    {
+        let text = doc.get_or_insert_text("t");
+        let map = doc.get_or_insert_map("m");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, "hello");
+        map.insert(&mut txn, "k", 1);
+    }
+    if let Ok(update) = Update::decode_v1(data) {
+        let mut txn = doc.transact_mut();
+        let _ = txn.apply_update(update);
+    }
+    // The document stays readable afterwards.
+    let txn = doc.transact();
+    let _ = doc.get_or_insert_text("t").get_string(&txn);
+    let _ = txn.encode_state_as_update_v1(&yrs::StateVector::default());
+});
