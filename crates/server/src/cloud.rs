@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use nimbus_proto::cloud::{
     parse_client_line, split_frame, validate_name, ClientMessage, CloseCode, Handshake,
@@ -63,40 +63,11 @@ pub async fn serve(mut ws: WebSocket, hub: Arc<Hub>, peer: Peer, shutdown: Cance
         End::Close(code, reason) => {
             metrics.close(code);
             tracing::info!(conn = id, peer = ?peer.addr, code, %reason, "closing connection");
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from(truncate_reason(reason)),
-            };
-            // Send the close, then read until the peer's close or EOF: dropping a socket
-            // with unread input makes the kernel send a reset, and the peer would lose
-            // the close frame and its code. A peer that stopped reading or never answers
-            // must not hold this task forever: both steps share one deadline.
-            let _ = tokio::time::timeout(hub.limits.close_timeout, async {
-                if ws.send(Message::Close(Some(frame))).await.is_ok() {
-                    while let Some(Ok(msg)) = ws.recv().await {
-                        if matches!(msg, Message::Close(_)) {
-                            break;
-                        }
-                    }
-                }
-            })
-            .await;
+            crate::ws::close(&mut ws, code, reason, hub.limits.close_timeout).await;
         }
         End::Drop => tracing::debug!(conn = id, peer = ?peer.addr, "connection dropped"),
     }
     metrics.clients.dec();
-}
-
-/// A close reason must fit in a control frame (123 bytes).
-fn truncate_reason(mut reason: String) -> String {
-    if reason.len() > 123 {
-        let mut cut = 123;
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        reason.truncate(cut);
-    }
-    reason
 }
 
 struct Joined {

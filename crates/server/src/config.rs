@@ -138,6 +138,33 @@ pub struct Settings {
     /// Queue length from which a newer value replaces a queued older value of the same variable [default: 64].
     #[arg(long, env = "NIMBUS_COALESCE_AFTER")]
     pub coalesce_after: Option<usize>,
+    /// Document rooms: largest incoming message in bytes; larger ones close with 1009 [default: 16777216].
+    #[arg(long, env = "NIMBUS_DOC_MAX_MESSAGE_BYTES")]
+    pub doc_max_message_bytes: Option<usize>,
+    /// Document rooms: largest document (stored bytes); updates beyond are refused with the Auth message [default: 67108864].
+    #[arg(long, env = "NIMBUS_DOC_MAX_BYTES")]
+    pub doc_max_bytes: Option<usize>,
+    /// Document rooms: loaded rooms; a connection to one more is refused with 503 [default: 16384].
+    #[arg(long, env = "NIMBUS_DOC_MAX_ROOMS")]
+    pub doc_max_rooms: Option<usize>,
+    /// Document rooms: a token rule `ROOM:rw:TOKEN` or `ROOM:ro:TOKEN` (ROOM may be `*`); repeatable.
+    /// A room matched by any rule needs a token [default: none, every room open].
+    #[arg(
+        long = "doc-token",
+        env = "NIMBUS_DOC_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub doc_tokens: Option<Vec<crate::doc::TokenRule>>,
+    /// Document rooms: awareness states not renewed for this long are removed [default: 30000].
+    #[arg(long, env = "NIMBUS_DOC_AWARENESS_TIMEOUT_MS")]
+    pub doc_awareness_timeout_ms: Option<u64>,
+    /// Document rooms: fold a room's update log into a snapshot after this many updates [default: 1000].
+    #[arg(long, env = "NIMBUS_DOC_COMPACT_UPDATES")]
+    pub doc_compact_updates: Option<usize>,
+    /// ... or after this many bytes of updates [default: 4194304].
+    #[arg(long, env = "NIMBUS_DOC_COMPACT_BYTES")]
+    pub doc_compact_bytes: Option<usize>,
 }
 
 fn parse_profile(s: &str) -> Result<ValueProfile, String> {
@@ -206,7 +233,44 @@ impl Settings {
             room_idle_ms,
             outbox_capacity,
             coalesce_after,
+            doc_max_message_bytes,
+            doc_max_bytes,
+            doc_max_rooms,
+            doc_tokens,
+            doc_awareness_timeout_ms,
+            doc_compact_updates,
+            doc_compact_bytes,
         )
+    }
+}
+
+/// Limits and policies of document (Yjs) rooms (see `docs/protocols/doc.md`).
+#[derive(Debug, Clone)]
+pub struct DocLimits {
+    /// Largest incoming WebSocket message, bytes (1009 beyond).
+    pub max_message_bytes: usize,
+    /// Largest document, in stored bytes (snapshot + updates); updates beyond are refused.
+    pub max_doc_bytes: usize,
+    /// Loaded document rooms (HTTP 503 beyond).
+    pub max_rooms: usize,
+    /// Token rules.
+    pub tokens: Vec<crate::doc::TokenRule>,
+    /// Awareness expiry.
+    pub awareness_timeout: Duration,
+    /// When the store folds a room's log into a snapshot.
+    pub compaction: crate::store::CompactionPolicy,
+}
+
+impl Default for DocLimits {
+    fn default() -> Self {
+        DocLimits {
+            max_message_bytes: 16 << 20,
+            max_doc_bytes: 64 << 20,
+            max_rooms: 16_384,
+            tokens: Vec::new(),
+            awareness_timeout: Duration::from_secs(30),
+            compaction: crate::store::CompactionPolicy::default(),
+        }
     }
 }
 
@@ -310,6 +374,8 @@ pub struct Config {
     pub flush_interval: Duration,
     /// Cloud protocol limits and policies.
     pub cloud: CloudLimits,
+    /// Document room limits and policies.
+    pub doc: DocLimits,
     /// IPC routes, when enabled.
     pub ipc: Option<IpcConfig>,
 }
@@ -345,6 +411,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./nimbus-data"),
             flush_interval: Duration::from_millis(100),
             cloud: CloudLimits::default(),
+            doc: DocLimits::default(),
             ipc: None,
         }
     }
@@ -390,7 +457,38 @@ impl Config {
             multicast_port: s.ipc_multicast_port.unwrap_or(20000),
             secret: s.ipc_secret.clone().filter(|k| !k.is_empty()),
         });
+        let dd = d.doc;
+        let doc = DocLimits {
+            max_message_bytes: positive(
+                "doc_max_message_bytes",
+                s.doc_max_message_bytes,
+                dd.max_message_bytes,
+            )?,
+            max_doc_bytes: positive("doc_max_bytes", s.doc_max_bytes, dd.max_doc_bytes)?,
+            max_rooms: positive("doc_max_rooms", s.doc_max_rooms, dd.max_rooms)?,
+            tokens: s.doc_tokens.unwrap_or_default(),
+            awareness_timeout: ms(s.doc_awareness_timeout_ms, dd.awareness_timeout),
+            compaction: crate::store::CompactionPolicy {
+                max_updates: positive(
+                    "doc_compact_updates",
+                    s.doc_compact_updates,
+                    dd.compaction.max_updates,
+                )?,
+                max_bytes: positive(
+                    "doc_compact_bytes",
+                    s.doc_compact_bytes,
+                    dd.compaction.max_bytes,
+                )?,
+            },
+        };
+        if doc.awareness_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "doc_awareness_timeout_ms",
+                reason: "must be at least 1".into(),
+            });
+        }
         Ok(Config {
+            doc,
             ipc,
             listen: s.listen.unwrap_or(d.listen),
             data_dir: s.data_dir.unwrap_or(d.data_dir),
@@ -458,6 +556,18 @@ mod tests {
         assert_eq!(c.cloud.profile, ValueProfile::Scratch);
         assert_eq!(c.cloud.max_value_len, 256, "scratch profile default length");
         assert_eq!(c.cloud.max_clients_per_room, 128);
+    }
+
+    #[test]
+    fn doc_token_rules_come_from_flags_env_lists_and_files() {
+        let file: Settings =
+            toml::from_str("doc_tokens = [\"notes:ro:abc\", \"*:rw:root\"]\ndoc_max_bytes = 10\n")
+                .expect("valid toml");
+        let c = Config::from_settings(file).expect("valid");
+        assert_eq!(c.doc.tokens.len(), 2);
+        assert_eq!(c.doc.tokens[0].access, crate::doc::Access::ReadOnly);
+        assert_eq!(c.doc.max_doc_bytes, 10);
+        assert!(toml::from_str::<Settings>("doc_tokens = [\"notes:xx:abc\"]").is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod cloud;
 pub mod config;
+pub mod doc;
 mod http;
 pub mod hub;
 mod ipc_routes;
@@ -19,6 +20,7 @@ pub mod outbox;
 pub mod room;
 mod server;
 pub mod store;
+mod ws;
 
-pub use config::{CloudLimits, Config, ConfigError, IpcConfig, Settings};
+pub use config::{CloudLimits, Config, ConfigError, DocLimits, IpcConfig, Settings};
 pub use server::{Server, ServerError};
