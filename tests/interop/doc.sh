@@ -1,0 +1,363 @@
+#!/usr/bin/env bash
+# Document-room interop (Yjs, y-websocket protocol; shared/protocols/yjs-sync.md):
+# third-party Yjs clients and our Rust client (`nimbus doc`) edit the same room through
+# `nimbus serve` (ws://HOST:PORT/doc/{room}) and through the reference @y/websocket-server,
+# and must converge to the same document. Loopback only; everything is bounded.
+#
+#   tests/interop/doc.sh                          # builds target/release/nimbus first
+#   NIMBUS_BIN=target/release/nimbus tests/interop/doc.sh
+#   tests/interop/doc.sh nimbus-four-clients      # only the named checks (see CHECKS below)
+#
+# Clients (tests/interop/doc/): y-websocket 3.1.0 + yjs 13 (Node, package-lock.json),
+# wire-websocket 0.7.1 (pycrdt 0.12, venv .venv-doc-wire), pycrdt-websocket 0.16.5 Provider
+# over httpx-ws (pycrdt 0.14, venv .venv-doc-pycrdt: the two pycrdt pins conflict), and
+# `nimbus doc edit|dump|watch`. Every client uses the roots t (text), m (map), a (array).
+#
+# Environment: NIMBUS_BIN (skip the build), PYTHON (3.10-3.13 for the venvs),
+# INTEROP_WAIT (seconds a client waits for the others' edits, default 20),
+# INTEROP_STRICT=1 (a SKIP fails the run), INTEROP_KEEP_LOGS=1 (keep the temp dir).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+DOC="$HERE/doc"
+VWIRE="$HERE/.venv-doc-wire"
+VPYCRDT="$HERE/.venv-doc-pycrdt"
+WAIT="${INTEROP_WAIT:-20}"
+START=$SECONDS
+
+say() { printf '\n== %s\n' "$*"; }
+die() { printf 'interop-doc: %s\n' "$*" >&2; exit 1; }
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/nimbus-interop-doc.XXXXXX")"
+LOGS="$WORK/logs"
+mkdir -p "$LOGS"
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    if [[ "${INTEROP_KEEP_LOGS:-0}" == 1 ]]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ------------------------------------------------------------------ Node clients + reference server
+say "node packages ($DOC/node_modules)"
+command -v node >/dev/null 2>&1 || die "node (>= 18) not found"
+command -v npm >/dev/null 2>&1 || die "npm not found"
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+[[ "$node_major" -ge 18 ]] || die "need Node >= 18, have $(node --version)"
+if [[ ! -f "$DOC/node_modules/.package-lock.json" ]] || \
+   [[ "$DOC/package-lock.json" -nt "$DOC/node_modules/.package-lock.json" ]]; then
+    # --ignore-scripts: the only install script is leveldown's (optional, for YPERSISTENCE)
+    (cd "$DOC" && timeout 600 npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
+fi
+node -e '
+const v = (p) => require(require("path").join(process.argv[1], "node_modules", p, "package.json")).version
+for (const p of ["yjs", "y-websocket", "@y/websocket-server", "ws", "y-protocols"]) console.log(`  ${p} ${v(p)}`)
+console.log(`  node ${process.versions.node}`)' "$DOC"
+
+# ------------------------------------------------------------------ Python venvs
+PY="${PYTHON:-}"
+if [[ -z "$PY" ]]; then
+    for cand in python3.11 python3.12 python3.13 python3.10 python3; do
+        if command -v "$cand" >/dev/null 2>&1; then PY="$cand"; break; fi
+    done
+fi
+[[ -n "$PY" ]] || die "no python3 found"
+make_venv() {  # DIR REQUIREMENTS
+    local dir="$1" req="$2"
+    if [[ ! -x "$dir/bin/python" ]]; then
+        timeout 120 "$PY" -m venv "$dir" || die "python -m venv failed (Debian: apt-get install python3-venv)"
+    fi
+    timeout 600 "$dir/bin/python" -m pip install --disable-pip-version-check -q -r "$req"
+}
+say "python venv $VWIRE (wire-websocket)"
+make_venv "$VWIRE" "$DOC/requirements-wire.txt"
+"$VWIRE/bin/python" -m pip freeze --disable-pip-version-check | grep -Ei '^(wire.websocket|wiredb|pycrdt|httpx-ws)==' | sed 's/^/  /'
+say "python venv $VPYCRDT (pycrdt-websocket)"
+make_venv "$VPYCRDT" "$DOC/requirements-pycrdt.txt"
+"$VPYCRDT/bin/python" -m pip freeze --disable-pip-version-check | grep -Ei '^(pycrdt|pycrdt.websocket|httpx-ws)==' | sed 's/^/  /'
+
+# ------------------------------------------------------------------ nimbus binary
+if [[ -n "${NIMBUS_BIN:-}" ]]; then
+    say "nimbus binary: $NIMBUS_BIN (from NIMBUS_BIN)"
+else
+    say "cargo build --release -p nimbus"
+    (cd "$ROOT" && timeout 2400 cargo build --release -q -p nimbus)
+    NIMBUS_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/nimbus"
+fi
+[[ -x "$NIMBUS_BIN" ]] || die "no executable at $NIMBUS_BIN"
+NIMBUS_BIN="$(cd "$(dirname "$NIMBUS_BIN")" && pwd)/$(basename "$NIMBUS_BIN")"
+timeout 30 "$NIMBUS_BIN" serve --help >/dev/null 2>&1 || die "\`nimbus serve --help\` failed"
+RUST_WHY=""
+for sub in edit dump; do
+    if ! timeout 30 "$NIMBUS_BIN" doc "$sub" --help >/dev/null 2>&1; then
+        RUST_WHY="\`nimbus doc $sub\` is not in this binary"
+        break
+    fi
+done
+HAVE_WATCH=0
+timeout 30 "$NIMBUS_BIN" doc watch --help >/dev/null 2>&1 && HAVE_WATCH=1
+[[ -z "$RUST_WHY" ]] && echo "Rust client: nimbus doc edit/dump$([[ $HAVE_WATCH == 1 ]] && echo /watch)" \
+    || echo "Rust client: missing ($RUST_WHY); its parts are skipped"
+
+# ------------------------------------------------------------------ helpers
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# wait_http PORT PID PATH: until GET http://127.0.0.1:PORT/PATH answers (any status), 30 s.
+wait_http() {
+    timeout 30 "$PY" - "$1" "$2" "$3" <<'EOF'
+import os, sys, time, urllib.error, urllib.request
+port, pid, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+while True:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit("server exited")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=2):
+            sys.exit(0)
+    except urllib.error.HTTPError:
+        sys.exit(0)
+    except Exception:
+        time.sleep(0.1)
+EOF
+}
+
+NIMBUS_DATA="$WORK/nimbus-data"
+NIMBUS_PORT=""
+NIMBUS_PID=""
+# start_nimbus LOGNAME: nimbus serve on a free port (reused on restart) with $NIMBUS_DATA.
+start_nimbus() {
+    local log="$WORK/server-nimbus-$1.log" attempt
+    mkdir -p "$NIMBUS_DATA"
+    for attempt in 1 2 3; do
+        [[ -n "$NIMBUS_PORT" && $attempt == 1 ]] || NIMBUS_PORT="$(free_port)"
+        echo "\$ nimbus serve --listen 127.0.0.1:$NIMBUS_PORT --data-dir $NIMBUS_DATA"
+        NIMBUS_LOG="${NIMBUS_LOG:-info}" "$NIMBUS_BIN" serve --listen "127.0.0.1:$NIMBUS_PORT" \
+            --data-dir "$NIMBUS_DATA" >"$log" 2>&1 &
+        NIMBUS_PID=$!
+        PIDS+=("$NIMBUS_PID")
+        if wait_http "$NIMBUS_PORT" "$NIMBUS_PID" healthz; then
+            echo "nimbus up on 127.0.0.1:$NIMBUS_PORT (pid $NIMBUS_PID, log $log)"
+            return 0
+        fi
+        echo "nimbus did not come up (attempt $attempt):"; tail -20 "$log" | sed 's/^/  | /'
+        kill "$NIMBUS_PID" 2>/dev/null || true
+    done
+    return 1
+}
+# stop_pid PID: SIGTERM, wait up to 10 s, then SIGKILL.
+stop_pid() {
+    kill "$1" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+    echo "pid $1 ignored SIGTERM for 10 s: SIGKILL"
+    kill -9 "$1" 2>/dev/null || true
+}
+
+YWS_PORT=""
+start_yws() {
+    local log="$WORK/server-y-websocket.log"
+    YWS_PORT="$(free_port)"
+    echo "\$ HOST=127.0.0.1 PORT=$YWS_PORT node node_modules/@y/websocket-server/src/server.js   (bin y-websocket)"
+    (cd "$DOC" && HOST=127.0.0.1 PORT="$YWS_PORT" exec node node_modules/@y/websocket-server/src/server.js) >"$log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    wait_http "$YWS_PORT" "$pid" "" || { tail -20 "$log"; return 1; }
+    echo "@y/websocket-server up on 127.0.0.1:$YWS_PORT (pid $pid)"
+}
+
+number_for() { "$PY" -c 'import sys; print(sum(map(ord, sys.argv[1])))' "$1"; }
+
+# Background client runners: NAME URL ROOM LOGPREFIX [agent args...]; set $! as usual.
+# Clients named js*, wire*, py* are the three third-party libraries.
+agent() {
+    local name="$1" url="$2" room="$3" out="$4"; shift 4
+    local lim=$((WAIT + 20))
+    case "$name" in
+        js*)   timeout -k 5 "$lim" node "$DOC/yjs_agent.mjs" --url "$url" --room "$room" --name "$name" --timeout "$WAIT" "$@" ;;
+        wire*) timeout -k 5 "$lim" "$VWIRE/bin/python" "$DOC/py_agent.py" --lib wire --url "$url" --room "$room" --name "$name" --timeout "$WAIT" "$@" ;;
+        py*)   timeout -k 5 "$lim" "$VPYCRDT/bin/python" "$DOC/py_agent.py" --lib pycrdt --url "$url" --room "$room" --name "$name" --timeout "$WAIT" "$@" ;;
+        *) echo "unknown agent $name" >&2; return 2 ;;
+    esac >"$out.out" 2>"$out.err"
+}
+rust_edit() {  # NAME URL ROOM LOGPREFIX
+    local name="$1" url="$2" room="$3" out="$4" n
+    n="$(number_for "$name")"
+    echo "\$ nimbus doc edit $room --server $url --text 't=[$name]' --map 'm.$name=\"$name\"' --map m.n_$name=$n --array 'a=\"$name\"'" >"$out.err"
+    timeout -k 5 $((WAIT + 10)) "$NIMBUS_BIN" doc edit "$room" --server "$url" --text "t=[$name]" \
+        --map "m.$name=\"$name\"" --map "m.n_$name=$n" --array "a=\"$name\"" >"$out.out" 2>>"$out.err"
+}
+rust_dump() {  # URL ROOM LOGPREFIX
+    timeout -k 5 $((WAIT + 10)) "$NIMBUS_BIN" doc dump "$2" --server "$1" >"$3.out" 2>"$3.err"
+}
+# wait_all NAME=PID...: waits for each; prints the failures with their stderr tails; 1 if any failed.
+wait_all() {
+    local item name pid rc bad=0
+    for item in "$@"; do
+        name="${item%%=*}" pid="${item#*=}"
+        set +e; wait "$pid"; rc=$?; set -e
+        if [[ $rc -ne 0 ]]; then
+            bad=1
+            echo "  $name exited $rc$([[ $rc == 124 ]] && echo ' (timeout)'); its stderr:"
+            tail -8 "$LOGS/$CHECK-$name.err" 2>/dev/null | sed 's/^/    | /'
+        fi
+    done
+    return $bad
+}
+compare() { "$PY" "$DOC/compare.py" "$@"; }
+docs_of() { local n; for n in "$@"; do printf '%s=%s ' "$n" "$LOGS/$CHECK-$n.out"; done; }
+
+# ------------------------------------------------------------------ checks
+# Each returns 0 (PASS), 1 (FAIL) or 77 (SKIP, reason in $SKIP_WHY).
+FINAL="$WORK/final-four.json"   # the document agreed in nimbus-four-clients
+ROOM_FOUR="four-$$-$RANDOM"
+
+check_yws_three_clients() {
+    # Control: the three third-party clients against the reference server.
+    local room="three-$$-$RANDOM" url="ws://127.0.0.1:$YWS_PORT" p=() n
+    for n in js wire py; do
+        agent "$n" "$url" "$room" "$LOGS/$CHECK-$n" --edit --expect js,wire,py & p+=("$n=$!")
+    done
+    wait_all "${p[@]}" || return 1
+    # shellcheck disable=SC2046
+    compare --expect js,wire,py $(docs_of js wire py)
+}
+
+check_yws_rust_and_js() {
+    [[ -z "$RUST_WHY" ]] || { SKIP_WHY="$RUST_WHY"; return 77; }
+    local room="rustjs-$$-$RANDOM" url="ws://127.0.0.1:$YWS_PORT" p=()
+    agent js "$url" "$room" "$LOGS/$CHECK-js" --edit --expect js,rust & p+=("js=$!")
+    rust_edit rust "$url" "$room" "$LOGS/$CHECK-rust" & p+=("rust=$!")
+    wait_all "${p[@]}" || return 1
+    rust_dump "$url" "$room" "$LOGS/$CHECK-rust-dump" || { echo "  nimbus doc dump failed:"; tail -5 "$LOGS/$CHECK-rust-dump.err"; return 1; }
+    agent js-late "$url" "$room" "$LOGS/$CHECK-js-late" || { tail -5 "$LOGS/$CHECK-js-late.err"; return 1; }
+    # shellcheck disable=SC2046
+    compare --expect js,rust $(docs_of js rust-dump js-late)
+}
+
+check_nimbus_four_clients() {
+    local url="ws://127.0.0.1:$NIMBUS_PORT/doc" room="$ROOM_FOUR" p=() n expect="js,wire,py" names=(js wire py)
+    local watch_pid=""
+    if [[ -z "$RUST_WHY" ]]; then
+        expect="js,wire,py,rust"
+        if [[ $HAVE_WATCH == 1 ]]; then
+            timeout -k 5 $((WAIT + 40)) "$NIMBUS_BIN" doc watch "$room" --server "$url" \
+                >"$LOGS/$CHECK-rust-watch.out" 2>"$LOGS/$CHECK-rust-watch.err" &
+            watch_pid=$!
+            PIDS+=("$watch_pid")
+        fi
+    fi
+    for n in "${names[@]}"; do
+        agent "$n" "$url" "$room" "$LOGS/$CHECK-$n" --edit --expect "$expect" & p+=("$n=$!")
+    done
+    if [[ -z "$RUST_WHY" ]]; then
+        rust_edit rust "$url" "$room" "$LOGS/$CHECK-rust" & p+=("rust=$!")
+    fi
+    local rc=0
+    wait_all "${p[@]}" || rc=1
+    local docs
+    docs="$(docs_of "${names[@]}")"
+    if [[ -z "$RUST_WHY" ]]; then
+        if rust_dump "$url" "$room" "$LOGS/$CHECK-rust-dump"; then
+            docs+="$(docs_of rust-dump)"
+        else
+            echo "  nimbus doc dump failed:"; tail -5 "$LOGS/$CHECK-rust-dump.err" | sed 's/^/    | /'; rc=1
+        fi
+    fi
+    # shellcheck disable=SC2086
+    compare --expect "$expect" --save "$FINAL" $docs || rc=1
+    if [[ -n "$watch_pid" ]]; then
+        # the watcher's last line must reach the final document (bounded: 10 s)
+        local ok=1
+        for _ in $(seq 100); do
+            if [[ -f "$FINAL" ]] && compare --ref "$FINAL" "watch=$LOGS/$CHECK-rust-watch.out" >/dev/null 2>&1; then ok=0; break; fi
+            sleep 0.1
+        done
+        stop_pid "$watch_pid"
+        if [[ $ok == 0 ]]; then
+            echo "  nimbus doc watch: $(grep -c . "$LOGS/$CHECK-rust-watch.out") lines, the last one is the final document"
+        else
+            echo "  nimbus doc watch never printed the final document; its last lines:"
+            tail -3 "$LOGS/$CHECK-rust-watch.out" | sed 's/^/    | /'; tail -5 "$LOGS/$CHECK-rust-watch.err" | sed 's/^/    ! /'
+            rc=1
+        fi
+    fi
+    [[ $rc == 0 ]] || return 1
+    [[ -z "$RUST_WHY" ]] || { SKIP_WHY="js, wire, py converged; the Rust client was left out: $RUST_WHY"; return 77; }
+}
+
+# late_dumps LABEL URL ROOM: every client joins without editing; each must get $FINAL.
+late_dumps() {
+    local url="$2" room="$3" p=() n names=(js-late wire-late py-late)
+    [[ -f "$FINAL" ]] || { echo "  no agreed document from nimbus-four-clients"; return 1; }
+    for n in "${names[@]}"; do agent "$n" "$url" "$room" "$LOGS/$CHECK-$n" & p+=("$n=$!"); done
+    if [[ -z "$RUST_WHY" ]]; then
+        rust_dump "$url" "$room" "$LOGS/$CHECK-rust-late" & p+=("rust-late=$!")
+        names+=(rust-late)
+    fi
+    wait_all "${p[@]}" || return 1
+    # shellcheck disable=SC2046
+    compare --ref "$FINAL" $(docs_of "${names[@]}")
+}
+
+check_nimbus_late_joiner() {
+    late_dumps late "ws://127.0.0.1:$NIMBUS_PORT/doc" "$ROOM_FOUR"
+}
+
+check_nimbus_restart() {
+    echo "  stopping nimbus (pid $NIMBUS_PID, SIGTERM) and starting it again on the same data dir"
+    stop_pid "$NIMBUS_PID"
+    start_nimbus restarted || return 1
+    late_dumps restart "ws://127.0.0.1:$NIMBUS_PORT/doc" "$ROOM_FOUR"
+}
+
+ALL_CHECKS=(yws-three-clients yws-rust-and-js nimbus-four-clients nimbus-late-joiner nimbus-restart)
+if [[ $# -gt 0 ]]; then CHECKS=("$@"); else CHECKS=("${ALL_CHECKS[@]}"); fi
+
+say "start @y/websocket-server (reference server)"
+start_yws || die "@y/websocket-server did not start"
+say "start nimbus serve"
+start_nimbus first || die "nimbus serve did not start"
+
+declare -A RESULT
+passed=0 failed=0 skipped=0
+for CHECK in "${CHECKS[@]}"; do
+    say "check $CHECK"
+    fn="check_${CHECK//-/_}"
+    declare -F "$fn" >/dev/null || die "unknown check $CHECK (known: ${ALL_CHECKS[*]})"
+    SKIP_WHY=""
+    t0=$SECONDS
+    set +e
+    "$fn"
+    rc=$?
+    set -e
+    dt=$((SECONDS - t0))
+    case $rc in
+        0) RESULT[$CHECK]="PASS ($dt s)"; passed=$((passed + 1)) ;;
+        77) RESULT[$CHECK]="SKIP ($SKIP_WHY)"; skipped=$((skipped + 1)) ;;
+        *) RESULT[$CHECK]="FAIL ($dt s)"; failed=$((failed + 1)) ;;
+    esac
+    echo "${RESULT[$CHECK]%% *} $CHECK"
+done
+
+for log in "$WORK"/server-nimbus-*.log; do
+    if [[ -f "$log" ]] && grep -qiE 'panick|ERROR' "$log"; then
+        say "$(basename "$log") has errors:"
+        grep -iE 'panick|ERROR' "$log" | head -20 | sed 's/^/  | /'
+    fi
+done
+
+say "interop-doc summary ($((SECONDS - START)) s)"
+for CHECK in "${CHECKS[@]}"; do printf '  %-22s %s\n' "$CHECK" "${RESULT[$CHECK]}"; done
+if [[ $failed -eq 0 && $skipped -gt 0 && "${INTEROP_STRICT:-0}" == 1 ]]; then
+    echo "INTEROP_STRICT=1: skipped checks count as failures"
+    failed=$skipped
+fi
+echo "interop-doc: $passed passed, $failed failed, $skipped skipped"
+[[ $failed -eq 0 ]]
