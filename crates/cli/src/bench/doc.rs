@@ -1,0 +1,726 @@
+//! `nimbus bench doc`: a Yjs document-room load generator for any y-websocket server.
+//!
+//! D documents × C editors. Every editor is a raw y-websocket protocol client (one
+//! tokio-tungstenite connection, its own `yrs` document): it connects to `URL/ROOM`, does
+//! the sync handshake (SyncStep1 / SyncStep2), then makes edits at R Hz on a fixed schedule
+//! with a random phase. An edit is one transaction holding either a text insert at the end
+//! of root text `t` or a set of key `e<editor>` in root map `m`; its content is the marker
+//! `<editor>:<seq>:<send ns>;` (nanoseconds since the generator's epoch). Each update goes
+//! out as one `[0, 2, update]` frame. Receivers apply every update to their document and
+//! read the markers the application produced (text and map observers), so latency is
+//! measured after applying. Only edits sent inside the measured window (after the warm-up)
+//! count; expected deliveries = edits × (C − 1).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use nimbus_doc::yrs;
+use yrs::types::map::MapEvent;
+use yrs::types::text::TextEvent;
+use yrs::types::{Delta, EntryChange};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{
+    Any, Doc, Map, MapRef, Observable, Out, ReadTxn, StateVector, Text, TextRef, Transact, Update,
+};
+
+/// What one edit changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EditKind {
+    /// Insert the marker at the end of root text `t`.
+    Text,
+    /// Set key `e<editor>` of root map `m` to the marker.
+    Map,
+    /// Alternate: even sequence numbers insert text, odd ones set the map key.
+    Mixed,
+}
+
+/// Arguments of `nimbus bench doc`.
+#[derive(Debug, Args)]
+pub struct DocBench {
+    /// Base URL of the document endpoint; a room's URL is BASE/ROOM.
+    #[arg(long, default_value = "ws://127.0.0.1:9080/doc")]
+    url: String,
+    /// Documents (rooms).
+    #[arg(long, default_value_t = 100)]
+    docs: usize,
+    /// Editors per document (each one connection, all of them editing).
+    #[arg(long, default_value_t = 5)]
+    editors: usize,
+    /// Edits per second of each editor.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// What an edit changes.
+    #[arg(long, value_enum, default_value_t = EditKind::Mixed)]
+    kind: EditKind,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up seconds (edits made, not measured).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds allowed for every connection to open and finish its first sync.
+    #[arg(long, default_value_t = 30.0)]
+    connect_timeout: f64,
+    /// Process id of the server, to sample its RSS (and CPU) from /proc/PID.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Worker threads of the generator.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Print one JSON line instead of the human summary.
+    #[arg(long)]
+    json: bool,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+pub fn run(args: DocBench) -> anyhow::Result<()> {
+    if args.editors < 2 {
+        bail!("need at least 2 editors per document");
+    }
+    if args.rate.is_nan()
+        || args.rate <= 0.0
+        || args.duration.is_nan()
+        || args.duration <= 0.0
+        || args.warmup < 0.0
+    {
+        bail!("--rate and --duration must be > 0, --warmup >= 0");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(bench(args))
+}
+
+// ---------------------------------------------------------------- y-websocket messages
+
+const MSG_SYNC: u64 = 0;
+const MSG_AWARENESS: u64 = 1;
+const MSG_QUERY_AWARENESS: u64 = 3;
+const SYNC_STEP1: u64 = 0;
+const SYNC_STEP2: u64 = 1;
+const SYNC_UPDATE: u64 = 2;
+
+fn write_var(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// `[0, subtype, varUint8Array(data)]`: one sync message (one frame).
+fn sync_frame(subtype: u64, data: &[u8]) -> Message {
+    let mut out = Vec::with_capacity(data.len() + 8);
+    write_var(&mut out, MSG_SYNC);
+    write_var(&mut out, subtype);
+    write_var(&mut out, data.len() as u64);
+    out.extend_from_slice(data);
+    Message::binary(out)
+}
+
+/// `[1, varUint8Array([0])]`: an awareness update with no states (the answer to a query).
+fn empty_awareness_frame() -> Message {
+    Message::binary(vec![MSG_AWARENESS as u8, 1, 0])
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn var(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.buf.get(self.at)?;
+            self.at += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.var()?).ok()?;
+        let end = self.at.checked_add(n)?;
+        let s = self.buf.get(self.at..end)?;
+        self.at = end;
+        Some(s)
+    }
+    fn done(&self) -> bool {
+        self.at >= self.buf.len()
+    }
+}
+
+/// A message received from the server, as far as the generator cares.
+#[derive(Debug, PartialEq)]
+enum Incoming<'a> {
+    Step1(&'a [u8]),
+    /// SyncStep2 or Update: both are applied.
+    Update {
+        data: &'a [u8],
+        step2: bool,
+    },
+    QueryAwareness,
+    Other,
+}
+
+/// Every message of one frame (servers should send one per frame; several are accepted).
+fn parse_frame(buf: &[u8]) -> Result<Vec<Incoming<'_>>, &'static str> {
+    let mut r = Reader { buf, at: 0 };
+    let mut out = Vec::new();
+    while !r.done() {
+        match r.var().ok_or("truncated message type")? {
+            MSG_SYNC => {
+                let sub = r.var().ok_or("truncated sync subtype")?;
+                let data = r.bytes().ok_or("truncated sync payload")?;
+                out.push(match sub {
+                    SYNC_STEP1 => Incoming::Step1(data),
+                    SYNC_STEP2 => Incoming::Update { data, step2: true },
+                    SYNC_UPDATE => Incoming::Update { data, step2: false },
+                    _ => return Err("unknown sync subtype"),
+                });
+            }
+            MSG_AWARENESS => {
+                r.bytes().ok_or("truncated awareness payload")?;
+                out.push(Incoming::Other);
+            }
+            MSG_QUERY_AWARENESS => out.push(Incoming::QueryAwareness),
+            // Auth (2) and anything else: the rest of the frame is opaque.
+            _ => {
+                out.push(Incoming::Other);
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- markers
+
+fn marker(editor: u32, seq: u64, ns: u64) -> String {
+    format!("{editor}:{seq}:{ns};")
+}
+
+/// `(editor, seq, ns)` of every complete marker in `s`.
+fn markers(s: &str) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
+    s.split(';').filter_map(|m| {
+        let mut it = m.split(':');
+        let e = it.next()?.parse().ok()?;
+        let q = it.next()?.parse().ok()?;
+        let t = it.next()?.parse().ok()?;
+        it.next().is_none().then_some((e, q, t))
+    })
+}
+
+// ---------------------------------------------------------------- editors
+
+/// One connected, synced editor.
+struct Editor {
+    id: u32,
+    ws: Ws,
+    doc: Doc,
+    text: TextRef,
+    map: MapRef,
+    /// Strings the observers saw inserted by remote updates, drained after each apply.
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+fn new_doc() -> (Doc, TextRef, MapRef, Arc<Mutex<Vec<String>>>) {
+    // 32-bit client IDs, as Yjs (JS) draws them: pycrdt < 0.13 mis-decodes larger ones.
+    let doc = Doc::with_client_id(u64::from(rand::random_range(1..u32::MAX)));
+    let text = doc.get_or_insert_text("t");
+    let map = doc.get_or_insert_map("m");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    text.observe("bench", move |txn: &yrs::TransactionMut, e: &TextEvent| {
+        let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+        for d in e.delta(txn) {
+            if let Delta::Inserted(Out::Any(Any::String(s)), _) = d {
+                sink.push(s.to_string());
+            }
+        }
+    });
+    let sink = seen.clone();
+    map.observe("bench", move |txn: &yrs::TransactionMut, e: &MapEvent| {
+        let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+        for change in e.keys(txn).values() {
+            if let EntryChange::Inserted(Out::Any(Any::String(s)))
+            | EntryChange::Updated(_, Out::Any(Any::String(s))) = change
+            {
+                sink.push(s.to_string());
+            }
+        }
+    });
+    (doc, text, map, seen)
+}
+
+fn apply(doc: &Doc, data: &[u8]) -> anyhow::Result<()> {
+    let update = Update::decode_v1(data).context("undecodable update")?;
+    doc.transact_mut()
+        .apply_update(update)
+        .context("update not applicable")?;
+    Ok(())
+}
+
+fn step2_for(doc: &Doc, sv: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let sv = StateVector::decode_v1(sv).context("undecodable state vector")?;
+    Ok(doc.transact().encode_diff_v1(&sv))
+}
+
+/// Connect, send SyncStep1, answer the server's SyncStep1, wait for its SyncStep2.
+async fn connect_editor(addr: SocketAddr, url: String, id: u32) -> anyhow::Result<Editor> {
+    let stream = TcpStream::connect(addr).await.context("tcp connect")?;
+    stream.set_nodelay(true)?;
+    let mut config = WebSocketConfig::default();
+    config.max_message_size = Some(64 << 20);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
+            .await
+            .with_context(|| format!("websocket handshake with {url}"))?;
+    let (doc, text, map, seen) = new_doc();
+    let sv = doc.transact().state_vector().encode_v1();
+    ws.send(sync_frame(SYNC_STEP1, &sv)).await?;
+    loop {
+        let msg = ws.next().await.context("closed before the first sync")??;
+        let Message::Binary(b) = msg else {
+            if let Message::Close(f) = msg {
+                bail!("closed before the first sync: {f:?}");
+            }
+            continue;
+        };
+        let mut synced = false;
+        for m in parse_frame(&b).map_err(anyhow::Error::msg)? {
+            match m {
+                Incoming::Step1(sv) => {
+                    let reply = step2_for(&doc, sv)?;
+                    ws.send(sync_frame(SYNC_STEP2, &reply)).await?;
+                }
+                Incoming::Update { data, step2 } => {
+                    apply(&doc, data)?;
+                    synced |= step2;
+                }
+                Incoming::QueryAwareness => ws.send(empty_awareness_frame()).await?,
+                Incoming::Other => {}
+            }
+        }
+        if synced {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            return Ok(Editor {
+                id,
+                ws,
+                doc,
+                text,
+                map,
+                seen,
+            });
+        }
+    }
+}
+
+/// What one editor observed.
+struct Seen {
+    hist: Histogram<u64>,
+    received: u64,
+    sent: u64,
+    apply_errors: u64,
+    closed: Option<u16>,
+}
+
+struct Plan {
+    epoch: Instant,
+    window: (u64, u64),
+    stop_at: Instant,
+    drain_until: Instant,
+    period: Duration,
+    kind: EditKind,
+}
+
+async fn run_editor(mut ed: Editor, plan: Arc<Plan>) -> Seen {
+    let mut seen = Seen {
+        hist: latency_histogram(),
+        received: 0,
+        sent: 0,
+        apply_errors: 0,
+        closed: None,
+    };
+    // Markers already counted: a server may echo, or resend in a step2.
+    let mut counted: HashSet<(u32, u64)> = HashSet::new();
+    let key = format!("e{}", ed.id);
+    let mut seq = 0u64;
+    let mut next = plan.epoch + plan.period.mul_f64(rand::random::<f64>());
+    let drain = tokio::time::sleep_until(plan.drain_until);
+    tokio::pin!(drain);
+    loop {
+        let editing = next < plan.stop_at;
+        let tick = tokio::time::sleep_until(next);
+        tokio::select! {
+            () = tick, if editing => {
+                let ns = plan.epoch.elapsed().as_nanos() as u64;
+                let m = marker(ed.id, seq, ns);
+                let as_text = match plan.kind {
+                    EditKind::Text => true,
+                    EditKind::Map => false,
+                    EditKind::Mixed => seq.is_multiple_of(2),
+                };
+                let update = {
+                    let mut txn = ed.doc.transact_mut();
+                    if as_text {
+                        let at = ed.text.len(&txn);
+                        ed.text.insert(&mut txn, at, &m);
+                    } else {
+                        ed.map.insert(&mut txn, key.as_str(), m.as_str());
+                    }
+                    txn.encode_update_v1()
+                };
+                // our own observers fired too: not a delivery
+                ed.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                if ed.ws.send(sync_frame(SYNC_UPDATE, &update)).await.is_err() {
+                    seen.closed.get_or_insert(1006);
+                    break;
+                }
+                if ns >= plan.window.0 && ns < plan.window.1 {
+                    seen.sent += 1;
+                }
+                seq += 1;
+                next += plan.period;
+            }
+            msg = ed.ws.next() => {
+                let b = match msg {
+                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Close(f))) => {
+                        seen.closed = Some(f.map_or(1005, |f| u16::from(f.code)));
+                        break;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => {
+                        seen.closed.get_or_insert(1006);
+                        break;
+                    }
+                };
+                let Ok(msgs) = parse_frame(&b) else {
+                    seen.apply_errors += 1;
+                    continue;
+                };
+                for m in msgs {
+                    match m {
+                        Incoming::Update { data, .. } => {
+                            if apply(&ed.doc, data).is_err() {
+                                seen.apply_errors += 1;
+                                continue;
+                            }
+                            let now = plan.epoch.elapsed().as_nanos() as u64;
+                            let strings = std::mem::take(&mut *ed.seen.lock().unwrap_or_else(|p| p.into_inner()));
+                            for s in &strings {
+                                for (editor, q, ns) in markers(s) {
+                                    if editor == ed.id || ns < plan.window.0 || ns >= plan.window.1 {
+                                        continue;
+                                    }
+                                    if counted.insert((editor, q)) {
+                                        seen.received += 1;
+                                        let _ = seen.hist.record(now.saturating_sub(ns).max(1_000));
+                                    }
+                                }
+                            }
+                        }
+                        Incoming::Step1(sv) => {
+                            if let Ok(reply) = step2_for(&ed.doc, sv) {
+                                let _ = ed.ws.send(sync_frame(SYNC_STEP2, &reply)).await;
+                            }
+                        }
+                        Incoming::QueryAwareness => {
+                            let _ = ed.ws.send(empty_awareness_frame()).await;
+                        }
+                        Incoming::Other => {}
+                    }
+                }
+            }
+            () = &mut drain => break,
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), ed.ws.close(None)).await;
+    seen
+}
+
+// ---------------------------------------------------------------- the run
+
+fn target(url: &str) -> anyhow::Result<SocketAddr> {
+    let u = url::Url::parse(url).with_context(|| format!("bad url {url}"))?;
+    if u.scheme() != "ws" {
+        bail!("the generator speaks plain ws:// only (loopback benchmarks)");
+    }
+    u.socket_addrs(|| Some(80))?
+        .into_iter()
+        .next()
+        .context("url has no address")
+}
+
+/// VmRSS of a process in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// utime + stime of a process, in seconds (Linux).
+fn cpu_seconds_of(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the ')'.
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+async fn bench(args: DocBench) -> anyhow::Result<()> {
+    let addr = target(&args.url)?;
+    let base = args.url.trim_end_matches('/').to_owned();
+    let prefix: u32 = rand::random_range(100_000..1_000_000);
+    let total = args.docs * args.editors;
+    let server_stat = args.server_pid.map(|p| format!("/proc/{p}/stat"));
+    let rss_before = args.server_pid.and_then(rss_kib);
+
+    // Connect and sync everyone (bounded concurrency, bounded time).
+    let t_connect = Instant::now();
+    let deadline = Duration::from_secs_f64(args.connect_timeout);
+    let mut editors = Vec::with_capacity(total);
+    let connect_all = async {
+        let mut i = 0;
+        while i < total {
+            let batch: Vec<_> = (i..total.min(i + 128))
+                .map(|n| {
+                    let url = format!("{base}/bench-{prefix}-{}", n / args.editors);
+                    connect_editor(addr, url, n as u32)
+                })
+                .collect();
+            for ed in futures_util::future::join_all(batch).await {
+                editors.push(ed?);
+            }
+            i += 128;
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(deadline, connect_all)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting {total} editors took longer than {} s",
+                args.connect_timeout
+            )
+        })??;
+    let connect_s = t_connect.elapsed().as_secs_f64();
+    let rss_connected = args.server_pid.and_then(rss_kib);
+    if !args.json {
+        eprintln!(
+            "{total} editors connected and synced in {connect_s:.2} s; warm-up {} s, measuring {} s",
+            args.warmup, args.duration
+        );
+    }
+
+    let epoch = Instant::now();
+    let plan = Arc::new(Plan {
+        epoch,
+        window: (
+            Duration::from_secs_f64(args.warmup).as_nanos() as u64,
+            Duration::from_secs_f64(args.warmup + args.duration).as_nanos() as u64,
+        ),
+        stop_at: epoch + Duration::from_secs_f64(args.warmup + args.duration),
+        drain_until: epoch + Duration::from_secs_f64(args.warmup + args.duration + 2.0),
+        period: Duration::from_secs_f64(1.0 / args.rate),
+        kind: args.kind,
+    });
+    let tasks: Vec<_> = editors
+        .into_iter()
+        .map(|ed| tokio::spawn(run_editor(ed, plan.clone())))
+        .collect();
+
+    // Server RSS peak, sampled every 250 ms until the end of the window.
+    let peak = Arc::new(AtomicU64::new(rss_connected.unwrap_or(0)));
+    let sampler = args.server_pid.map(|pid| {
+        let peak = peak.clone();
+        let stop_at = plan.stop_at;
+        tokio::spawn(async move {
+            while Instant::now() < stop_at {
+                if let Some(r) = rss_kib(pid) {
+                    peak.fetch_max(r, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    });
+
+    tokio::time::sleep_until(epoch + Duration::from_secs_f64(args.warmup)).await;
+    let gen0 = cpu_seconds_of("/proc/self/stat");
+    let srv0 = server_stat.as_deref().and_then(cpu_seconds_of);
+    tokio::time::sleep_until(plan.stop_at).await;
+    let gen1 = cpu_seconds_of("/proc/self/stat");
+    let srv1 = server_stat.as_deref().and_then(cpu_seconds_of);
+    let rss_after = args.server_pid.and_then(rss_kib);
+    if let Some(s) = sampler {
+        let _ = s.await;
+    }
+
+    let mut hist = latency_histogram();
+    let (mut received, mut sent, mut apply_errors) = (0u64, 0u64, 0u64);
+    let mut closes: BTreeMap<u16, u64> = BTreeMap::new();
+    for t in tasks {
+        let s = t.await?;
+        received += s.received;
+        sent += s.sent;
+        apply_errors += s.apply_errors;
+        hist.add(&s.hist)?;
+        if let Some(c) = s.closed {
+            *closes.entry(c).or_default() += 1;
+        }
+    }
+    let secs = args.duration;
+    let expected = sent * (args.editors as u64 - 1);
+    let ratio = if expected > 0 {
+        received as f64 / expected as f64
+    } else {
+        0.0
+    };
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1e6;
+    let pct = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.1}", (b - a) / secs * 100.0),
+        _ => "null".to_owned(),
+    };
+    let kib = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
+    let rss_peak = args
+        .server_pid
+        .map(|_| peak.load(Ordering::Relaxed).max(rss_after.unwrap_or(0)));
+    let closes_json: Vec<String> = closes.iter().map(|(c, n)| format!("\"{c}\":{n}")).collect();
+    let kind = format!("{:?}", args.kind).to_lowercase();
+    if args.json {
+        println!(
+            "{{\"mode\":\"doc\",\"docs\":{},\"editors\":{},\"rate\":{},\"kind\":\"{kind}\",\"connect_s\":{connect_s:.3},\"edits_per_s\":{:.0},\"deliveries_per_s\":{:.0},\"expected\":{expected},\"received\":{received},\"delivery_ratio\":{ratio:.5},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"apply_errors\":{apply_errors},\"generator_cpu_pct\":{},\"server_cpu_pct\":{},\"server_rss_before_kib\":{},\"server_rss_connected_kib\":{},\"server_rss_after_kib\":{},\"server_rss_peak_kib\":{},\"closes\":{{{}}}}}",
+            args.docs, args.editors, args.rate,
+            sent as f64 / secs, received as f64 / secs,
+            ms(0.5), ms(0.99), ms(0.999), hist.max() as f64 / 1e6,
+            pct(gen0, gen1), pct(srv0, srv1),
+            kib(rss_before), kib(rss_connected), kib(rss_after), kib(rss_peak),
+            closes_json.join(",")
+        );
+    } else {
+        println!(
+            "{} docs × {} editors × {} edits/s ({kind})\n  edits/s {:.0}  deliveries/s {:.0}  delivered {received}/{expected} ({:.2}%)  apply errors {apply_errors}\n  latency p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms\n  generator CPU {}%  server CPU {}%  server RSS before {} KiB, connected {} KiB, after {} KiB, peak {} KiB\n  closes {closes:?}",
+            args.docs, args.editors, args.rate,
+            sent as f64 / secs, received as f64 / secs, ratio * 100.0,
+            ms(0.5), ms(0.99), ms(0.999), hist.max() as f64 / 1e6,
+            pct(gen0, gen1), pct(srv0, srv1),
+            kib(rss_before), kib(rss_connected), kib(rss_after), kib(rss_peak),
+        );
+    }
+    Ok(())
+}
+
+/// 1 µs .. 120 s at 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    #[allow(clippy::expect_used)]
+    Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("constant bounds are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::GetString;
+
+    fn bytes(m: Message) -> Vec<u8> {
+        m.into_data().to_vec()
+    }
+
+    #[test]
+    fn frames_match_the_protocol_examples() {
+        // empty document: step1 `00 00 01 00`, step2 `00 01 02 00 00`
+        let doc = Doc::new();
+        let sv = doc.transact().state_vector().encode_v1();
+        assert_eq!(bytes(sync_frame(SYNC_STEP1, &sv)), [0, 0, 1, 0]);
+        assert_eq!(
+            bytes(sync_frame(
+                SYNC_STEP2,
+                &step2_for(&doc, &sv).unwrap_or_default()
+            )),
+            [0, 1, 2, 0, 0]
+        );
+        let mut v = Vec::new();
+        write_var(&mut v, 300);
+        assert_eq!(v, [0xac, 0x02]);
+    }
+
+    #[test]
+    fn concatenated_messages_are_all_read() {
+        let mut frame = bytes(sync_frame(SYNC_STEP1, &[0]));
+        frame.extend([1, 3, 1, 2, 3]); // awareness
+        frame.extend(bytes(sync_frame(SYNC_UPDATE, &[0, 0])));
+        frame.push(3); // query awareness
+        assert_eq!(
+            parse_frame(&frame),
+            Ok(vec![
+                Incoming::Step1(&[0]),
+                Incoming::Other,
+                Incoming::Update {
+                    data: &[0, 0],
+                    step2: false
+                },
+                Incoming::QueryAwareness,
+            ])
+        );
+        assert!(parse_frame(&[0, 2, 5, 1]).is_err());
+    }
+
+    #[test]
+    fn markers_round_trip_and_ignore_fragments() {
+        let s = format!("{}{}junk:1;2:3", marker(7, 1, 99), marker(8, 2, 100));
+        assert_eq!(markers(&s).collect::<Vec<_>>(), [(7, 1, 99), (8, 2, 100)]);
+    }
+
+    #[test]
+    fn a_remote_edit_is_seen_after_applying() {
+        let (a, at, am, _) = new_doc();
+        let (b, _, _, seen) = new_doc();
+        let u1 = {
+            let mut txn = a.transact_mut();
+            at.insert(&mut txn, 0, &marker(1, 0, 5));
+            txn.encode_update_v1()
+        };
+        let u2 = {
+            let mut txn = a.transact_mut();
+            am.insert(&mut txn, "e1", marker(1, 1, 6).as_str());
+            txn.encode_update_v1()
+        };
+        apply(&b, &u1).unwrap_or_default();
+        apply(&b, &u2).unwrap_or_default();
+        let got: Vec<_> = seen
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .flat_map(|s| markers(s).collect::<Vec<_>>())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(got, [(1, 0, 5), (1, 1, 6)]);
+        assert_eq!(
+            b.get_or_insert_text("t").get_string(&b.transact()),
+            "1:0:5;"
+        );
+    }
+}
