@@ -317,7 +317,42 @@ check_nimbus_restart() {
     late_dumps restart "ws://127.0.0.1:$NIMBUS_PORT/doc" "$ROOM_FOUR"
 }
 
-ALL_CHECKS=(yws-three-clients yws-rust-and-js nimbus-four-clients nimbus-late-joiner nimbus-restart)
+# aw_check URL: two y-websocket clients see each other's awareness state; one is killed with
+# SIGKILL (so it sends no removal itself) and the other must see its state removed by the
+# server within 25 s, before the clients' own 30 s outdated-state timeout could do it.
+aw_check() {
+    local url="$1" room="aw-$$-$RANDOM" gone_wait=$((WAIT < 25 ? WAIT : 25)) a b rc
+    node "$DOC/yjs_agent.mjs" --url "$url" --room "$room" --name aw-b --aw-expect aw-a --aw-hold \
+        --timeout $((WAIT + gone_wait + 10)) >"$LOGS/$CHECK-b.out" 2>"$LOGS/$CHECK-b.err" &
+    b=$!
+    PIDS+=("$b")
+    timeout -k 5 $((WAIT + gone_wait + 10)) node "$DOC/yjs_agent.mjs" --url "$url" --room "$room" \
+        --name aw-a --aw-expect aw-b --aw-gone --timeout $((WAIT + gone_wait)) \
+        >"$LOGS/$CHECK-a.out" 2>"$LOGS/$CHECK-a.err" &
+    a=$!
+    for _ in $(seq $((WAIT * 10))); do
+        grep -q aw-seen "$LOGS/$CHECK-a.out" 2>/dev/null && grep -q aw-seen "$LOGS/$CHECK-b.out" 2>/dev/null && break
+        sleep 0.1
+    done
+    if ! grep -q aw-seen "$LOGS/$CHECK-a.out" || ! grep -q aw-seen "$LOGS/$CHECK-b.out"; then
+        echo "  the two clients never saw each other's awareness state:"
+        tail -3 "$LOGS/$CHECK-a.err" "$LOGS/$CHECK-b.err" | sed 's/^/    | /'
+        kill -9 "$b" 2>/dev/null || true; kill "$a" 2>/dev/null || true; wait "$a" 2>/dev/null || true
+        return 1
+    fi
+    echo "  aw-a and aw-b see each other's awareness state; SIGKILL aw-b (pid $b)"
+    { kill -9 "$b"; wait "$b"; } 2>/dev/null || true
+    set +e; wait "$a"; rc=$?; set -e
+    if [[ $rc -ne 0 ]] || ! grep -q aw-gone "$LOGS/$CHECK-a.out"; then
+        echo "  aw-a did not see aw-b's state removed (exit $rc):"; tail -3 "$LOGS/$CHECK-a.err" | sed 's/^/    | /'
+        return 1
+    fi
+    grep -h 'was removed' "$LOGS/$CHECK-a.err" | sed 's/^/  /'
+}
+check_yws_awareness() { aw_check "ws://127.0.0.1:$YWS_PORT"; }
+check_nimbus_awareness() { aw_check "ws://127.0.0.1:$NIMBUS_PORT/doc"; }
+
+ALL_CHECKS=(yws-three-clients yws-rust-and-js yws-awareness nimbus-four-clients nimbus-late-joiner nimbus-restart nimbus-awareness)
 if [[ $# -gt 0 ]]; then CHECKS=("$@"); else CHECKS=("${ALL_CHECKS[@]}"); fi
 
 say "start @y/websocket-server (reference server)"

@@ -2,6 +2,10 @@
 //
 //   node yjs_agent.mjs --url ws://127.0.0.1:PORT/doc --room ROOM --name js [--edit]
 //        [--expect js,wire,py,rust] [--timeout 20] [--linger 0.5]
+//   node yjs_agent.mjs ... --aw-expect PEER [--aw-gone] [--aw-hold]
+//        awareness: set the local state {name: NAME}, wait until PEER's state arrives (prints
+//        "aw-seen PEER"); --aw-gone: then wait until PEER's state is removed ("aw-gone PEER");
+//        --aw-hold: then stay connected until killed (or --timeout).
 //
 // Connects WebsocketProvider(url, room) (so the socket URL is url + "/" + room), waits for
 // the first sync, then with --edit makes this client's edits in ONE transaction:
@@ -15,7 +19,7 @@ import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
 
-const args = { url: '', room: '', name: 'js', edit: false, expect: [], timeout: 20, linger: 0.5, token: '' }
+const args = { url: '', room: '', name: 'js', edit: false, expect: [], timeout: 20, linger: 0.5, token: '', awExpect: '', awGone: false, awHold: false }
 const argv = process.argv.slice(2)
 for (let i = 0; i < argv.length; i++) {
   const k = argv[i]
@@ -29,6 +33,9 @@ for (let i = 0; i < argv.length; i++) {
     case '--timeout': args.timeout = Number(v()); break
     case '--linger': args.linger = Number(v()); break
     case '--token': args.token = v(); break
+    case '--aw-expect': args.awExpect = v(); break
+    case '--aw-gone': args.awGone = true; break
+    case '--aw-hold': args.awHold = true; break
     default: fail(`unknown argument ${k}`)
   }
 }
@@ -79,13 +86,39 @@ provider.on('connection-close', (ev) => log('connection closed', ev ? ev.code : 
 provider.on('connection-error', () => log('connection error'))
 
 const deadline = setTimeout(() => {
+  if (args.awExpect) fail(`timed out after ${args.timeout}s; synced=${provider.synced}; awareness states: ${JSON.stringify([...provider.awareness.getStates().entries()])}`)
   fail(`timed out after ${args.timeout}s; synced=${provider.synced}; missing: ${missing(doc).join('; ') || '-'}; doc: ${JSON.stringify(canon(doc))}`)
 }, args.timeout * 1000)
 
 const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms))
 
+const peerState = () => [...provider.awareness.getStates().entries()]
+  .find(([id, st]) => id !== doc.clientID && st && st.name === args.awExpect)
+
+async function awareness () {
+  provider.awareness.setLocalStateField('name', args.name)
+  while (!peerState()) await sleep(20)
+  process.stdout.write(`aw-seen ${args.awExpect}\n`)
+  log('sees the awareness state of', args.awExpect)
+  if (args.awHold) { // until killed, or --timeout seconds at most
+    clearTimeout(deadline)
+    setTimeout(() => process.exit(0), args.timeout * 1000)
+    await new Promise(() => {})
+  }
+  if (args.awGone) {
+    const t = Date.now()
+    while (peerState()) await sleep(20)
+    log(`the state of ${args.awExpect} was removed after ${Date.now() - t} ms`)
+    process.stdout.write(`aw-gone ${args.awExpect}\n`)
+  }
+  clearTimeout(deadline)
+  provider.destroy()
+  setTimeout(() => process.exit(0), 100)
+}
+
 async function main () {
   while (!provider.synced) await sleep(20)
+  if (args.awExpect) return awareness()
   log('synced', JSON.stringify(canon(doc)))
   if (args.edit) {
     doc.transact(() => {
