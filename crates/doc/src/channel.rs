@@ -1,0 +1,58 @@
+//! [`Channel`]: one client connection carrying whole binary frames.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+/// One client connection carrying whole binary frames (one y-sync frame each).
+///
+/// Implemented by the wires of this crate ([`crate::wire::memory::MemoryChannel`],
+/// [`crate::wire::websocket::WsChannel`]); a server that has its own socket type (an axum
+/// `WebSocket`, say) implements it with a small wrapper.
+///
+/// [`Channel::recv`] must be **cancel-safe** (dropping its future before it completes must
+/// not lose a frame): [`Room::serve`](crate::Room::serve) selects over it and the room's
+/// outgoing queue. A `Stream::next` of a WebSocket is.
+pub trait Channel: Send + 'static {
+    /// Send one binary frame.
+    fn send(&mut self, frame: Bytes) -> impl Future<Output = Result<(), ChannelError>> + Send;
+
+    /// The next binary frame; `None` once the connection is closed. A text frame is reported
+    /// as [`ChannelError::TextFrame`], a close frame with a code as [`ChannelError::Closed`].
+    fn recv(&mut self) -> impl Future<Output = Option<Result<Bytes, ChannelError>>> + Send;
+
+    /// Close the connection with a WebSocket close code and reason (a no-op where the wire has
+    /// no such thing).
+    fn close(&mut self, code: u16, reason: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// A failure of a [`Channel`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ChannelError {
+    /// The peer sent a text frame (the y-sync protocol is binary only; close code 1003).
+    #[error("text frame received (the y-sync protocol is binary only)")]
+    TextFrame,
+    /// The peer closed the connection with a close frame.
+    #[error("closed by peer with code {code}: {reason:?}")]
+    Closed {
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+    /// The peer did not answer the previous keepalive ping.
+    #[error("keepalive ping not answered")]
+    PingTimeout,
+    /// A frame larger than the wire accepts.
+    #[error("frame of {size} bytes exceeds the limit of {max} bytes")]
+    TooBig {
+        /// The frame's size (as far as known).
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The transport failed.
+    #[error("transport error: {0}")]
+    Transport(String),
+}

@@ -1,0 +1,103 @@
+//! [`RoomHooks`]: the extension points of a room (the seed's custom `room_factory`).
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use thiserror::Error;
+
+use crate::Room;
+
+/// Callbacks a room makes at the points of its life where a server adds behaviour:
+/// loading and seeding content, filtering updates, persisting them, flushing when the
+/// room empties. Every method has a default that does nothing.
+///
+/// Hooks must not block: `load` and `emptied` are async; `check_update` and `updated` run
+/// on the room's tasks and should only do quick work (queue a write, check a size).
+///
+/// ```
+/// use std::sync::Arc;
+/// use nimbus_doc::{HookError, Refusal, Room, RoomHooks};
+/// use nimbus_doc::yrs::{Text, Transact};
+/// use futures_util::future::BoxFuture;
+///
+/// struct Seeded;
+/// impl RoomHooks for Seeded {
+///     fn load<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, Result<(), HookError>> {
+///         Box::pin(async move {
+///             let text = room.doc().get_or_insert_text("t");
+///             text.insert(&mut room.doc().transact_mut(), 0, "hello");
+///             Ok(())
+///         })
+///     }
+///     fn check_update(&self, _room: &Room, update: &[u8]) -> Result<(), Refusal> {
+///         if update.len() > 1 << 20 { Err(Refusal::new("update too large")) } else { Ok(()) }
+///     }
+/// }
+/// let room = Room::with_hooks("/seeded", Arc::new(Seeded));
+/// # drop(room);
+/// ```
+pub trait RoomHooks: Send + Sync + 'static {
+    /// Runs once, before the room answers its first client: load persisted state, seed
+    /// content. A failure is returned to every client waiting to join, and a
+    /// [`RoomManager`](crate::RoomManager) does not keep the room.
+    fn load<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, Result<(), HookError>> {
+        let _ = room;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Filter for a client's update (SyncStep2 or Update), called after it decoded and before
+    /// it is applied. A refusal means the update is not applied and the client gets
+    /// `Auth PermissionDenied` with the reason; the connection stays open.
+    fn check_update(&self, room: &Room, update: &[u8]) -> Result<(), Refusal> {
+        let _ = (room, update);
+        Ok(())
+    }
+
+    /// After a transaction changed the room's document: `update` is the v1 update of that
+    /// transaction as yrs produced it (whatever its origin: a client, or server code editing
+    /// [`Room::doc`] directly). Called in order from [`Room::run`]. Persist here.
+    fn updated(&self, room: &Room, update: &Bytes) {
+        let _ = (room, update);
+    }
+
+    /// The last client left; runs before the room is unloaded (after every `updated` call of
+    /// the room's changes). Flush persistence here.
+    fn emptied<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, ()> {
+        let _ = room;
+        Box::pin(async {})
+    }
+}
+
+/// The hooks of a plain in-memory room: all defaults.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHooks;
+
+impl RoomHooks for NoHooks {}
+
+/// A failure of a hook (loading a room).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0}")]
+pub struct HookError(pub String);
+
+impl HookError {
+    /// A hook error with this message.
+    pub fn new(msg: impl Into<String>) -> HookError {
+        HookError(msg.into())
+    }
+}
+
+/// Why [`RoomHooks::check_update`] refused an update; the reason is sent to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{reason}")]
+pub struct Refusal {
+    /// Sent to the client in `Auth PermissionDenied`.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal with this reason.
+    pub fn new(reason: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+        }
+    }
+}

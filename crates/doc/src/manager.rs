@@ -1,0 +1,195 @@
+//! [`RoomManager`]: room id → live room; creates rooms with a factory and unloads them when
+//! their last client leaves (the seed's `RoomManager`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::channel::Channel;
+use crate::hooks::HookError;
+use crate::room::{Room, ServeError, ServeOptions};
+
+type Factory = dyn Fn(&str) -> Room + Send + Sync + 'static;
+
+struct Inner {
+    factory: Box<Factory>,
+    rooms: Mutex<HashMap<String, Room>>,
+}
+
+/// The live rooms of a server, by id. Cheap to clone (clones share the rooms).
+///
+/// [`RoomManager::get_room`] returns the live room or makes one with the factory, spawns its
+/// [`Room::run`] and awaits its [load hook](crate::RoomHooks::load); concurrent callers wait
+/// for the same load, and a failed load is returned to all of them and the room is not kept.
+///
+/// A room is unloaded when its last client leaves: it is marked closing while the map's lock
+/// is held and its client count is re-checked (so a newcomer never joins a dying room), then
+/// its updates are flushed to [`RoomHooks::updated`](crate::RoomHooks::updated),
+/// [`RoomHooks::emptied`](crate::RoomHooks::emptied) runs, the room is closed and removed. A
+/// client arriving meanwhile waits for that and gets a fresh room, loaded after the flush.
+#[derive(Clone)]
+pub struct RoomManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RoomManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomManager")
+            .field("rooms", &self.room_ids())
+            .finish()
+    }
+}
+
+impl Default for RoomManager {
+    fn default() -> Self {
+        RoomManager::new(|id: &str| Room::new(id))
+    }
+}
+
+impl RoomManager {
+    /// A manager that makes rooms with `factory(id)` (e.g. `Room::new`).
+    pub fn new(factory: impl Fn(&str) -> Room + Send + Sync + 'static) -> RoomManager {
+        RoomManager {
+            inner: Arc::new(Inner {
+                factory: Box::new(factory),
+                rooms: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<String, Room>> {
+        self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live (loaded) room `id`, or a new one from the factory, loaded.
+    pub async fn get_room(&self, id: &str) -> Result<Room, HookError> {
+        loop {
+            let (room, fresh) = {
+                let mut rooms = self.rooms();
+                match rooms.get(id) {
+                    Some(room) => (room.clone(), false),
+                    None => {
+                        let room = (self.inner.factory)(id);
+                        rooms.insert(id.to_owned(), room.clone());
+                        (room, true)
+                    }
+                }
+            };
+            if fresh {
+                let runner = room.clone();
+                tokio::spawn(async move { runner.run().await });
+            }
+            if room.is_closed() {
+                // Unloading: wait until it is gone, then make a fresh one.
+                room.closed().await;
+                self.remove_if_same(id, &room);
+                continue;
+            }
+            match room.load().await {
+                Ok(()) => return Ok(room),
+                Err(e) => {
+                    if self.remove_if_same(id, &room) {
+                        room.close();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn remove_if_same(&self, id: &str, room: &Room) -> bool {
+        let mut rooms = self.rooms();
+        if rooms.get(id).is_some_and(|r| r.ptr_eq(room)) {
+            rooms.remove(id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Serve one client in room `id` until it leaves; unload the room if it was the last.
+    pub async fn serve<C: Channel>(
+        &self,
+        id: &str,
+        mut channel: C,
+        opts: ServeOptions,
+    ) -> Result<(), ServeError> {
+        let room = loop {
+            match self.get_room(id).await {
+                Ok(room) if room.is_closed() => continue,
+                Ok(room) => break room,
+                Err(e) => {
+                    let e = ServeError::Load(e);
+                    if let Some(code) = e.close_code() {
+                        channel.close(code, &e.close_reason()).await;
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        // `Room::serve` refuses a room that started closing after `get_room` returned it;
+        // that refusal happens before anything is sent, so the channel can be reused.
+        let result = room.serve_or_return(channel, opts.clone()).await;
+        let result = match result {
+            Err(channel) => {
+                // The room began unloading between `get_room` and the join: retry once the
+                // unload is over (a fresh room is then made and loaded).
+                room.closed().await;
+                return Box::pin(self.serve(id, channel, opts)).await;
+            }
+            Ok(r) => r,
+        };
+        self.unload_if_empty_room(id, &room).await;
+        result
+    }
+
+    /// Unload room `id` if it has no client. Returns whether it was unloaded.
+    pub async fn unload_if_empty(&self, id: &str) -> bool {
+        let Some(room) = self.get(id) else {
+            return false;
+        };
+        self.unload_if_empty_room(id, &room).await
+    }
+
+    async fn unload_if_empty_room(&self, id: &str, room: &Room) -> bool {
+        {
+            // The count is re-checked with the map locked: a client that got this room from
+            // the map and joins after this point is refused and retries on a fresh room.
+            let rooms = self.rooms();
+            if !rooms.get(id).is_some_and(|r| r.ptr_eq(room)) || !room.mark_closing_if_empty() {
+                return false;
+            }
+        }
+        tracing::debug!(room = %id, "last client left: unloading the room");
+        unload(room).await;
+        self.remove_if_same(id, room);
+        true
+    }
+
+    /// The ids of the live rooms.
+    pub fn room_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.rooms().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The live room `id`, if any (without creating or loading it).
+    pub fn get(&self, id: &str) -> Option<Room> {
+        self.rooms().get(id).cloned()
+    }
+
+    /// Unload every room (flush, `emptied`, close), e.g. at server shutdown.
+    pub async fn close_all(&self) {
+        let rooms: Vec<(String, Room)> = self.rooms().drain().collect();
+        for (_, room) in rooms {
+            room.mark_closing();
+            unload(&room).await;
+        }
+    }
+}
+
+/// Flush the room's changes to the hooks, run `emptied`, close it.
+async fn unload(room: &Room) {
+    room.flush().await;
+    room.hooks().emptied(room).await;
+    room.close();
+}

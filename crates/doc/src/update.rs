@@ -1,0 +1,189 @@
+//! Applying client updates so that a broken one cannot corrupt the room.
+//!
+//! An update from a client is decoded with `Update::decode_v1` first (a decoding error
+//! refuses it). yrs can still panic on some updates that decode but are inconsistent
+//! (yrs issues about panics in `apply_update` exist; a fuzz target,
+//! `fuzz/fuzz_targets/doc_update_apply.rs`, looks for more). A panic inside a
+//! `TransactionMut` would leave the room's document half-applied and its lock state
+//! unknown, and `catch_unwind` around the room's own transaction cannot undo that.
+//!
+//! So each room keeps a **validator replica**: a second `Doc` holding the same state.
+//! A client update is applied to the replica first, under `catch_unwind`; only if that
+//! succeeds is it applied to the room's document. Every transaction of the room's
+//! document (whatever its origin) is also queued for the replica, so the replica
+//! converges even when server code edits the document directly. When the replica panics
+//! or reports an error it is discarded (a panicking transaction is leaked with
+//! `mem::forget`, so that its `Drop`, which commits, cannot panic a second time during
+//! unwinding) and rebuilt from the room's full state at the next update.
+//!
+//! Cost: twice the memory of the document and about twice the apply time. A room made with
+//! [`RoomOptions::validate_updates`](crate::RoomOptions) `= false` skips the replica
+//! (still decoding first, and still containing panics, but then a panic closes the room).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bytes::Bytes;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+
+/// Why a client's update was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// Not a valid v1 update.
+    #[error("update does not decode: {0}")]
+    Decode(String),
+    /// yrs refused to integrate it.
+    #[error("update does not apply: {0}")]
+    Integrate(String),
+    /// yrs panicked while integrating it (contained in the validator replica).
+    #[error("update made the CRDT panic")]
+    Panicked,
+}
+
+/// Decode a v1 update, containing a panic of the decoder.
+pub(crate) fn decode_update(bytes: &[u8]) -> Result<Update, ApplyError> {
+    match catch_unwind(|| Update::decode_v1(bytes)) {
+        Ok(Ok(u)) => Ok(u),
+        Ok(Err(e)) => Err(ApplyError::Decode(e.to_string())),
+        Err(_) => Err(ApplyError::Panicked),
+    }
+}
+
+/// Decode a v1 state vector, containing a panic of the decoder.
+pub(crate) fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, String> {
+    match catch_unwind(|| StateVector::decode_v1(bytes)) {
+        Ok(Ok(sv)) => Ok(sv),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("state vector decoding panicked".into()),
+    }
+}
+
+/// Whether `bytes` is the empty v1 update (no structs, no deletions).
+pub(crate) fn is_empty_update(bytes: &[u8]) -> bool {
+    bytes == [0, 0]
+}
+
+/// The room's own updates not yet applied to the replica (bounded: past the limit they are
+/// dropped and the replica is rebuilt from the full state instead).
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    items: Vec<Bytes>,
+    bytes: usize,
+    overflowed: bool,
+}
+
+impl Backlog {
+    const MAX_BYTES: usize = 4 << 20;
+
+    /// Queue one update of the room's document.
+    pub fn push(&mut self, update: Bytes) {
+        if self.overflowed {
+            return;
+        }
+        self.bytes += update.len();
+        if self.bytes > Self::MAX_BYTES {
+            self.items = Vec::new();
+            self.overflowed = true;
+        } else {
+            self.items.push(update);
+        }
+    }
+}
+
+/// The validator replica of a room's document.
+#[derive(Default)]
+pub(crate) struct Validator {
+    replica: Option<Doc>,
+    /// How many updates the replica refused by panicking.
+    pub panics: u64,
+}
+
+impl Validator {
+    /// Apply `update` to the replica (built from `room_doc` first when needed, then brought
+    /// up to date with `backlog`: the updates the room's document produced since).
+    pub fn check(
+        &mut self,
+        room_doc: &Doc,
+        backlog: Backlog,
+        update: &[u8],
+    ) -> Result<(), ApplyError> {
+        let parsed = decode_update(update)?;
+        let replica = match self.replica.take() {
+            Some(_) if backlog.overflowed => rebuild(room_doc),
+            Some(replica) => {
+                if !backlog.items.is_empty() && !catch_up(&replica, backlog.items) {
+                    self.panics += 1;
+                    rebuild(room_doc)
+                } else {
+                    replica
+                }
+            }
+            // The backlog is already contained in the full state taken now.
+            None => rebuild(room_doc),
+        };
+        let mut txn = replica.transact_mut();
+        match catch_unwind(AssertUnwindSafe(|| txn.apply_update(parsed))) {
+            Ok(Ok(())) => {
+                let committed = catch_unwind(AssertUnwindSafe(move || drop(txn)));
+                if committed.is_ok() {
+                    self.replica = Some(replica);
+                    Ok(())
+                } else {
+                    self.panics += 1;
+                    Err(ApplyError::Panicked)
+                }
+            }
+            Ok(Err(e)) => {
+                // A refused update may have been integrated in part: the replica is no
+                // longer a copy of the room; drop it (rebuilt at the next update).
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(txn)));
+                Err(ApplyError::Integrate(e.to_string()))
+            }
+            Err(_) => {
+                std::mem::forget(txn);
+                self.panics += 1;
+                Err(ApplyError::Panicked)
+            }
+        }
+    }
+}
+
+/// Apply the room's own updates to the replica; false if that failed (the replica is lost).
+fn catch_up(replica: &Doc, backlog: Vec<Bytes>) -> bool {
+    for u in backlog {
+        let Ok(parsed) = decode_update(&u) else {
+            return false;
+        };
+        let mut txn = replica.transact_mut();
+        match catch_unwind(AssertUnwindSafe(|| txn.apply_update(parsed))) {
+            Ok(Ok(())) => {
+                if catch_unwind(AssertUnwindSafe(move || drop(txn))).is_err() {
+                    return false;
+                }
+            }
+            _ => {
+                std::mem::forget(txn);
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// A fresh replica holding the room document's full state.
+fn rebuild(room_doc: &Doc) -> Doc {
+    let replica = Doc::with_options(yrs::Options {
+        skip_gc: room_doc.skip_gc(),
+        ..yrs::Options::default()
+    });
+    let state = room_doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    if let Ok(u) = Update::decode_v1(&state) {
+        let mut txn = replica.transact_mut();
+        if let Err(e) = txn.apply_update(u) {
+            tracing::warn!(error = %e, "validator replica: the room's own state did not apply");
+        }
+    }
+    replica
+}

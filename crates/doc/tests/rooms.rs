@@ -1,0 +1,557 @@
+//! Room behaviour over the memory wire and real loopback WebSockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::future::BoxFuture;
+use nimbus_doc::yrs::{Array, Doc, Map, Text, Transact};
+use nimbus_doc::{HookError, Refusal, Room, RoomHooks, ServeOptions, ServerOptions, Status};
+use nimbus_proto::doc::{decode_frame, AwarenessEntry, AwarenessUpdate, Message};
+use serde_json::json;
+
+#[tokio::test]
+async fn two_clients_converge_on_concurrent_text_map_array_edits() {
+    for kind in KINDS {
+        let s = server(kind).await;
+        let a = s.client("r").await;
+        let b = s.client("r").await;
+        let (ta, tb) = (
+            a.doc().get_or_insert_text("t"),
+            b.doc().get_or_insert_text("t"),
+        );
+        let (ma, mb) = (
+            a.doc().get_or_insert_map("m"),
+            b.doc().get_or_insert_map("m"),
+        );
+        let (aa, ab) = (
+            a.doc().get_or_insert_array("a"),
+            b.doc().get_or_insert_array("a"),
+        );
+        for i in 0..20 {
+            {
+                let mut txn = a.doc().transact_mut();
+                ta.insert(&mut txn, 0, "A");
+                ma.insert(&mut txn, format!("a{i}"), i);
+                aa.push_back(&mut txn, "a");
+            }
+            {
+                let mut txn = b.doc().transact_mut();
+                tb.push(&mut txn, "B");
+                mb.insert(&mut txn, format!("b{i}"), i);
+                ab.push_front(&mut txn, "b");
+            }
+        }
+        eventually("both clients converge", || {
+            let (ja, jb) = (json_of(a.doc()), json_of(b.doc()));
+            ja == jb && ja["t"].as_str().map(str::len) == Some(40)
+        })
+        .await;
+        let j = json_of(a.doc());
+        assert_eq!(j["m"].as_object().unwrap().len(), 40, "{kind:?}");
+        assert_eq!(j["a"].as_array().unwrap().len(), 40);
+        let room = s.guard.manager().get("/r").expect("room /r is live");
+        eventually("the server converges", || json_of(room.doc()) == j).await;
+        a.close().await;
+        b.close().await;
+        s.guard.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_late_joiner_gets_the_full_state() {
+    for kind in KINDS {
+        let s = server(kind).await;
+        let a = s.client("late").await;
+        let t = a.doc().get_or_insert_text("t");
+        t.insert(&mut a.doc().transact_mut(), 0, "written before");
+        let room = s.guard.manager().get("/late").unwrap();
+        eventually("the room has the text", || {
+            json_of(room.doc())["t"] == "written before"
+        })
+        .await;
+        // `connect` returns once synced: the state is there at once.
+        let b = s.client("late").await;
+        assert_eq!(json_of(b.doc())["t"], "written before", "{kind:?}");
+        a.close().await;
+        b.close().await;
+    }
+}
+
+#[tokio::test]
+async fn the_first_frames_are_step1_then_awareness() {
+    for kind in KINDS {
+        let s = server(kind).await;
+        // An empty room: step1 with the empty state vector, nothing else until asked.
+        let mut raw = Raw::open(&s.addr, "bytes").await;
+        assert_eq!(raw.recv().await, Got::Frame(vec![0, 0, 1, 0]));
+        // Our step1 of an empty doc is answered with the empty step2.
+        raw.send(&[0, 0, 1, 0]).await;
+        assert_eq!(raw.recv().await, Got::Frame(vec![0, 1, 2, 0, 0]));
+        // Query awareness: answered (no states).
+        raw.send(&[3]).await;
+        assert_eq!(raw.recv().await, Got::Frame(vec![1, 1, 0]));
+        // A state, relayed back to the sender too.
+        let state = AwarenessUpdate {
+            entries: vec![AwarenessEntry {
+                client_id: 7,
+                clock: 1,
+                state: Some(r#"{"u":"x"}"#.into()),
+            }],
+        };
+        let frame = Message::Awareness(state.encode()).encode();
+        raw.send(&frame).await;
+        assert_eq!(raw.recv().await, Got::Frame(frame.to_vec()));
+        // A newcomer gets step1, then the awareness states.
+        let mut second = Raw::open(&s.addr, "bytes").await;
+        assert_eq!(second.recv().await, Got::Frame(vec![0, 0, 1, 0]));
+        assert_eq!(second.recv().await, Got::Frame(frame.to_vec()));
+        s.guard.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn read_only_clients_are_refused_with_auth_and_the_doc_is_unchanged() {
+    for kind in KINDS {
+        let options = ServerOptions {
+            serve: ServeOptions {
+                read_only: true,
+                ..ServeOptions::default()
+            },
+            ..ServerOptions::default()
+        };
+        let s = serve_with(Addr::new(kind), |id: &str| Room::new(id), options).await;
+        // Byte level: an update is answered with [2, 0, varString(reason)].
+        let mut raw = Raw::open(&s.addr, "ro").await;
+        assert_eq!(raw.recv().await, Got::Frame(vec![0, 0, 1, 0]));
+        let doc = Doc::new();
+        let t = doc.get_or_insert_text("t");
+        t.insert(&mut doc.transact_mut(), 0, "nope");
+        let update = {
+            use nimbus_doc::yrs::{ReadTxn, StateVector};
+            doc.transact()
+                .encode_state_as_update_v1(&StateVector::default())
+        };
+        raw.send(&Message::Update(update.into()).encode()).await;
+        let Got::Frame(f) = raw.recv().await else {
+            panic!("no answer")
+        };
+        assert_eq!(&f[..2], [2, 0]);
+        let msgs = decode_frame(&Bytes::from(f)).unwrap();
+        assert!(
+            matches!(&msgs[0], Message::Auth(nimbus_proto::doc::AuthMessage::PermissionDenied(r)) if r.contains("read-only"))
+        );
+        // Its step1 is still answered.
+        raw.send(&[0, 0, 1, 0]).await;
+        assert_eq!(raw.recv().await, Got::Frame(vec![0, 1, 2, 0, 0]));
+        // A client's edit is refused; the client hears it as a PermissionDenied event.
+        let c = s.client("ro").await;
+        let mut events = c.events();
+        let ct = c.doc().get_or_insert_text("t");
+        ct.insert(&mut c.doc().transact_mut(), 0, "local only");
+        let denied = within(async {
+            loop {
+                if let Status::PermissionDenied { reason } = events.recv().await.unwrap() {
+                    return reason;
+                }
+            }
+        })
+        .await;
+        assert!(denied.contains("read-only"));
+        let room = s.guard.manager().get("/ro").unwrap();
+        assert_eq!(json_of(room.doc()), json!({}), "{kind:?}");
+        c.close().await;
+        s.guard.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn malformed_frames_close_that_client_with_a_reason_and_others_keep_working() {
+    for kind in KINDS {
+        let s = server(kind).await;
+        let a = s.client("m").await;
+        let b = s.client("m").await;
+        let ta = a.doc().get_or_insert_text("t");
+        ta.insert(&mut a.doc().transact_mut(), 0, "kept");
+        eventually("b has the text", || json_of(b.doc())["t"] == "kept").await;
+
+        // An unknown sync subtype: 1007 with the decoder's message.
+        let mut raw = Raw::open(&s.addr, "m").await;
+        raw.send(&[0, 7, 0]).await;
+        match raw.until_close().await {
+            Got::Close(code, reason) => {
+                assert_eq!(code, 1007, "{kind:?}");
+                assert!(
+                    reason.contains("unknown sync message subtype 7"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A well-formed frame carrying an update that does not decode: 1007, room unchanged.
+        let mut raw = Raw::open(&s.addr, "m").await;
+        raw.send(&Message::Update(Bytes::from_static(&[5, 200, 1, 2])).encode())
+            .await;
+        match raw.until_close().await {
+            Got::Close(code, reason) => {
+                assert_eq!(code, 1007);
+                assert!(reason.contains("invalid update"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A text frame: 1003.
+        let mut raw = Raw::open(&s.addr, "m").await;
+        raw.send_text("hello").await;
+        match raw.until_close().await {
+            Got::Close(code, _) => assert_eq!(code, 1003),
+            other => panic!("{other:?}"),
+        }
+        // The others still sync.
+        let tb = b.doc().get_or_insert_text("t");
+        tb.push(&mut b.doc().transact_mut(), "!");
+        eventually("a has b's edit", || json_of(a.doc())["t"] == "kept!").await;
+        let room = s.guard.manager().get("/m").unwrap();
+        eventually("the room too", || json_of(room.doc())["t"] == "kept!").await;
+        a.close().await;
+        b.close().await;
+        s.guard.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn too_big_frames_close_with_1009() {
+    for kind in KINDS {
+        let options = ServerOptions {
+            serve: ServeOptions {
+                max_message_bytes: 1000,
+                ..ServeOptions::default()
+            },
+            ..ServerOptions::default()
+        };
+        let s = serve_with(Addr::new(kind), |id: &str| Room::new(id), options).await;
+        let mut raw = Raw::open(&s.addr, "big").await;
+        raw.send(&Message::Update(Bytes::from(vec![0u8; 5000])).encode())
+            .await;
+        match raw.until_close().await {
+            Got::Close(code, _) => assert_eq!(code, 1009, "{kind:?}"),
+            // tungstenite may reset the connection after its own limit.
+            Got::End => assert_eq!(kind, Kind::WebSocket),
+            other => panic!("{other:?}"),
+        }
+        s.guard.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn awareness_is_relayed_removed_on_leave_and_expires() {
+    for kind in KINDS {
+        let options = ServerOptions {
+            serve: ServeOptions {
+                awareness_timeout: Duration::from_millis(300),
+                ..ServeOptions::default()
+            },
+            ..ServerOptions::default()
+        };
+        let s = serve_with(Addr::new(kind), |id: &str| Room::new(id), options).await;
+        let a = s.client("aw").await;
+        let b = s.client("aw").await;
+        a.set_local_state(json!({"user": "alice"}));
+        let aid = a.client_id();
+        eventually("b sees alice", || {
+            b.states().get(&aid) == Some(&json!({"user": "alice"}))
+        })
+        .await;
+        let room = s.guard.manager().get("/aw").unwrap();
+        assert_eq!(
+            room.awareness_json().get(&aid),
+            Some(&json!({"user": "alice"}))
+        );
+        // Leaving removes the state for everyone.
+        a.close().await;
+        eventually("b sees alice leave", || !b.states().contains_key(&aid)).await;
+        eventually("the room forgets alice", || room.awareness().is_empty()).await;
+
+        // A state never renewed expires on the server, which broadcasts the removal.
+        let mut raw = Raw::open(&s.addr, "aw").await;
+        let ghost = AwarenessUpdate {
+            entries: vec![AwarenessEntry {
+                client_id: 4242,
+                clock: 1,
+                state: Some("{\"g\":1}".into()),
+            }],
+        };
+        raw.send(&Message::Awareness(ghost.encode()).encode()).await;
+        eventually("b sees the ghost", || b.states().contains_key(&4242)).await;
+        eventually("the server times the ghost out", || {
+            !b.states().contains_key(&4242)
+        })
+        .await;
+        assert!(room.awareness().is_empty());
+        b.close().await;
+        s.guard.shutdown().await;
+    }
+}
+
+/// Rooms whose load seeds content, whose filter refuses long updates, and whose state is
+/// persisted in a shared store through `updated` (and flushed in `emptied`).
+#[derive(Default)]
+struct Store {
+    updates: Mutex<Vec<Bytes>>,
+    emptied: Mutex<Vec<String>>,
+    loads: Mutex<usize>,
+}
+
+struct Persisting(Arc<Store>);
+
+impl RoomHooks for Persisting {
+    fn load<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, Result<(), HookError>> {
+        Box::pin(async move {
+            *self.0.loads.lock().unwrap() += 1;
+            if room.id() == "/fail" {
+                return Err(HookError::new("storage offline"));
+            }
+            let stored: Vec<Bytes> = self.0.updates.lock().unwrap().clone();
+            if stored.is_empty() {
+                let t = room.doc().get_or_insert_text("t");
+                t.insert(&mut room.doc().transact_mut(), 0, "seed");
+            }
+            for u in stored {
+                use nimbus_doc::yrs::updates::decoder::Decode;
+                let u = nimbus_doc::yrs::Update::decode_v1(&u)
+                    .map_err(|e| HookError::new(e.to_string()))?;
+                room.doc()
+                    .transact_mut()
+                    .apply_update(u)
+                    .map_err(|e| HookError::new(e.to_string()))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn check_update(&self, _room: &Room, update: &[u8]) -> Result<(), Refusal> {
+        if update.len() > 200 {
+            Err(Refusal::new("update too large for this room"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn updated(&self, _room: &Room, update: &Bytes) {
+        self.0.updates.lock().unwrap().push(update.clone());
+    }
+
+    fn emptied<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, ()> {
+        Box::pin(async move { self.0.emptied.lock().unwrap().push(room.id().to_owned()) })
+    }
+}
+
+fn persisting(store: &Arc<Store>) -> impl Fn(&str) -> Room + Send + Sync + 'static {
+    let store = store.clone();
+    move |id: &str| Room::with_hooks(id, Arc::new(Persisting(store.clone())))
+}
+
+#[tokio::test]
+async fn custom_factory_rooms_seed_filter_persist_and_unload() {
+    for kind in KINDS {
+        let store = Arc::new(Store::default());
+        let s = serve_with(
+            Addr::new(kind),
+            persisting(&store),
+            ServerOptions::default(),
+        )
+        .await;
+        let a = s.client("p").await;
+        // Seeded by the load hook before the first answer.
+        assert_eq!(json_of(a.doc())["t"], "seed", "{kind:?}");
+        let t = a.doc().get_or_insert_text("t");
+        t.push(&mut a.doc().transact_mut(), " ok");
+        // Refused by the filter: the client hears why, the room does not change.
+        let mut events = a.events();
+        t.push(&mut a.doc().transact_mut(), &"x".repeat(500));
+        let reason = within(async {
+            loop {
+                if let Status::PermissionDenied { reason } = events.recv().await.unwrap() {
+                    return reason;
+                }
+            }
+        })
+        .await;
+        assert_eq!(reason, "update too large for this room");
+        let room = s.guard.manager().get("/p").unwrap();
+        eventually("the room has the accepted edit", || {
+            json_of(room.doc())["t"] == "seed ok"
+        })
+        .await;
+        // The last client leaves: flushed, emptied, unloaded.
+        a.close().await;
+        eventually("the room is unloaded", || {
+            s.guard.manager().room_ids().is_empty()
+        })
+        .await;
+        assert_eq!(*store.emptied.lock().unwrap(), ["/p"]);
+        assert!(room.is_closed());
+        // A new client gets the persisted state from a fresh room.
+        let b = s.client("p").await;
+        assert_eq!(json_of(b.doc())["t"], "seed ok");
+        assert_eq!(*store.loads.lock().unwrap(), 2);
+        b.close().await;
+        s.guard.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_load_is_returned_and_the_room_is_not_kept() {
+    let store = Arc::new(Store::default());
+    let s = serve_with(
+        Addr::new(Kind::Memory),
+        persisting(&store),
+        ServerOptions::default(),
+    )
+    .await;
+    let mgr = s.guard.manager().clone();
+    let (r1, r2) = tokio::join!(mgr.get_room("/fail"), mgr.get_room("/fail"));
+    assert_eq!(r1.unwrap_err(), HookError::new("storage offline"));
+    assert!(r2.is_err());
+    assert!(mgr.room_ids().is_empty());
+    let mut raw = Raw::open(&s.addr, "fail").await;
+    match raw.until_close().await {
+        Got::Close(code, reason) => {
+            assert_eq!(code, 1011);
+            assert!(reason.contains("storage offline"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Concurrent callers of a good room share one load.
+    let before = *store.loads.lock().unwrap();
+    let (a, b) = tokio::join!(mgr.get_room("/ok"), mgr.get_room("/ok"));
+    assert!(a.unwrap().ptr_eq(&b.unwrap()));
+    assert_eq!(*store.loads.lock().unwrap(), before + 1);
+}
+
+#[tokio::test]
+async fn reconnect_after_a_server_restart_resyncs_both_directions() {
+    for kind in KINDS {
+        let store = Arc::new(Store::default());
+        let s = serve_with(
+            Addr::new(kind),
+            persisting(&store),
+            ServerOptions::default(),
+        )
+        .await;
+        let addr = s.addr.clone();
+        let a = s.client("re").await;
+        let t = a.doc().get_or_insert_text("t");
+        t.push(&mut a.doc().transact_mut(), " one");
+        let room = s.guard.manager().get("/re").unwrap();
+        eventually("persisted", || json_of(room.doc())["t"] == "seed one").await;
+        s.guard.shutdown().await;
+        eventually("a notices the drop", || {
+            !matches!(a.status(), Status::Synced)
+        })
+        .await;
+        // Offline edit on the client.
+        t.push(&mut a.doc().transact_mut(), " two");
+        // The server comes back (same address) and another client edits first.
+        let s = serve_with(addr, persisting(&store), ServerOptions::default()).await;
+        let b = s.client("re").await;
+        let tb = b.doc().get_or_insert_text("t");
+        assert_eq!(json_of(b.doc())["t"], "seed one", "{kind:?}");
+        tb.insert(&mut b.doc().transact_mut(), 0, ">");
+        // a reconnects on its own and both sides get the other's changes.
+        within(a.synced()).await;
+        eventually("a has b's edit", || {
+            json_of(a.doc())["t"] == ">seed one two"
+        })
+        .await;
+        eventually("b has a's offline edit", || {
+            json_of(b.doc())["t"] == ">seed one two"
+        })
+        .await;
+        a.close().await;
+        b.close().await;
+        s.guard.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_as_too_slow() {
+    let options = ServerOptions {
+        serve: ServeOptions {
+            queue_frames: 4,
+            ..ServeOptions::default()
+        },
+        ..ServerOptions::default()
+    };
+    let s = serve_with(Addr::new(Kind::Memory), |id: &str| Room::new(id), options).await;
+    let a = s.client("slow").await;
+    let mut raw = Raw::open(&s.addr, "slow").await;
+    let room = s.guard.manager().get("/slow").unwrap();
+    eventually("both joined", || room.client_count() == 2).await;
+    let t = a.doc().get_or_insert_text("t");
+    // The memory channel holds 256 frames; then the queue of 4 fills.
+    for _ in 0..400 {
+        t.push(&mut a.doc().transact_mut(), "x");
+        tokio::task::yield_now().await;
+    }
+    eventually("the slow client is cut", || room.client_count() == 1).await;
+    match raw.until_close().await {
+        Got::Close(code, reason) => {
+            assert_eq!(code, 1008);
+            assert_eq!(reason, "too slow");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The room still works for the others.
+    let b = s.client("slow").await;
+    assert_eq!(json_of(b.doc())["t"].as_str().map(str::len), Some(400));
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn rooms_serve_channels_directly_and_forward_server_side_edits() {
+    // Room + run + serve without a manager, like the seed's `Room`.
+    let room = Room::new("/direct");
+    let runner = room.clone();
+    tokio::spawn(async move { runner.run().await });
+    let (client_end, server_end) = nimbus_doc::wire::memory::pair();
+    let serving = room.clone();
+    let task =
+        tokio::spawn(async move { serving.serve(server_end, ServeOptions::default()).await });
+    let mut raw = Raw::Memory(client_end);
+    assert_eq!(raw.recv().await, Got::Frame(vec![0, 0, 1, 0]));
+    // An edit made by server code reaches the client as an update.
+    let t = room.doc().get_or_insert_text("t");
+    t.insert(&mut room.doc().transact_mut(), 0, "server");
+    let Got::Frame(f) = raw.recv().await else {
+        panic!()
+    };
+    let [Message::Update(u)] = &decode_frame(&Bytes::from(f)).unwrap()[..] else {
+        panic!()
+    };
+    let doc = Doc::new();
+    {
+        use nimbus_doc::yrs::updates::decoder::Decode;
+        doc.transact_mut()
+            .apply_update(nimbus_doc::yrs::Update::decode_v1(u).unwrap())
+            .unwrap();
+    }
+    assert_eq!(json_of(&doc)["t"], "server");
+    // Spawned tasks end when the room closes.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    room.spawn(async move {
+        let _keep = tx;
+        std::future::pending::<()>().await;
+    });
+    room.close();
+    assert!(within(rx).await.is_err());
+    assert_eq!(
+        raw.until_close().await,
+        Got::Close(1001, "room closed".into())
+    );
+    assert!(within(task).await.unwrap().is_ok());
+}
