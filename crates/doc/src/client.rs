@@ -763,6 +763,9 @@ fn start_file(
     out_rx: mpsc::UnboundedReceiver<Out>,
 ) -> Result<JoinHandle<()>, ConnectError> {
     let contents = file::read(&path)?;
+    if contents.truncated_tail && !squash {
+        file::truncate(&path, contents.valid_len)?;
+    }
     let file_doc_sv = {
         // The state the file holds, to write only what the given document adds to it.
         let scratch = Doc::new();

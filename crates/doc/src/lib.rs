@@ -102,3 +102,4 @@ pub use json::doc_to_json;
 pub use manager::RoomManager;
 pub use room::{Room, RoomOptions, ServeError, ServeOptions};
 pub use server::{bind, BindError, ServerGuard, ServerOptions, ServerWire};
+pub use update::ApplyError;

@@ -516,23 +516,50 @@ impl Room {
         Some((conn, rx, kick))
     }
 
-    /// Apply a client's update (validated first, see the [`update`](crate::update) module).
+    /// Apply a v1 update from outside (server code, an API), validated like a client's (see
+    /// the [`update`](crate::update) module); it is forwarded to every client and passed
+    /// to [`RoomHooks::updated`]. [`RoomHooks::check_update`] is not consulted.
+    pub fn apply_update(&self, update: &[u8]) -> Result<(), ApplyError> {
+        self.apply_checked(None, update)
+    }
+
     fn apply_client_update(&self, conn: u64, bytes: &[u8]) -> Result<(), ApplyError> {
+        self.apply_checked(Some(conn), bytes)
+    }
+
+    /// Apply an update (validated first, see the [`update`](crate::update) module).
+    fn apply_checked(&self, conn: Option<u64>, bytes: &[u8]) -> Result<(), ApplyError> {
         let mut validator = lock(&self.inner.validator);
         if self.inner.options.validate_updates {
             let backlog = std::mem::take(&mut *lock(&self.inner.backlog));
             validator.check(&self.inner.doc, backlog, bytes)?;
         }
         let parsed = update::decode_update(bytes)?;
-        let mut origin = CONN_ORIGIN_PREFIX.to_vec();
-        origin.extend_from_slice(&conn.to_be_bytes());
-        let mut txn = self
-            .inner
-            .doc
-            .transact_mut_with(Origin::from(origin.as_slice()));
-        let r = txn.apply_update(parsed);
-        drop(txn);
-        r.map_err(|e| ApplyError::Integrate(e.to_string()))
+        let origin = conn.map(|conn| {
+            let mut origin = CONN_ORIGIN_PREFIX.to_vec();
+            origin.extend_from_slice(&conn.to_be_bytes());
+            Origin::from(origin.as_slice())
+        });
+        let doc = &self.inner.doc;
+        // Validated updates should not panic here; if one does anyway (or validation is
+        // off), the transaction is dropped while unwinding and the room, whose state is
+        // now unknown, is closed.
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut txn = match origin {
+                Some(o) => doc.transact_mut_with(o),
+                None => doc.transact_mut(),
+            };
+            txn.apply_update(parsed)
+        }));
+        match applied {
+            Ok(r) => r.map_err(|e| ApplyError::Integrate(e.to_string())),
+            Err(_) => {
+                tracing::error!(room = %self.id(), "yrs panicked applying an update to the room: closing the room");
+                drop(validator);
+                self.close();
+                Err(ApplyError::Panicked)
+            }
+        }
     }
 
     /// Serve one client until it leaves: load the room (once), send SyncStep1 and the known

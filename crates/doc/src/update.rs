@@ -16,6 +16,21 @@
 //! `mem::forget`, so that its `Drop`, which commits, cannot panic a second time during
 //! unwinding) and rebuilt from the room's full state at the next update.
 //!
+//! The replica also refuses an update that leaves it with *missing dependencies* (content
+//! that yrs would stash as pending because it builds on blocks the room does not have).
+//! An honest client only builds on what it got from the room, so such an update is broken;
+//! accepting it would make the room's encoded state (which includes the stash) read
+//! differently from its visible content, and late joiners diverge. The client is closed
+//! with 1007; if it was honest after all (it got content from elsewhere), its reconnect
+//! resyncs everything in its SyncStep2.
+//!
+//! What this cannot catch: an update that decodes, integrates and depends on nothing
+//! missing, but whose item origins were forged (say, a right origin placed before the left
+//! one). YATA trusts writers: replicas that integrate such items in different groupings
+//! may order them differently. Every Yjs server has this property; give write access only
+//! to authorised clients. `tests/update_robustness.rs` applies thousands of mutated updates
+//! and checks that the room stays open, loadable and syncing.
+//!
 //! Cost: twice the memory of the document and about twice the apply time. A room made with
 //! [`RoomOptions::validate_updates`](crate::RoomOptions) `= false` skips the replica
 //! (still decoding first, and still containing panics, but then a panic closes the room).
@@ -35,6 +50,12 @@ pub enum ApplyError {
     /// yrs refused to integrate it.
     #[error("update does not apply: {0}")]
     Integrate(String),
+    /// It refers to content the room does not have (yrs would stash it as pending). An
+    /// honest client only builds on what it got from the room, so this is a broken or
+    /// hostile update; accepting it makes the room's encoded state differ from its visible
+    /// content, and replicas diverge.
+    #[error("update depends on content the room does not have")]
+    MissingDependencies,
     /// yrs panicked while integrating it (contained in the validator replica).
     #[error("update made the CRDT panic")]
     Panicked,
@@ -124,13 +145,17 @@ impl Validator {
         let mut txn = replica.transact_mut();
         match catch_unwind(AssertUnwindSafe(|| txn.apply_update(parsed))) {
             Ok(Ok(())) => {
+                let missing = txn.has_missing_updates();
                 let committed = catch_unwind(AssertUnwindSafe(move || drop(txn)));
-                if committed.is_ok() {
-                    self.replica = Some(replica);
-                    Ok(())
-                } else {
+                if committed.is_err() {
                     self.panics += 1;
                     Err(ApplyError::Panicked)
+                } else if missing {
+                    // The replica now holds a stash the room must not get: drop it.
+                    Err(ApplyError::MissingDependencies)
+                } else {
+                    self.replica = Some(replica);
+                    Ok(())
                 }
             }
             Ok(Err(e)) => {

@@ -72,6 +72,9 @@ pub struct FileContents {
     pub updates: Vec<Bytes>,
     /// Whether a truncated final record was ignored.
     pub truncated_tail: bool,
+    /// The length of the file up to the end of its last whole record (where the next
+    /// record belongs; see [`truncate`]).
+    pub valid_len: u64,
 }
 
 /// The header: version then `0x00`.
@@ -108,11 +111,17 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<FileContents, FileError> {
     let body = &data[nul + 1..];
     let base = nul + 1;
     let mut r = Reader::with_base(body, base);
-    let mut out = FileContents::default();
+    let mut out = FileContents {
+        valid_len: base as u64,
+        ..FileContents::default()
+    };
     while !r.is_empty() {
         let at = r.offset();
         match r.read_var_bytes_range("record") {
-            Ok(range) => out.updates.push(Bytes::copy_from_slice(&body[range])),
+            Ok(range) => {
+                out.updates.push(Bytes::copy_from_slice(&body[range]));
+                out.valid_len = r.offset() as u64;
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), offset = at, error = %e, "ignoring a truncated final record");
                 out.truncated_tail = true;
@@ -130,6 +139,17 @@ pub fn read(path: &Path) -> Result<FileContents, FileError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileContents::default()),
         Err(e) => Err(io(path)(e)),
     }
+}
+
+/// Cut the file at `len` (drops a truncated final record, so that later appends are
+/// readable).
+pub fn truncate(path: &Path, len: u64) -> Result<(), FileError> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    f.set_len(len).map_err(io(path))?;
+    f.sync_data().map_err(io(path))
 }
 
 /// Append records to the file (writing the header first if the file is new or empty),
@@ -202,6 +222,7 @@ mod tests {
         let c = parse(p, &data).unwrap();
         assert_eq!(c.updates.len(), 2);
         assert!(c.truncated_tail);
+        assert_eq!(c.valid_len as usize, data.len() - 3);
         let e = parse(p, b"0.0.2\0").unwrap_err();
         assert_eq!(
             e.to_string(),
