@@ -34,7 +34,13 @@ use crate::wire::websocket::{self, WsChannel};
 /// file): transactions with this origin are not sent back.
 pub const REMOTE_ORIGIN: &str = "nimbus-doc/remote";
 
-const OBSERVER_KEY: &str = "nimbus-doc/client";
+/// Observer keys are unique per client, so several clients can share one document.
+static NEXT_OBSERVER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn observer_key() -> String {
+    let n = NEXT_OBSERVER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("nimbus-doc/client/{n}")
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -214,6 +220,7 @@ struct Inner {
     awareness_watch: watch::Sender<BTreeMap<u64, Value>>,
     out_tx: mpsc::UnboundedSender<Out>,
     cancel: CancellationToken,
+    observer: String,
 }
 
 impl Inner {
@@ -295,9 +302,10 @@ pub async fn connect(
         awareness_watch,
         out_tx: out_tx.clone(),
         cancel: CancellationToken::new(),
+        observer: observer_key(),
     });
     let tx = out_tx;
-    doc.observe_update_v1(OBSERVER_KEY, move |txn, event| {
+    doc.observe_update_v1(inner.observer.as_str(), move |txn, event| {
         let remote = txn
             .origin()
             .is_some_and(|o| o.as_ref() == REMOTE_ORIGIN.as_bytes());
@@ -324,13 +332,14 @@ pub async fn connect(
             driver: Some(driver),
         }),
         Err(e) => {
-            let _ = doc.unobserve_update_v1(OBSERVER_KEY);
+            let _ = doc.unobserve_update_v1(inner.observer.as_str());
             Err(e)
         }
     }
 }
 
-fn ws_url(base: &str, id: &str, token: Option<&str>) -> Result<url::Url, ConnectError> {
+/// The URL a WebSocket client opens: `base + "/" + id`, plus `?token=` when given.
+pub(crate) fn ws_url(base: &str, id: &str, token: Option<&str>) -> Result<url::Url, ConnectError> {
     let full = format!("{}/{}", base.trim_end_matches('/'), id);
     let mut url = url::Url::parse(&full).map_err(|e| ConnectError::InvalidUrl {
         url: full.clone(),
@@ -559,7 +568,13 @@ async fn session(
             tokio::select! {
                 biased;
                 _ = inner.cancel.cancelled() => {
-                    // Tell the others we are gone, then close.
+                    // Send the local changes made before `close`, tell the others we are
+                    // gone, then close.
+                    while let Ok(out) = out_rx.try_recv() {
+                        if let Out::Update(u) = out {
+                            send(&mut conn, Message::Update(u)).await?;
+                        }
+                    }
                     if lock(&inner.awareness).local.is_some() {
                         let entry = {
                             let mut view = lock(&inner.awareness);
@@ -957,7 +972,10 @@ impl Client {
         if let Some(d) = self.driver.take() {
             let _ = d.await;
         }
-        let _ = self.inner.doc.unobserve_update_v1(OBSERVER_KEY);
+        let _ = self
+            .inner
+            .doc
+            .unobserve_update_v1(self.inner.observer.as_str());
     }
 }
 
@@ -967,6 +985,51 @@ impl Drop for Client {
         if let Some(d) = self.driver.take() {
             d.abort();
         }
-        let _ = self.inner.doc.unobserve_update_v1(OBSERVER_KEY);
+        let _ = self
+            .inner
+            .doc
+            .unobserve_update_v1(self.inner.observer.as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn urls_append_the_id_and_the_token() {
+        assert_eq!(
+            ws_url("ws://h:1", "ROOM", None).unwrap().as_str(),
+            "ws://h:1/ROOM"
+        );
+        assert_eq!(
+            ws_url("ws://h:1/doc/", "a b", Some("t&k"))
+                .unwrap()
+                .as_str(),
+            "ws://h:1/doc/a%20b?token=t%26k"
+        );
+        assert_eq!(
+            ws_url("wss://h/doc", "", None).unwrap().as_str(),
+            "wss://h/doc/"
+        );
+        assert!(matches!(
+            ws_url("http://h", "x", None),
+            Err(ConnectError::InvalidUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_jitters_below_the_ceiling() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        assert_eq!(b.ceiling(0), Duration::from_millis(100));
+        assert_eq!(b.ceiling(3), Duration::from_millis(800));
+        assert_eq!(b.ceiling(40), Duration::from_secs(1));
+        for n in 0..10 {
+            assert!(b.delay(n) <= b.ceiling(n));
+        }
     }
 }
