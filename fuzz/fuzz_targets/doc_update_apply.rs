@@ -9,8 +9,8 @@ use yrs::{Doc, GetString, Map, ReadTxn, Text, Transact, Update};
 
 fuzz_target!(|data: &[u8]| {
     let doc = Doc::with_client_id(1);
+    let text = doc.get_or_insert_text("t");
     {
-        let text = doc.get_or_insert_text("t");
         let map = doc.get_or_insert_map("m");
         let mut txn = doc.transact_mut();
         text.insert(&mut txn, 0, "hello");
@@ -22,6 +22,6 @@ fuzz_target!(|data: &[u8]| {
     }
     // The document stays readable afterwards.
     let txn = doc.transact();
-    let _ = doc.get_or_insert_text("t").get_string(&txn);
+    let _ = text.get_string(&txn);
     let _ = txn.encode_state_as_update_v1(&yrs::StateVector::default());
 });
