@@ -139,7 +139,7 @@ start_nimbus() {
     for attempt in 1 2 3; do
         [[ -n "$NIMBUS_PORT" && $attempt == 1 ]] || NIMBUS_PORT="$(free_port)"
         echo "\$ nimbus serve --listen 127.0.0.1:$NIMBUS_PORT --data-dir $NIMBUS_DATA"
-        NIMBUS_LOG="${NIMBUS_LOG:-info}" "$NIMBUS_BIN" serve --listen "127.0.0.1:$NIMBUS_PORT" \
+        NO_COLOR=1 NIMBUS_LOG="${NIMBUS_LOG:-info}" "$NIMBUS_BIN" serve --listen "127.0.0.1:$NIMBUS_PORT" \
             --data-dir "$NIMBUS_DATA" >"$log" 2>&1 &
         NIMBUS_PID=$!
         PIDS+=("$NIMBUS_PID")
@@ -201,7 +201,7 @@ wait_all() {
     local item name pid rc bad=0
     for item in "$@"; do
         name="${item%%=*}" pid="${item#*=}"
-        set +e; wait "$pid"; rc=$?; set -e
+        rc=0; wait "$pid" || rc=$?
         if [[ $rc -ne 0 ]]; then
             bad=1
             echo "  $name exited $rc$([[ $rc == 124 ]] && echo ' (timeout)'); its stderr:"
@@ -342,7 +342,7 @@ aw_check() {
     fi
     echo "  aw-a and aw-b see each other's awareness state; SIGKILL aw-b (pid $b)"
     { kill -9 "$b"; wait "$b"; } 2>/dev/null || true
-    set +e; wait "$a"; rc=$?; set -e
+    rc=0; wait "$a" || rc=$?
     if [[ $rc -ne 0 ]] || ! grep -q aw-gone "$LOGS/$CHECK-a.out"; then
         echo "  aw-a did not see aw-b's state removed (exit $rc):"; tail -3 "$LOGS/$CHECK-a.err" | sed 's/^/    | /'
         return 1
@@ -368,10 +368,10 @@ for CHECK in "${CHECKS[@]}"; do
     declare -F "$fn" >/dev/null || die "unknown check $CHECK (known: ${ALL_CHECKS[*]})"
     SKIP_WHY=""
     t0=$SECONDS
-    set +e
-    "$fn"
-    rc=$?
-    set -e
+    # `|| rc=$?`: a check's own failing commands do not end the script (errexit is off
+    # inside it); each check returns its verdict explicitly.
+    rc=0
+    "$fn" || rc=$?
     dt=$((SECONDS - t0))
     case $rc in
         0) RESULT[$CHECK]="PASS ($dt s)"; passed=$((passed + 1)) ;;
@@ -382,9 +382,9 @@ for CHECK in "${CHECKS[@]}"; do
 done
 
 for log in "$WORK"/server-nimbus-*.log; do
-    if [[ -f "$log" ]] && grep -qiE 'panick|ERROR' "$log"; then
+    if [[ -f "$log" ]] && grep -qE 'panicked|ERROR' "$log"; then
         say "$(basename "$log") has errors:"
-        grep -iE 'panick|ERROR' "$log" | head -20 | sed 's/^/  | /'
+        grep -E 'panicked|ERROR' "$log" | head -20 | sed 's/^/  | /'
     fi
 done
 
