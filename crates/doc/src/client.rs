@@ -25,7 +25,9 @@ use yrs::updates::encoder::Encode;
 use yrs::{Doc, Origin, ReadTxn, StateVector, Transact};
 
 use crate::channel::{Channel, ChannelError};
-use crate::update::{decode_state_vector, decode_update, is_empty_update};
+use crate::update::{
+    decode_state_vector, decode_update, encode_diff, encode_state, is_empty_update,
+};
 use crate::wire::file::{self, FileError};
 use crate::wire::memory::{self, MemoryChannel};
 use crate::wire::websocket::{self, WsChannel};
@@ -659,7 +661,13 @@ async fn handle_frame(inner: &Arc<Inner>, conn: &mut Conn, frame: Bytes) -> Resu
                     tracing::warn!(room = %inner.id, error = %e, "invalid state vector from the server");
                     StateVector::default()
                 });
-                let diff = inner.doc.transact().encode_diff_v1(&sv);
+                let Some(diff) = encode_diff(&inner.doc, &sv) else {
+                    tracing::error!(room = %inner.id, "the document does not encode (a broken remote update?)");
+                    return Err(Ending::Dropped {
+                        code: None,
+                        reason: "local document does not encode".into(),
+                    });
+                };
                 send(conn, Message::SyncStep2(diff.into())).await?;
             }
             Message::SyncStep2(u) => {
@@ -714,9 +722,16 @@ fn apply_remote(inner: &Inner, update: &[u8]) {
     }
     match decode_update(update) {
         Ok(u) => {
-            let mut txn = inner.doc.transact_mut_with(Origin::from(REMOTE_ORIGIN));
-            if let Err(e) = txn.apply_update(u) {
-                tracing::warn!(room = %inner.id, error = %e, "remote update did not apply");
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut txn = inner.doc.transact_mut_with(Origin::from(REMOTE_ORIGIN));
+                txn.apply_update(u)
+            }));
+            match applied {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(room = %inner.id, error = %e, "remote update did not apply")
+                }
+                Err(_) => tracing::error!(room = %inner.id, "a remote update made yrs panic"),
             }
         }
         Err(e) => tracing::warn!(room = %inner.id, error = %e, "invalid remote update"),
@@ -791,12 +806,20 @@ fn start_file(
                 offset: 0,
                 reason: e.to_string(),
             })?;
-            if let Err(e) = scratch.transact_mut().apply_update(parsed) {
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                scratch.transact_mut().apply_update(parsed)
+            }));
+            let failure = match applied {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("the record made yrs panic".to_owned()),
+            };
+            if let Some(reason) = failure {
                 return Err(FileError::BadRecord {
                     path: path.clone(),
                     index,
                     offset: 0,
-                    reason: e.to_string(),
+                    reason,
                 }
                 .into());
             }
@@ -805,14 +828,17 @@ fn start_file(
         let sv = scratch.transact().state_vector();
         sv
     };
+    let unencodable = || FileError::BadRecord {
+        path: path.clone(),
+        index: contents.updates.len(),
+        offset: 0,
+        reason: "the document no longer encodes after applying the file".into(),
+    };
     if squash {
-        let state = inner
-            .doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
+        let state = encode_state(&inner.doc).ok_or_else(unencodable)?;
         file::squash(&path, &state)?;
     } else {
-        let diff = inner.doc.transact().encode_diff_v1(&file_doc_sv);
+        let diff = encode_diff(&inner.doc, &file_doc_sv).ok_or_else(unencodable)?;
         if !is_empty_update(&diff) || contents.updates.is_empty() {
             let records: Vec<Bytes> = if is_empty_update(&diff) {
                 Vec::new()
@@ -868,19 +894,26 @@ async fn file_writer(
             }
         }
         if !pending.is_empty() {
-            let r = if squash {
-                let state = inner
-                    .doc
-                    .transact()
-                    .encode_state_as_update_v1(&StateVector::default());
-                file::squash(&path, &state)
+            let batch = std::mem::take(&mut pending);
+            let state = if squash {
+                encode_state(&inner.doc)
             } else {
-                file::append(&path, &pending)
+                None
             };
-            if let Err(e) = r {
-                tracing::error!(path = %path.display(), error = %e, "cannot write the update file");
+            let p = path.clone();
+            let write = tokio::task::spawn_blocking(move || match state {
+                Some(state) => file::squash(&p, &state),
+                None => file::append(&p, &batch),
+            });
+            match write.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot write the update file")
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "update file writer failed")
+                }
             }
-            pending.clear();
         }
         if stop || inner.cancel.is_cancelled() {
             break;

@@ -115,6 +115,11 @@ pub enum ServeError {
     /// again; a [`RoomManager`](crate::RoomManager) retries on a fresh room itself).
     #[error("room closed")]
     RoomClosed,
+    /// The room's document cannot be encoded any more (yrs panicked; only possible with
+    /// [`RoomOptions::validate_updates`] off, or if server code applied a broken update to
+    /// [`Room::doc`] directly). The room is closed (close 1011).
+    #[error("room state broken: the room was closed")]
+    RoomBroken,
     /// The connection failed (no close frame is sent).
     #[error("connection failed: {0}")]
     Channel(ChannelError),
@@ -131,7 +136,7 @@ impl ServeError {
             ServeError::TooBig { .. } => 1009,
             ServeError::TooSlow => 1008,
             ServeError::PingTimeout => 1001,
-            ServeError::Load(_) => 1011,
+            ServeError::Load(_) | ServeError::RoomBroken => 1011,
             ServeError::RoomClosed => 1013,
             ServeError::Channel(_) => return None,
         })
@@ -694,7 +699,11 @@ impl Room {
                 Message::SyncStep1(sv) => {
                     let sv =
                         update::decode_state_vector(&sv).map_err(ServeError::InvalidStateVector)?;
-                    let diff = self.inner.doc.transact().encode_diff_v1(&sv);
+                    let Some(diff) = update::encode_diff(&self.inner.doc, &sv) else {
+                        tracing::error!(room = %self.id(), "the room's state does not encode: closing the room");
+                        self.close();
+                        return Err(ServeError::RoomBroken);
+                    };
                     send(channel, Message::SyncStep2(diff.into())).await?;
                 }
                 Message::SyncStep2(u) | Message::Update(u) => {

@@ -79,6 +79,17 @@ pub(crate) fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, String> {
     }
 }
 
+/// The v1 diff of `doc` against `sv`, or `None` if yrs panicked encoding it (a document
+/// holding a pending stash from a broken update can make `merge_pending_v1` panic).
+pub fn encode_diff(doc: &Doc, sv: &StateVector) -> Option<Vec<u8>> {
+    catch_unwind(AssertUnwindSafe(|| doc.transact().encode_diff_v1(sv))).ok()
+}
+
+/// The full v1 state of `doc`, or `None` if yrs panicked encoding it (see [`encode_diff`]).
+pub fn encode_state(doc: &Doc) -> Option<Vec<u8>> {
+    encode_diff(doc, &StateVector::default())
+}
+
 /// Whether `bytes` is the empty v1 update (no structs, no deletions).
 pub(crate) fn is_empty_update(bytes: &[u8]) -> bool {
     bytes == [0, 0]
@@ -201,13 +212,22 @@ fn rebuild(room_doc: &Doc) -> Doc {
         skip_gc: room_doc.skip_gc(),
         ..yrs::Options::default()
     });
-    let state = room_doc
-        .transact()
-        .encode_state_as_update_v1(&StateVector::default());
-    if let Ok(u) = Update::decode_v1(&state) {
+    let Some(state) = encode_state(room_doc) else {
+        tracing::error!("validator replica: the room's state does not encode");
+        return replica;
+    };
+    if let Ok(u) = decode_update(&state) {
         let mut txn = replica.transact_mut();
-        if let Err(e) = txn.apply_update(u) {
-            tracing::warn!(error = %e, "validator replica: the room's own state did not apply");
+        match catch_unwind(AssertUnwindSafe(|| txn.apply_update(u))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "validator replica: the room's own state did not apply")
+            }
+            Err(_) => {
+                std::mem::forget(txn);
+                tracing::error!("validator replica: the room's own state made yrs panic");
+                return Doc::new();
+            }
         }
     }
     replica

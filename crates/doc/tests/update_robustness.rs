@@ -152,3 +152,72 @@ async fn a_room_that_received_garbage_still_syncs_its_clients() {
     a.close().await;
     b.close().await;
 }
+
+/// Found by `fuzz/fuzz_targets/doc_update_apply.rs`: decodes, applies (as a pending stash),
+/// and then makes every `encode_state_as_update_v1` of the document panic in yrs 0.28.1.
+fn poison() -> Vec<u8> {
+    let mut p = vec![2u8; 80];
+    p.push(10);
+    p
+}
+
+#[test]
+fn the_poison_update_really_breaks_a_plain_yrs_document() {
+    let doc = Doc::with_client_id(1);
+    let text = doc.get_or_insert_text("t");
+    text.insert(&mut doc.transact_mut(), 0, "hello");
+    if let Ok(u) = Update::decode_v1(&poison()) {
+        let _ = doc.transact_mut().apply_update(u);
+    }
+    let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        doc.transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }));
+    // If a yrs upgrade fixes this, the room test below still holds; this one documents why
+    // the validator exists.
+    assert!(
+        encoded.is_err(),
+        "yrs no longer panics on the poison update"
+    );
+}
+
+#[tokio::test]
+async fn an_update_that_would_poison_the_room_is_refused_and_the_room_keeps_serving() {
+    let s = common::serve_with(
+        Addr::new(Kind::Memory),
+        |id: &str| Room::new(id),
+        ServerOptions::default(),
+    )
+    .await;
+    let a = s.client("poison").await;
+    a.doc()
+        .get_or_insert_text("t")
+        .push(&mut a.doc().transact_mut(), "hello");
+    let room = s.guard.manager().get("/poison").unwrap();
+    eventually("the room has the text", || {
+        json_of(room.doc())["t"] == "hello"
+    })
+    .await;
+    // Through the API.
+    assert!(room.apply_update(&poison()).is_err());
+    // From a client: that client is closed with 1007.
+    let mut raw = common::Raw::open(&s.addr, "poison").await;
+    raw.send(&nimbus_proto::doc::Message::Update(poison().into()).encode())
+        .await;
+    match raw.until_close().await {
+        common::Got::Close(code, reason) => {
+            assert_eq!(code, 1007);
+            assert!(
+                reason.contains("depends on content the room does not have"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The room still encodes its state: a late joiner syncs.
+    let b = s.client("poison").await;
+    assert_eq!(json_of(b.doc())["t"], "hello");
+    assert!(!room.doc().transact().has_missing_updates());
+    a.close().await;
+    b.close().await;
+}
