@@ -110,15 +110,18 @@ done
 python3 - "$OUT/runs" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+for r in rows:
+    if "docs" in r:
+        r["connections"] = r["docs"] * r["editors"]
 keys = ["edits_per_s", "deliveries_per_s", "delivery_ratio", "p50_ms", "p99_ms", "max_ms",
-        "server_cpu_pct", "server_rss_before_kib", "server_rss_peak_kib", "server_rss_after_kib",
-        "generator_cpu_pct"]
+        "server_cpu_pct", "server_rss_before_kib", "server_rss_connected_kib", "server_rss_peak_kib",
+        "server_rss_after_kib", "generator_cpu_pct", "connections"]
 med = {}
 for r in rows:
     med.setdefault((r["shape"], r["server"]), []).append(r)
 print()
-print("| shape | server | runs ok | edits/s | deliveries/s | delivered | p50 | p99 | max | server CPU | RSS before → peak | generator CPU |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+print("| shape | server | runs ok | edits/s | deliveries/s | delivered | p50 | p99 | max | server CPU | RSS before → connected → peak | per connection | generator CPU |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 out = {}
 for (shape, server), rs in med.items():
     ok = [r for r in rs if "failed" not in r]
@@ -128,9 +131,11 @@ for (shape, server), rs in med.items():
     m = {k: statistics.median(r[k] for r in ok if r.get(k) is not None) if any(r.get(k) is not None for r in ok) else None for k in keys}
     out[(shape, server)] = m
     mib = lambda k: "?" if m[k] is None else f"{m[k] / 1024:.1f} MiB"
+    per = "?" if None in (m["server_rss_connected_kib"], m["server_rss_before_kib"]) else \
+        f"{(m['server_rss_connected_kib'] - m['server_rss_before_kib']) / m['connections']:.0f} KiB"
     print(f"| {shape} | {server} | {len(ok)}/{len(rs)} | {m['edits_per_s']:,.0f} | {m['deliveries_per_s']:,.0f} | "
           f"{m['delivery_ratio'] * 100:.2f} % | {m['p50_ms']:.2f} ms | {m['p99_ms']:.2f} ms | {m['max_ms']:.1f} ms | "
-          f"{m['server_cpu_pct']:.1f} % | {mib('server_rss_before_kib')} → {mib('server_rss_peak_kib')} | {m['generator_cpu_pct']:.0f} % |")
+          f"{m['server_cpu_pct']:.1f} % | {mib('server_rss_before_kib')} → {mib('server_rss_connected_kib')} → {mib('server_rss_peak_kib')} | {per} | {m['generator_cpu_pct']:.0f} % |")
 print()
 for shape in dict.fromkeys(s for s, _ in out):
     a, b = out.get((shape, "nimbus")), out.get((shape, "yws"))
