@@ -81,6 +81,7 @@ impl Default for RoomOptions {
 /// Why [`Room::serve`] ended a client's connection. The close code the client got is
 /// [`ServeError::close_code`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// The client sent a text frame (close 1003).
     #[error("text frame received: the y-sync protocol is binary only")]
@@ -204,7 +205,13 @@ struct Inner {
 /// are the same room).
 ///
 /// Like the seed's `Room`: spawn [`Room::run`] (a [`RoomManager`](crate::RoomManager) does),
-/// then [`Room::serve`] each client. [`Room::close`] ends everything.
+/// then [`Room::serve`] each client. [`Room::close`] ends everything. A room used without
+/// a manager must be closed: until then `run` keeps it alive, and without `run` its
+/// document's updates queue up (they are delivered by `run` or [`Room::flush`]).
+///
+/// Transactions on [`Room::doc`] may come from any thread; client updates are applied
+/// through a validator replica first (see [`update`](crate::update)). Do not hold a
+/// transaction on the room's document across an `.await`: client updates would wait.
 #[derive(Clone)]
 pub struct Room {
     inner: Arc<Inner>,
@@ -712,6 +719,10 @@ impl Room {
                             tracing::debug!(room = %self.id(), "update from a read-only client refused");
                             send(channel, denied(&opts.read_only_reason)).await?;
                         }
+                        continue;
+                    }
+                    if update::is_empty_update(&u) {
+                        // The SyncStep2 of a client with nothing new: nothing to do.
                         continue;
                     }
                     if let Err(refusal) = self.inner.hooks.check_update(self, &u) {

@@ -43,6 +43,7 @@ use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 /// Why a client's update was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApplyError {
     /// Not a valid v1 update.
     #[error("update does not decode: {0}")]
