@@ -1,11 +1,13 @@
 //! The HTTP side of `nimbus serve`: WebSocket upgrade at `/`, `/metrics`,
 //! `/healthz` and the JSON API.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,12 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cloud::{self, Peer};
+use crate::doc::{validate_room_name, Access, DocRooms, SocketChannel};
 use crate::hub::Hub;
 
 /// Shared state of the HTTP handlers.
 #[derive(Debug, Clone)]
 pub(crate) struct App {
     pub hub: Arc<Hub>,
+    pub docs: Arc<DocRooms>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -28,10 +32,111 @@ pub(crate) struct App {
 pub(crate) fn router(app: App) -> Router {
     Router::new()
         .route("/", get(upgrade))
+        .route("/doc/{*room}", get(doc_upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/api/rooms/{id}/variables", get(variables))
+        .route("/api/docs/{*room}", get(doc_json))
         .with_state(app)
+}
+
+/// An error answered before any WebSocket upgrade: status and a JSON `{"error": ...}` body.
+fn refusal(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    let body = serde_json::json!({ "error": message.to_string() }).to_string() + "\n";
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The token a document client presents: `?token=` or `Authorization: Bearer`.
+fn doc_token(query: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
+    query.get("token").cloned().or_else(|| {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_owned())
+    })
+}
+
+/// Name and token checks shared by the document endpoints.
+fn doc_access(
+    docs: &DocRooms,
+    room: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Access, (StatusCode, String)> {
+    validate_room_name(room).map_err(|e| {
+        docs.metrics().doc_refused("bad_room_name");
+        (StatusCode::BAD_REQUEST, e)
+    })?;
+    docs.access()
+        .check(room, doc_token(query, headers).as_deref())
+        .map_err(|e| {
+            docs.metrics().doc_refused("unauthorized");
+            (StatusCode::UNAUTHORIZED, e.to_string())
+        })
+}
+
+async fn doc_upgrade(
+    State(app): State<App>,
+    Path(room): Path<String>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let access = match doc_access(&app.docs, &room, &query, &headers) {
+        Ok(a) => a,
+        Err((status, why)) => return refusal(status, why),
+    };
+    if let Err(e) = app.docs.admit(&room) {
+        app.docs.metrics().doc_refused("too_many_rooms");
+        return refusal(StatusCode::SERVICE_UNAVAILABLE, e);
+    }
+    let App {
+        hub,
+        docs,
+        shutdown,
+        tracker,
+    } = app;
+    let max = docs.limits.max_message_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                let limits = &hub.limits;
+                let channel = SocketChannel::new(
+                    socket,
+                    shutdown,
+                    limits.ping_interval,
+                    limits.close_timeout,
+                );
+                docs.serve(&room, channel, access).await;
+            })
+        })
+}
+
+async fn doc_json(
+    State(app): State<App>,
+    Path(room): Path<String>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    if let Err((status, why)) = doc_access(&app.docs, &room, &query, &headers) {
+        return refusal(status, why);
+    }
+    match app.docs.to_json(&room).await {
+        Ok(Some(json)) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            json.to_string() + "\n",
+        )
+            .into_response(),
+        Ok(None) => refusal(StatusCode::NOT_FOUND, "unknown document room"),
+        Err(e) => {
+            tracing::error!(%room, error = %e, "document API failed");
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, "store unavailable")
+        }
+    }
 }
 
 /// Policy checks that only need the upgrade request's headers.
@@ -88,6 +193,7 @@ async fn upgrade(
         hub,
         shutdown,
         tracker,
+        ..
     } = app.clone();
     ws.max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
@@ -98,6 +204,7 @@ async fn upgrade(
 }
 
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    app.docs.refresh_metrics();
     (
         [(
             header::CONTENT_TYPE,

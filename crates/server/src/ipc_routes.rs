@@ -3,12 +3,14 @@
 //!
 //! | route | data | reply |
 //! | --- | --- | --- |
-//! | `stats` | — | `{"rooms", "clients", "uptime_s"}` |
+//! | `stats` | — | `{"rooms", "clients", "doc_rooms", "doc_clients", "uptime_s"}` |
 //! | `rooms` | — | loaded room keys, sorted |
 //! | `cloud.get` | `room` | `{"☁ name": value, …}` (`{}` for an unknown room) |
 //! | `cloud.set` | `room`, `name`, `value` | `true`; validated like a client's set, broadcast to the whole room |
 //! | `cloud.delete` | `room`, `name` | `true` if it existed |
 //! | `kick` | `room`, `user` | number of connections closed (with 4002) |
+//! | `doc.get` | `room` | the document room as JSON (root name → string, object or array); `null` for an unknown room |
+//! | `doc.rooms` | — | loaded document room names, sorted |
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +19,7 @@ use nimbus_ipc::{Request, RouteError};
 use nimbus_proto::cloud::{normalize_name, CloudValue};
 use serde_json::{json, Map, Value};
 
+use crate::doc::DocRooms;
 use crate::hub::Hub;
 
 fn text<'a>(req: &'a Request, key: &str) -> Result<&'a str, RouteError> {
@@ -47,15 +50,17 @@ fn json_value(v: &CloudValue) -> Value {
 }
 
 /// Register every route on `server`.
-pub(crate) fn register(server: &nimbus_ipc::Server, hub: Arc<Hub>) {
+pub(crate) fn register(server: &nimbus_ipc::Server, hub: Arc<Hub>, docs: Arc<DocRooms>) {
     let started = Instant::now();
-    let h = hub.clone();
+    let (h, d) = (hub.clone(), docs.clone());
     server.route("stats", move |_req: Request| {
-        let h = h.clone();
+        let (h, d) = (h.clone(), d.clone());
         async move {
             Ok(json!({
                 "rooms": h.room_count(),
                 "clients": h.metrics.clients.get(),
+                "doc_rooms": d.room_ids().len(),
+                "doc_clients": h.metrics.doc_clients.get(),
                 "uptime_s": started.elapsed().as_secs(),
             }))
         }
@@ -125,5 +130,23 @@ pub(crate) fn register(server: &nimbus_ipc::Server, hub: Arc<Hub>) {
             let user = text(&req, "user")?.to_owned();
             Ok(json!(h.kick(&room, &user).await))
         }
+    });
+    let d = docs.clone();
+    server.route("doc.get", move |req: Request| {
+        let d = d.clone();
+        async move {
+            let room = text(&req, "room")?.to_owned();
+            crate::doc::validate_room_name(&room)
+                .map_err(|e| RouteError::with_kind("BadRequest", e))?;
+            let json = d
+                .to_json(&room)
+                .await
+                .map_err(|e| RouteError::with_kind("StoreError", e.to_string()))?;
+            Ok(json.unwrap_or(Value::Null))
+        }
+    });
+    server.route("doc.rooms", move |_req: Request| {
+        let d = docs.clone();
+        async move { Ok(json!(d.room_ids())) }
     });
 }

@@ -47,6 +47,20 @@ pub struct Metrics {
     pub coalesced: Counter,
     /// Peers dropped because they missed a keepalive ping.
     pub keepalive_timeouts: Counter,
+    /// Connected document clients.
+    pub doc_clients: Gauge,
+    /// Loaded document rooms.
+    pub doc_rooms: Gauge,
+    /// Document updates applied (from clients or the server).
+    pub doc_updates: Counter,
+    /// Bytes of applied document updates.
+    pub doc_update_bytes: Counter,
+    /// Stored document records skipped on load because they did not decode.
+    pub doc_corrupt_records: Counter,
+    /// Document log compactions run by the store.
+    pub doc_compactions: Counter,
+    doc_refused: Family<Labels, Counter>,
+    doc_closes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -111,6 +125,50 @@ impl Metrics {
             "Peers dropped for missing a keepalive ping",
             keepalive_timeouts.clone(),
         );
+        let doc_clients = Gauge::default();
+        let doc_rooms = Gauge::default();
+        let doc_updates = Counter::default();
+        let doc_update_bytes = Counter::default();
+        let doc_corrupt_records = Counter::default();
+        let doc_compactions = Counter::default();
+        let doc_refused: Family<Labels, Counter> = Family::default();
+        let doc_closes: Family<Labels, Counter> = Family::default();
+        registry.register(
+            "doc_clients",
+            "Connected document clients",
+            doc_clients.clone(),
+        );
+        registry.register("doc_rooms", "Loaded document rooms", doc_rooms.clone());
+        registry.register(
+            "doc_updates",
+            "Document updates applied",
+            doc_updates.clone(),
+        );
+        registry.register(
+            "doc_update_bytes",
+            "Bytes of applied document updates",
+            doc_update_bytes.clone(),
+        );
+        registry.register(
+            "doc_corrupt_records",
+            "Stored document records skipped on load because they did not decode",
+            doc_corrupt_records.clone(),
+        );
+        registry.register(
+            "doc_compactions",
+            "Document log compactions run by the store",
+            doc_compactions.clone(),
+        );
+        registry.register(
+            "doc_refused",
+            "Document updates or connections refused, by reason",
+            doc_refused.clone(),
+        );
+        registry.register(
+            "doc_closes",
+            "Document connections closed by the server, by close code",
+            doc_closes.clone(),
+        );
         let m = |name: &'static str| messages.get_or_create(&vec![("method", name)]).clone();
         let counters = MethodCounters {
             handshake: m("handshake"),
@@ -132,7 +190,36 @@ impl Metrics {
             deliveries,
             coalesced,
             keepalive_timeouts,
+            doc_clients,
+            doc_rooms,
+            doc_updates,
+            doc_update_bytes,
+            doc_corrupt_records,
+            doc_compactions,
+            doc_refused,
+            doc_closes,
         }
+    }
+
+    /// Count a refused document update or connection (`reason`: a stable label).
+    pub fn doc_refused(&self, reason: &'static str) {
+        self.doc_refused
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// Count a document connection closed by the server with `code`.
+    pub fn doc_close(&self, code: u16) {
+        let label: &'static str = match code {
+            1001 => "1001",
+            1003 => "1003",
+            1007 => "1007",
+            1008 => "1008",
+            1009 => "1009",
+            1011 => "1011",
+            _ => "other",
+        };
+        self.doc_closes.get_or_create(&vec![("code", label)]).inc();
     }
 
     /// Count a close sent by the server (`code`: the numeric code as text label, e.g. `4000`).

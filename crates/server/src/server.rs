@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::doc::DocRooms;
 use crate::http::{router, App};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -57,13 +58,18 @@ pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
     hub: Arc<Hub>,
+    docs: Arc<DocRooms>,
     ipc: Option<nimbus_ipc::Server>,
 }
 
 impl Server {
     /// Open the store and bind the listener (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let store = Store::open_sqlite(&config.data_dir, config.flush_interval)?;
+        let store = Store::open_sqlite(
+            &config.data_dir,
+            config.flush_interval,
+            config.doc.compaction,
+        )?;
         Server::bind_with_store(config, store).await
     }
 
@@ -77,16 +83,18 @@ impl Server {
                     source,
                 })?;
         let addr = listener.local_addr()?;
-        let hub = Arc::new(Hub::new(
-            store,
-            Arc::new(config.cloud),
-            Arc::new(Metrics::new()),
+        let metrics = Arc::new(Metrics::new());
+        let docs = Arc::new(DocRooms::new(
+            store.clone(),
+            Arc::new(config.doc),
+            metrics.clone(),
         ));
+        let hub = Arc::new(Hub::new(store, Arc::new(config.cloud), metrics));
         let ipc = match config.ipc {
             Some(c) => {
                 let server =
                     nimbus_ipc::Server::new(c.host, c.port, c.secret, true, c.multicast_port)?;
-                crate::ipc_routes::register(&server, hub.clone());
+                crate::ipc_routes::register(&server, hub.clone(), docs.clone());
                 server.start().await?;
                 tracing::info!(addr = ?server.local_addr(), multicast = ?server.multicast_addr(), "IPC routes listening");
                 Some(server)
@@ -97,6 +105,7 @@ impl Server {
             listener,
             addr,
             hub,
+            docs,
             ipc,
         })
     }
@@ -128,6 +137,7 @@ impl Server {
         let tracker = TaskTracker::new();
         let app = App {
             hub: self.hub.clone(),
+            docs: self.docs.clone(),
             shutdown: token.clone(),
             tracker: tracker.clone(),
         };

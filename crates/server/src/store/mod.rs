@@ -205,13 +205,17 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Open the SQLite store at `data_dir/nimbus.sqlite3`.
-    pub fn open_sqlite(data_dir: &std::path::Path, flush: Duration) -> Result<Store, StoreError> {
+    pub fn open_sqlite(
+        data_dir: &std::path::Path,
+        flush: Duration,
+        policy: CompactionPolicy,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.into(),
             source,
         })?;
         let backend = SqliteBackend::open(&data_dir.join("nimbus.sqlite3"))?;
-        Ok(Store::spawn(backend, flush))
+        Ok(Store::spawn_with(backend, flush, policy))
     }
 
     /// Start a writer thread over any backend.
