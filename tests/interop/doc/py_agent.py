@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -112,11 +113,13 @@ async def run_pycrdt(doc_out: list) -> None:
 
     u = urlsplit(ARGS.url)
     path = (u.path.rstrip("/") + "/" + ARGS.room)
-    # pycrdt >= 0.13 draws 53-bit client IDs; pycrdt 0.12 (wire-websocket 0.7.1) truncates
-    # client IDs to 32 bits when it decodes, so an edit it makes after such an item points at
-    # an origin that does not exist and stays pending everywhere. Yjs (JS) draws 32-bit IDs;
+    # pycrdt 0.14 draws 53-bit client IDs; pycrdt 0.12 (wire-websocket 0.7.1) does not decode
+    # them correctly, so an edit it makes after such an item points at an origin that does not
+    # exist and stays pending everywhere (see tests/interop/README.md). Yjs (JS) draws 32-bit IDs;
     # so do we here, so that the four clients can share one document.
-    doc = Doc(client_id=random.randrange(1, 2**32))
+    # DOC_AGENT_NATIVE_IDS=1 keeps pycrdt's own (53-bit) IDs, to reproduce the problem.
+    native = os.environ.get("DOC_AGENT_NATIVE_IDS") == "1"
+    doc = Doc() if native else Doc(client_id=random.randrange(1, 2**32))
     doc_out.append(doc)
     async with aconnect_ws(f"http://{u.hostname}:{u.port}{path}",
                            keepalive_ping_interval_seconds=None) as ws:
