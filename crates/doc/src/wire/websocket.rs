@@ -116,6 +116,9 @@ where
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Frame(_))) => {}
                     Some(Ok(WsMessage::Close(frame))) => {
                         self.closed = true;
+                        // tungstenite queued the close reply: send it now, or the peer
+                        // waits for it until its own timeout.
+                        let _ = self.ws.flush().await;
                         return frame.map(|f| {
                             Err(ChannelError::Closed { code: f.code.into(), reason: f.reason.to_string() })
                         });

@@ -176,7 +176,10 @@ impl Raw {
                     match ws.next().await {
                         Some(Ok(M::Binary(b))) => return Got::Frame(b.to_vec()),
                         Some(Ok(M::Close(Some(f)))) => {
-                            return Got::Close(f.code.into(), f.reason.to_string())
+                            use futures_util::SinkExt;
+                            // Send tungstenite's queued close reply, as a real client does.
+                            let _ = ws.flush().await;
+                            return Got::Close(f.code.into(), f.reason.to_string());
                         }
                         Some(Ok(M::Close(None))) | None | Some(Err(_)) => return Got::End,
                         Some(Ok(_)) => continue,
