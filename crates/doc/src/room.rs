@@ -62,7 +62,7 @@ impl Default for ServeOptions {
 #[derive(Clone, Debug)]
 pub struct RoomOptions {
     /// Validate every client update in a replica document before applying it to the room's
-    /// document (see the [`update`](crate::update) module docs). Default true.
+    /// document (see the [`update`] module docs). Default true.
     pub validate_updates: bool,
     /// The longest wait between two awareness expiry checks (the reference checks every
     /// 3 s; the room also wakes exactly at the next deadline). Default 3 s.
@@ -210,7 +210,7 @@ struct Inner {
 /// document's updates queue up (they are delivered by `run` or [`Room::flush`]).
 ///
 /// Transactions on [`Room::doc`] may come from any thread; client updates are applied
-/// through a validator replica first (see [`update`](crate::update)). Do not hold a
+/// through a validator replica first (see [`update`]). Do not hold a
 /// transaction on the room's document across an `.await`: client updates would wait.
 #[derive(Clone)]
 pub struct Room {
@@ -529,7 +529,7 @@ impl Room {
     }
 
     /// Apply a v1 update from outside (server code, an API), validated like a client's (see
-    /// the [`update`](crate::update) module); it is forwarded to every client and passed
+    /// the [`update`] module); it is forwarded to every client and passed
     /// to [`RoomHooks::updated`]. [`RoomHooks::check_update`] is not consulted.
     pub fn apply_update(&self, update: &[u8]) -> Result<(), ApplyError> {
         self.apply_checked(None, update)
@@ -539,7 +539,7 @@ impl Room {
         self.apply_checked(Some(conn), bytes)
     }
 
-    /// Apply an update (validated first, see the [`update`](crate::update) module).
+    /// Apply an update (validated first, see the [`update`] module).
     fn apply_checked(&self, conn: Option<u64>, bytes: &[u8]) -> Result<(), ApplyError> {
         let mut validator = lock(&self.inner.validator);
         if self.inner.options.validate_updates {

@@ -4,7 +4,7 @@
 //!   [`memory::Connector`].
 //! - [`websocket`]: WebSocket client and server channels (tokio-tungstenite, rustls for
 //!   `wss://`), with the 30 s keepalive ping.
-//! - [`file`]: the wire-file on-disk format (a client that syncs a document with a file).
+//! - [`file`](mod@file): the wire-file on-disk format (a client that syncs a document with a file).
 
 pub mod file;
 pub mod memory;
