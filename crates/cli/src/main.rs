@@ -1,10 +1,11 @@
-//! The `nimbus` binary: `serve`, `cloud`, `bench`.
+//! The `nimbus` binary: `serve`, `cloud`, `doc`, `ipc`, `bench`.
 #![forbid(unsafe_code)]
 // A command-line tool prints results on stdout; the libraries keep the lint.
 #![allow(clippy::print_stdout)]
 
 mod bench;
 mod cloud;
+mod doc;
 mod ipc;
 mod serve;
 
@@ -28,6 +29,9 @@ enum Command {
     /// Load generators (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Read, follow and edit Yjs document rooms on any y-websocket server.
+    #[command(subcommand)]
+    Doc(doc::DocCmd),
     /// Call routes of an IPC server (discord-ext-ipc / better-ipc compatible).
     #[command(subcommand)]
     Ipc(ipc::IpcCmd),
@@ -39,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(cmd) => serve::run(*cmd),
         Command::Cloud(cmd) => cloud::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Doc(cmd) => doc::run(cmd),
         Command::Ipc(cmd) => ipc::run(cmd),
     }
 }

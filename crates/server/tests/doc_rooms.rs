@@ -296,14 +296,7 @@ async fn compaction_keeps_the_state_identical_while_shrinking_the_log() {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (_, metrics) = server.http_get("/metrics").await;
-        let compactions: f64 = metrics
-            .lines()
-            .find(|l| l.starts_with("nimbus_doc_compactions_total"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap()
-            .parse()
-            .unwrap();
-        if compactions >= 1.0 {
+        if metric(&metrics, "nimbus_doc_compactions_total") >= 1.0 {
             break;
         }
         assert!(
@@ -492,4 +485,34 @@ async fn shutdown_closes_document_clients_with_1001() {
         .await
         .unwrap()
         .unwrap();
+}
+
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn reloading_a_room_does_not_store_its_state_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(config(dir.path())).await;
+    let url = doc_url(&server, "reload");
+    let mut a = Peer::join(&url).await;
+    let mut w = Peer::join(&url).await;
+    a.edit(|d, t| d.t.push(t, "once")).await;
+    w.until_doc(|d| text(d, "t") == "once").await;
+    drop((a, w));
+    for _ in 0..5 {
+        let mut p = Peer::join(&url).await;
+        assert_eq!(text(&p.doc, "t"), "once");
+        let _ = p.ws.close(None).await;
+    }
+    let (_, metrics) = server.http_get("/metrics").await;
+    assert_eq!(metric(&metrics, "nimbus_doc_updates_total"), 1.0);
+    server.stop().await;
 }

@@ -2,6 +2,7 @@
 use clap::Subcommand;
 
 mod cloud;
+mod doc;
 mod ipc;
 
 /// `nimbus bench` subcommands.
@@ -9,6 +10,8 @@ mod ipc;
 pub enum BenchCmd {
     /// Cloud-variable load: rooms × clients with paced publishers, or idle connections.
     Cloud(cloud::CloudBench),
+    /// Yjs document rooms: D documents × C editors at a rate; deliveries/s, latency, server RSS.
+    Doc(doc::DocBench),
     /// IPC request/response throughput and latency against any IPC server.
     Ipc(ipc::IpcBenchArgs),
 }
@@ -16,6 +19,7 @@ pub enum BenchCmd {
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Cloud(args) => cloud::run(args),
+        BenchCmd::Doc(args) => doc::run(args),
         BenchCmd::Ipc(args) => ipc::run(args),
     }
 }

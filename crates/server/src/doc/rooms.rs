@@ -1,11 +1,12 @@
 //! [`DocRooms`]: the document rooms of a server, each a `nimbus_doc::Room` whose hooks
 //! persist to the [`Store`] and enforce the size limit.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use nimbus_doc::yrs::{ReadTxn, Transact};
 use nimbus_doc::{HookError, Refusal, Room, RoomHooks, RoomManager, ServeOptions};
 
 use crate::config::DocLimits;
@@ -22,6 +23,9 @@ struct Persisted {
     /// Stored bytes (snapshot + appended updates): an upper bound of the encoded
     /// document, exact again after each reload.
     size: AtomicUsize,
+    /// The load hook's own transaction (the stored state) reaches `updated` like any other,
+    /// first in order: it is already stored and must not be appended again.
+    skip_loaded: AtomicBool,
 }
 
 impl RoomHooks for Persisted {
@@ -31,7 +35,11 @@ impl RoomHooks for Persisted {
                 tracing::error!(room = room.id(), error = %e, "cannot load document");
                 HookError::new(format!("the document could not be loaded: {e}"))
             })?;
+            let before = room.doc().transact().state_vector();
             let applied = apply_records(room.id(), room.doc(), log.records());
+            // A transaction that changed the document fires exactly one update event.
+            let changed = room.doc().transact().state_vector() != before;
+            self.skip_loaded.store(changed, Ordering::Relaxed);
             if applied.skipped > 0 {
                 self.metrics
                     .doc_corrupt_records
@@ -62,6 +70,9 @@ impl RoomHooks for Persisted {
     }
 
     fn updated(&self, room: &Room, update: &Bytes) {
+        if self.skip_loaded.swap(false, Ordering::Relaxed) {
+            return;
+        }
         self.size.fetch_add(update.len(), Ordering::Relaxed);
         self.metrics.doc_updates.inc();
         self.metrics.doc_update_bytes.inc_by(update.len() as u64);
@@ -121,6 +132,7 @@ impl DocRooms {
                     limits: l.clone(),
                     metrics: m.clone(),
                     size: AtomicUsize::new(0),
+                    skip_loaded: AtomicBool::new(false),
                 }),
             )
         });
