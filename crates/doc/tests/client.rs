@@ -63,7 +63,7 @@ async fn the_token_goes_in_the_query_and_the_authorization_header() {
 #[tokio::test]
 async fn an_unanswered_ping_closes_the_connection() {
     let options = ServerOptions {
-        ping_interval: Some(Duration::from_millis(50)),
+        ping_interval: Some(Duration::from_millis(250)),
         ..ServerOptions::default()
     };
     let s = serve_with(
@@ -87,8 +87,8 @@ async fn an_unanswered_ping_closes_the_connection() {
     // A real client answers pings and stays.
     let c = s.client("ping").await;
     let room = s.guard.manager().get("/ping").unwrap();
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(30)).await;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(room.client_count(), 1);
     }
     assert_eq!(c.status(), Status::Synced);
@@ -288,4 +288,64 @@ async fn two_clients_can_share_one_document() {
     c1.close().await;
     c2.close().await;
     far.close().await;
+}
+
+#[tokio::test]
+async fn wss_uses_rustls_and_a_failed_tls_handshake_is_an_error() {
+    // A TCP server that is no TLS server: the handshake fails cleanly (no panic about a
+    // missing crypto provider).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            drop(s);
+        }
+    });
+    let err = connect(
+        ClientWire::WebSocket {
+            url: format!("wss://{addr}"),
+        },
+        "x",
+        None,
+        fast_opts(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ConnectError::Connect(_)), "{err}");
+}
+
+#[tokio::test]
+async fn renewed_awareness_outlives_the_server_timeout() {
+    let options = ServerOptions {
+        serve: ServeOptions {
+            awareness_timeout: Duration::from_millis(600),
+            ..ServeOptions::default()
+        },
+        ..ServerOptions::default()
+    };
+    let s = serve_with(Addr::new(Kind::Memory), |id: &str| Room::new(id), options).await;
+    let opts = ConnectOptions {
+        awareness_renew: Duration::from_millis(50),
+        ..fast_opts()
+    };
+    let a = s.client_with("renew", None, opts).await;
+    let b = s.client("renew").await;
+    a.set_local_state(serde_json::json!({"cursor": 1}));
+    let id = a.client_id();
+    eventually("b sees a", || b.states().contains_key(&id)).await;
+    let room = s.guard.manager().get("/renew").unwrap();
+    // Several server timeouts later the state is still there, renewed by a's clock.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(
+            room.awareness().contains_key(&id),
+            "a's renewed state expired"
+        );
+    }
+    assert!(room.awareness()[&id].clock > 1);
+    // Clearing the state removes it everywhere.
+    a.set_local_state(serde_json::Value::Null);
+    eventually("b sees a's state go", || !b.states().contains_key(&id)).await;
+    a.close().await;
+    b.close().await;
 }
