@@ -251,7 +251,7 @@ async fn awareness_is_relayed_removed_on_leave_and_expires() {
     for kind in KINDS {
         let options = ServerOptions {
             serve: ServeOptions {
-                awareness_timeout: Duration::from_millis(300),
+                awareness_timeout: Duration::from_millis(1000),
                 ..ServeOptions::default()
             },
             ..ServerOptions::default()
