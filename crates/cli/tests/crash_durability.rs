@@ -108,3 +108,66 @@ async fn values_older_than_the_flush_window_survive_kill_9() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+async fn doc_client(port: u16, room: &str) -> nimbus_doc::Client {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let wire = nimbus_doc::ClientWire::WebSocket {
+            url: format!("ws://127.0.0.1:{port}/doc"),
+        };
+        let opts = nimbus_doc::ConnectOptions {
+            reconnect: false,
+            ..Default::default()
+        };
+        match nimbus_doc::connect(wire, room, None, opts).await {
+            Ok(c) => return c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("server never came up: {e}"),
+        }
+    }
+}
+
+fn text_of(client: &nimbus_doc::Client) -> String {
+    use nimbus_doc::yrs::{GetString, Transact};
+    let t = client.doc().get_or_insert_text("t");
+    let s = t.get_string(&client.doc().transact());
+    s
+}
+
+#[tokio::test]
+async fn document_edits_older_than_the_flush_window_survive_kill_9() {
+    use nimbus_doc::yrs::{Text, Transact};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = start(dir.path(), port);
+
+    let writer = doc_client(port, "crash").await;
+    let observer = doc_client(port, "crash").await;
+    let text = writer.doc().get_or_insert_text("t");
+    let mut expected = String::new();
+    for i in 0..50 {
+        let piece = format!("{i};");
+        text.push(&mut writer.doc().transact_mut(), &piece);
+        expected.push_str(&piece);
+    }
+    // The observer has every edit: the room applied them and queued them for the store.
+    let deadline = Instant::now() + WAIT;
+    while text_of(&observer) != expected {
+        assert!(Instant::now() < deadline, "observer never caught up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Wait several flush windows: the edits are now committed.
+    tokio::time::sleep(Duration::from_millis(FLUSH_MS * 10)).await;
+
+    server.kill().unwrap(); // SIGKILL: no shutdown, no final flush
+    server.wait().unwrap();
+
+    let mut server = start(dir.path(), port);
+    let late = doc_client(port, "crash").await;
+    assert_eq!(text_of(&late), expected);
+    late.close().await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

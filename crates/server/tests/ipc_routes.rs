@@ -122,3 +122,88 @@ async fn ipc_routes_read_write_and_kick_in_live_rooms() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn ipc_doc_get_returns_the_live_and_the_stored_document_as_json() {
+    use nimbus_doc::yrs::{Map, Text, Transact};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path());
+    cfg.ipc = Some(IpcConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        multicast_port: 0,
+        secret: None,
+    });
+    let server = Server::bind(cfg).await.unwrap();
+    let base = format!("ws://{}/doc", server.local_addr());
+    let ipc_port = server.ipc_addr().unwrap().port();
+    let (stop, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run_until(async move {
+        let _ = rx.await;
+    }));
+    let wire = || nimbus_doc::ClientWire::WebSocket { url: base.clone() };
+    let opts = || nimbus_doc::ConnectOptions {
+        reconnect: false,
+        ..Default::default()
+    };
+    let editor = nimbus_doc::connect(wire(), "notes", None, opts())
+        .await
+        .unwrap();
+    let text = editor.doc().get_or_insert_text("t");
+    let map = editor.doc().get_or_insert_map("m");
+    {
+        let mut txn = editor.doc().transact_mut();
+        text.push(&mut txn, "hello");
+        map.insert(&mut txn, "n", 3);
+    }
+    let mut s = ClientSession::connect("127.0.0.1", Some(ipc_port), 0, None)
+        .await
+        .unwrap();
+    let expected = json!({"m": {"n": 3}, "t": "hello"});
+    // Live: poll (bounded) until the room has applied the edit.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let got = s
+            .request("doc.get", json!({"room": "notes"}))
+            .await
+            .unwrap();
+        if got == expected {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{got}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        s.request("doc.rooms", json!({})).await.unwrap(),
+        json!(["notes"])
+    );
+    editor.close().await;
+    // Stored: after the room unloads, the same JSON comes from the store.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while s.request("doc.rooms", json!({})).await.unwrap() != json!([]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "room never unloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        s.request("doc.get", json!({"room": "notes"}))
+            .await
+            .unwrap(),
+        expected
+    );
+    assert_eq!(
+        s.request("doc.get", json!({"room": "nothing here"}))
+            .await
+            .unwrap(),
+        json!(null)
+    );
+    assert!(matches!(
+        s.request("doc.get", json!({"room": 5})).await.unwrap_err(),
+        IpcError::RouteFailed { .. }
+    ));
+    s.close().await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
