@@ -7,7 +7,9 @@
 //! - [`cloud`]: the Scratch / TurboWarp cloud-variable protocol (newline-delimited JSON
 //!   in WebSocket text frames).
 //! - [`ipc`]: the discord.py-style IPC request/response protocol (primary and better-ipc dialects).
+//! - [`gateway`]: the Discord v10 gateway protocol (payloads, close codes, intents, `shard_of`).
 #![forbid(unsafe_code)]
 
 pub mod cloud;
+pub mod gateway;
 pub mod ipc;
