@@ -21,6 +21,8 @@ use crate::hub::Hub;
 #[derive(Debug, Clone)]
 pub(crate) struct App {
     pub hub: Arc<Hub>,
+    /// The gateway, when at least one token is configured.
+    pub gateway: Option<Arc<crate::gateway::Gateway>>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -31,6 +33,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/api/rooms/{id}/variables", get(variables))
+        .merge(crate::gateway::routes())
         .with_state(app)
 }
 
@@ -88,6 +91,7 @@ async fn upgrade(
         hub,
         shutdown,
         tracker,
+        ..
     } = app.clone();
     ws.max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::gateway::Gateway;
 use crate::http::{router, App};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -58,6 +59,7 @@ pub struct Server {
     addr: SocketAddr,
     hub: Arc<Hub>,
     ipc: Option<nimbus_ipc::Server>,
+    gateway: Option<Arc<Gateway>>,
 }
 
 impl Server {
@@ -93,11 +95,16 @@ impl Server {
             }
             None => None,
         };
+        let gateway = config
+            .gateway
+            .enabled()
+            .then(|| Gateway::new(hub.clone(), config.gateway.clone()));
         Ok(Server {
             listener,
             addr,
             hub,
             ipc,
+            gateway,
         })
     }
 
@@ -111,6 +118,11 @@ impl Server {
         self.ipc
             .as_ref()
             .and_then(nimbus_ipc::Server::multicast_addr)
+    }
+
+    /// The hub (rooms, event bus), e.g. to publish events or set variables in tests.
+    pub fn hub(&self) -> Arc<Hub> {
+        self.hub.clone()
     }
 
     /// The address actually bound.
@@ -128,6 +140,7 @@ impl Server {
         let tracker = TaskTracker::new();
         let app = App {
             hub: self.hub.clone(),
+            gateway: self.gateway.clone(),
             shutdown: token.clone(),
             tracker: tracker.clone(),
         };
