@@ -194,7 +194,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct GatewayClient {
     shared: Arc<Shared>,
-    events_tx: mpsc::UnboundedSender<(String, Value)>,
+    events_tx: Mutex<Option<mpsc::UnboundedSender<(String, Value)>>>,
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, Value)>>,
     commands_tx: mpsc::UnboundedSender<String>,
     commands_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
@@ -221,7 +221,7 @@ impl GatewayClient {
                     connections: Vec::new(),
                 }),
             }),
-            events_tx,
+            events_tx: Mutex::new(Some(events_tx)),
             events: tokio::sync::Mutex::new(events_rx),
             commands_tx,
             commands_rx: Mutex::new(Some(commands_rx)),
@@ -244,12 +244,20 @@ impl GatewayClient {
         else {
             return Err(GatewayError::AlreadyStarted);
         };
+        let Some(events) = self
+            .events_tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return Err(GatewayError::AlreadyStarted);
+        };
         let driver = driver::Driver {
             shared: self.shared.clone(),
             token: token.to_owned(),
             intents,
             base_url: url,
-            events: self.events_tx.clone(),
+            events,
             commands,
             stop: self.stop.subscribe(),
         };
