@@ -124,7 +124,7 @@ async fn thousand_forced_disconnects_lose_duplicate_or_reorder_nothing() {
                     .await
                     .unwrap();
                 produced += 1;
-                if produced % 16 == 0 {
+                if produced.is_multiple_of(16) {
                     tokio::task::yield_now().await;
                 }
             }
