@@ -5,6 +5,7 @@
 
 mod bench;
 mod cloud;
+mod gateway;
 mod ipc;
 mod serve;
 
@@ -28,6 +29,9 @@ enum Command {
     /// Load generators (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Discord-v10-style gateway tools (nimbus `/gateway` or Discord).
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCmd),
     /// Call routes of an IPC server (discord-ext-ipc / better-ipc compatible).
     #[command(subcommand)]
     Ipc(ipc::IpcCmd),
@@ -40,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         Command::Cloud(cmd) => cloud::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Ipc(cmd) => ipc::run(cmd),
+        Command::Gateway(cmd) => gateway::run(cmd),
     }
 }
