@@ -2,6 +2,7 @@
 use clap::Subcommand;
 
 mod cloud;
+mod gateway;
 mod ipc;
 
 /// `nimbus bench` subcommands.
@@ -9,6 +10,8 @@ mod ipc;
 pub enum BenchCmd {
     /// Cloud-variable load: rooms × clients with paced publishers, or idle connections.
     Cloud(cloud::CloudBench),
+    /// Gateway dispatch throughput to S shard sessions and resume time after missed events.
+    Gateway(gateway::GatewayBenchArgs),
     /// IPC request/response throughput and latency against any IPC server.
     Ipc(ipc::IpcBenchArgs),
 }
@@ -17,5 +20,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Cloud(args) => cloud::run(args),
         BenchCmd::Ipc(args) => ipc::run(args),
+        BenchCmd::Gateway(args) => gateway::run(args),
     }
 }
