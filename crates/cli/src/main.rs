@@ -1,4 +1,4 @@
-//! The `nimbus` binary: `serve`, `cloud`, `doc`, `ipc`, `bench`.
+//! The `nimbus` binary: `serve`, `cloud`, `doc`, `gateway`, `ipc`, `bench`.
 #![forbid(unsafe_code)]
 // A command-line tool prints results on stdout; the libraries keep the lint.
 #![allow(clippy::print_stdout)]
@@ -6,6 +6,7 @@
 mod bench;
 mod cloud;
 mod doc;
+mod gateway;
 mod ipc;
 mod serve;
 
@@ -32,6 +33,9 @@ enum Command {
     /// Read, follow and edit Yjs document rooms on any y-websocket server.
     #[command(subcommand)]
     Doc(doc::DocCmd),
+    /// Discord-v10-style gateway tools (nimbus `/gateway` or Discord).
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCmd),
     /// Call routes of an IPC server (discord-ext-ipc / better-ipc compatible).
     #[command(subcommand)]
     Ipc(ipc::IpcCmd),
@@ -45,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Doc(cmd) => doc::run(cmd),
         Command::Ipc(cmd) => ipc::run(cmd),
+        Command::Gateway(cmd) => gateway::run(cmd),
     }
 }

@@ -10,11 +10,15 @@
 //! Event semantics: `change` fires for every change (ours too), `set` only for changes by
 //! others, `create` the first time a name is seen (or when we create it), `delete` when we
 //! delete (servers never broadcast deletes), `outgoing` with the exact text sent.
+//!
+//! [`gateway::GatewayClient`] speaks the Discord v10 gateway (to Discord or to nimbus's
+//! `/gateway`), and [`gateway::ShardManager`] runs several shards.
 #![forbid(unsafe_code)]
 
 mod connection;
 mod error;
 mod event;
+pub mod gateway;
 mod pacing;
 
 pub use connection::{CloudConnection, CloudConnectionBuilder, HostProfile, DEFAULT_USER_AGENT};

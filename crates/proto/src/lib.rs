@@ -9,8 +9,10 @@
 //! - [`doc`]: the y-sync protocol (y-websocket) of Yjs document rooms: lib0 primitives,
 //!   sync/awareness/auth messages, awareness updates.
 //! - [`ipc`]: the discord.py-style IPC request/response protocol (primary and better-ipc dialects).
+//! - [`gateway`]: the Discord v10 gateway protocol (payloads, close codes, intents, `shard_of`).
 #![forbid(unsafe_code)]
 
 pub mod cloud;
 pub mod doc;
+pub mod gateway;
 pub mod ipc;

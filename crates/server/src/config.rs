@@ -13,6 +13,8 @@ use nimbus_proto::cloud::ValueProfile;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::gateway::{GatewayConfig, GatewayToken};
+
 /// A configuration problem found at startup.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -165,6 +167,36 @@ pub struct Settings {
     /// ... or after this many bytes of updates [default: 4194304].
     #[arg(long, env = "NIMBUS_DOC_COMPACT_BYTES")]
     pub doc_compact_bytes: Option<usize>,
+    /// Bot token accepted by `/gateway` (repeatable; `TOKEN` or `TOKEN=cloud+rooms+doc` to
+    /// limit its intents). The gateway is served only when at least one is set.
+    #[arg(
+        long = "gateway-token",
+        env = "NIMBUS_GATEWAY_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub gateway_token: Option<Vec<String>>,
+    /// Gateway heartbeat interval sent in Hello [default: 41250].
+    #[arg(long, env = "NIMBUS_GATEWAY_HEARTBEAT_INTERVAL_MS")]
+    pub gateway_heartbeat_interval_ms: Option<u64>,
+    /// How long a disconnected gateway session stays resumable [default: 180000].
+    #[arg(long, env = "NIMBUS_GATEWAY_RESUME_WINDOW_MS")]
+    pub gateway_resume_window_ms: Option<u64>,
+    /// Dispatches kept per gateway session for Resume [default: 16384].
+    #[arg(long, env = "NIMBUS_GATEWAY_REPLAY_BUFFER")]
+    pub gateway_replay_buffer: Option<usize>,
+    /// Gateway identify buckets (`shard_id % max_concurrency`), one Identify each per window [default: 1].
+    #[arg(long, env = "NIMBUS_GATEWAY_MAX_CONCURRENCY")]
+    pub gateway_max_concurrency: Option<u64>,
+    /// Length of an identify bucket's window [default: 5000].
+    #[arg(long, env = "NIMBUS_GATEWAY_IDENTIFY_WINDOW_MS")]
+    pub gateway_identify_window_ms: Option<u64>,
+    /// Time allowed between connecting and Identify/Resume (then 4009) [default: 20000].
+    #[arg(long, env = "NIMBUS_GATEWAY_IDENTIFY_TIMEOUT_MS")]
+    pub gateway_identify_timeout_ms: Option<u64>,
+    /// Gateway Identifies per 24 h [default: 1000].
+    #[arg(long, env = "NIMBUS_GATEWAY_SESSION_START_LIMIT")]
+    pub gateway_session_start_limit: Option<u32>,
 }
 
 fn parse_profile(s: &str) -> Result<ValueProfile, String> {
@@ -240,6 +272,14 @@ impl Settings {
             doc_awareness_timeout_ms,
             doc_compact_updates,
             doc_compact_bytes,
+            gateway_token,
+            gateway_heartbeat_interval_ms,
+            gateway_resume_window_ms,
+            gateway_replay_buffer,
+            gateway_max_concurrency,
+            gateway_identify_window_ms,
+            gateway_identify_timeout_ms,
+            gateway_session_start_limit,
         )
     }
 }
@@ -378,6 +418,8 @@ pub struct Config {
     pub doc: DocLimits,
     /// IPC routes, when enabled.
     pub ipc: Option<IpcConfig>,
+    /// The gateway at `/gateway` (served when it has tokens).
+    pub gateway: GatewayConfig,
 }
 
 /// Where and how `nimbus serve` exposes its IPC routes.
@@ -413,6 +455,7 @@ impl Default for Config {
             cloud: CloudLimits::default(),
             doc: DocLimits::default(),
             ipc: None,
+            gateway: GatewayConfig::default(),
         }
     }
 }
@@ -487,8 +530,57 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        let dg = d.gateway;
+        let mut tokens = Vec::new();
+        for spec in s
+            .gateway_token
+            .iter()
+            .flatten()
+            .filter(|t| !t.trim().is_empty())
+        {
+            tokens.push(GatewayToken::parse(spec.trim()).map_err(|reason| {
+                ConfigError::Invalid {
+                    key: "gateway_token",
+                    reason,
+                }
+            })?);
+        }
+        let heartbeat_interval = ms(s.gateway_heartbeat_interval_ms, dg.heartbeat_interval);
+        if heartbeat_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "gateway_heartbeat_interval_ms",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let gateway = GatewayConfig {
+            tokens,
+            heartbeat_interval,
+            resume_window: ms(s.gateway_resume_window_ms, dg.resume_window),
+            replay_buffer: positive(
+                "gateway_replay_buffer",
+                s.gateway_replay_buffer,
+                dg.replay_buffer,
+            )?,
+            max_concurrency: match s.gateway_max_concurrency {
+                Some(0) => {
+                    return Err(ConfigError::Invalid {
+                        key: "gateway_max_concurrency",
+                        reason: "must be at least 1".into(),
+                    })
+                }
+                Some(n) => n,
+                None => dg.max_concurrency,
+            },
+            identify_window: ms(s.gateway_identify_window_ms, dg.identify_window),
+            identify_timeout: ms(s.gateway_identify_timeout_ms, dg.identify_timeout),
+            session_start_limit: s
+                .gateway_session_start_limit
+                .unwrap_or(dg.session_start_limit),
+            drain_grace: dg.drain_grace,
+        };
         Ok(Config {
             doc,
+            gateway,
             ipc,
             listen: s.listen.unwrap_or(d.listen),
             data_dir: s.data_dir.unwrap_or(d.data_dir),
@@ -551,6 +643,7 @@ mod tests {
             ..Settings::default()
         };
         let c = Config::from_settings(flags.merge(file)).expect("valid");
+        assert!(!c.gateway.enabled(), "no token: no gateway");
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.cloud.max_rooms, 5);
         assert_eq!(c.cloud.profile, ValueProfile::Scratch);
@@ -568,6 +661,22 @@ mod tests {
         assert_eq!(c.doc.tokens[0].access, crate::doc::Access::ReadOnly);
         assert_eq!(c.doc.max_doc_bytes, 10);
         assert!(toml::from_str::<Settings>("doc_tokens = [\"notes:xx:abc\"]").is_err());
+    }
+
+    #[test]
+    fn gateway_settings() {
+        let file: Settings =
+            toml::from_str("gateway_token = [\"a\", \"b=cloud\"]\ngateway_replay_buffer = 7\n")
+                .expect("valid toml");
+        let c = Config::from_settings(Settings::default().merge(file)).expect("valid");
+        assert!(c.gateway.enabled());
+        assert_eq!(c.gateway.tokens.len(), 2);
+        assert_eq!(c.gateway.replay_buffer, 7);
+        let bad = Settings {
+            gateway_token: Some(vec!["x=nope".into()]),
+            ..Settings::default()
+        };
+        assert!(Config::from_settings(bad).is_err());
     }
 
     #[test]

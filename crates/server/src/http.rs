@@ -25,6 +25,8 @@ use crate::hub::Hub;
 pub(crate) struct App {
     pub hub: Arc<Hub>,
     pub docs: Arc<DocRooms>,
+    /// The gateway, when at least one token is configured.
+    pub gateway: Option<Arc<crate::gateway::Gateway>>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -37,6 +39,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/rooms/{id}/variables", get(variables))
         .route("/api/docs/{*room}", get(doc_json))
+        .merge(crate::gateway::routes())
         .with_state(app)
 }
 
@@ -97,6 +100,7 @@ async fn doc_upgrade(
         docs,
         shutdown,
         tracker,
+        ..
     } = app;
     let max = docs.limits.max_message_bytes;
     ws.max_message_size(max)

@@ -8,6 +8,7 @@ use nimbus_proto::cloud::CloudValue;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::CloudLimits;
+use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::room::{JoinError, Room, RoomCmd, Subscriber};
 use crate::store::Store;
@@ -58,6 +59,8 @@ pub struct Hub {
     pub limits: Arc<CloudLimits>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Room events (cloud changes, joins, leaves) for listeners such as the gateway.
+    pub events: Arc<EventBus>,
 }
 
 impl Hub {
@@ -69,6 +72,7 @@ impl Hub {
             store,
             limits,
             metrics,
+            events: Arc::new(EventBus::default()),
         }
     }
 

@@ -1,17 +1,23 @@
-//! The nimbus server: a Scratch/TurboWarp cloud-variable server.
+//! The nimbus server: Scratch/TurboWarp cloud variables, Yjs document rooms, a
+//! Discord-v10-style gateway of room events, and IPC routes.
 //!
 //! Layout (see `docs/architecture.md`):
 //! - [`config`]: settings from flags, environment and file;
 //! - [`hub`] and [`room`]: room registry and the per-room actor;
 //! - [`outbox`]: each connection's bounded, last-writer-wins send queue;
 //! - [`cloud`]: the WebSocket connection task;
-//! - [`store`]: persistence (SQLite, group commit);
+//! - [`store`]: persistence (SQLite, group commit; cloud variables and document logs);
+//! - [`doc`]: Yjs document rooms at `/doc/{room}` (tokens, persistence, limits);
+//! - [`events`]: the room event bus (cloud changes, joins, leaves);
+//! - [`gateway`]: the Discord-v10-style gateway at `/gateway` (room events as dispatches);
 //! - [`metrics`]: Prometheus metrics.
 #![forbid(unsafe_code)]
 
 pub mod cloud;
 pub mod config;
 pub mod doc;
+pub mod events;
+pub mod gateway;
 mod http;
 pub mod hub;
 mod ipc_routes;
@@ -23,4 +29,5 @@ pub mod store;
 mod ws;
 
 pub use config::{CloudLimits, Config, ConfigError, DocLimits, IpcConfig, Settings};
+pub use gateway::{GatewayConfig, GatewayToken};
 pub use server::{Server, ServerError};

@@ -61,6 +61,19 @@ pub struct Metrics {
     pub doc_compactions: Counter,
     doc_refused: Family<Labels, Counter>,
     doc_closes: Family<Labels, Counter>,
+    /// Open gateway connections.
+    pub gateway_connections: Gauge,
+    /// Gateway sessions (attached or resumable).
+    pub gateway_sessions: Gauge,
+    /// Dispatches appended to gateway sessions (one per session).
+    pub gateway_dispatches: Counter,
+    /// Successful gateway Resumes.
+    pub gateway_resumes: Counter,
+    /// Op 9 (invalid session) sent.
+    pub gateway_invalid_sessions: Counter,
+    /// Gateway connections closed for missing heartbeats.
+    pub gateway_heartbeat_timeouts: Counter,
+    gateway_closes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,6 +96,48 @@ impl Metrics {
         let deliveries = Counter::default();
         let coalesced = Counter::default();
         let keepalive_timeouts = Counter::default();
+        let gateway_connections = Gauge::default();
+        let gateway_sessions = Gauge::default();
+        let gateway_dispatches = Counter::default();
+        let gateway_resumes = Counter::default();
+        let gateway_invalid_sessions = Counter::default();
+        let gateway_heartbeat_timeouts = Counter::default();
+        let gateway_closes: Family<Labels, Counter> = Family::default();
+        registry.register(
+            "gateway_connections",
+            "Open gateway connections",
+            gateway_connections.clone(),
+        );
+        registry.register(
+            "gateway_sessions",
+            "Gateway sessions, attached or resumable",
+            gateway_sessions.clone(),
+        );
+        registry.register(
+            "gateway_dispatches",
+            "Dispatches appended to gateway sessions",
+            gateway_dispatches.clone(),
+        );
+        registry.register(
+            "gateway_resumes",
+            "Successful gateway resumes",
+            gateway_resumes.clone(),
+        );
+        registry.register(
+            "gateway_invalid_sessions",
+            "Invalid Session (op 9) payloads sent",
+            gateway_invalid_sessions.clone(),
+        );
+        registry.register(
+            "gateway_heartbeat_timeouts",
+            "Gateway connections closed for missing heartbeats",
+            gateway_heartbeat_timeouts.clone(),
+        );
+        registry.register(
+            "gateway_closes",
+            "Gateway connections closed by the server, by close code",
+            gateway_closes.clone(),
+        );
         registry.register("cloud_clients", "Connected cloud clients", clients.clone());
         registry.register("cloud_rooms", "Loaded cloud rooms", rooms.clone());
         registry.register(
@@ -198,6 +253,13 @@ impl Metrics {
             doc_compactions,
             doc_refused,
             doc_closes,
+            gateway_connections,
+            gateway_sessions,
+            gateway_dispatches,
+            gateway_resumes,
+            gateway_invalid_sessions,
+            gateway_heartbeat_timeouts,
+            gateway_closes,
         }
     }
 
@@ -220,6 +282,22 @@ impl Metrics {
             _ => "other",
         };
         self.doc_closes.get_or_create(&vec![("code", label)]).inc();
+    }
+
+    /// Count a gateway close sent by the server (4000-4014).
+    pub fn gateway_close(&self, code: u16) {
+        const LABELS: [&str; 15] = [
+            "4000", "4001", "4002", "4003", "4004", "4005", "4006", "4007", "4008", "4009", "4010",
+            "4011", "4012", "4013", "4014",
+        ];
+        let label = code
+            .checked_sub(4000)
+            .and_then(|i| LABELS.get(usize::from(i)))
+            .copied()
+            .unwrap_or("other");
+        self.gateway_closes
+            .get_or_create(&vec![("code", label)])
+            .inc();
     }
 
     /// Count a close sent by the server (`code`: the numeric code as text label, e.g. `4000`).

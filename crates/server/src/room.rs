@@ -12,6 +12,7 @@ use nimbus_proto::cloud::{encode_set, validate_name, CloseCode, CloudValue};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::CloudLimits;
+use crate::events::{EventKind, RoomEvent};
 use crate::hub::Hub;
 use crate::outbox::{Outbox, Pushed};
 use crate::store::{StoreOp, StoredVar};
@@ -193,7 +194,12 @@ impl Room {
             RoomCmd::Join { sub, reply } => {
                 let _ = reply.send(self.join(sub));
             }
-            RoomCmd::Leave { id } => self.subs.retain(|s| s.id != id),
+            RoomCmd::Leave { id } => {
+                if let Some(i) = self.subs.iter().position(|s| s.id == id) {
+                    let sub = self.subs.remove(i);
+                    self.emit_member(EventKind::RoomLeave, &sub);
+                }
+            }
             RoomCmd::Set { from, name, value } => self.set(from, name, value),
             RoomCmd::Rename {
                 name,
@@ -203,9 +209,13 @@ impl Room {
                 let _ = reply.send(self.rename(&name, new_name));
             }
             RoomCmd::Delete { name, reply } => {
-                let removed = self.vars.remove(name.as_str()).is_some();
-                if removed {
+                let old = self.vars.remove(name.as_str());
+                let removed = old.is_some();
+                if let Some(old) = old {
                     self.offset += 1;
+                    self.emit(EventKind::CloudDelete, None, || {
+                        serde_json::json!({"room": &*self.key, "name": &name, "value": json_value(&old.value)})
+                    });
                     self.hub.store.apply(StoreOp::Delete {
                         room: self.key.clone(),
                         name: Arc::from(name),
@@ -217,18 +227,51 @@ impl Room {
                 let _ = reply.send(self.snapshot());
             }
             RoomCmd::Kick { user, reply } => {
-                let mut kicked = 0;
+                let mut kicked = Vec::new();
                 self.subs.retain(|s| {
                     let hit = s.user.eq_ignore_ascii_case(&user);
                     if hit {
                         s.outbox.close(CloseCode::Username);
-                        kicked += 1;
+                        kicked.push(s.clone());
                     }
                     !hit
                 });
+                for sub in &kicked {
+                    self.emit_member(EventKind::RoomLeave, sub);
+                }
+                let kicked = kicked.len();
                 let _ = reply.send(kicked);
             }
         }
+    }
+
+    /// Publish an event built by `data` (called only when someone listens).
+    fn emit(
+        &self,
+        kind: EventKind,
+        user: Option<Arc<str>>,
+        data: impl FnOnce() -> serde_json::Value,
+    ) {
+        if self.hub.events.is_active() {
+            self.publish(kind, user, data());
+        }
+    }
+
+    fn emit_member(&self, kind: EventKind, sub: &Subscriber) {
+        self.emit(
+            kind,
+            Some(Arc::from(sub.user.as_str())),
+            || serde_json::json!({"room": &*self.key, "user": &sub.user, "conn": sub.id}),
+        );
+    }
+
+    fn publish(&self, kind: EventKind, user: Option<Arc<str>>, data: serde_json::Value) {
+        self.hub.events.publish(&RoomEvent {
+            room: self.key.clone(),
+            kind,
+            data,
+            user,
+        });
     }
 
     fn snapshot(&self) -> Vec<(Arc<str>, CloudValue)> {
@@ -263,6 +306,7 @@ impl Room {
             sub.outbox
                 .push(None, &Utf8Bytes::from(frame), usize::MAX, usize::MAX);
         }
+        self.emit_member(EventKind::RoomJoin, &sub);
         self.subs.push(sub);
         Ok(())
     }
@@ -303,7 +347,33 @@ impl Room {
         }
         metrics.deliveries.inc_by(delivered);
         if !cut.is_empty() {
-            self.subs.retain(|s| !cut.contains(&s.id));
+            let mut gone = Vec::new();
+            self.subs.retain(|s| {
+                let keep = !cut.contains(&s.id);
+                if !keep {
+                    gone.push(s.clone());
+                }
+                keep
+            });
+            for sub in &gone {
+                self.emit_member(EventKind::RoomLeave, sub);
+            }
+        }
+        if self.hub.events.is_active() {
+            let kind = if self.vars.contains_key(&key) {
+                EventKind::CloudSet
+            } else {
+                EventKind::CloudCreate
+            };
+            let user = self
+                .subs
+                .iter()
+                .find(|s| s.id == from)
+                .map(|s| Arc::from(s.user.as_str()));
+            let data = serde_json::json!({
+                "room": &*self.key, "name": &*key, "value": json_value(&value), "user": user.as_deref(),
+            });
+            self.publish(kind, user, data);
         }
         let pos = match self.vars.get_mut(&key) {
             Some(v) => {
@@ -343,6 +413,9 @@ impl Room {
             return false;
         };
         let new: Arc<str> = Arc::from(new_name);
+        self.emit(EventKind::CloudRename, None, || {
+            serde_json::json!({"room": &*self.key, "name": &*old, "new_name": &*new, "value": json_value(&var.value)})
+        });
         self.vars.insert(new.clone(), var);
         self.offset += 1;
         self.hub.store.apply(StoreOp::Rename {
@@ -351,5 +424,15 @@ impl Room {
             new_name: new,
         });
         true
+    }
+}
+
+/// A cloud value as JSON (numbers stay numbers, strings stay strings).
+fn json_value(value: &CloudValue) -> serde_json::Value {
+    match value {
+        CloudValue::String(s) => serde_json::Value::String(s.clone()),
+        CloudValue::Number(lit) => {
+            serde_json::from_str(lit).unwrap_or_else(|_| serde_json::Value::String(lit.clone()))
+        }
     }
 }

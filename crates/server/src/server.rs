@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::doc::DocRooms;
+use crate::gateway::Gateway;
 use crate::http::{router, App};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -60,6 +61,7 @@ pub struct Server {
     hub: Arc<Hub>,
     docs: Arc<DocRooms>,
     ipc: Option<nimbus_ipc::Server>,
+    gateway: Option<Arc<Gateway>>,
 }
 
 impl Server {
@@ -101,12 +103,17 @@ impl Server {
             }
             None => None,
         };
+        let gateway = config
+            .gateway
+            .enabled()
+            .then(|| Gateway::new(hub.clone(), config.gateway.clone()));
         Ok(Server {
             listener,
             addr,
             hub,
             docs,
             ipc,
+            gateway,
         })
     }
 
@@ -120,6 +127,11 @@ impl Server {
         self.ipc
             .as_ref()
             .and_then(nimbus_ipc::Server::multicast_addr)
+    }
+
+    /// The hub (rooms, event bus), e.g. to publish events or set variables in tests.
+    pub fn hub(&self) -> Arc<Hub> {
+        self.hub.clone()
     }
 
     /// The address actually bound.
@@ -138,6 +150,7 @@ impl Server {
         let app = App {
             hub: self.hub.clone(),
             docs: self.docs.clone(),
+            gateway: self.gateway.clone(),
             shutdown: token.clone(),
             tracker: tracker.clone(),
         };

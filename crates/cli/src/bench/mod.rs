@@ -3,6 +3,7 @@ use clap::Subcommand;
 
 mod cloud;
 mod doc;
+mod gateway;
 mod ipc;
 
 /// `nimbus bench` subcommands.
@@ -12,6 +13,8 @@ pub enum BenchCmd {
     Cloud(cloud::CloudBench),
     /// Yjs document rooms: D documents × C editors at a rate; deliveries/s, latency, server RSS.
     Doc(doc::DocBench),
+    /// Gateway dispatch throughput to S shard sessions and resume time after missed events.
+    Gateway(gateway::GatewayBenchArgs),
     /// IPC request/response throughput and latency against any IPC server.
     Ipc(ipc::IpcBenchArgs),
 }
@@ -21,5 +24,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Cloud(args) => cloud::run(args),
         BenchCmd::Doc(args) => doc::run(args),
         BenchCmd::Ipc(args) => ipc::run(args),
+        BenchCmd::Gateway(args) => gateway::run(args),
     }
 }

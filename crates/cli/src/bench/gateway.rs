@@ -1,0 +1,234 @@
+//! `nimbus bench gateway`: an in-process `nimbus serve` (memory store) with its gateway on
+//! 127.0.0.1, measured from raw WebSocket clients over loopback:
+//!
+//! 1. **dispatch throughput**: S shard sessions (`shard: [i, S]`) identify; the hub
+//!    publishes N cloud sets spread over R rooms (each room maps to one shard by
+//!    `shard_of`); the clock runs from the first set until every shard has received its
+//!    share. Reports dispatches/s.
+//! 2. **resume time**: one session disconnects, the hub publishes M (default 10,000)
+//!    cloud sets, then the client reconnects and Resumes; the clock runs from the
+//!    connect until RESUMED, after all M replayed dispatches.
+//!
+//! Each is run `--runs` times; the median is printed. Bounded: stops by itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
+use nimbus_proto::cloud::CloudValue;
+use nimbus_proto::gateway::shard_of;
+use nimbus_server::hub::Hub;
+use nimbus_server::store::{MemoryBackend, Store};
+use nimbus_server::{Config, GatewayConfig, GatewayToken, Server};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Arguments of `nimbus bench gateway`.
+#[derive(Debug, Args)]
+pub struct GatewayBenchArgs {
+    /// Shard sessions (S).
+    #[arg(long, short = 's', default_value_t = 4)]
+    pub shards: u64,
+    /// Cloud sets published for the throughput phase (N).
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Rooms the sets are spread over (R).
+    #[arg(long, default_value_t = 64)]
+    pub rooms: u64,
+    /// Events missed before the resume (M).
+    #[arg(long, default_value_t = 10_000)]
+    pub missed: u64,
+    /// Repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Runtime worker threads (server and clients share them).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const TOKEN: &str = "bench";
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn recv(ws: &mut Ws) -> anyhow::Result<Value> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .context("gateway stalled")?
+            .context("gateway closed")??;
+        if let Message::Text(t) = msg {
+            return Ok(serde_json::from_str(t.as_str())?);
+        }
+        if let Message::Close(c) = msg {
+            bail!("gateway closed: {c:?}");
+        }
+    }
+}
+
+async fn hello(addr: SocketAddr) -> anyhow::Result<Ws> {
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/gateway?v=10&encoding=json")).await?;
+    let h = recv(&mut ws).await?;
+    anyhow::ensure!(h["op"] == 10, "expected Hello, got {h}");
+    Ok(ws)
+}
+
+/// Identify as shard `[id, n]`; returns the socket and the session id.
+async fn identify(addr: SocketAddr, id: u64, n: u64) -> anyhow::Result<(Ws, String)> {
+    let mut ws = hello(addr).await?;
+    let d = json!({"token": TOKEN, "intents": 1, "properties": {}, "shard": [id, n]});
+    ws.send(Message::text(json!({"op": 2, "d": d}).to_string()))
+        .await?;
+    let ready = recv(&mut ws).await?;
+    anyhow::ensure!(ready["t"] == "READY", "expected READY, got {ready}");
+    let sid = ready["d"]["session_id"].as_str().unwrap_or("").to_owned();
+    Ok((ws, sid))
+}
+
+async fn set(hub: &Arc<Hub>, room: &str, i: u64) -> anyhow::Result<()> {
+    hub.set_variable(room, "☁ n", CloudValue::Number(i.to_string()))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn throughput(addr: SocketAddr, hub: &Arc<Hub>, a: &GatewayBenchArgs) -> anyhow::Result<f64> {
+    let rooms: Vec<String> = (0..a.rooms).map(|r| format!("bench-{r}")).collect();
+    let mut per_shard = vec![0u64; usize::try_from(a.shards)?];
+    for i in 0..a.events {
+        let room = &rooms[usize::try_from(i % a.rooms)?];
+        per_shard[usize::try_from(shard_of(room, a.shards))?] += 1;
+    }
+    let mut readers = Vec::new();
+    for id in 0..a.shards {
+        let (mut ws, _) = identify(addr, id, a.shards).await?;
+        let want = per_shard[usize::try_from(id)?];
+        readers.push(tokio::spawn(async move {
+            let mut got = 0u64;
+            while got < want {
+                let p = recv(&mut ws).await?;
+                if p["op"] == 0 {
+                    got += 1;
+                }
+            }
+            anyhow::Ok(Instant::now())
+        }));
+    }
+    let start = Instant::now();
+    for i in 0..a.events {
+        set(hub, &rooms[usize::try_from(i % a.rooms)?], i).await?;
+    }
+    let mut end = start;
+    for r in readers {
+        end = end.max(r.await??);
+    }
+    Ok(a.events as f64 / (end - start).as_secs_f64())
+}
+
+async fn resume_time(addr: SocketAddr, hub: &Arc<Hub>, missed: u64) -> anyhow::Result<Duration> {
+    let (ws, session) = identify(addr, 0, 1).await?;
+    drop(ws);
+    for i in 0..missed {
+        set(hub, "bench-resume", i).await?;
+    }
+    // A snapshot goes through the room's queue: every set before it is published.
+    let _ = hub.variables("bench-resume").await;
+    let start = Instant::now();
+    let mut ws = hello(addr).await?;
+    let d = json!({"token": TOKEN, "session_id": session, "seq": 1});
+    ws.send(Message::text(json!({"op": 6, "d": d}).to_string()))
+        .await?;
+    let mut replayed = 0u64;
+    loop {
+        let p = recv(&mut ws).await?;
+        if p["t"] == "RESUMED" {
+            break;
+        }
+        if p["op"] == 9 {
+            bail!("resume refused (op 9): raise --missed's buffer");
+        }
+        if p["op"] == 0 {
+            replayed += 1;
+        }
+    }
+    let took = start.elapsed();
+    anyhow::ensure!(replayed == missed, "replayed {replayed} of {missed}");
+    Ok(took)
+}
+
+fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+pub fn run(a: GatewayBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.shards >= 1 && a.rooms >= 1 && a.runs >= 1,
+        "shards, rooms, runs ≥ 1"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.threads.max(1))
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let config = Config {
+            listen: "127.0.0.1:0".parse()?,
+            gateway: GatewayConfig {
+                tokens: vec![GatewayToken::parse(TOKEN).map_err(anyhow::Error::msg)?],
+                replay_buffer: usize::try_from(a.missed + a.events + 16)?,
+                identify_window: Duration::ZERO,
+                session_start_limit: u32::MAX,
+                ..GatewayConfig::default()
+            },
+            ..Config::default()
+        };
+        let store = Store::spawn(MemoryBackend::default(), Duration::from_millis(100));
+        let server = Server::bind_with_store(config, store).await?;
+        let addr = server.local_addr();
+        let hub = server.hub();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until(async move {
+            let _ = stopped.await;
+        }));
+        let mut rates = Vec::new();
+        let mut resumes = Vec::new();
+        for _ in 0..a.runs {
+            rates.push(throughput(addr, &hub, &a).await?);
+            resumes.push(resume_time(addr, &hub, a.missed).await?);
+        }
+        let rate = median(rates.clone());
+        let resume = median(resumes.clone());
+        if a.json {
+            println!(
+                "{}",
+                json!({
+                    "shards": a.shards, "events": a.events, "rooms": a.rooms, "runs": a.runs,
+                    "dispatch_per_s": rate.round(), "missed": a.missed,
+                    "resume_ms": resume.as_secs_f64() * 1e3,
+                    "all_dispatch_per_s": rates, "all_resume_ms": resumes.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
+                })
+            );
+        } else {
+            println!(
+                "gateway dispatch: {} shards, {} events over {} rooms: {:.0} dispatches/s (median of {})",
+                a.shards, a.events, a.rooms, rate, a.runs
+            );
+            println!(
+                "gateway resume after missing {} events: {:.1} ms to RESUMED (median of {})",
+                a.missed,
+                resume.as_secs_f64() * 1e3,
+                a.runs
+            );
+        }
+        let _ = stop.send(());
+        task.await??;
+        anyhow::Ok(())
+    })
+}

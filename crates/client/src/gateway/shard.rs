@@ -1,0 +1,109 @@
+//! [`ShardManager`]: start N shards, `max_concurrency` at a time per identify window,
+//! and merge their events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{GatewayClient, GatewayError, GatewayOptions, ShardState};
+
+/// How a [`ShardManager`] starts its shards.
+#[derive(Debug, Clone)]
+pub struct ShardManagerConfig {
+    /// Options every shard shares (`shard_id` / `total_shards` are set per shard).
+    pub options: GatewayOptions,
+    /// Number of shards.
+    pub total_shards: u64,
+    /// `session_start_limit.max_concurrency`: shards whose ids differ mod this value are in
+    /// different identify buckets and may identify together.
+    pub max_concurrency: u64,
+    /// Time between groups (Discord: 5 s).
+    pub identify_window: Duration,
+}
+
+/// N shards started bucket by bucket (see the module docs).
+///
+/// Shards `k·c .. (k+1)·c` (c = `max_concurrency`) fall in distinct buckets, so group k
+/// identifies together, then the manager waits until the group is READY (or the window
+/// passed, whichever is later) before the next group. Re-identifies after the start
+/// (op 9 `false`) are spaced by each shard's own 1–5 s wait, not by a shared queue.
+#[derive(Debug)]
+pub struct ShardManager {
+    shards: Vec<Arc<GatewayClient>>,
+    events: tokio::sync::Mutex<mpsc::UnboundedReceiver<(u64, String, Value)>>,
+}
+
+impl ShardManager {
+    /// Start every shard with `token` and `intents`.
+    pub async fn start(
+        config: ShardManagerConfig,
+        token: &str,
+        intents: u64,
+    ) -> Result<ShardManager, GatewayError> {
+        let total = config.total_shards.max(1);
+        let per_group = config.max_concurrency.max(1);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut shards = Vec::new();
+        let mut id = 0;
+        while id < total {
+            let started = tokio::time::Instant::now();
+            let group: Vec<u64> = (id..(id + per_group).min(total)).collect();
+            for &sid in &group {
+                let client = Arc::new(GatewayClient::new(GatewayOptions {
+                    shard_id: sid,
+                    total_shards: total,
+                    ..config.options.clone()
+                }));
+                client.start(token, intents)?;
+                let (c, tx) = (client.clone(), tx.clone());
+                tokio::spawn(async move {
+                    while let Some((t, d)) = c.next_event().await {
+                        if tx.send((sid, t, d)).is_err() {
+                            break;
+                        }
+                    }
+                });
+                shards.push(client);
+            }
+            id += per_group;
+            if id < total {
+                // Wait for the group to be READY (or end), then for the window.
+                for s in &shards[shards.len() - group.len()..] {
+                    while !matches!(
+                        s.state(),
+                        ShardState::Active | ShardState::FatallyClosed(_) | ShardState::Closed
+                    ) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    if let ShardState::FatallyClosed(c) = s.state() {
+                        return Err(GatewayError::Fatal(c));
+                    }
+                }
+                tokio::time::sleep_until(started + config.identify_window).await;
+            }
+        }
+        Ok(ShardManager {
+            shards,
+            events: tokio::sync::Mutex::new(rx),
+        })
+    }
+
+    /// The shards, by id.
+    pub fn shards(&self) -> &[Arc<GatewayClient>] {
+        &self.shards
+    }
+
+    /// The next event of any shard, as `(shard_id, t, d)`.
+    pub async fn next_event(&self) -> Option<(u64, String, Value)> {
+        self.events.lock().await.recv().await
+    }
+
+    /// Close every shard.
+    pub async fn close(&self) {
+        for s in &self.shards {
+            s.close().await;
+        }
+    }
+}

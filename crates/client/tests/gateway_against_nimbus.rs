@@ -1,0 +1,202 @@
+//! GatewayClient against a real `nimbus_server::Server` on 127.0.0.1, through a TCP
+//! proxy that cuts the connection 1,000 times while cloud sets stream in: the
+//! CLOUD_* values the client hands out are exactly the produced ones, in order.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nimbus_client::gateway::{GatewayClient, GatewayError, GatewayOptions, ShardState};
+use nimbus_proto::cloud::CloudValue;
+use nimbus_server::store::{MemoryBackend, Store};
+use nimbus_server::{Config, GatewayConfig, GatewayToken, Server};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+const WAIT: Duration = Duration::from_secs(30);
+const CUTS: u64 = 1000;
+
+async fn start_server(
+    gateway: GatewayConfig,
+) -> (
+    SocketAddr,
+    Arc<nimbus_server::hub::Hub>,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        gateway,
+        ..Config::default()
+    };
+    let store = Store::spawn(MemoryBackend::default(), Duration::from_millis(10));
+    let server = Server::bind_with_store(config, store).await.unwrap();
+    let addr = server.local_addr();
+    let hub = server.hub();
+    let (stop, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run_until(async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, hub, stop, task)
+}
+
+/// A loopback TCP proxy; `cut()` aborts the current connection (both directions).
+struct Proxy {
+    addr: SocketAddr,
+    current: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let current: Arc<Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
+        let cur = current.clone();
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let Ok(mut up) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let _ = down.set_nodelay(true);
+                let _ = up.set_nodelay(true);
+                let task = tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                });
+                *cur.lock().unwrap() = Some(task.abort_handle());
+            }
+        });
+        Proxy { addr, current }
+    }
+
+    fn cut(&self) {
+        if let Some(h) = self.current.lock().unwrap().take() {
+            h.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_forced_disconnects_lose_duplicate_or_reorder_nothing() {
+    let (addr, hub, stop, task) = start_server(GatewayConfig {
+        tokens: vec![GatewayToken::parse("tok").unwrap()],
+        replay_buffer: 1 << 16,
+        identify_window: Duration::ZERO,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let proxy = Proxy::start(addr).await;
+    let client = Arc::new(GatewayClient::new(GatewayOptions {
+        url: format!("ws://{}/gateway", proxy.addr),
+        backoff_base: Duration::from_millis(10),
+        backoff_cap: Duration::from_millis(50),
+        ..GatewayOptions::default()
+    }));
+    client.start("Bot tok", 1).unwrap();
+    let (t, ready) = tokio::time::timeout(WAIT, client.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t, "READY");
+    assert!(ready["resume_gateway_url"]
+        .as_str()
+        .unwrap()
+        .contains(&proxy.addr.to_string()));
+
+    let received = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (hub, received, done) = (hub.clone(), received.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut produced: u64 = 0;
+            while !done.load(Ordering::Relaxed) {
+                if produced.saturating_sub(received.load(Ordering::Relaxed)) > 500 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                hub.set_variable("stream", "☁ n", CloudValue::Number(produced.to_string()))
+                    .await
+                    .unwrap();
+                produced += 1;
+                if produced.is_multiple_of(16) {
+                    tokio::task::yield_now().await;
+                }
+            }
+            produced
+        })
+    };
+    let consumer = {
+        let (client, received) = (client.clone(), received.clone());
+        tokio::spawn(async move {
+            let mut values = Vec::new();
+            let mut resumed = 0u64;
+            loop {
+                let Some((t, d)) = client.next_event().await else {
+                    break;
+                };
+                match t.as_str() {
+                    "CLOUD_SET" | "CLOUD_CREATE" => {
+                        values.push(d["value"].as_u64().unwrap());
+                        received.store(values.len() as u64, Ordering::Relaxed);
+                    }
+                    "RESUMED" => resumed += 1,
+                    "READY" => panic!("a new session: the old one was lost"),
+                    _ => {}
+                }
+            }
+            (values, resumed)
+        })
+    };
+    // 1,000 cuts, each once the client is active again after the previous one.
+    for i in 0..CUTS {
+        tokio::time::timeout(WAIT, async {
+            while client.metrics().resumes < i || client.state() != ShardState::Active {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("client resumes after every cut");
+        proxy.cut();
+    }
+    tokio::time::timeout(WAIT, async {
+        while client.metrics().resumes < CUTS || client.state() != ShardState::Active {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap();
+    done.store(true, Ordering::Relaxed);
+    let produced = producer.await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while received.load(Ordering::Relaxed) < produced {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("every produced event arrives");
+    client.close().await;
+    assert!(matches!(
+        client.wait().await,
+        Ok(()) | Err(GatewayError::Closed)
+    ));
+    drop(client);
+    let (values, resumed) = consumer.await.unwrap();
+    assert_eq!(
+        values,
+        (0..produced).collect::<Vec<_>>(),
+        "no loss, duplicate or reordering"
+    );
+    assert_eq!(resumed, CUTS);
+    assert!(
+        produced > 1000,
+        "events streamed during the cuts ({produced})"
+    );
+    let _ = stop.send(());
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}

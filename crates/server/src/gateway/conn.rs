@@ -1,0 +1,458 @@
+//! One gateway connection: Hello, Identify or Resume, heartbeats, limits, dispatch.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use nimbus_proto::gateway::{
+    decode_client_payload, CloseCode, DecodeError, Identify, Intents, OpCode, Payload, Resume,
+    API_VERSION, SEND_LIMIT, SEND_WINDOW_SECS,
+};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::session::{Buffered, ResumeError, Session};
+use super::Gateway;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// How a connection ends.
+enum End {
+    /// Close with a gateway code.
+    Close(CloseCode, String),
+    /// The peer closed (or vanished); `invalidate` when it closed with 1000/1001.
+    Peer { invalidate: bool },
+    /// Stop without a close frame (taken over by a Resume elsewhere, write stalled).
+    Drop,
+}
+
+fn close(code: CloseCode) -> End {
+    End::Close(code, code.meaning().to_owned())
+}
+
+struct Conn {
+    id: u64,
+    gw: Arc<Gateway>,
+    url: String,
+    /// The attached session, its change signal and the last sequence sent.
+    session: Option<(Arc<Session>, watch::Receiver<u64>)>,
+    cursor: u64,
+    /// Receive times of the last payloads (the 120 / 60 s limit).
+    recv_times: VecDeque<Instant>,
+    last_heartbeat: Instant,
+    asked_heartbeat: bool,
+}
+
+/// Serve one upgraded gateway WebSocket until it closes.
+pub(crate) async fn serve(
+    mut ws: WebSocket,
+    gw: Arc<Gateway>,
+    url: String,
+    bad_version: bool,
+    shutdown: CancellationToken,
+) {
+    let metrics = gw.hub.metrics.clone();
+    metrics.gateway_connections.inc();
+    let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let mut conn = Conn {
+        id,
+        gw: gw.clone(),
+        url,
+        session: None,
+        cursor: 0,
+        recv_times: VecDeque::new(),
+        last_heartbeat: Instant::now(),
+        asked_heartbeat: false,
+    };
+    let end = if bad_version {
+        close(CloseCode::InvalidApiVersion)
+    } else {
+        conn.run(&mut ws, &shutdown).await
+    };
+    let session = conn.session.take().map(|(s, _)| s);
+    match &end {
+        End::Peer { invalidate: true } => {
+            if let Some(s) = &session {
+                tracing::debug!(conn = id, session = %s.id, "client closed with 1000/1001: session invalidated");
+                gw.remove(&s.id);
+            }
+        }
+        _ => {
+            if let Some(s) = &session {
+                s.detach(id, Instant::now());
+            }
+        }
+    }
+    if let End::Close(code, reason) = end {
+        metrics.gateway_close(code.code());
+        tracing::debug!(conn = id, code = code.code(), %reason, "gateway close");
+        if matches!(code, CloseCode::NotAuthenticated | CloseCode::InvalidSeq) {
+            // The client must identify anew: the session (if any) is gone.
+            if let Some(s) = &session {
+                gw.remove(&s.id);
+            }
+        }
+        let frame = CloseFrame {
+            code: code.code(),
+            reason: Utf8Bytes::from(reason),
+        };
+        let _ = tokio::time::timeout(gw.hub.limits.close_timeout, async {
+            if ws.send(Message::Close(Some(frame))).await.is_ok() {
+                while let Some(Ok(msg)) = ws.recv().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    }
+    metrics.gateway_connections.dec();
+}
+
+async fn send(ws: &mut WebSocket, p: &Payload) -> Result<(), End> {
+    ws.send(Message::Text(Utf8Bytes::from(p.encode())))
+        .await
+        .map_err(|_| End::Peer { invalidate: false })
+}
+
+impl Conn {
+    fn cfg(&self) -> &super::GatewayConfig {
+        &self.gw.config
+    }
+
+    async fn run(&mut self, ws: &mut WebSocket, shutdown: &CancellationToken) -> End {
+        let interval = self.cfg().heartbeat_interval;
+        let hello = Payload::new(
+            OpCode::Hello,
+            json!({ "heartbeat_interval": u64::try_from(interval.as_millis()).unwrap_or(u64::MAX) }),
+        );
+        if let Err(e) = send(ws, &hello).await {
+            return e;
+        }
+        let identify_deadline = Instant::now() + self.cfg().identify_timeout;
+        self.last_heartbeat = Instant::now();
+        let timer = tokio::time::sleep_until(identify_deadline);
+        tokio::pin!(timer);
+        let mut batch: Vec<Buffered> = Vec::new();
+        loop {
+            // The next deadline: identify timeout, then "ask for a heartbeat" (1.25×) and
+            // "missed heartbeats" (1.5×).
+            let deadline = if self.session.is_none() {
+                identify_deadline.min(self.heartbeat_deadline(interval))
+            } else {
+                self.heartbeat_deadline(interval)
+            };
+            timer.as_mut().reset(deadline);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return self.drain(ws).await,
+                ok = async {
+                    match &mut self.session {
+                        Some((_, rx)) => rx.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if !ok {
+                        return End::Drop;
+                    }
+                    if let Err(e) = self.flush(ws, &mut batch).await {
+                        return e;
+                    }
+                }
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if self.session.is_none() && now >= identify_deadline {
+                        return close(CloseCode::SessionTimedOut);
+                    }
+                    let since = now.duration_since(self.last_heartbeat);
+                    if since >= interval.mul_f64(1.5) {
+                        self.gw.hub.metrics.gateway_heartbeat_timeouts.inc();
+                        return End::Close(CloseCode::UnknownError, "heartbeat timed out".into());
+                    }
+                    if since >= interval.mul_f64(1.25) && !self.asked_heartbeat {
+                        self.asked_heartbeat = true;
+                        if let Err(e) = send(ws, &Payload::new(OpCode::Heartbeat, Value::Null)).await {
+                            return e;
+                        }
+                    }
+                }
+                msg = ws.recv() => match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Err(e) = self.on_text(ws, &text).await {
+                            return e;
+                        }
+                        if self.session.is_some() {
+                            if let Err(e) = self.flush(ws, &mut batch).await {
+                                return e;
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        return End::Close(CloseCode::DecodeError, "binary frames are not supported (encoding=json)".into());
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(frame))) => {
+                        let invalidate = frame.is_some_and(|f| f.code == 1000 || f.code == 1001);
+                        return End::Peer { invalidate };
+                    }
+                    None => return End::Peer { invalidate: false },
+                    Some(Err(e)) => return on_socket_error(&e),
+                },
+            }
+        }
+    }
+
+    fn heartbeat_deadline(&self, interval: Duration) -> Instant {
+        if self.asked_heartbeat {
+            self.last_heartbeat + interval.mul_f64(1.5)
+        } else {
+            self.last_heartbeat + interval.mul_f64(1.25)
+        }
+    }
+
+    /// Shutdown: op 7, wait a little for the client to go, then 4000.
+    async fn drain(&mut self, ws: &mut WebSocket) -> End {
+        if send(ws, &Payload::new(OpCode::Reconnect, Value::Null))
+            .await
+            .is_err()
+        {
+            return End::Peer { invalidate: false };
+        }
+        let grace = self.cfg().drain_grace;
+        let waited = tokio::time::timeout(grace, async {
+            loop {
+                match ws.recv().await {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(()) => End::Peer { invalidate: false },
+            Err(_) => End::Close(CloseCode::UnknownError, "server shutting down".into()),
+        }
+    }
+
+    /// Send every buffered dispatch after the cursor.
+    async fn flush(&mut self, ws: &mut WebSocket, batch: &mut Vec<Buffered>) -> Result<(), End> {
+        let Some((session, _)) = &self.session else {
+            return Ok(());
+        };
+        batch.clear();
+        match session.after(self.id, self.cursor, batch) {
+            Ok(true) => {}
+            Ok(false) => return Err(End::Drop),
+            Err(()) => {
+                // This connection fell so far behind that the buffer dropped events it
+                // had not sent: end it; its Resume is answered with op 9 false.
+                return Err(End::Close(
+                    CloseCode::UnknownError,
+                    "too far behind: replay buffer overflowed".into(),
+                ));
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            for b in batch.iter() {
+                ws.feed(Message::Text(Utf8Bytes::from(&*b.text))).await?;
+            }
+            ws.flush().await
+        };
+        match tokio::time::timeout(self.cfg().heartbeat_interval, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(End::Peer { invalidate: false }),
+            Err(_) => return Err(End::Drop),
+        }
+        if let Some(b) = batch.last() {
+            self.cursor = b.seq;
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, ws: &mut WebSocket, text: &str) -> Result<(), End> {
+        let now = Instant::now();
+        let window = Duration::from_secs(SEND_WINDOW_SECS);
+        while self
+            .recv_times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            self.recv_times.pop_front();
+        }
+        if self.recv_times.len() >= SEND_LIMIT as usize {
+            return Err(close(CloseCode::RateLimited));
+        }
+        self.recv_times.push_back(now);
+        let p = decode_client_payload(text).map_err(|e| match e {
+            DecodeError::TooLarge(n) => End::Close(
+                CloseCode::DecodeError,
+                format!("payload of {n} bytes exceeds 4096"),
+            ),
+            DecodeError::Invalid(_) => close(CloseCode::DecodeError),
+        })?;
+        let Some(op) = p.opcode() else {
+            return Err(End::Close(
+                CloseCode::UnknownOpcode,
+                format!("unknown opcode {}", p.op),
+            ));
+        };
+        match op {
+            OpCode::Heartbeat => {
+                self.last_heartbeat = now;
+                self.asked_heartbeat = false;
+                send(ws, &Payload::new(OpCode::HeartbeatAck, Value::Null)).await
+            }
+            OpCode::Identify => {
+                if self.session.is_some() {
+                    return Err(close(CloseCode::AlreadyAuthenticated));
+                }
+                let id: Identify =
+                    serde_json::from_value(p.d).map_err(|_| close(CloseCode::DecodeError))?;
+                self.identify(ws, id).await
+            }
+            OpCode::Resume => {
+                if self.session.is_some() {
+                    return Err(close(CloseCode::AlreadyAuthenticated));
+                }
+                let r: Resume =
+                    serde_json::from_value(p.d).map_err(|_| close(CloseCode::DecodeError))?;
+                self.resume(ws, r).await
+            }
+            OpCode::Dispatch
+            | OpCode::Reconnect
+            | OpCode::InvalidSession
+            | OpCode::Hello
+            | OpCode::HeartbeatAck => Err(End::Close(
+                CloseCode::UnknownOpcode,
+                format!("opcode {} is not sent by clients", p.op),
+            )),
+            OpCode::PresenceUpdate
+            | OpCode::VoiceStateUpdate
+            | OpCode::RequestGuildMembers
+            | OpCode::RequestSoundboardSounds
+            | OpCode::RequestChannelInfo => {
+                if self.session.is_none() {
+                    Err(close(CloseCode::NotAuthenticated))
+                } else {
+                    // Accepted and ignored: nimbus has no guilds, voice or presence.
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    async fn identify(&mut self, ws: &mut WebSocket, id: Identify) -> Result<(), End> {
+        let Some(allowed) = self.cfg().check_token(&id.token) else {
+            return Err(close(CloseCode::AuthenticationFailed));
+        };
+        let [shard_id, num_shards] = id.shard.unwrap_or([0, 1]);
+        if num_shards < 1 || shard_id >= num_shards {
+            return Err(close(CloseCode::InvalidShard));
+        }
+        let Some(intents) = Intents::from_bits(id.intents) else {
+            return Err(close(CloseCode::InvalidIntents));
+        };
+        if intents.0 & !allowed.0 != 0 {
+            return Err(close(CloseCode::DisallowedIntents));
+        }
+        if !self.gw.limiter.try_identify(shard_id, Instant::now()) {
+            self.gw.hub.metrics.gateway_invalid_sessions.inc();
+            return send(
+                ws,
+                &Payload::new(OpCode::InvalidSession, Value::Bool(false)),
+            )
+            .await;
+        }
+        let session_id = random_session_id();
+        let token = nimbus_proto::gateway::strip_bot_prefix(&id.token).to_owned();
+        let session = Arc::new(Session::new(
+            session_id.clone(),
+            token,
+            intents,
+            [shard_id, num_shards],
+        ));
+        let ready = json!({
+            "v": API_VERSION,
+            "user": {"id": "0", "username": "nimbus", "discriminator": "0", "bot": true},
+            "guilds": [],
+            "session_id": session_id,
+            "resume_gateway_url": self.url,
+            "shard": [shard_id, num_shards],
+            "application": {"id": "0", "flags": 0},
+            "intents": intents.0,
+        });
+        let rx = session.subscribe();
+        // READY is sequence 1, buffered like any dispatch; registered before it is
+        // visible to publishers so no event can precede it.
+        session.ready(self.id, &ready.to_string(), self.cfg().replay_buffer);
+        self.gw.insert(session.clone());
+        tracing::debug!(conn = self.id, session = %session_id, shard_id, num_shards, intents = intents.0, "identified");
+        self.session = Some((session, rx));
+        self.cursor = 0;
+        Ok(())
+    }
+
+    async fn invalid_session(&self, ws: &mut WebSocket) -> Result<(), End> {
+        self.gw.hub.metrics.gateway_invalid_sessions.inc();
+        send(
+            ws,
+            &Payload::new(OpCode::InvalidSession, Value::Bool(false)),
+        )
+        .await
+    }
+
+    async fn resume(&mut self, ws: &mut WebSocket, r: Resume) -> Result<(), End> {
+        if self.cfg().check_token(&r.token).is_none() {
+            return Err(close(CloseCode::AuthenticationFailed));
+        }
+        let Some(session) = self.gw.get(&r.session_id) else {
+            return self.invalid_session(ws).await;
+        };
+        if session.token != nimbus_proto::gateway::strip_bot_prefix(&r.token) {
+            return self.invalid_session(ws).await;
+        }
+        let rx = session.subscribe();
+        match session.resume(self.id, r.seq, self.cfg().replay_buffer) {
+            Ok(cursor) => {
+                self.gw.hub.metrics.gateway_resumes.inc();
+                tracing::debug!(conn = self.id, session = %session.id, seq = r.seq, "resumed");
+                self.cursor = cursor;
+                self.session = Some((session, rx));
+                Ok(())
+            }
+            Err(ResumeError::FutureSeq) => Err(End::Close(
+                CloseCode::InvalidSeq,
+                format!("seq {} was never sent", r.seq),
+            )),
+            Err(ResumeError::TooOld) => {
+                self.gw.remove(&session.id);
+                self.invalid_session(ws).await
+            }
+        }
+    }
+}
+
+fn random_session_id() -> String {
+    let a: u128 = rand::random();
+    format!("{a:032x}")
+}
+
+fn on_socket_error(e: &axum::Error) -> End {
+    use std::error::Error as _;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(err) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
+            return End::Close(CloseCode::DecodeError, "payload too large".into());
+        }
+        source = err.source();
+    }
+    End::Peer { invalidate: false }
+}

@@ -1,0 +1,383 @@
+//! The gateway: room events as a resumable Discord-v10-style event stream at `/gateway`.
+//!
+//! - [`GatewayConfig`]: tokens (with the intents each may use), heartbeat interval,
+//!   resume window, replay buffer size, identify concurrency;
+//! - [`Gateway`]: the session registry. It listens on the hub's
+//!   [`EventBus`](crate::events::EventBus) and appends every matching event (intents,
+//!   `shard_of(room, n) == id`) to each session's bounded replay buffer, under the
+//!   session's next sequence number;
+//! - `conn`: one task per WebSocket (Hello, Identify/Resume, heartbeats, limits,
+//!   dispatch from the buffer);
+//! - `limiter`: identify concurrency buckets and the session start limit.
+//!
+//! Delivery guarantee (tested in `crates/server/tests/gateway.rs`): a session's dispatches
+//! have consecutive `s`; a Resume with `seq` replays exactly `s > seq` in order, so a
+//! client that resumes any number of times within the resume window sees every event once
+//! and in order. When the gap is no longer in the buffer (overflow, expiry, unknown
+//! session) the Resume is answered with op 9 `false`: the client is told, never silently
+//! left with a gap.
+
+mod conn;
+mod limiter;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use nimbus_proto::gateway::{
+    parse_connect_query, shard_of, strip_bot_prefix, Intents, MAX_PAYLOAD_BYTES,
+};
+use tokio::time::Instant;
+
+use crate::events::RoomEvent;
+use crate::http::App;
+use crate::hub::Hub;
+
+use limiter::IdentifyLimiter;
+pub use limiter::SessionStartLimit;
+use session::Session;
+
+/// A bot token the gateway accepts, and the intents it may use.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GatewayToken {
+    /// The token (without `Bot `).
+    pub token: String,
+    /// Intents this token may request (others: 4014).
+    pub allowed: Intents,
+}
+
+impl std::fmt::Debug for GatewayToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayToken")
+            .field("token", &"<set>")
+            .field("allowed", &self.allowed)
+            .finish()
+    }
+}
+
+impl GatewayToken {
+    /// Parse `TOKEN` (every intent) or `TOKEN=INTENTS`, where INTENTS is a number or
+    /// names joined with `+` (`cloud+rooms+doc`). A `Bot ` prefix is dropped.
+    pub fn parse(spec: &str) -> Result<GatewayToken, String> {
+        let (token, allowed) = match spec.rsplit_once('=') {
+            Some((t, i)) => (t, Intents::parse(&i.replace('+', ","))?),
+            None => (spec, Intents::ALL),
+        };
+        let token = strip_bot_prefix(token);
+        if token.is_empty() {
+            return Err("empty gateway token".into());
+        }
+        Ok(GatewayToken {
+            token: token.to_owned(),
+            allowed,
+        })
+    }
+}
+
+/// Gateway settings (see `docs/gateway.md`). The gateway is served when at least one
+/// token is configured.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Accepted tokens.
+    pub tokens: Vec<GatewayToken>,
+    /// `heartbeat_interval` sent in Hello. No heartbeat for 1.5× this closes with 4000;
+    /// after 1.25× the server sends op 1 once.
+    pub heartbeat_interval: Duration,
+    /// How long a disconnected session stays resumable.
+    pub resume_window: Duration,
+    /// Dispatches kept per session for replay.
+    pub replay_buffer: usize,
+    /// Identify buckets (`shard_id % max_concurrency`), one Identify per bucket per
+    /// `identify_window`; beyond: op 9 `false`.
+    pub max_concurrency: u64,
+    /// Length of an identify bucket's window (Discord: 5 s).
+    pub identify_window: Duration,
+    /// Time allowed between connecting and Identify/Resume (else 4009).
+    pub identify_timeout: Duration,
+    /// Identifies per 24 h (reported by `/gateway/bot`; beyond: op 9 `false`).
+    pub session_start_limit: u32,
+    /// After op 7 on shutdown, how long to wait for the client to close before 4000.
+    pub drain_grace: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            tokens: Vec::new(),
+            heartbeat_interval: Duration::from_millis(41_250),
+            resume_window: Duration::from_secs(180),
+            replay_buffer: 16_384,
+            max_concurrency: 1,
+            identify_window: Duration::from_secs(5),
+            identify_timeout: Duration::from_secs(20),
+            session_start_limit: 1000,
+            drain_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Whether `/gateway` is served.
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// The intents `token` (with or without `Bot `) may use, `None` if unknown.
+    pub(crate) fn check_token(&self, token: &str) -> Option<Intents> {
+        let token = strip_bot_prefix(token);
+        let mut found = None;
+        // Compare against every token without an early exit (no timing hint of which matched).
+        for t in &self.tokens {
+            let same = t.token.len() == token.len()
+                && t.token
+                    .bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            if same {
+                found = Some(t.allowed);
+            }
+        }
+        found
+    }
+}
+
+/// The gateway's session registry (one per server).
+#[derive(Debug)]
+pub struct Gateway {
+    config: GatewayConfig,
+    hub: Arc<Hub>,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    limiter: IdentifyLimiter,
+}
+
+impl Gateway {
+    /// A gateway listening on `hub`'s event bus.
+    pub fn new(hub: Arc<Hub>, config: GatewayConfig) -> Arc<Gateway> {
+        let gw = Arc::new(Gateway {
+            limiter: IdentifyLimiter::new(
+                config.max_concurrency,
+                config.identify_window,
+                config.session_start_limit,
+            ),
+            config,
+            hub: hub.clone(),
+            sessions: Mutex::new(HashMap::new()),
+        });
+        let weak: Weak<Gateway> = Arc::downgrade(&gw);
+        hub.events.subscribe(Arc::new(move |ev: &RoomEvent| {
+            if let Some(gw) = weak.upgrade() {
+                gw.publish(ev);
+            }
+        }));
+        gw
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Number of sessions (attached or resumable).
+    pub fn session_count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// The current session start limit (for `/gateway/bot`).
+    pub fn session_start_limit(&self) -> SessionStartLimit {
+        self.limiter.snapshot(Instant::now())
+    }
+
+    /// Append `ev` to every session that selected it.
+    fn publish(&self, ev: &RoomEvent) {
+        let intent = ev.kind.intent();
+        let sessions = self.sessions();
+        if sessions.is_empty() {
+            return;
+        }
+        // Serialise `d` once for every session.
+        let d = ev.data.to_string();
+        let now = Instant::now();
+        let mut dispatched = 0u64;
+        for s in sessions.values() {
+            let [id, n] = s.shard;
+            if s.intents.contains(intent)
+                && shard_of(&ev.room, n) == id
+                && !s.expired(now, self.config.resume_window)
+            {
+                s.push(ev.kind.name(), &d, self.config.replay_buffer);
+                dispatched += 1;
+            }
+        }
+        self.hub.metrics.gateway_dispatches.inc_by(dispatched);
+    }
+
+    fn insert(&self, s: Arc<Session>) {
+        let now = Instant::now();
+        let mut sessions = self.sessions();
+        // Prune expired sessions whenever a new one is created: memory stays bounded by
+        // the identify limits.
+        sessions.retain(|_, s| !s.expired(now, self.config.resume_window));
+        sessions.insert(s.id.clone(), s);
+        self.hub.metrics.gateway_sessions.set(sessions.len() as i64);
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Session>> {
+        let now = Instant::now();
+        let mut sessions = self.sessions();
+        let s = sessions.get(id)?.clone();
+        if s.expired(now, self.config.resume_window) {
+            sessions.remove(id);
+            self.hub.metrics.gateway_sessions.set(sessions.len() as i64);
+            return None;
+        }
+        Some(s)
+    }
+
+    fn remove(&self, id: &str) {
+        let mut sessions = self.sessions();
+        sessions.remove(id);
+        self.hub.metrics.gateway_sessions.set(sessions.len() as i64);
+    }
+}
+
+/// `/gateway`, `/gateway/` (WebSocket) and `GET /gateway/bot`.
+pub(crate) fn routes() -> Router<App> {
+    Router::new()
+        .route("/gateway", get(upgrade))
+        .route("/gateway/", get(upgrade))
+        .route("/gateway/bot", get(bot))
+}
+
+/// The `ws://host/gateway` URL clients reached us at (for READY and `/gateway/bot`).
+fn public_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let scheme = match headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("https") | Some("wss") => "wss",
+        _ => "ws",
+    };
+    format!("{scheme}://{host}/gateway")
+}
+
+async fn upgrade(
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(gw) = app.gateway.clone() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "gateway disabled: no --gateway-token\n",
+        )
+            .into_response();
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(_) => {
+            // Discord's GET /gateway: where to connect.
+            let body = serde_json::json!({ "url": public_url(&headers) }).to_string();
+            return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+        }
+    };
+    let params = parse_connect_query(query.as_deref().unwrap_or(""));
+    if params.encoding != "json" {
+        return (
+            StatusCode::BAD_REQUEST,
+            "unsupported encoding (json only)\n",
+        )
+            .into_response();
+    }
+    if params.compress.is_some() {
+        return (StatusCode::BAD_REQUEST, "unsupported compress value\n").into_response();
+    }
+    let bad_version = params.version.is_some_and(|v| v != 10);
+    let url = public_url(&headers);
+    let App {
+        shutdown, tracker, ..
+    } = app;
+    // Frames up to 64 KiB are read and answered with 4002 when over 4096 bytes; larger
+    // ones fail in the WebSocket layer, also mapped to 4002.
+    ws.max_message_size(MAX_PAYLOAD_BYTES * 16)
+        .max_frame_size(MAX_PAYLOAD_BYTES * 16)
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| {
+            tracker.track_future(conn::serve(socket, gw, url, bad_version, shutdown))
+        })
+}
+
+async fn bot(State(app): State<App>, headers: HeaderMap) -> Response {
+    let Some(gw) = app.gateway.clone() else {
+        return (StatusCode::NOT_FOUND, "gateway disabled\n").into_response();
+    };
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if gw.config.check_token(auth).is_none() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"message\":\"401: Unauthorized\",\"code\":0}",
+        )
+            .into_response();
+    }
+    let l = gw.session_start_limit();
+    let body = serde_json::json!({
+        "url": public_url(&headers),
+        "shards": 1,
+        "session_start_limit": {
+            "total": l.total,
+            "remaining": l.remaining,
+            "reset_after": l.reset_after_ms,
+            "max_concurrency": l.max_concurrency,
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_specs() {
+        let t = GatewayToken::parse("abc").expect("bare");
+        assert_eq!(t.allowed, Intents::ALL);
+        let t = GatewayToken::parse("Bot abc=cloud+doc").expect("with intents");
+        assert_eq!(t.token, "abc");
+        assert_eq!(t.allowed, Intents(5));
+        assert!(GatewayToken::parse("abc=guilds").is_err());
+        assert!(GatewayToken::parse("").is_err());
+        let cfg = GatewayConfig {
+            tokens: vec![t],
+            ..GatewayConfig::default()
+        };
+        assert_eq!(cfg.check_token("Bot abc"), Some(Intents(5)));
+        assert_eq!(cfg.check_token("abc"), Some(Intents(5)));
+        assert_eq!(cfg.check_token("abd"), None);
+    }
+}
