@@ -23,6 +23,14 @@ use crate::update::{self, ApplyError, Backlog, Validator};
 /// (followed by the connection number, 8 bytes big-endian).
 const CONN_ORIGIN_PREFIX: &[u8] = b"nimbus-doc/conn/";
 
+/// The transaction origin of updates applied with [`Room::apply_update`].
+const API_ORIGIN: &[u8] = b"nimbus-doc/api";
+
+/// Whether a transaction applied an update the validator replica already has.
+fn validated_origin(origin: Option<&Origin>) -> bool {
+    origin.is_some_and(|o| o.as_ref() == API_ORIGIN || o.as_ref().starts_with(CONN_ORIGIN_PREFIX))
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -261,7 +269,9 @@ impl Room {
         let validate = options.validate_updates;
         let observed = doc.observe_update_v1("nimbus-doc/room", move |txn, event| {
             let update = Bytes::from(event.update.clone());
-            if validate {
+            // The replica already has what went through the validator; everything else
+            // (server code editing the document) is queued for it.
+            if validate && !validated_origin(txn.origin()) {
                 lock(&bl).push(update.clone());
             }
             let conn = txn.origin().and_then(conn_of_origin);
@@ -559,12 +569,17 @@ impl Room {
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut txn = match origin {
                 Some(o) => doc.transact_mut_with(o),
-                None => doc.transact_mut(),
+                None => doc.transact_mut_with(Origin::from(API_ORIGIN)),
             };
             txn.apply_update(parsed)
         }));
         match applied {
-            Ok(r) => r.map_err(|e| ApplyError::Integrate(e.to_string())),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                // The replica took it, the room did not: they differ now.
+                validator.reset();
+                Err(ApplyError::Integrate(e.to_string()))
+            }
             Err(_) => {
                 tracing::error!(room = %self.id(), "yrs panicked applying an update to the room: closing the room");
                 drop(validator);

@@ -9,9 +9,9 @@
 //!
 //! So each room keeps a **validator replica**: a second `Doc` holding the same state.
 //! A client update is applied to the replica first, under `catch_unwind`; only if that
-//! succeeds is it applied to the room's document. Every transaction of the room's
-//! document (whatever its origin) is also queued for the replica, so the replica
-//! converges even when server code edits the document directly. When the replica panics
+//! succeeds is it applied to the room's document. Every other transaction of the room's
+//! document (server code editing it directly, a load hook) is queued for the replica and
+//! applied to it before the next validation, so the replica stays a copy. When the replica panics
 //! or reports an error it is discarded (a panicking transaction is leaked with
 //! `mem::forget`, so that its `Drop`, which commits, cannot panic a second time during
 //! unwinding) and rebuilt from the room's full state at the next update.
@@ -132,6 +132,11 @@ pub(crate) struct Validator {
 }
 
 impl Validator {
+    /// Forget the replica (rebuilt from the room at the next update).
+    pub fn reset(&mut self) {
+        self.replica = None;
+    }
+
     /// Apply `update` to the replica (built from `room_doc` first when needed, then brought
     /// up to date with `backlog`: the updates the room's document produced since).
     pub fn check(
