@@ -86,12 +86,17 @@ impl Server {
                 })?;
         let addr = listener.local_addr()?;
         let metrics = Arc::new(Metrics::new());
-        let docs = Arc::new(DocRooms::new(
+        let hub = Arc::new(Hub::new(
             store.clone(),
-            Arc::new(config.doc),
+            Arc::new(config.cloud),
             metrics.clone(),
         ));
-        let hub = Arc::new(Hub::new(store, Arc::new(config.cloud), metrics));
+        let docs = Arc::new(DocRooms::new(
+            store,
+            Arc::new(config.doc),
+            metrics,
+            hub.events.clone(),
+        ));
         let ipc = match config.ipc {
             Some(c) => {
                 let server =

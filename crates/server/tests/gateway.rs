@@ -639,3 +639,46 @@ async fn http_get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, Str
         .unwrap_or_default();
     (status, body)
 }
+
+#[tokio::test]
+async fn document_updates_are_dispatched_as_doc_update_with_the_yjs_bytes() {
+    use base64::Engine;
+    use nimbus_doc::yrs::updates::decoder::Decode;
+    use nimbus_doc::yrs::{GetString, Text, Transact, Update};
+    let srv = Srv::start(gw_config()).await;
+    // Intent 4 only: document events, no cloud ones.
+    let (mut g, _) = Gw::ready(&srv, 4, None).await;
+    srv.set("42", "☁ ignored", 1).await;
+    let editor = nimbus_doc::connect(
+        nimbus_doc::ClientWire::WebSocket {
+            url: format!("ws://{}/doc", srv.addr),
+        },
+        "notes",
+        None,
+        nimbus_doc::ConnectOptions {
+            reconnect: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let text = editor.doc().get_or_insert_text("t");
+    text.push(&mut editor.doc().transact_mut(), "hi");
+    let d = g.dispatch().await;
+    assert_eq!((d.s, d.t.as_deref()), (Some(2), Some("DOC_UPDATE")));
+    assert_eq!(d.d["room"], "notes");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(d.d["update"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(d.d["bytes"], bytes.len());
+    // The dispatched bytes are the Yjs update itself: applying them rebuilds the edit.
+    let replica = nimbus_doc::yrs::Doc::new();
+    let t = replica.get_or_insert_text("t");
+    replica
+        .transact_mut()
+        .apply_update(Update::decode_v1(&bytes).unwrap())
+        .unwrap();
+    assert_eq!(t.get_string(&replica.transact()), "hi");
+    editor.close().await;
+    srv.stop().await;
+}

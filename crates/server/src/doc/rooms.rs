@@ -12,12 +12,14 @@ use nimbus_doc::{HookError, Refusal, Room, RoomHooks, RoomManager, ServeOptions}
 use crate::config::DocLimits;
 use crate::doc::socket::SocketChannel;
 use crate::doc::{Access, AccessRules};
+use crate::events::{EventBus, EventKind, RoomEvent};
 use crate::metrics::Metrics;
 use crate::store::{apply_records, Store, StoreError, StoreOp};
 
 /// The hooks of one persisted document room.
 struct Persisted {
     store: Store,
+    events: Arc<EventBus>,
     limits: Arc<DocLimits>,
     metrics: Arc<Metrics>,
     /// Stored bytes (snapshot + appended updates): an upper bound of the encoded
@@ -76,8 +78,22 @@ impl RoomHooks for Persisted {
         self.size.fetch_add(update.len(), Ordering::Relaxed);
         self.metrics.doc_updates.inc();
         self.metrics.doc_update_bytes.inc_by(update.len() as u64);
+        let key: Arc<str> = Arc::from(room.id());
+        if self.events.is_active() {
+            use base64::Engine;
+            self.events.publish(&RoomEvent {
+                room: key.clone(),
+                kind: EventKind::DocUpdate,
+                data: serde_json::json!({
+                    "room": room.id(),
+                    "update": base64::engine::general_purpose::STANDARD.encode(update),
+                    "bytes": update.len(),
+                }),
+                user: None,
+            });
+        }
         self.store.apply(StoreOp::DocAppend {
-            room: Arc::from(room.id()),
+            room: key,
             update: update.clone(),
         });
     }
@@ -121,14 +137,21 @@ impl std::fmt::Debug for DocRooms {
 }
 
 impl DocRooms {
-    /// Document rooms persisted in `store`.
-    pub fn new(store: Store, limits: Arc<DocLimits>, metrics: Arc<Metrics>) -> DocRooms {
+    /// Document rooms persisted in `store`; every applied update is published on `events`
+    /// as `DOC_UPDATE`.
+    pub fn new(
+        store: Store,
+        limits: Arc<DocLimits>,
+        metrics: Arc<Metrics>,
+        events: Arc<EventBus>,
+    ) -> DocRooms {
         let (s, l, m) = (store.clone(), limits.clone(), metrics.clone());
         let manager = RoomManager::new(move |id: &str| {
             Room::with_hooks(
                 id,
                 Arc::new(Persisted {
                     store: s.clone(),
+                    events: events.clone(),
                     limits: l.clone(),
                     metrics: m.clone(),
                     size: AtomicUsize::new(0),
