@@ -26,7 +26,7 @@ fn has(doc: &Value, who: &str) -> bool {
     doc["t"]
         .as_str()
         .is_some_and(|t| t.contains(&format!("[{who}]")))
-        && doc["m"][who] == Value::from(who)
+        && doc["m"][who] == *who
         && doc["m"][format!("n_{who}")].as_i64() == Some(number_for(who))
         && doc["a"]
             .as_array()
