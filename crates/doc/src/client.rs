@@ -560,7 +560,17 @@ async fn session(
     let r = async {
         let sv = inner.doc.transact().state_vector().encode_v1();
         send(&mut conn, Message::SyncStep1(sv.into())).await?;
-        if lock(&inner.awareness).local.is_some() {
+        let has_state = {
+            let mut view = lock(&inner.awareness);
+            // A server that saw us leave removed our state with clock + 1 (as
+            // `removeAwarenessStates` does): come back with a newer clock, or everyone
+            // would ignore the state until the next renewal.
+            if view.local.is_some() {
+                view.local_clock += 2;
+            }
+            view.local.is_some()
+        };
+        if has_state {
             send(&mut conn, local_awareness_frame(inner)).await?;
         }
         let mut renew = tokio::time::interval_at(Instant::now() + inner.opts.awareness_renew, inner.opts.awareness_renew);
