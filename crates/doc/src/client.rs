@@ -289,7 +289,7 @@ pub async fn connect(
     doc: Option<Doc>,
     opts: ConnectOptions,
 ) -> Result<Client, ConnectError> {
-    let doc = doc.unwrap_or_default();
+    let doc = doc.unwrap_or_else(crate::new_doc);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (status, _) = watch::channel(Status::Connecting);
     let (events, _) = broadcast::channel(64);

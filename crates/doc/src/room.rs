@@ -255,11 +255,11 @@ impl Room {
         hooks: Arc<dyn RoomHooks>,
         options: RoomOptions,
     ) -> Room {
-        Room::with_doc(id, Doc::new(), hooks, options)
+        Room::with_doc(id, crate::new_doc(), hooks, options)
     }
 
     /// A room around an existing document (for instance one built with particular
-    /// [`yrs::Options`]).
+    /// [`yrs::Options`]; see [`new_doc`](crate::new_doc) about client ids).
     pub fn with_doc(
         id: impl Into<String>,
         doc: Doc,
