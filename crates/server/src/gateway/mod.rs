@@ -319,7 +319,9 @@ async fn upgrade(
     ws.max_message_size(MAX_PAYLOAD_BYTES * 16)
         .max_frame_size(MAX_PAYLOAD_BYTES * 16)
         .read_buffer_size(1024)
-        .write_buffer_size(0)
+        // Replays and bursts are fed frame by frame and flushed once: let tungstenite
+        // gather them into large writes.
+        .write_buffer_size(64 * 1024)
         .on_upgrade(move |socket| {
             tracker.track_future(conn::serve(socket, gw, url, bad_version, shutdown))
         })
