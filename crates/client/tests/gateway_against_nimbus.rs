@@ -267,3 +267,62 @@ async fn shard_manager_starts_buckets_and_splits_rooms() {
     let _ = stop.send(());
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn zlib_stream_against_nimbus_including_a_resume() {
+    let (addr, hub, stop, task) = start_server(GatewayConfig {
+        tokens: vec![GatewayToken::parse("tok").unwrap()],
+        identify_window: Duration::ZERO,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let proxy = Proxy::start(addr).await;
+    let client = GatewayClient::new(GatewayOptions {
+        url: format!("ws://{}/gateway", proxy.addr),
+        compress: true,
+        backoff_base: Duration::from_millis(10),
+        ..GatewayOptions::default()
+    });
+    client.start("tok", 1).unwrap();
+    let (t, _) = tokio::time::timeout(WAIT, client.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t, "READY");
+    let big = "7".repeat(50_000);
+    hub.set_variable("z", "☁ big", CloudValue::String(big.clone()))
+        .await
+        .unwrap();
+    let (t, d) = tokio::time::timeout(WAIT, client.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (t.as_str(), d["value"].as_str()),
+        ("CLOUD_CREATE", Some(big.as_str()))
+    );
+    proxy.cut();
+    hub.set_variable("z", "☁ big", CloudValue::String("8".into()))
+        .await
+        .unwrap();
+    let mut names = Vec::new();
+    while names.len() < 2 {
+        let (t, d) = tokio::time::timeout(WAIT, client.next_event())
+            .await
+            .unwrap()
+            .unwrap();
+        names.push((t, d["value"].clone()));
+    }
+    let names: Vec<&str> = names.iter().map(|(t, _)| t.as_str()).collect();
+    assert!(
+        names == ["CLOUD_SET", "RESUMED"] || names == ["RESUMED", "CLOUD_SET"],
+        "{names:?}"
+    );
+    assert!(client
+        .connection_urls()
+        .iter()
+        .all(|u| u.contains("compress=zlib-stream")));
+    client.close().await;
+    let _ = stop.send(());
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}

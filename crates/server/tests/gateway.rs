@@ -284,6 +284,16 @@ async fn every_server_close_code() {
     let (mut g, _) = Gw::hello(&srv).await;
     g.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     assert_eq!(g.ended().await, End::Closed(4002));
+    // Unsupported encodings and compressions are refused at the upgrade (HTTP 400).
+    for q in [
+        "?v=10&encoding=etf",
+        "?v=10&encoding=json&compress=zstd-stream",
+    ] {
+        assert!(
+            tokio_tungstenite::connect_async(srv.url(q)).await.is_err(),
+            "{q}"
+        );
+    }
     // 4012: only v=10.
     let mut g = Gw::connect(&srv.url("?v=9&encoding=json")).await;
     assert_eq!(g.ended().await, End::Closed(4012));
