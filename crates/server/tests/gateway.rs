@@ -524,6 +524,12 @@ async fn identify_concurrency_answers_op9() {
     let (status, body) = http_get(srv.addr, "/gateway", None).await;
     assert_eq!(status, 200);
     assert!(body.contains("/gateway"));
+    let (_, metrics) = http_get(srv.addr, "/metrics", None).await;
+    assert!(metrics.contains("nimbus_gateway_sessions 2"), "{metrics}");
+    assert!(
+        metrics.contains("nimbus_gateway_invalid_sessions_total 1"),
+        "{metrics}"
+    );
     srv.stop().await;
 }
 
