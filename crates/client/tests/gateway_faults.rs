@@ -126,7 +126,11 @@ impl Conn {
                 .await
                 .expect("client closes in time")
             {
-                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Close(f))) => {
+                    // Send the queued close reply, so the client need not wait for it.
+                    let _ = self.ws.flush().await;
+                    return f.map(|f| u16::from(f.code));
+                }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return None,
             }
@@ -318,6 +322,12 @@ async fn op7_before_hello_and_after_ready() {
         Some(4000),
         "op 7: close with a non-1000 code"
     );
+    // Op 7 after Hello, before READY: still no session, identify again on the original URL.
+    let mut c = srv.accept().await;
+    c.hello(60_000).await;
+    assert_eq!(c.recv().await["op"], 2);
+    c.send(json!({"op": 7, "d": null})).await;
+    assert_eq!(c.client_close().await, Some(4000));
     let mut c = srv.accept().await;
     c.identify(&srv, "s7").await;
     assert_eq!(event(&client).await.0, "READY");

@@ -306,9 +306,17 @@ async fn upgrade(
         )
             .into_response();
     }
-    if params.compress.is_some() {
-        return (StatusCode::BAD_REQUEST, "unsupported compress value\n").into_response();
-    }
+    let compress = match params.compress.as_deref() {
+        None => false,
+        Some("zlib-stream") => true,
+        Some(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "unsupported compress value (zlib-stream only)\n",
+            )
+                .into_response()
+        }
+    };
     let bad_version = params.version.is_some_and(|v| v != 10);
     let url = public_url(&headers);
     let App {
@@ -319,9 +327,18 @@ async fn upgrade(
     ws.max_message_size(MAX_PAYLOAD_BYTES * 16)
         .max_frame_size(MAX_PAYLOAD_BYTES * 16)
         .read_buffer_size(1024)
-        .write_buffer_size(0)
+        // Replays and bursts are fed frame by frame and flushed once: let tungstenite
+        // gather them into large writes.
+        .write_buffer_size(64 * 1024)
         .on_upgrade(move |socket| {
-            tracker.track_future(conn::serve(socket, gw, url, bad_version, shutdown))
+            tracker.track_future(conn::serve(
+                socket,
+                gw,
+                url,
+                bad_version,
+                compress,
+                shutdown,
+            ))
         })
 }
 
