@@ -679,7 +679,7 @@ impl Room {
         }
         loop {
             tokio::select! {
-                biased;
+                // Not biased: a client that both sends and receives a lot gets both served.
                 _ = kick.cancelled() => return Err(ServeError::TooSlow),
                 _ = self.inner.cancel.cancelled() => return Ok(Leave::RoomClosed),
                 out = rx.recv() => match out {
