@@ -487,7 +487,14 @@ async fn drive(
             Some(c) => c,
             None => {
                 inner.set_status(Status::Connecting);
-                match opener.open(&inner).await {
+                let timeout = inner.opts.connect_timeout;
+                let opened = tokio::select! {
+                    _ = inner.cancel.cancelled() => break,
+                    r = tokio::time::timeout(timeout, opener.open(&inner)) => {
+                        r.unwrap_or_else(|_| Err(format!("no connection within {timeout:?}")))
+                    }
+                };
+                match opened {
                     Ok(c) => {
                         inner.set_status(Status::Connected);
                         c

@@ -371,3 +371,15 @@ async fn awareness_comes_back_at_once_after_a_reconnect() {
     a.close().await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn close_returns_while_the_server_is_down() {
+    let s = server(Kind::WebSocket).await;
+    let c = s.client("down").await;
+    s.guard.shutdown().await;
+    eventually("c is reconnecting", || {
+        matches!(c.status(), Status::Reconnecting { .. } | Status::Connecting)
+    })
+    .await;
+    within(c.close()).await;
+}
