@@ -17,6 +17,7 @@
 //!   pure-Rust backend is small).
 
 mod driver;
+mod http;
 mod inflate;
 mod limiter;
 mod shard;
@@ -29,6 +30,7 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
+pub use http::{fetch_gateway_bot, GatewayBot, SessionStartLimit};
 pub use limiter::RateLimiter;
 pub use shard::{ShardManager, ShardManagerConfig};
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{GatewayClient, GatewayError, GatewayOptions, ShardState};
+use super::{
+    GatewayBot, GatewayClient, GatewayError, GatewayOptions, SessionStartLimit, ShardState,
+};
 
 /// How a [`ShardManager`] starts its shards.
 #[derive(Debug, Clone)]
@@ -21,6 +23,25 @@ pub struct ShardManagerConfig {
     pub max_concurrency: u64,
     /// Time between groups (Discord: 5 s).
     pub identify_window: Duration,
+    /// From `/gateway/bot`: when `remaining` is 0, the start waits `reset_after` first.
+    pub session_start_limit: Option<SessionStartLimit>,
+}
+
+impl ShardManagerConfig {
+    /// Shards, buckets and limits from a `/gateway/bot` answer; `options.url` becomes its
+    /// `url` (where fresh Identifies go).
+    pub fn from_gateway_bot(options: GatewayOptions, bot: &GatewayBot) -> ShardManagerConfig {
+        ShardManagerConfig {
+            options: GatewayOptions {
+                url: bot.url.clone(),
+                ..options
+            },
+            total_shards: bot.shards.max(1),
+            max_concurrency: bot.session_start_limit.max_concurrency.max(1),
+            identify_window: Duration::from_secs(nimbus_proto::gateway::IDENTIFY_WINDOW_SECS),
+            session_start_limit: Some(bot.session_start_limit),
+        }
+    }
 }
 
 /// N shards started bucket by bucket (see the module docs).
@@ -42,6 +63,21 @@ impl ShardManager {
         token: &str,
         intents: u64,
     ) -> Result<ShardManager, GatewayError> {
+        if let Some(l) = config.session_start_limit {
+            if l.remaining == 0 {
+                tracing::warn!(
+                    reset_after_ms = l.reset_after,
+                    "session start limit used up: waiting for its reset"
+                );
+                tokio::time::sleep(Duration::from_millis(l.reset_after)).await;
+            } else if l.remaining < config.total_shards {
+                tracing::warn!(
+                    remaining = l.remaining,
+                    shards = config.total_shards,
+                    "fewer identifies left than shards"
+                );
+            }
+        }
         let total = config.total_shards.max(1);
         let per_group = config.max_concurrency.max(1);
         let (tx, rx) = mpsc::unbounded_channel();
