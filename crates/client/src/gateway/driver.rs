@@ -238,7 +238,9 @@ impl Driver {
                     if !self.send(&mut ws, &hb).await {
                         return (Outcome::Resume, active, false);
                     }
-                    next_beat += interval.unwrap_or(Duration::from_secs(41));
+                    // From now, not from the schedule: a stalled task must not fire two
+                    // beats back to back (the second would see no ACK and call it a zombie).
+                    next_beat = Instant::now() + interval.unwrap_or(Duration::from_secs(41));
                 }
                 cmd = self.commands.recv(), if active => {
                     let Some(text) = cmd else {
