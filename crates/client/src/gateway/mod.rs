@@ -276,6 +276,14 @@ impl GatewayClient {
         self.events.lock().await.recv().await
     }
 
+    /// The dispatches as a stream (same items as [`GatewayClient::next_event`]).
+    pub fn events(&self) -> impl futures_util::Stream<Item = (String, Value)> + '_ {
+        futures_util::stream::unfold(
+            self,
+            |c| async move { c.next_event().await.map(|e| (e, c)) },
+        )
+    }
+
     /// Send a payload (`{"op": .., "d": ..}`) once the shard is active, within the
     /// send limit (waits for a permit).
     pub async fn send(&self, payload: Value) -> Result<(), GatewayError> {
