@@ -113,6 +113,18 @@ impl Driver {
                 };
                 (resuming, url)
             };
+            if !resuming {
+                if let Some(q) = self.shared.options.identify_queue.clone() {
+                    let shard = self.shared.options.shard_id;
+                    tokio::select! {
+                        () = q.wait(shard) => {}
+                        _ = self.stop.changed() => {
+                            self.set_state(ShardState::Closed);
+                            return Ok(());
+                        }
+                    }
+                }
+            }
             self.shared.lock().connections.push(url.clone());
             tracing::debug!(%url, resuming, "gateway connecting");
             let connect = tokio::time::timeout(

@@ -20,6 +20,7 @@ mod driver;
 mod http;
 mod inflate;
 mod limiter;
+mod queue;
 mod shard;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -32,6 +33,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use http::{fetch_gateway_bot, GatewayBot, SessionStartLimit};
 pub use limiter::RateLimiter;
+pub use queue::IdentifyQueue;
 pub use shard::{ShardManager, ShardManagerConfig};
 
 /// Everything that can end or refuse a gateway operation.
@@ -132,6 +134,8 @@ pub struct GatewayOptions {
     pub backoff_cap: Duration,
     /// Timeout of one WebSocket connect.
     pub connect_timeout: Duration,
+    /// Identify buckets shared with other shards (a fresh Identify waits for its slot).
+    pub identify_queue: Option<Arc<IdentifyQueue>>,
 }
 
 impl Default for GatewayOptions {
@@ -149,6 +153,7 @@ impl Default for GatewayOptions {
             backoff_base: Duration::from_secs(5),
             backoff_cap: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
+            identify_queue: None,
         }
     }
 }

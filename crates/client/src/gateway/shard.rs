@@ -1,5 +1,5 @@
-//! [`ShardManager`]: start N shards, `max_concurrency` at a time per identify window,
-//! and merge their events.
+//! [`ShardManager`]: start N shards sharing one [`IdentifyQueue`] (`max_concurrency`
+//! buckets, one Identify each per window), and merge their events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{
-    GatewayBot, GatewayClient, GatewayError, GatewayOptions, SessionStartLimit, ShardState,
+    GatewayBot, GatewayClient, GatewayError, GatewayOptions, IdentifyQueue, SessionStartLimit,
+    ShardState,
 };
 
 /// How a [`ShardManager`] starts its shards.
@@ -47,9 +48,9 @@ impl ShardManagerConfig {
 /// N shards started bucket by bucket (see the module docs).
 ///
 /// Shards `k·c .. (k+1)·c` (c = `max_concurrency`) fall in distinct buckets, so group k
-/// identifies together, then the manager waits until the group is READY (or the window
-/// passed, whichever is later) before the next group. Re-identifies after the start
-/// (op 9 `false`) are spaced by each shard's own 1–5 s wait, not by a shared queue.
+/// identifies together, then the manager waits until the group is READY before starting
+/// the next. Every fresh Identify of every shard, including re-identifies long after the
+/// start, also waits for its bucket in the shared [`IdentifyQueue`].
 #[derive(Debug)]
 pub struct ShardManager {
     shards: Vec<Arc<GatewayClient>>,
@@ -80,16 +81,21 @@ impl ShardManager {
         }
         let total = config.total_shards.max(1);
         let per_group = config.max_concurrency.max(1);
+        let queue = config
+            .options
+            .identify_queue
+            .clone()
+            .unwrap_or_else(|| Arc::new(IdentifyQueue::new(per_group, config.identify_window)));
         let (tx, rx) = mpsc::unbounded_channel();
         let mut shards = Vec::new();
         let mut id = 0;
         while id < total {
-            let started = tokio::time::Instant::now();
             let group: Vec<u64> = (id..(id + per_group).min(total)).collect();
             for &sid in &group {
                 let client = Arc::new(GatewayClient::new(GatewayOptions {
                     shard_id: sid,
                     total_shards: total,
+                    identify_queue: Some(queue.clone()),
                     ..config.options.clone()
                 }));
                 client.start(token, intents)?;
@@ -105,7 +111,7 @@ impl ShardManager {
             }
             id += per_group;
             if id < total {
-                // Wait for the group to be READY (or end), then for the window.
+                // Wait for the group to be READY (or end); the queue spaces the windows.
                 for s in &shards[shards.len() - group.len()..] {
                     while !matches!(
                         s.state(),
@@ -117,7 +123,6 @@ impl ShardManager {
                         return Err(GatewayError::Fatal(c));
                     }
                 }
-                tokio::time::sleep_until(started + config.identify_window).await;
             }
         }
         Ok(ShardManager {
