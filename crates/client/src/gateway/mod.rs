@@ -237,8 +237,8 @@ impl GatewayClient {
         }
     }
 
-    /// Start the shard in the background with `token` (sent as given: Discord wants
-    /// the bare token; nimbus accepts both) and `intents`. Events arrive on
+    /// Start the shard in the background with `token` (with or without `Bot `: Identify
+    /// and Resume carry the bare token, as Discord wants) and `intents`. Events arrive on
     /// [`GatewayClient::next_event`]; the shard runs until [`GatewayClient::close`] or a
     /// fatal close code ([`GatewayClient::wait`] tells which).
     pub fn start(&self, token: &str, intents: u64) -> Result<(), GatewayError> {
@@ -261,7 +261,8 @@ impl GatewayClient {
         };
         let driver = driver::Driver {
             shared: self.shared.clone(),
-            token: token.to_owned(),
+            // Discord's gateway wants the bare token (the `Bot ` prefix is for HTTP).
+            token: nimbus_proto::gateway::strip_bot_prefix(token).to_owned(),
             intents,
             base_url: url,
             events,
