@@ -203,7 +203,7 @@ async fn thousand_forced_disconnects_lose_duplicate_or_reorder_nothing() {
 
 #[tokio::test]
 async fn shard_manager_starts_buckets_and_splits_rooms() {
-    use nimbus_client::gateway::{ShardManager, ShardManagerConfig};
+    use nimbus_client::gateway::{fetch_gateway_bot, ShardManager, ShardManagerConfig};
     let (addr, hub, stop, task) = start_server(GatewayConfig {
         tokens: vec![GatewayToken::parse("tok").unwrap()],
         max_concurrency: 2,
@@ -211,21 +211,19 @@ async fn shard_manager_starts_buckets_and_splits_rooms() {
         ..GatewayConfig::default()
     })
     .await;
-    let manager = ShardManager::start(
-        ShardManagerConfig {
-            options: GatewayOptions {
-                url: format!("ws://{addr}/gateway"),
-                ..GatewayOptions::default()
-            },
-            total_shards: 3,
-            max_concurrency: 2,
-            identify_window: Duration::from_millis(50),
-        },
-        "tok",
-        1,
-    )
-    .await
-    .unwrap();
+    // GET /gateway/bot from nimbus gives the URL and the buckets.
+    let bot = fetch_gateway_bot(&format!("http://{addr}"), "Bot tok")
+        .await
+        .unwrap();
+    assert_eq!(bot.url, format!("ws://{addr}/gateway"));
+    assert_eq!(bot.session_start_limit.max_concurrency, 2);
+    assert!(fetch_gateway_bot(&format!("http://{addr}"), "wrong")
+        .await
+        .is_err());
+    let mut config = ShardManagerConfig::from_gateway_bot(GatewayOptions::default(), &bot);
+    config.total_shards = 3;
+    config.identify_window = Duration::from_millis(50);
+    let manager = ShardManager::start(config, "tok", 1).await.unwrap();
     assert_eq!(manager.shards().len(), 3);
     let mut ready = [false; 3];
     while ready.iter().any(|r| !r) {

@@ -211,6 +211,10 @@ async fn closes_with(srv: &Srv, payloads: &[Value], code: u16) {
 #[tokio::test]
 async fn hello_identify_ready_and_cloud_dispatches() {
     let srv = Srv::start(gw_config()).await;
+    assert!(
+        !srv.hub.events.is_active(),
+        "no session: rooms build no events"
+    );
     let (mut g, interval) = Gw::hello(&srv).await;
     assert_eq!(interval, 30_000);
     // op 1 is answered before Identify too.
@@ -244,6 +248,22 @@ async fn hello_identify_ready_and_cloud_dispatches() {
     assert_eq!((e.s, e.t.as_deref()), (Some(4), Some("CLOUD_SET")));
     assert_eq!(e.d["user"], "alice");
     assert_eq!(e.d["value"], 9);
+    assert!(srv.hub.events.is_active());
+    // Closing with 1000 ends the only session: the bus goes quiet again.
+    g.ws.close(Some(CloseFrame {
+        code: WsCode::Normal,
+        reason: "".into(),
+    }))
+    .await
+    .unwrap();
+    let _ = g.ended().await;
+    tokio::time::timeout(WAIT, async {
+        while srv.hub.events.is_active() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
     srv.stop().await;
 }
 
