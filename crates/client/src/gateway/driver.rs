@@ -73,10 +73,9 @@ impl Driver {
 
     fn backoff(&self, attempt: u32) -> Duration {
         let o = &self.shared.options;
-        let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
-        let ceiling = o.backoff_base.saturating_mul(factor).min(o.backoff_cap);
         // "Equal jitter": between half the ceiling and the ceiling.
-        ceiling.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+        nimbus_proto::backoff::Backoff::new(o.backoff_base, o.backoff_cap)
+            .equal_jitter(attempt, rand::random())
     }
 
     /// Sleep unless stopped; `false` when stopped.
