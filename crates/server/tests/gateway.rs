@@ -90,11 +90,14 @@ impl Srv {
         }
     }
 
+    /// Set a variable and wait until the room has applied it: `set_variable` only queues
+    /// the command; a snapshot request behind it returns once the room got that far.
     async fn set(&self, room: &str, name: &str, value: i64) {
         self.hub
             .set_variable(room, name, CloudValue::Number(value.to_string()))
             .await
             .unwrap();
+        self.hub.variables(room).await.unwrap();
     }
 }
 
