@@ -105,6 +105,9 @@ async fn doc_upgrade(
     let max = docs.limits.max_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
+        // tungstenite's default 128 KiB read buffer per connection dominates an idle
+        // document client's memory; 4 KiB reads are plenty (large messages still arrive).
+        .read_buffer_size(4096)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
                 let limits = &hub.limits;

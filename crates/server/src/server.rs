@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -160,8 +161,15 @@ impl Server {
             tracker: tracker.clone(),
         };
         let stop = token.clone();
+        // Every wire writes small messages that must leave at once: without TCP_NODELAY a
+        // write behind an unacknowledged one waits for the peer's delayed ACK (up to 40 ms).
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(
-            self.listener,
+            listener,
             router(app).into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
