@@ -20,8 +20,9 @@ trap cleanup EXIT
 cd "$ROOT"
 timeout 900 cargo build -q -p nimbus-ipc --example echo_server
 timeout 900 cargo build -q -p nimbus --bin nimbus
-EX="$ROOT/target/debug/examples/echo_server"
-NIMBUS="$ROOT/target/debug/nimbus"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+EX="$TARGET/debug/examples/echo_server"
+NIMBUS="$TARGET/debug/nimbus"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
