@@ -440,52 +440,58 @@ impl RedisBackplane {
     }
 
     fn parse(&self, msg: &[u8]) -> Result<RemoteEvent, BackplaneError> {
-        let bad = |what: &str| BackplaneError::Malformed(what.to_owned());
-        let text = std::str::from_utf8(msg).map_err(|_| bad("message is not UTF-8"))?;
-        let mut parts = text.splitn(4, ' ');
-        let epoch = parts.next().ok_or_else(|| bad("no epoch"))?;
-        let seq: u64 = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("no sequence"))?;
-        let pos: i64 = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("no position"))?;
-        let change: Change = serde_json::from_str(parts.next().ok_or_else(|| bad("no change"))?)
-            .map_err(|e| BackplaneError::Malformed(e.to_string()))?;
-        let op = match change.o.as_str() {
-            "s" => {
-                let text = change.v.ok_or_else(|| bad("set without value"))?;
-                RemoteOp::Set {
-                    name: Arc::from(change.n),
-                    value: if change.num {
-                        CloudValue::Number(text)
-                    } else {
-                        CloudValue::String(text)
-                    },
-                    pos,
-                }
-            }
-            "r" => RemoteOp::Rename {
-                name: Arc::from(change.n),
-                new_name: Arc::from(change.nn.ok_or_else(|| bad("rename without new name"))?),
-            },
-            "d" => RemoteOp::Delete {
-                name: Arc::from(change.n),
-            },
-            other => return Err(BackplaneError::Malformed(format!("op {other:?}"))),
-        };
-        Ok(RemoteEvent {
-            room: Arc::from(change.r),
-            epoch: Arc::from(epoch),
-            seq,
-            op,
-            local_conn: (change.nd == self.node).then_some(change.c),
-            user: change.u.map(Arc::from),
-            ts: change.ts,
-        })
+        parse_message(&self.node, msg)
     }
+}
+
+/// Parse `EPOCH SEQ POS CHANGE-JSON` as written by [`CLOUD_SCRIPT`]; `node` is this node's
+/// id (a change of this node's origin remembers its sender so it is not echoed).
+fn parse_message(node: &str, msg: &[u8]) -> Result<RemoteEvent, BackplaneError> {
+    let bad = |what: &str| BackplaneError::Malformed(what.to_owned());
+    let text = std::str::from_utf8(msg).map_err(|_| bad("message is not UTF-8"))?;
+    let mut parts = text.splitn(4, ' ');
+    let epoch = parts.next().ok_or_else(|| bad("no epoch"))?;
+    let seq: u64 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no sequence"))?;
+    let pos: i64 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no position"))?;
+    let change: Change = serde_json::from_str(parts.next().ok_or_else(|| bad("no change"))?)
+        .map_err(|e| BackplaneError::Malformed(e.to_string()))?;
+    let op = match change.o.as_str() {
+        "s" => {
+            let text = change.v.ok_or_else(|| bad("set without value"))?;
+            RemoteOp::Set {
+                name: Arc::from(change.n),
+                value: if change.num {
+                    CloudValue::Number(text)
+                } else {
+                    CloudValue::String(text)
+                },
+                pos,
+            }
+        }
+        "r" => RemoteOp::Rename {
+            name: Arc::from(change.n),
+            new_name: Arc::from(change.nn.ok_or_else(|| bad("rename without new name"))?),
+        },
+        "d" => RemoteOp::Delete {
+            name: Arc::from(change.n),
+        },
+        other => return Err(BackplaneError::Malformed(format!("op {other:?}"))),
+    };
+    Ok(RemoteEvent {
+        room: Arc::from(change.r),
+        epoch: Arc::from(epoch),
+        seq,
+        op,
+        local_conn: (change.nd == node).then_some(change.c),
+        user: change.u.map(Arc::from),
+        ts: change.ts,
+    })
 }
 
 /// The writer task: batches queued changes into pipelines, in queue order.
@@ -695,6 +701,30 @@ async fn resync_all(hub: &Arc<Hub>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_parse_and_remember_local_senders() {
+        let msg = r#"ep1 7 2 {"r":"room","o":"s","n":"a b","v":"1.50","num":true,"nd":"me","c":9,"u":"sam","ts":5}"#;
+        let ev = parse_message("me", msg.as_bytes()).expect("parse");
+        assert_eq!(&*ev.room, "room");
+        assert_eq!(&*ev.epoch, "ep1");
+        assert_eq!(ev.seq, 7);
+        assert_eq!(ev.local_conn, Some(9));
+        assert_eq!(ev.user.as_deref(), Some("sam"));
+        assert_eq!(
+            ev.op,
+            RemoteOp::Set {
+                name: "a b".into(),
+                value: CloudValue::Number("1.50".into()),
+                pos: 2,
+            }
+        );
+        let other = parse_message("you", msg.as_bytes()).expect("parse");
+        assert_eq!(other.local_conn, None);
+        for bad in ["", "ep", "ep x 1 {}", "ep 1 1 {}", "ep 1 1 not json"] {
+            assert!(parse_message("me", bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn values_round_trip_with_their_type() {
