@@ -16,7 +16,7 @@ RUNS="${RUNS:-3}"
 MODES=("$@"); [[ ${#MODES[@]} -gt 0 ]] || MODES=(single redis1 redis3)
 SHAPE="${SHAPE:---rooms 50 --clients 10 --publishers 2 --rate 50}"
 command -v redis-server >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
-cargo build --release -q -p nimbus
+[[ -n "${SKIP_BUILD:-}" ]] || nice -n 19 cargo build --release -q -p nimbus
 BIN=target/release/nimbus
 RPORT=16379
 PORTS=(19991 19992 19993)
