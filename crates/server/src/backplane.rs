@@ -33,6 +33,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{EventKind, RoomEvent};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -68,8 +69,10 @@ pub const CLOUD_SCRIPT: &str = r"
 local op, name = ARGV[1], ARGV[2]
 local exists = redis.call('HEXISTS', KEYS[3], name)
 local pos = 0
+local created = 0
 if op == 's' then
   if exists == 0 then
+    created = 1
     if redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[4]) then return -1 end
     pos = redis.call('INCR', KEYS[5]) - 1
     redis.call('HSET', KEYS[4], name, pos)
@@ -98,7 +101,7 @@ if seq == 1 then
   redis.call('DEL', KEYS[6])
 end
 local epoch = redis.call('GET', KEYS[2]) or ARGV[5]
-local msg = epoch .. ' ' .. seq .. ' ' .. pos .. ' ' .. ARGV[6]
+local msg = epoch .. ' ' .. seq .. ' ' .. pos .. ' ' .. created .. ' ' .. ARGV[6]
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], seq .. '-0', 'm', msg)
 redis.call('PUBLISH', ARGV[8], msg)
 return seq
@@ -261,6 +264,8 @@ pub struct RemoteEvent {
     pub op: RemoteOp,
     /// The origin connection, when it is on this node (so it is not echoed).
     pub local_conn: Option<u64>,
+    /// A set that created its variable.
+    pub created: bool,
     /// Origin username.
     pub user: Option<Arc<str>>,
     /// Origin wall clock, ms since the Unix epoch.
@@ -444,12 +449,12 @@ impl RedisBackplane {
     }
 }
 
-/// Parse `EPOCH SEQ POS CHANGE-JSON` as written by [`CLOUD_SCRIPT`]; `node` is this node's
+/// Parse `EPOCH SEQ POS CREATED CHANGE-JSON` as written by [`CLOUD_SCRIPT`]; `node` is this node's
 /// id (a change of this node's origin remembers its sender so it is not echoed).
 fn parse_message(node: &str, msg: &[u8]) -> Result<RemoteEvent, BackplaneError> {
     let bad = |what: &str| BackplaneError::Malformed(what.to_owned());
     let text = std::str::from_utf8(msg).map_err(|_| bad("message is not UTF-8"))?;
-    let mut parts = text.splitn(4, ' ');
+    let mut parts = text.splitn(5, ' ');
     let epoch = parts.next().ok_or_else(|| bad("no epoch"))?;
     let seq: u64 = parts
         .next()
@@ -459,6 +464,11 @@ fn parse_message(node: &str, msg: &[u8]) -> Result<RemoteEvent, BackplaneError> 
         .next()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("no position"))?;
+    let created = match parts.next() {
+        Some("1") => true,
+        Some("0") => false,
+        _ => return Err(bad("no created flag")),
+    };
     let change: Change = serde_json::from_str(parts.next().ok_or_else(|| bad("no change"))?)
         .map_err(|e| BackplaneError::Malformed(e.to_string()))?;
     let op = match change.o.as_str() {
@@ -489,6 +499,7 @@ fn parse_message(node: &str, msg: &[u8]) -> Result<RemoteEvent, BackplaneError> 
         seq,
         op,
         local_conn: (change.nd == node).then_some(change.c),
+        created,
         user: change.u.map(Arc::from),
         ts: change.ts,
     })
@@ -666,6 +677,9 @@ async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
                     };
                     bp.metrics.redis_events.inc();
                     let Some(h) = hub.upgrade() else { return };
+                    if h.events.is_active() {
+                        h.events.publish(&room_event(&event));
+                    }
                     if let Some(room) = h.get(&event.room) {
                         room.send(RoomCmd::Remote(Box::new(event))).await;
                     }
@@ -690,6 +704,39 @@ async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
     }
 }
 
+/// The event-bus event of a change. With a backplane the subscription publishes every
+/// room's cloud changes (loaded on this node or not), in the room's order, so the gateway
+/// of every node sees all rooms. Rename and delete events carry no `value` here.
+fn room_event(ev: &RemoteEvent) -> RoomEvent {
+    let room = &*ev.room;
+    let (kind, data) = match &ev.op {
+        RemoteOp::Set { name, value, .. } => (
+            if ev.created {
+                EventKind::CloudCreate
+            } else {
+                EventKind::CloudSet
+            },
+            serde_json::json!({
+                "room": room, "name": &**name, "value": crate::room::json_value(value), "user": ev.user.as_deref(),
+            }),
+        ),
+        RemoteOp::Rename { name, new_name } => (
+            EventKind::CloudRename,
+            serde_json::json!({"room": room, "name": &**name, "new_name": &**new_name}),
+        ),
+        RemoteOp::Delete { name } => (
+            EventKind::CloudDelete,
+            serde_json::json!({"room": room, "name": &**name}),
+        ),
+    };
+    RoomEvent {
+        room: ev.room.clone(),
+        kind,
+        data,
+        user: ev.user.clone(),
+    }
+}
+
 async fn resync_all(hub: &Arc<Hub>) {
     for key in hub.room_keys() {
         if let Some(room) = hub.get(&key) {
@@ -704,12 +751,13 @@ mod tests {
 
     #[test]
     fn messages_parse_and_remember_local_senders() {
-        let msg = r#"ep1 7 2 {"r":"room","o":"s","n":"a b","v":"1.50","num":true,"nd":"me","c":9,"u":"sam","ts":5}"#;
+        let msg = r#"ep1 7 2 1 {"r":"room","o":"s","n":"a b","v":"1.50","num":true,"nd":"me","c":9,"u":"sam","ts":5}"#;
         let ev = parse_message("me", msg.as_bytes()).expect("parse");
         assert_eq!(&*ev.room, "room");
         assert_eq!(&*ev.epoch, "ep1");
         assert_eq!(ev.seq, 7);
         assert_eq!(ev.local_conn, Some(9));
+        assert!(ev.created);
         assert_eq!(ev.user.as_deref(), Some("sam"));
         assert_eq!(
             ev.op,
@@ -721,7 +769,14 @@ mod tests {
         );
         let other = parse_message("you", msg.as_bytes()).expect("parse");
         assert_eq!(other.local_conn, None);
-        for bad in ["", "ep", "ep x 1 {}", "ep 1 1 {}", "ep 1 1 not json"] {
+        for bad in [
+            "",
+            "ep",
+            "ep x 1 0 {}",
+            "ep 1 1 0 {}",
+            "ep 1 1 2 {}",
+            "ep 1 1 0 not json",
+        ] {
             assert!(parse_message("me", bad.as_bytes()).is_err(), "{bad:?}");
         }
     }

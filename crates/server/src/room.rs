@@ -468,7 +468,7 @@ impl Room {
 }
 
 /// A cloud value as JSON (numbers stay numbers, strings stay strings).
-fn json_value(value: &CloudValue) -> serde_json::Value {
+pub(crate) fn json_value(value: &CloudValue) -> serde_json::Value {
     match value {
         CloudValue::String(s) => serde_json::Value::String(s.clone()),
         CloudValue::Number(lit) => {
@@ -608,13 +608,8 @@ impl Room {
                     Some((k, _)) => k.clone(),
                     None => name,
                 };
+                // The subscription publishes the room event (for every room, loaded or not).
                 self.fan_out(from, &key, &value);
-                let kind = if self.vars.contains_key(&key) {
-                    EventKind::CloudSet
-                } else {
-                    EventKind::CloudCreate
-                };
-                self.emit_set(kind, &key, &value, ev.user);
                 match self.vars.get_mut(&key) {
                     Some(v) => v.value = value,
                     None => {
@@ -624,19 +619,12 @@ impl Room {
                 }
             }
             RemoteOp::Rename { name, new_name } => {
-                if let Some((old, var)) = self.vars.remove_entry(&*name) {
-                    self.emit(EventKind::CloudRename, ev.user, || {
-                        serde_json::json!({"room": &*self.key, "name": &*old, "new_name": &*new_name, "value": json_value(&var.value)})
-                    });
+                if let Some(var) = self.vars.remove(&*name) {
                     self.vars.insert(new_name, var);
                 }
             }
             RemoteOp::Delete { name } => {
-                if let Some(old) = self.vars.remove(&*name) {
-                    self.emit(EventKind::CloudDelete, ev.user, || {
-                        serde_json::json!({"room": &*self.key, "name": &*name, "value": json_value(&old.value)})
-                    });
-                }
+                self.vars.remove(&*name);
             }
         }
     }
@@ -655,8 +643,9 @@ impl Room {
                 .get(&v.name)
                 .is_none_or(|cur| cur.value != v.value);
             if changed {
+                // No event-bus event: the changes this sums up were missed by the
+                // subscription too (a listener sees the next change).
                 self.fan_out(SERVER_SENDER, &v.name, &v.value);
-                self.emit_set(EventKind::CloudSet, &v.name, &v.value, None);
             }
             self.next_pos = self.next_pos.max(v.pos + 1);
             match self.vars.get_mut(&v.name) {
@@ -674,15 +663,6 @@ impl Room {
                     );
                 }
             }
-        }
-    }
-
-    fn emit_set(&self, kind: EventKind, key: &str, value: &CloudValue, user: Option<Arc<str>>) {
-        if self.hub.events.is_active() {
-            let data = serde_json::json!({
-                "room": &*self.key, "name": key, "value": json_value(value), "user": user.as_deref(),
-            });
-            self.publish(kind, user, data);
         }
     }
 }

@@ -304,3 +304,117 @@ async fn a_redis_restart_mid_stream_closes_writers_with_1011_and_recovers() {
         s.stop().await;
     }
 }
+
+/// A minimal gateway client: Hello, Identify (cloud intent), READY, then dispatches.
+struct Gw {
+    ws: common::Ws,
+}
+
+impl Gw {
+    async fn ready(srv: &TestServer) -> Gw {
+        use futures_util::SinkExt;
+        let url = format!("ws://{}/gateway?v=10&encoding=json", srv.addr);
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut g = Gw { ws };
+        assert_eq!(g.recv().await["op"], 10);
+        let identify = serde_json::json!({"op": 2, "d": {"token": "Bot t", "intents": 1,
+            "properties": {"os": "linux", "browser": "test", "device": "test"}}});
+        g.ws.send(tokio_tungstenite::tungstenite::Message::text(
+            identify.to_string(),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(g.recv().await["t"], "READY");
+        g
+    }
+
+    async fn recv(&mut self) -> serde_json::Value {
+        use futures_util::StreamExt;
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("payload in time")
+                .expect("open")
+                .expect("frame");
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                return serde_json::from_str(t.as_str()).unwrap();
+            }
+        }
+    }
+
+    /// Next dispatch as (type, name, value, user).
+    async fn dispatch(&mut self) -> (String, String, String, String) {
+        loop {
+            let p = self.recv().await;
+            if p["op"] == 0 {
+                let d = &p["d"];
+                return (
+                    p["t"].as_str().unwrap().to_owned(),
+                    d["name"].as_str().unwrap_or_default().to_owned(),
+                    d["value"].to_string(),
+                    d["user"].as_str().unwrap_or_default().to_owned(),
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_of_every_node_dispatches_every_rooms_cloud_changes_once() {
+    if !have_redis() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path()).await;
+    let mut n = Vec::new();
+    for i in 0..3 {
+        let mut cfg = config(&dir.path().join(format!("node{i}")));
+        cfg.redis = Some(redis.url());
+        cfg.gateway = nimbus_server::GatewayConfig {
+            tokens: vec![nimbus_server::GatewayToken::parse("t").unwrap()],
+            identify_window: Duration::ZERO,
+            drain_grace: Duration::from_millis(100),
+            ..Default::default()
+        };
+        n.push(TestServer::start(cfg).await);
+    }
+    // Node C never loads the room; node A holds the writer's room.
+    let mut on_c = Gw::ready(&n[2]).await;
+    let mut on_a = Gw::ready(&n[0]).await;
+    let mut alice = Client::join(&n[0].url(), "5", "alice").await;
+    let mut bob = Client::join(&n[1].url(), "5", "bob").await;
+    alice.set("x", "1").await;
+    alice.set("x", "2").await;
+    bob.lines(2).await;
+    bob.set("y", "5").await;
+    let want = vec![
+        ("CLOUD_CREATE", "☁ x", "1", "alice"),
+        ("CLOUD_SET", "☁ x", "2", "alice"),
+        ("CLOUD_CREATE", "☁ y", "5", "bob"),
+    ];
+    for g in [&mut on_c, &mut on_a] {
+        for w in &want {
+            let got = g.dispatch().await;
+            assert_eq!(
+                (
+                    got.0.as_str(),
+                    got.1.as_str(),
+                    got.2.as_str(),
+                    got.3.as_str()
+                ),
+                *w
+            );
+        }
+    }
+    // Exactly once: the next dispatch on each is the next change, no duplicate in between.
+    alice.set("x", "3").await;
+    for g in [&mut on_c, &mut on_a] {
+        assert_eq!(g.dispatch().await.2, "3");
+    }
+    for s in n {
+        s.stop().await;
+    }
+}
