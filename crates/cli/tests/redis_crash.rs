@@ -69,6 +69,8 @@ fn start_redis(dir: &std::path::Path, port: u16) -> Killed {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Killed (and waited for) on every path, a failed start included.
+    let child = Killed(child);
     let deadline = Instant::now() + WAIT;
     loop {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
@@ -77,7 +79,7 @@ fn start_redis(dir: &std::path::Path, port: u16) -> Killed {
                 && s.read_exact(&mut buf).is_ok()
                 && &buf == b"+PONG\r\n"
             {
-                return Killed(child);
+                return child;
             }
         }
         assert!(Instant::now() < deadline, "redis-server did not come up");
