@@ -56,6 +56,9 @@ const WRITE_QUEUE: usize = 8192;
 /// How long one Redis request may take before it counts as failed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How often the subscription connection is checked with a PING.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Longest pause between two attempts to resubscribe.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -661,11 +664,22 @@ async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
                 let Some(h) = hub.upgrade() else { return };
                 resync_all(&h).await;
                 drop(h);
-                let mut stream = pubsub.into_on_message();
+                let (mut sink, mut stream) = pubsub.split();
+                // A peer that vanished without closing the socket is found by a PING.
+                let mut ping = tokio::time::interval(PING_INTERVAL);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ping.tick().await;
                 loop {
                     let msg = tokio::select! {
                         () = bp.stop.cancelled() => return,
                         msg = stream.next() => msg,
+                        _ = ping.tick() => {
+                            let pong = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await;
+                            if matches!(pong, Ok(Ok(_))) {
+                                continue;
+                            }
+                            None
+                        }
                     };
                     let Some(msg) = msg else { break };
                     let event = match bp.parse(msg.get_payload_bytes()) {
