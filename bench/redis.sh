@@ -10,6 +10,7 @@
 #   bench/redis.sh                  # all modes, RUNS=3 each
 #   RUNS=1 bench/redis.sh redis3    # one mode
 #   SHAPE="--rooms 50 --clients 10 --publishers 2 --rate 50" bench/redis.sh
+#   SERVER_BIN=/tmp/old/nimbus bench/redis.sh single   (the nodes from another build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${RUNS:-3}"
@@ -18,6 +19,7 @@ SHAPE="${SHAPE:---rooms 50 --clients 10 --publishers 2 --rate 50}"
 command -v redis-server >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
 [[ -n "${SKIP_BUILD:-}" ]] || nice -n 19 cargo build --release -q -p nimbus
 BIN=target/release/nimbus
+SERVER_BIN="${SERVER_BIN:-$BIN}"   # e.g. an older build, for an A/B of the single node
 RPORT=16379
 PORTS=(19991 19992 19993)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -45,7 +47,7 @@ start() {
     [[ $mode == redis3 ]] && n=3
     URLS=()
     for i in $(seq 0 $((n - 1))); do
-        "$BIN" serve --listen "127.0.0.1:${PORTS[$i]}" --data-dir "$WORK/n$i" --room-idle-ms 600000 "${redis_args[@]}" >/dev/null 2>&1 &
+        "$SERVER_BIN" serve --listen "127.0.0.1:${PORTS[$i]}" --data-dir "$WORK/n$i" --room-idle-ms 600000 "${redis_args[@]}" >/dev/null 2>&1 &
         PIDS+=($!); wait_port "${PORTS[$i]}"
         URLS+=(--url "ws://127.0.0.1:${PORTS[$i]}/")
     done
