@@ -689,6 +689,31 @@ mod tests {
     }
 
     #[test]
+    fn redis_is_off_by_default_and_a_flag_wins_over_the_file() {
+        assert_eq!(
+            Config::from_settings(Settings::default())
+                .expect("valid")
+                .redis,
+            None
+        );
+        let file: Settings =
+            toml::from_str("redis = \"redis://file:6379/\"\n").expect("valid toml");
+        let c = Config::from_settings(Settings::default().merge(file.clone())).expect("valid");
+        assert_eq!(c.redis.as_deref(), Some("redis://file:6379/"));
+        let flags = Settings {
+            redis: Some("redis://flag:6379/".into()),
+            ..Settings::default()
+        };
+        let c = Config::from_settings(flags.merge(file)).expect("valid");
+        assert_eq!(c.redis.as_deref(), Some("redis://flag:6379/"));
+        let empty = Settings {
+            redis: Some("  ".into()),
+            ..Settings::default()
+        };
+        assert_eq!(Config::from_settings(empty).expect("valid").redis, None);
+    }
+
+    #[test]
     fn unknown_file_keys_are_errors() {
         assert!(toml::from_str::<Settings>("listn = \"x\"").is_err());
     }
