@@ -47,6 +47,14 @@ trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ Node clients + reference server
 say "node packages ($DOC/node_modules)"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    # A bare CI machine (Debian 12: Node 18) may have neither; install them if we can.
+    if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+        echo "node/npm missing: apt-get install nodejs npm"
+        timeout 600 apt-get update -q
+        DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends nodejs npm
+    fi
+fi
 command -v node >/dev/null 2>&1 || die "node (>= 18) not found"
 command -v npm >/dev/null 2>&1 || die "npm not found"
 node_major="$(node -p 'process.versions.node.split(".")[0]')"

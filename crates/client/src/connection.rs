@@ -507,7 +507,8 @@ async fn drive(inner: Arc<Inner>, first: Socket) {
                     tracing::debug!(error = %e, "reconnect failed");
                     attempt += 1;
                     inner.emitter.emit(Event::Reconnect { attempt });
-                    tokio::time::sleep(inner.cfg.backoff.delay(attempt)).await;
+                    tokio::time::sleep(inner.cfg.backoff.full_jitter(attempt, rand::random()))
+                        .await;
                     if matches!(*inner.state.borrow(), State::Ended(..)) {
                         return;
                     }
@@ -542,7 +543,7 @@ async fn drive(inner: Arc<Inner>, first: Socket) {
                 inner.state.send_replace(State::Reconnecting);
                 attempt += 1;
                 inner.emitter.emit(Event::Reconnect { attempt });
-                tokio::time::sleep(inner.cfg.backoff.delay(attempt)).await;
+                tokio::time::sleep(inner.cfg.backoff.full_jitter(attempt, rand::random())).await;
             }
         }
     }

@@ -36,38 +36,7 @@ impl Pacer {
     }
 }
 
-/// Exponential backoff with full jitter: attempt n waits a random time in
-/// `[0, min(cap, base * 2^n)]`.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    /// First ceiling.
-    pub base: Duration,
-    /// Largest ceiling.
-    pub cap: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            base: Duration::from_secs(1),
-            cap: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Backoff {
-    /// The ceiling for attempt `n` (0-based).
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// A jittered delay for attempt `n`.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self.ceiling(attempt);
-        ceiling.mul_f64(rand::random::<f64>())
-    }
-}
+pub use nimbus_proto::backoff::Backoff;
 
 #[cfg(test)]
 mod tests {
@@ -106,18 +75,6 @@ mod tests {
                 Duration::from_millis(100) * n as u32,
                 "virtual time"
             );
-        }
-    }
-
-    #[test]
-    fn backoff_grows_to_the_cap_and_jitters_below_the_ceiling() {
-        let b = Backoff::default();
-        assert_eq!(b.ceiling(0), Duration::from_secs(1));
-        assert_eq!(b.ceiling(3), Duration::from_secs(8));
-        assert_eq!(b.ceiling(10), Duration::from_secs(30));
-        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(30));
-        for n in 0..20 {
-            assert!(b.delay(n) <= b.ceiling(n));
         }
     }
 }

@@ -200,3 +200,127 @@ async fn thousand_forced_disconnects_lose_duplicate_or_reorder_nothing() {
     let _ = stop.send(());
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn shard_manager_starts_buckets_and_splits_rooms() {
+    use nimbus_client::gateway::{fetch_gateway_bot, ShardManager, ShardManagerConfig};
+    let (addr, hub, stop, task) = start_server(GatewayConfig {
+        tokens: vec![GatewayToken::parse("tok").unwrap()],
+        max_concurrency: 2,
+        identify_window: Duration::from_millis(50),
+        ..GatewayConfig::default()
+    })
+    .await;
+    // GET /gateway/bot from nimbus gives the URL and the buckets.
+    let bot = fetch_gateway_bot(&format!("http://{addr}"), "Bot tok")
+        .await
+        .unwrap();
+    assert_eq!(bot.url, format!("ws://{addr}/gateway"));
+    assert_eq!(bot.session_start_limit.max_concurrency, 2);
+    assert!(fetch_gateway_bot(&format!("http://{addr}"), "wrong")
+        .await
+        .is_err());
+    let mut config = ShardManagerConfig::from_gateway_bot(GatewayOptions::default(), &bot);
+    config.total_shards = 3;
+    config.identify_window = Duration::from_millis(50);
+    let manager = ShardManager::start(config, "tok", 1).await.unwrap();
+    assert_eq!(manager.shards().len(), 3);
+    let mut ready = [false; 3];
+    while ready.iter().any(|r| !r) {
+        let (id, t, d) = tokio::time::timeout(WAIT, manager.next_event())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(t, "READY");
+        assert_eq!(d["shard"][0], id);
+        assert_eq!(d["shard"][1], 3);
+        ready[usize::try_from(id).unwrap()] = true;
+    }
+    let rooms: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
+    for r in &rooms {
+        hub.set_variable(r, "☁ v", CloudValue::Number("1".into()))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    for _ in 0..rooms.len() {
+        let (id, t, d) = tokio::time::timeout(WAIT, manager.next_event())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(t, "CLOUD_CREATE");
+        let room = d["room"].as_str().unwrap().to_owned();
+        assert_eq!(
+            nimbus_proto::gateway::shard_of(&room, 3),
+            id,
+            "{room} on shard {id}"
+        );
+        seen.push(room);
+    }
+    seen.sort();
+    let mut want = rooms.clone();
+    want.sort();
+    assert_eq!(seen, want, "every room's event once");
+    manager.close().await;
+    let _ = stop.send(());
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn zlib_stream_against_nimbus_including_a_resume() {
+    let (addr, hub, stop, task) = start_server(GatewayConfig {
+        tokens: vec![GatewayToken::parse("tok").unwrap()],
+        identify_window: Duration::ZERO,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let proxy = Proxy::start(addr).await;
+    let client = GatewayClient::new(GatewayOptions {
+        url: format!("ws://{}/gateway", proxy.addr),
+        compress: true,
+        backoff_base: Duration::from_millis(10),
+        ..GatewayOptions::default()
+    });
+    client.start("tok", 1).unwrap();
+    let (t, _) = tokio::time::timeout(WAIT, client.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t, "READY");
+    let big = "7".repeat(50_000);
+    hub.set_variable("z", "☁ big", CloudValue::String(big.clone()))
+        .await
+        .unwrap();
+    let (t, d) = tokio::time::timeout(WAIT, client.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (t.as_str(), d["value"].as_str()),
+        ("CLOUD_CREATE", Some(big.as_str()))
+    );
+    proxy.cut();
+    hub.set_variable("z", "☁ big", CloudValue::String("8".into()))
+        .await
+        .unwrap();
+    let mut names = Vec::new();
+    while names.len() < 2 {
+        let (t, d) = tokio::time::timeout(WAIT, client.next_event())
+            .await
+            .unwrap()
+            .unwrap();
+        names.push((t, d["value"].clone()));
+    }
+    let names: Vec<&str> = names.iter().map(|(t, _)| t.as_str()).collect();
+    assert!(
+        names == ["CLOUD_SET", "RESUMED"] || names == ["RESUMED", "CLOUD_SET"],
+        "{names:?}"
+    );
+    assert!(client
+        .connection_urls()
+        .iter()
+        .all(|u| u.contains("compress=zlib-stream")));
+    client.close().await;
+    let _ = stop.send(());
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}

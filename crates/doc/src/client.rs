@@ -71,37 +71,7 @@ pub enum ClientWire {
     Memory(memory::Connector),
 }
 
-/// Reconnect backoff: exponential with full jitter (attempt n waits a random time in
-/// `[0, min(cap, base * 2^n)]`).
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    /// First ceiling.
-    pub base: Duration,
-    /// Largest ceiling.
-    pub cap: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            base: Duration::from_millis(500),
-            cap: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Backoff {
-    /// The ceiling for attempt `n` (0-based).
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// A jittered delay for attempt `n`.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        self.ceiling(attempt).mul_f64(rand::random::<f64>())
-    }
-}
+pub use nimbus_proto::backoff::Backoff;
 
 /// Options of [`connect`].
 #[derive(Debug, Clone)]
@@ -130,7 +100,7 @@ impl Default for ConnectOptions {
         ConnectOptions {
             token: None,
             reconnect: true,
-            backoff: Backoff::default(),
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             connect_timeout: Duration::from_secs(10),
             max_message_bytes: 64 << 20,
             awareness_renew: Duration::from_secs(15),
@@ -289,7 +259,7 @@ pub async fn connect(
     doc: Option<Doc>,
     opts: ConnectOptions,
 ) -> Result<Client, ConnectError> {
-    let doc = doc.unwrap_or_default();
+    let doc = doc.unwrap_or_else(crate::new_doc);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (status, _) = watch::channel(Status::Connecting);
     let (events, _) = broadcast::channel(64);
@@ -487,7 +457,14 @@ async fn drive(
             Some(c) => c,
             None => {
                 inner.set_status(Status::Connecting);
-                match opener.open(&inner).await {
+                let timeout = inner.opts.connect_timeout;
+                let opened = tokio::select! {
+                    _ = inner.cancel.cancelled() => break,
+                    r = tokio::time::timeout(timeout, opener.open(&inner)) => {
+                        r.unwrap_or_else(|_| Err(format!("no connection within {timeout:?}")))
+                    }
+                };
+                match opened {
                     Ok(c) => {
                         inner.set_status(Status::Connected);
                         c
@@ -498,7 +475,7 @@ async fn drive(
                         inner.set_status(Status::Reconnecting { attempt });
                         tokio::select! {
                             _ = inner.cancel.cancelled() => break,
-                            _ = tokio::time::sleep(inner.opts.backoff.delay(attempt)) => continue,
+                            _ = tokio::time::sleep(inner.opts.backoff.full_jitter(attempt, rand::random())) => continue,
                         }
                     }
                 }
@@ -521,7 +498,7 @@ async fn drive(
                 inner.set_status(Status::Reconnecting { attempt });
                 tokio::select! {
                     _ = inner.cancel.cancelled() => break,
-                    _ = tokio::time::sleep(inner.opts.backoff.delay(attempt)) => {}
+                    _ = tokio::time::sleep(inner.opts.backoff.full_jitter(attempt, rand::random())) => {}
                 }
             }
         }
@@ -560,7 +537,17 @@ async fn session(
     let r = async {
         let sv = inner.doc.transact().state_vector().encode_v1();
         send(&mut conn, Message::SyncStep1(sv.into())).await?;
-        if lock(&inner.awareness).local.is_some() {
+        let has_state = {
+            let mut view = lock(&inner.awareness);
+            // A server that saw us leave removed our state with clock + 1 (as
+            // `removeAwarenessStates` does): come back with a newer clock, or everyone
+            // would ignore the state until the next renewal.
+            if view.local.is_some() {
+                view.local_clock += 2;
+            }
+            view.local.is_some()
+        };
+        if has_state {
             send(&mut conn, local_awareness_frame(inner)).await?;
         }
         let mut renew = tokio::time::interval_at(Instant::now() + inner.opts.awareness_renew, inner.opts.awareness_renew);
@@ -1050,19 +1037,5 @@ mod tests {
             ws_url("http://h", "x", None),
             Err(ConnectError::InvalidUrl { .. })
         ));
-    }
-
-    #[test]
-    fn backoff_grows_to_the_cap_and_jitters_below_the_ceiling() {
-        let b = Backoff {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(1),
-        };
-        assert_eq!(b.ceiling(0), Duration::from_millis(100));
-        assert_eq!(b.ceiling(3), Duration::from_millis(800));
-        assert_eq!(b.ceiling(40), Duration::from_secs(1));
-        for n in 0..10 {
-            assert!(b.delay(n) <= b.ceiling(n));
-        }
     }
 }

@@ -94,6 +94,18 @@ pub mod update;
 pub mod wire;
 
 pub use channel::{Channel, ChannelError};
+
+/// A new document with a random **32-bit** client id, as Yjs (`random.uint32`) makes them.
+///
+/// yrs 0.28's `Doc::new()` picks 53-bit ids, and older yrs builds (pycrdt < 0.13, which
+/// wire-websocket 0.7.1 pins) mangle client ids of 2^32 and above when they decode them: their
+/// edits then point at a client that does not exist and stay invisible to everyone else.
+/// Rooms and clients of this crate create their documents with this function; pass a
+/// document made with it (or with [`yrs::Doc::with_client_id`] below 2^32) to
+/// [`connect`] for the same reason.
+pub fn new_doc() -> yrs::Doc {
+    yrs::Doc::with_client_id(u64::from(rand::random::<u32>()))
+}
 pub use client::{
     connect, Backoff, Client, ClientWire, ConnectError, ConnectOptions, Status, REMOTE_ORIGIN,
 };

@@ -52,6 +52,9 @@ pub struct ServeOptions {
     pub queue_frames: usize,
     /// The reason sent with `Auth PermissionDenied` to a read-only client.
     pub read_only_reason: String,
+    /// The longest a single frame may take to go out before the client counts as too slow
+    /// (1008). Default 60 s (a first SyncStep2 can be megabytes on a slow link).
+    pub send_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -62,6 +65,7 @@ impl Default for ServeOptions {
             awareness_timeout: Duration::from_secs(30),
             queue_frames: 1024,
             read_only_reason: "read-only connection: updates are not accepted".into(),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -251,11 +255,11 @@ impl Room {
         hooks: Arc<dyn RoomHooks>,
         options: RoomOptions,
     ) -> Room {
-        Room::with_doc(id, Doc::new(), hooks, options)
+        Room::with_doc(id, crate::new_doc(), hooks, options)
     }
 
     /// A room around an existing document (for instance one built with particular
-    /// [`yrs::Options`]).
+    /// [`yrs::Options`]; see [`new_doc`](crate::new_doc) about client ids).
     pub fn with_doc(
         id: impl Into<String>,
         doc: Doc,
@@ -664,31 +668,22 @@ impl Room {
             let txn = self.inner.doc.transact();
             Message::SyncStep1(yrs::updates::encoder::Encode::encode_v1(&txn.state_vector()).into())
         };
-        channel
-            .send(step1.encode())
-            .await
-            .map_err(ServeError::Channel)?;
+        send_frame(channel, step1.encode(), kick, opts.send_timeout).await?;
         let known = {
             let table = lock(&self.inner.awareness);
             (!table.is_empty()).then(|| table.full_update())
         };
         if let Some(update) = known {
-            channel
-                .send(Message::Awareness(update.encode()).encode())
-                .await
-                .map_err(ServeError::Channel)?;
+            let frame = Message::Awareness(update.encode()).encode();
+            send_frame(channel, frame, kick, opts.send_timeout).await?;
         }
         loop {
             tokio::select! {
-                biased;
+                // Not biased: a client that both sends and receives a lot gets both served.
                 _ = kick.cancelled() => return Err(ServeError::TooSlow),
                 _ = self.inner.cancel.cancelled() => return Ok(Leave::RoomClosed),
                 out = rx.recv() => match out {
-                    Some(frame) => tokio::select! {
-                        // A peer that stops reading blocks the send: the kick ends it.
-                        _ = kick.cancelled() => return Err(ServeError::TooSlow),
-                        r = channel.send(frame) => r.map_err(ServeError::Channel)?,
-                    },
+                    Some(frame) => send_frame(channel, frame, kick, opts.send_timeout).await?,
                     None => return Ok(Leave::RoomClosed),
                 },
                 incoming = channel.recv() => match incoming {
@@ -697,7 +692,7 @@ impl Room {
                     Some(Err(ChannelError::TooBig { size, max })) => return Err(ServeError::TooBig { size, max }),
                     Some(Err(ChannelError::PingTimeout)) => return Err(ServeError::PingTimeout),
                     Some(Err(e)) => return Err(ServeError::Channel(e)),
-                    Some(Ok(frame)) => self.handle_frame(channel, frame, opts, guard).await?,
+                    Some(Ok(frame)) => self.handle_frame(channel, frame, opts, kick, guard).await?,
                 },
             }
         }
@@ -708,6 +703,7 @@ impl Room {
         channel: &mut C,
         frame: Bytes,
         opts: &ServeOptions,
+        kick: &CancellationToken,
         guard: &mut ConnGuard<'_>,
     ) -> Result<(), ServeError> {
         if frame.len() > opts.max_message_bytes {
@@ -726,13 +722,25 @@ impl Room {
                         self.close();
                         return Err(ServeError::RoomBroken);
                     };
-                    send(channel, Message::SyncStep2(diff.into())).await?;
+                    send_frame(
+                        channel,
+                        Message::SyncStep2(diff.into()).encode(),
+                        kick,
+                        opts.send_timeout,
+                    )
+                    .await?;
                 }
                 Message::SyncStep2(u) | Message::Update(u) => {
                     if opts.read_only {
                         if !update::is_empty_update(&u) {
                             tracing::debug!(room = %self.id(), "update from a read-only client refused");
-                            send(channel, denied(&opts.read_only_reason)).await?;
+                            send_frame(
+                                channel,
+                                denied(&opts.read_only_reason).encode(),
+                                kick,
+                                opts.send_timeout,
+                            )
+                            .await?;
                         }
                         continue;
                     }
@@ -742,7 +750,13 @@ impl Room {
                     }
                     if let Err(refusal) = self.inner.hooks.check_update(self, &u) {
                         tracing::info!(room = %self.id(), reason = %refusal, "update refused by the room's hook");
-                        send(channel, denied(&refusal.reason)).await?;
+                        send_frame(
+                            channel,
+                            denied(&refusal.reason).encode(),
+                            kick,
+                            opts.send_timeout,
+                        )
+                        .await?;
                         continue;
                     }
                     if let Err(e) = self.apply_client_update(guard.conn, &u) {
@@ -768,7 +782,13 @@ impl Room {
                 }
                 Message::QueryAwareness => {
                     let full = lock(&self.inner.awareness).full_update();
-                    send(channel, Message::Awareness(full.encode())).await?;
+                    send_frame(
+                        channel,
+                        Message::Awareness(full.encode()).encode(),
+                        kick,
+                        opts.send_timeout,
+                    )
+                    .await?;
                 }
                 Message::Auth(_) | Message::Custom { .. } => {
                     tracing::debug!(room = %self.id(), kind = msg.kind_name(), "message ignored");
@@ -785,11 +805,21 @@ async fn close_bounded<C: Channel>(channel: &mut C, code: u16, reason: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(code, reason)).await;
 }
 
-async fn send<C: Channel>(channel: &mut C, msg: Message) -> Result<(), ServeError> {
-    channel
-        .send(msg.encode())
-        .await
-        .map_err(ServeError::Channel)
+/// Send one frame unless the client is kicked as too slow meanwhile or the send takes
+/// longer than `timeout` (a peer that stops reading blocks a send).
+async fn send_frame<C: Channel>(
+    channel: &mut C,
+    frame: Bytes,
+    kick: &CancellationToken,
+    timeout: Duration,
+) -> Result<(), ServeError> {
+    tokio::select! {
+        _ = kick.cancelled() => Err(ServeError::TooSlow),
+        r = tokio::time::timeout(timeout, channel.send(frame)) => match r {
+            Ok(r) => r.map_err(ServeError::Channel),
+            Err(_) => Err(ServeError::TooSlow),
+        },
+    }
 }
 
 fn denied(reason: &str) -> Message {

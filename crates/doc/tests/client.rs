@@ -349,3 +349,37 @@ async fn renewed_awareness_outlives_the_server_timeout() {
     a.close().await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn awareness_comes_back_at_once_after_a_reconnect() {
+    let s = server(Kind::Memory).await;
+    let addr = s.addr.clone();
+    let a = s.client("back").await;
+    a.set_local_state(serde_json::json!({"name": "a"}));
+    let id = a.client_id();
+    let room = s.guard.manager().get("/back").unwrap();
+    eventually("the room has a's state", || {
+        room.awareness().contains_key(&id)
+    })
+    .await;
+    s.guard.shutdown().await;
+    let s = serve_with(addr, |id: &str| Room::new(id), ServerOptions::default()).await;
+    let b = s.client("back").await;
+    within(a.synced()).await;
+    // Without waiting for a renewal (15 s by default).
+    eventually("b sees a's state again", || b.states().contains_key(&id)).await;
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn close_returns_while_the_server_is_down() {
+    let s = server(Kind::WebSocket).await;
+    let c = s.client("down").await;
+    s.guard.shutdown().await;
+    eventually("c is reconnecting", || {
+        matches!(c.status(), Status::Reconnecting { .. } | Status::Connecting)
+    })
+    .await;
+    within(c.close()).await;
+}

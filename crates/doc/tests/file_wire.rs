@@ -199,3 +199,43 @@ async fn a_version_mismatch_is_refused_with_wiredbs_message() {
         "File version mismatch (got \"0.0.2\", expected \"0.0.1\")"
     );
 }
+
+#[tokio::test]
+async fn a_file_written_by_wiredbs_wire_file_reads_and_grows() {
+    // Written by wire-file 0.7.1 (AsyncFileClient, pycrdt 0.12): `t += "py1;"`.
+    let bytes = hex("302e302e3100120101b9fbefcb020004010174047079313b00");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("py.y");
+    std::fs::write(&path, &bytes).unwrap();
+    let c = open(&path, false).await;
+    assert_eq!(json_of(c.doc()), json!({"t": "py1;"}));
+    c.doc()
+        .get_or_insert_text("t")
+        .push(&mut c.doc().transact_mut(), "rust;");
+    c.close().await;
+    // Our record follows theirs, in the same format.
+    let after = std::fs::read(&path).unwrap();
+    assert_eq!(&after[..bytes.len()], &bytes[..]);
+    assert_eq!(file::parse(&path, &after).unwrap().updates.len(), 2);
+    // And new documents get 32-bit client ids, which pycrdt < 0.13 decodes correctly.
+    assert!(c_id_fits(&after[bytes.len()..]));
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The first client id of a record (`varUint(len) ‖ update`, update = `varUint(clients)`,
+/// `varUint(structs)`, `varUint(client)`, ...) is below 2^32.
+fn c_id_fits(record: &[u8]) -> bool {
+    use nimbus_proto::doc::lib0::Reader;
+    let mut r = Reader::new(record);
+    let update = r.read_var_bytes("record").unwrap();
+    let mut u = Reader::new(update);
+    let _clients = u.read_var_uint("clients").unwrap();
+    let _structs = u.read_var_uint("structs").unwrap();
+    u.read_var_uint("client").unwrap() < 1 << 32
+}

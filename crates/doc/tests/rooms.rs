@@ -555,3 +555,40 @@ async fn rooms_serve_channels_directly_and_forward_server_side_edits() {
     );
     assert!(within(task).await.unwrap().is_ok());
 }
+
+#[tokio::test]
+async fn a_client_that_sends_but_never_reads_is_closed_by_the_send_timeout() {
+    let options = ServerOptions {
+        serve: ServeOptions {
+            send_timeout: Duration::from_millis(200),
+            ..ServeOptions::default()
+        },
+        ..ServerOptions::default()
+    };
+    let s = serve_with(Addr::new(Kind::Memory), |id: &str| Room::new(id), options).await;
+    let mut raw = Raw::open(&s.addr, "deaf").await;
+    let room = s.guard.manager().get_room("/deaf").await.unwrap();
+    eventually("the client joined", || room.client_count() == 1).await;
+    // Query awareness over and over without reading a single answer: once the answers
+    // fill the connection, the room's send waits, times out, and the client is cut.
+    let sender = tokio::spawn(async move {
+        for _ in 0..1000 {
+            if let Raw::Memory(c) = &mut raw {
+                use nimbus_doc::Channel;
+                // Stop once the server stops reading (a blocked send).
+                let sent = tokio::time::timeout(
+                    Duration::from_millis(100),
+                    c.send(Bytes::from_static(&[3])),
+                );
+                if !matches!(sent.await, Ok(Ok(()))) {
+                    break;
+                }
+            }
+        }
+        raw
+    });
+    let mut raw = within(sender).await.unwrap();
+    // Still not reading.
+    eventually("the deaf client is cut", || room.client_count() == 0).await;
+    assert_eq!(raw.until_close().await, Got::Close(1008, "too slow".into()));
+}

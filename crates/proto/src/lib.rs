@@ -4,6 +4,7 @@
 //! bytes or text in and gives typed messages out (and the reverse), so each one
 //! can be unit-tested byte for byte, property-tested and fuzzed.
 //!
+//! - [`backoff`]: reconnect backoff schedules (pure; the caller brings the randomness).
 //! - [`cloud`]: the Scratch / TurboWarp cloud-variable protocol (newline-delimited JSON
 //!   in WebSocket text frames).
 //! - [`doc`]: the y-sync protocol (y-websocket) of Yjs document rooms: lib0 primitives,
@@ -12,6 +13,7 @@
 //! - [`gateway`]: the Discord v10 gateway protocol (payloads, close codes, intents, `shard_of`).
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod cloud;
 pub mod doc;
 pub mod gateway;

@@ -90,11 +90,14 @@ impl Srv {
         }
     }
 
+    /// Set a variable and wait until the room has applied it: `set_variable` only queues
+    /// the command; a snapshot request behind it returns once the room got that far.
     async fn set(&self, room: &str, name: &str, value: i64) {
         self.hub
             .set_variable(room, name, CloudValue::Number(value.to_string()))
             .await
             .unwrap();
+        self.hub.variables(room).await.unwrap();
     }
 }
 
@@ -211,6 +214,10 @@ async fn closes_with(srv: &Srv, payloads: &[Value], code: u16) {
 #[tokio::test]
 async fn hello_identify_ready_and_cloud_dispatches() {
     let srv = Srv::start(gw_config()).await;
+    assert!(
+        !srv.hub.events.is_active(),
+        "no session: rooms build no events"
+    );
     let (mut g, interval) = Gw::hello(&srv).await;
     assert_eq!(interval, 30_000);
     // op 1 is answered before Identify too.
@@ -244,14 +251,28 @@ async fn hello_identify_ready_and_cloud_dispatches() {
     assert_eq!((e.s, e.t.as_deref()), (Some(4), Some("CLOUD_SET")));
     assert_eq!(e.d["user"], "alice");
     assert_eq!(e.d["value"], 9);
+    assert!(srv.hub.events.is_active());
+    // Closing with 1000 ends the only session: the bus goes quiet again.
+    g.ws.close(Some(CloseFrame {
+        code: WsCode::Normal,
+        reason: "".into(),
+    }))
+    .await
+    .unwrap();
+    let _ = g.ended().await;
+    tokio::time::timeout(WAIT, async {
+        while srv.hub.events.is_active() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
     srv.stop().await;
 }
 
 #[tokio::test]
 async fn every_server_close_code() {
-    let mut cfg = gw_config();
-    cfg.identify_timeout = Duration::from_millis(300);
-    let srv = Srv::start(cfg).await;
+    let srv = Srv::start(gw_config()).await;
     let id = |token: &str, intents: u64, shard: Value| json!({"op": 2, "d": {"token": token, "intents": intents, "properties": {}, "shard": shard}});
     let good = id(TOKEN, 1, json!([0, 1]));
     closes_with(&srv, &[json!({"op": 5, "d": null})], 4001).await;
@@ -275,7 +296,6 @@ async fn every_server_close_code() {
     .await;
     let hb: Vec<Value> = (0..121).map(|_| json!({"op": 1, "d": null})).collect();
     closes_with(&srv, &hb, 4008).await;
-    closes_with(&srv, &[], 4009).await;
     closes_with(&srv, &[id(TOKEN, 1, json!([2, 2]))], 4010).await;
     closes_with(&srv, &[id(TOKEN, 1, json!([0, 0]))], 4010).await;
     closes_with(&srv, &[id(TOKEN, 8, json!([0, 1]))], 4013).await;
@@ -284,9 +304,30 @@ async fn every_server_close_code() {
     let (mut g, _) = Gw::hello(&srv).await;
     g.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     assert_eq!(g.ended().await, End::Closed(4002));
+    // Unsupported encodings and compressions are refused at the upgrade (HTTP 400).
+    for q in [
+        "?v=10&encoding=etf",
+        "?v=10&encoding=json&compress=zstd-stream",
+    ] {
+        assert!(
+            tokio_tungstenite::connect_async(srv.url(q)).await.is_err(),
+            "{q}"
+        );
+    }
     // 4012: only v=10.
     let mut g = Gw::connect(&srv.url("?v=9&encoding=json")).await;
     assert_eq!(g.ended().await, End::Closed(4012));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn no_identify_in_time_closes_4009() {
+    let mut cfg = gw_config();
+    cfg.identify_timeout = Duration::from_millis(200);
+    let srv = Srv::start(cfg).await;
+    closes_with(&srv, &[], 4009).await;
+    // Heartbeats do not count as identifying.
+    closes_with(&srv, &[json!({"op": 1, "d": null})], 4009).await;
     srv.stop().await;
 }
 
@@ -514,6 +555,12 @@ async fn identify_concurrency_answers_op9() {
     let (status, body) = http_get(srv.addr, "/gateway", None).await;
     assert_eq!(status, 200);
     assert!(body.contains("/gateway"));
+    let (_, metrics) = http_get(srv.addr, "/metrics", None).await;
+    assert!(metrics.contains("nimbus_gateway_sessions 2"), "{metrics}");
+    assert!(
+        metrics.contains("nimbus_gateway_invalid_sessions_total 1"),
+        "{metrics}"
+    );
     srv.stop().await;
 }
 

@@ -93,6 +93,21 @@ async fn identify(addr: SocketAddr, id: u64, n: u64) -> anyhow::Result<(Ws, Stri
     Ok((ws, sid))
 }
 
+/// Close with 1000: the server drops the session (it would keep buffering otherwise).
+async fn close_session(ws: &mut Ws) {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = ws.close(Some(frame)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
 async fn set(hub: &Arc<Hub>, room: &str, i: u64) -> anyhow::Result<()> {
     hub.set_variable(room, "☁ n", CloudValue::Number(i.to_string()))
         .await
@@ -118,7 +133,9 @@ async fn throughput(addr: SocketAddr, hub: &Arc<Hub>, a: &GatewayBenchArgs) -> a
                     got += 1;
                 }
             }
-            anyhow::Ok(Instant::now())
+            let at = Instant::now();
+            close_session(&mut ws).await;
+            anyhow::Ok(at)
         }));
     }
     let start = Instant::now();
@@ -159,6 +176,7 @@ async fn resume_time(addr: SocketAddr, hub: &Arc<Hub>, missed: u64) -> anyhow::R
         }
     }
     let took = start.elapsed();
+    close_session(&mut ws).await;
     anyhow::ensure!(replayed == missed, "replayed {replayed} of {missed}");
     Ok(took)
 }

@@ -73,10 +73,9 @@ impl Driver {
 
     fn backoff(&self, attempt: u32) -> Duration {
         let o = &self.shared.options;
-        let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
-        let ceiling = o.backoff_base.saturating_mul(factor).min(o.backoff_cap);
         // "Equal jitter": between half the ceiling and the ceiling.
-        ceiling.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+        nimbus_proto::backoff::Backoff::new(o.backoff_base, o.backoff_cap)
+            .equal_jitter(attempt, rand::random())
     }
 
     /// Sleep unless stopped; `false` when stopped.
@@ -113,6 +112,18 @@ impl Driver {
                 };
                 (resuming, url)
             };
+            if !resuming {
+                if let Some(q) = self.shared.options.identify_queue.clone() {
+                    let shard = self.shared.options.shard_id;
+                    tokio::select! {
+                        () = q.wait(shard) => {}
+                        _ = self.stop.changed() => {
+                            self.set_state(ShardState::Closed);
+                            return Ok(());
+                        }
+                    }
+                }
+            }
             self.shared.lock().connections.push(url.clone());
             tracing::debug!(%url, resuming, "gateway connecting");
             let connect = tokio::time::timeout(
@@ -238,7 +249,9 @@ impl Driver {
                     if !self.send(&mut ws, &hb).await {
                         return (Outcome::Resume, active, false);
                     }
-                    next_beat += interval.unwrap_or(Duration::from_secs(41));
+                    // From now, not from the schedule: a stalled task must not fire two
+                    // beats back to back (the second would see no ACK and call it a zombie).
+                    next_beat = Instant::now() + interval.unwrap_or(Duration::from_secs(41));
                 }
                 cmd = self.commands.recv(), if active => {
                     let Some(text) = cmd else {

@@ -17,8 +17,10 @@
 //!   pure-Rust backend is small).
 
 mod driver;
+mod http;
 mod inflate;
 mod limiter;
+mod queue;
 mod shard;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -29,7 +31,9 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
+pub use http::{fetch_gateway_bot, GatewayBot, SessionStartLimit};
 pub use limiter::RateLimiter;
+pub use queue::IdentifyQueue;
 pub use shard::{ShardManager, ShardManagerConfig};
 
 /// Everything that can end or refuse a gateway operation.
@@ -130,6 +134,8 @@ pub struct GatewayOptions {
     pub backoff_cap: Duration,
     /// Timeout of one WebSocket connect.
     pub connect_timeout: Duration,
+    /// Identify buckets shared with other shards (a fresh Identify waits for its slot).
+    pub identify_queue: Option<Arc<IdentifyQueue>>,
 }
 
 impl Default for GatewayOptions {
@@ -147,6 +153,7 @@ impl Default for GatewayOptions {
             backoff_base: Duration::from_secs(5),
             backoff_cap: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
+            identify_queue: None,
         }
     }
 }
@@ -230,8 +237,8 @@ impl GatewayClient {
         }
     }
 
-    /// Start the shard in the background with `token` (sent as given: Discord wants
-    /// the bare token; nimbus accepts both) and `intents`. Events arrive on
+    /// Start the shard in the background with `token` (with or without `Bot `: Identify
+    /// and Resume carry the bare token, as Discord wants) and `intents`. Events arrive on
     /// [`GatewayClient::next_event`]; the shard runs until [`GatewayClient::close`] or a
     /// fatal close code ([`GatewayClient::wait`] tells which).
     pub fn start(&self, token: &str, intents: u64) -> Result<(), GatewayError> {
@@ -254,7 +261,8 @@ impl GatewayClient {
         };
         let driver = driver::Driver {
             shared: self.shared.clone(),
-            token: token.to_owned(),
+            // Discord's gateway wants the bare token (the `Bot ` prefix is for HTTP).
+            token: nimbus_proto::gateway::strip_bot_prefix(token).to_owned(),
             intents,
             base_url: url,
             events,
@@ -272,6 +280,14 @@ impl GatewayClient {
     /// has ended and every event was taken.
     pub async fn next_event(&self) -> Option<(String, Value)> {
         self.events.lock().await.recv().await
+    }
+
+    /// The dispatches as a stream (same items as [`GatewayClient::next_event`]).
+    pub fn events(&self) -> impl futures_util::Stream<Item = (String, Value)> + '_ {
+        futures_util::stream::unfold(
+            self,
+            |c| async move { c.next_event().await.map(|e| (e, c)) },
+        )
     }
 
     /// Send a payload (`{"op": .., "d": ..}`) once the shard is active, within the

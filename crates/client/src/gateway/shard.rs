@@ -1,5 +1,5 @@
-//! [`ShardManager`]: start N shards, `max_concurrency` at a time per identify window,
-//! and merge their events.
+//! [`ShardManager`]: start N shards sharing one [`IdentifyQueue`] (`max_concurrency`
+//! buckets, one Identify each per window), and merge their events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +7,10 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{GatewayClient, GatewayError, GatewayOptions, ShardState};
+use super::{
+    GatewayBot, GatewayClient, GatewayError, GatewayOptions, IdentifyQueue, SessionStartLimit,
+    ShardState,
+};
 
 /// How a [`ShardManager`] starts its shards.
 #[derive(Debug, Clone)]
@@ -21,14 +24,33 @@ pub struct ShardManagerConfig {
     pub max_concurrency: u64,
     /// Time between groups (Discord: 5 s).
     pub identify_window: Duration,
+    /// From `/gateway/bot`: when `remaining` is 0, the start waits `reset_after` first.
+    pub session_start_limit: Option<SessionStartLimit>,
+}
+
+impl ShardManagerConfig {
+    /// Shards, buckets and limits from a `/gateway/bot` answer; `options.url` becomes its
+    /// `url` (where fresh Identifies go).
+    pub fn from_gateway_bot(options: GatewayOptions, bot: &GatewayBot) -> ShardManagerConfig {
+        ShardManagerConfig {
+            options: GatewayOptions {
+                url: bot.url.clone(),
+                ..options
+            },
+            total_shards: bot.shards.max(1),
+            max_concurrency: bot.session_start_limit.max_concurrency.max(1),
+            identify_window: Duration::from_secs(nimbus_proto::gateway::IDENTIFY_WINDOW_SECS),
+            session_start_limit: Some(bot.session_start_limit),
+        }
+    }
 }
 
 /// N shards started bucket by bucket (see the module docs).
 ///
 /// Shards `k·c .. (k+1)·c` (c = `max_concurrency`) fall in distinct buckets, so group k
-/// identifies together, then the manager waits until the group is READY (or the window
-/// passed, whichever is later) before the next group. Re-identifies after the start
-/// (op 9 `false`) are spaced by each shard's own 1–5 s wait, not by a shared queue.
+/// identifies together, then the manager waits until the group is READY before starting
+/// the next. Every fresh Identify of every shard, including re-identifies long after the
+/// start, also waits for its bucket in the shared [`IdentifyQueue`].
 #[derive(Debug)]
 pub struct ShardManager {
     shards: Vec<Arc<GatewayClient>>,
@@ -42,18 +64,38 @@ impl ShardManager {
         token: &str,
         intents: u64,
     ) -> Result<ShardManager, GatewayError> {
+        if let Some(l) = config.session_start_limit {
+            if l.remaining == 0 {
+                tracing::warn!(
+                    reset_after_ms = l.reset_after,
+                    "session start limit used up: waiting for its reset"
+                );
+                tokio::time::sleep(Duration::from_millis(l.reset_after)).await;
+            } else if l.remaining < config.total_shards {
+                tracing::warn!(
+                    remaining = l.remaining,
+                    shards = config.total_shards,
+                    "fewer identifies left than shards"
+                );
+            }
+        }
         let total = config.total_shards.max(1);
         let per_group = config.max_concurrency.max(1);
+        let queue = config
+            .options
+            .identify_queue
+            .clone()
+            .unwrap_or_else(|| Arc::new(IdentifyQueue::new(per_group, config.identify_window)));
         let (tx, rx) = mpsc::unbounded_channel();
         let mut shards = Vec::new();
         let mut id = 0;
         while id < total {
-            let started = tokio::time::Instant::now();
             let group: Vec<u64> = (id..(id + per_group).min(total)).collect();
             for &sid in &group {
                 let client = Arc::new(GatewayClient::new(GatewayOptions {
                     shard_id: sid,
                     total_shards: total,
+                    identify_queue: Some(queue.clone()),
                     ..config.options.clone()
                 }));
                 client.start(token, intents)?;
@@ -69,7 +111,7 @@ impl ShardManager {
             }
             id += per_group;
             if id < total {
-                // Wait for the group to be READY (or end), then for the window.
+                // Wait for the group to be READY (or end); the queue spaces the windows.
                 for s in &shards[shards.len() - group.len()..] {
                     while !matches!(
                         s.state(),
@@ -81,7 +123,6 @@ impl ShardManager {
                         return Err(GatewayError::Fatal(c));
                     }
                 }
-                tokio::time::sleep_until(started + config.identify_window).await;
             }
         }
         Ok(ShardManager {

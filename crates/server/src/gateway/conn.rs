@@ -45,6 +45,8 @@ struct Conn {
     recv_times: VecDeque<Instant>,
     last_heartbeat: Instant,
     asked_heartbeat: bool,
+    /// zlib-stream transport compression (one context for the connection's life).
+    zlib: Option<flate2::Compress>,
 }
 
 /// Serve one upgraded gateway WebSocket until it closes.
@@ -53,6 +55,7 @@ pub(crate) async fn serve(
     gw: Arc<Gateway>,
     url: String,
     bad_version: bool,
+    compress: bool,
     shutdown: CancellationToken,
 ) {
     let metrics = gw.hub.metrics.clone();
@@ -67,6 +70,7 @@ pub(crate) async fn serve(
         recv_times: VecDeque::new(),
         last_heartbeat: Instant::now(),
         asked_heartbeat: false,
+        zlib: compress.then(|| flate2::Compress::new(flate2::Compression::fast(), true)),
     };
     let end = if bad_version {
         close(CloseCode::InvalidApiVersion)
@@ -114,13 +118,46 @@ pub(crate) async fn serve(
     metrics.gateway_connections.dec();
 }
 
-async fn send(ws: &mut WebSocket, p: &Payload) -> Result<(), End> {
-    ws.send(Message::Text(Utf8Bytes::from(p.encode())))
-        .await
-        .map_err(|_| End::Peer { invalidate: false })
+/// Compress `input` as one sync-flushed chunk of the connection's zlib stream (it ends
+/// with `00 00 FF FF`).
+fn deflate(z: &mut flate2::Compress, input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() / 2 + 64);
+    let start = z.total_in();
+    loop {
+        if out.capacity() - out.len() < 64 {
+            out.reserve(out.capacity().max(64));
+        }
+        let done = usize::try_from(z.total_in() - start).unwrap_or(usize::MAX);
+        let rest = input.get(done..).unwrap_or_default();
+        if z.compress_vec(rest, &mut out, flate2::FlushCompress::Sync)
+            .is_err()
+        {
+            break;
+        }
+        let done = usize::try_from(z.total_in() - start).unwrap_or(usize::MAX);
+        // The flush is complete once all input is in and the output had room left.
+        if done >= input.len() && out.len() < out.capacity() {
+            break;
+        }
+    }
+    out
 }
 
 impl Conn {
+    fn message(&mut self, text: &str) -> Message {
+        match self.zlib.as_mut() {
+            Some(z) => Message::Binary(deflate(z, text.as_bytes()).into()),
+            None => Message::Text(Utf8Bytes::from(text)),
+        }
+    }
+
+    async fn send(&mut self, ws: &mut WebSocket, p: &Payload) -> Result<(), End> {
+        let msg = self.message(&p.encode());
+        ws.send(msg)
+            .await
+            .map_err(|_| End::Peer { invalidate: false })
+    }
+
     fn cfg(&self) -> &super::GatewayConfig {
         &self.gw.config
     }
@@ -131,7 +168,7 @@ impl Conn {
             OpCode::Hello,
             json!({ "heartbeat_interval": u64::try_from(interval.as_millis()).unwrap_or(u64::MAX) }),
         );
-        if let Err(e) = send(ws, &hello).await {
+        if let Err(e) = self.send(ws, &hello).await {
             return e;
         }
         let identify_deadline = Instant::now() + self.cfg().identify_timeout;
@@ -176,7 +213,7 @@ impl Conn {
                     }
                     if since >= interval.mul_f64(1.25) && !self.asked_heartbeat {
                         self.asked_heartbeat = true;
-                        if let Err(e) = send(ws, &Payload::new(OpCode::Heartbeat, Value::Null)).await {
+                        if let Err(e) = self.send(ws, &Payload::new(OpCode::Heartbeat, Value::Null)).await {
                             return e;
                         }
                     }
@@ -217,7 +254,8 @@ impl Conn {
 
     /// Shutdown: op 7, wait a little for the client to go, then 4000.
     async fn drain(&mut self, ws: &mut WebSocket) -> End {
-        if send(ws, &Payload::new(OpCode::Reconnect, Value::Null))
+        if self
+            .send(ws, &Payload::new(OpCode::Reconnect, Value::Null))
             .await
             .is_err()
         {
@@ -260,9 +298,10 @@ impl Conn {
         if batch.is_empty() {
             return Ok(());
         }
+        let msgs: Vec<Message> = batch.iter().map(|b| self.message(&b.text)).collect();
         let write = async {
-            for b in batch.iter() {
-                ws.feed(Message::Text(Utf8Bytes::from(&*b.text))).await?;
+            for m in msgs {
+                ws.feed(m).await?;
             }
             ws.flush().await
         };
@@ -308,7 +347,8 @@ impl Conn {
             OpCode::Heartbeat => {
                 self.last_heartbeat = now;
                 self.asked_heartbeat = false;
-                send(ws, &Payload::new(OpCode::HeartbeatAck, Value::Null)).await
+                self.send(ws, &Payload::new(OpCode::HeartbeatAck, Value::Null))
+                    .await
             }
             OpCode::Identify => {
                 if self.session.is_some() {
@@ -365,11 +405,12 @@ impl Conn {
         }
         if !self.gw.limiter.try_identify(shard_id, Instant::now()) {
             self.gw.hub.metrics.gateway_invalid_sessions.inc();
-            return send(
-                ws,
-                &Payload::new(OpCode::InvalidSession, Value::Bool(false)),
-            )
-            .await;
+            return self
+                .send(
+                    ws,
+                    &Payload::new(OpCode::InvalidSession, Value::Bool(false)),
+                )
+                .await;
         }
         let session_id = random_session_id();
         let token = nimbus_proto::gateway::strip_bot_prefix(&id.token).to_owned();
@@ -400,9 +441,9 @@ impl Conn {
         Ok(())
     }
 
-    async fn invalid_session(&self, ws: &mut WebSocket) -> Result<(), End> {
+    async fn invalid_session(&mut self, ws: &mut WebSocket) -> Result<(), End> {
         self.gw.hub.metrics.gateway_invalid_sessions.inc();
-        send(
+        self.send(
             ws,
             &Payload::new(OpCode::InvalidSession, Value::Bool(false)),
         )

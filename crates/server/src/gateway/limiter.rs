@@ -16,8 +16,7 @@ pub struct SessionStartLimit {
     pub total: u32,
     /// Identifies left.
     pub remaining: u32,
-    /// Milliseconds until one more is allowed (0 when `remaining > 0`... or the oldest
-    /// start's age-out time).
+    /// Milliseconds until the oldest start of the last 24 h ages out (0 when there is none).
     pub reset_after_ms: u64,
     /// Identify buckets.
     pub max_concurrency: u64,

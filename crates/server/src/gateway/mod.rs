@@ -37,7 +37,7 @@ use nimbus_proto::gateway::{
 };
 use tokio::time::Instant;
 
-use crate::events::RoomEvent;
+use crate::events::{Interest, RoomEvent};
 use crate::http::App;
 use crate::hub::Hub;
 
@@ -157,6 +157,8 @@ pub struct Gateway {
     hub: Arc<Hub>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     limiter: IdentifyLimiter,
+    /// On while there is at least one session: with none, rooms build no events.
+    interest: std::sync::OnceLock<Interest>,
 }
 
 impl Gateway {
@@ -171,13 +173,18 @@ impl Gateway {
             config,
             hub: hub.clone(),
             sessions: Mutex::new(HashMap::new()),
+            interest: std::sync::OnceLock::new(),
         });
         let weak: Weak<Gateway> = Arc::downgrade(&gw);
-        hub.events.subscribe(Arc::new(move |ev: &RoomEvent| {
-            if let Some(gw) = weak.upgrade() {
-                gw.publish(ev);
-            }
-        }));
+        let (_, interest) = hub
+            .events
+            .subscribe_with_interest(Arc::new(move |ev: &RoomEvent| {
+                if let Some(gw) = weak.upgrade() {
+                    gw.publish(ev);
+                }
+            }));
+        interest.set(false);
+        let _ = gw.interest.set(interest);
         gw
     }
 
@@ -231,7 +238,16 @@ impl Gateway {
         // the identify limits.
         sessions.retain(|_, s| !s.expired(now, self.config.resume_window));
         sessions.insert(s.id.clone(), s);
-        self.hub.metrics.gateway_sessions.set(sessions.len() as i64);
+        self.sessions_changed(sessions.len());
+    }
+
+    /// Keep the bus interest and the gauge in step with the session count (called with
+    /// the session map locked, so the switch never lags behind an insert).
+    fn sessions_changed(&self, n: usize) {
+        if let Some(i) = self.interest.get() {
+            i.set(n > 0);
+        }
+        self.hub.metrics.gateway_sessions.set(n as i64);
     }
 
     fn get(&self, id: &str) -> Option<Arc<Session>> {
@@ -240,7 +256,7 @@ impl Gateway {
         let s = sessions.get(id)?.clone();
         if s.expired(now, self.config.resume_window) {
             sessions.remove(id);
-            self.hub.metrics.gateway_sessions.set(sessions.len() as i64);
+            self.sessions_changed(sessions.len());
             return None;
         }
         Some(s)
@@ -249,7 +265,7 @@ impl Gateway {
     fn remove(&self, id: &str) {
         let mut sessions = self.sessions();
         sessions.remove(id);
-        self.hub.metrics.gateway_sessions.set(sessions.len() as i64);
+        self.sessions_changed(sessions.len());
     }
 }
 
@@ -306,9 +322,17 @@ async fn upgrade(
         )
             .into_response();
     }
-    if params.compress.is_some() {
-        return (StatusCode::BAD_REQUEST, "unsupported compress value\n").into_response();
-    }
+    let compress = match params.compress.as_deref() {
+        None => false,
+        Some("zlib-stream") => true,
+        Some(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "unsupported compress value (zlib-stream only)\n",
+            )
+                .into_response()
+        }
+    };
     let bad_version = params.version.is_some_and(|v| v != 10);
     let url = public_url(&headers);
     let App {
@@ -319,9 +343,18 @@ async fn upgrade(
     ws.max_message_size(MAX_PAYLOAD_BYTES * 16)
         .max_frame_size(MAX_PAYLOAD_BYTES * 16)
         .read_buffer_size(1024)
-        .write_buffer_size(0)
+        // Replays and bursts are fed frame by frame and flushed once: let tungstenite
+        // gather them into large writes.
+        .write_buffer_size(64 * 1024)
         .on_upgrade(move |socket| {
-            tracker.track_future(conn::serve(socket, gw, url, bad_version, shutdown))
+            tracker.track_future(conn::serve(
+                socket,
+                gw,
+                url,
+                bad_version,
+                compress,
+                shutdown,
+            ))
         })
 }
 
