@@ -143,6 +143,7 @@ impl Conn {
                     if let Some(code) = closed {
                         let reason = match code {
                             CloseCode::SlowConsumer => "send queue full: client too slow",
+                            CloseCode::Unavailable => "backplane unavailable",
                             _ => "removed by the server operator",
                         };
                         return End::Close(code.code(), reason.into());

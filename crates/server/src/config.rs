@@ -197,6 +197,10 @@ pub struct Settings {
     /// Gateway Identifies per 24 h [default: 1000].
     #[arg(long, env = "NIMBUS_GATEWAY_SESSION_START_LIMIT")]
     pub gateway_session_start_limit: Option<u32>,
+    /// Share cloud rooms with every node connected to this Redis (`redis://host:port`);
+    /// see docs/operations.md [default: none: single node, embedded store].
+    #[arg(long, env = "NIMBUS_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
 }
 
 fn parse_profile(s: &str) -> Result<ValueProfile, String> {
@@ -280,6 +284,7 @@ impl Settings {
             gateway_identify_window_ms,
             gateway_identify_timeout_ms,
             gateway_session_start_limit,
+            redis,
         )
     }
 }
@@ -420,6 +425,8 @@ pub struct Config {
     pub ipc: Option<IpcConfig>,
     /// The gateway at `/gateway` (served when it has tokens).
     pub gateway: GatewayConfig,
+    /// Redis URL of the backplane (`--redis`); `None`: single node.
+    pub redis: Option<String>,
 }
 
 /// Where and how `nimbus serve` exposes its IPC routes.
@@ -456,6 +463,7 @@ impl Default for Config {
             doc: DocLimits::default(),
             ipc: None,
             gateway: GatewayConfig::default(),
+            redis: None,
         }
     }
 }
@@ -579,6 +587,7 @@ impl Config {
             drain_grace: dg.drain_grace,
         };
         Ok(Config {
+            redis: s.redis.clone().filter(|u| !u.trim().is_empty()),
             doc,
             gateway,
             ipc,
@@ -677,6 +686,31 @@ mod tests {
             ..Settings::default()
         };
         assert!(Config::from_settings(bad).is_err());
+    }
+
+    #[test]
+    fn redis_is_off_by_default_and_a_flag_wins_over_the_file() {
+        assert_eq!(
+            Config::from_settings(Settings::default())
+                .expect("valid")
+                .redis,
+            None
+        );
+        let file: Settings =
+            toml::from_str("redis = \"redis://file:6379/\"\n").expect("valid toml");
+        let c = Config::from_settings(Settings::default().merge(file.clone())).expect("valid");
+        assert_eq!(c.redis.as_deref(), Some("redis://file:6379/"));
+        let flags = Settings {
+            redis: Some("redis://flag:6379/".into()),
+            ..Settings::default()
+        };
+        let c = Config::from_settings(flags.merge(file)).expect("valid");
+        assert_eq!(c.redis.as_deref(), Some("redis://flag:6379/"));
+        let empty = Settings {
+            redis: Some("  ".into()),
+            ..Settings::default()
+        };
+        assert_eq!(Config::from_settings(empty).expect("valid").redis, None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use nimbus_proto::cloud::CloudValue;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backplane::RedisBackplane;
 use crate::config::CloudLimits;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
@@ -61,6 +62,9 @@ pub struct Hub {
     pub metrics: Arc<Metrics>,
     /// Room events (cloud changes, joins, leaves) for listeners such as the gateway.
     pub events: Arc<EventBus>,
+    /// The Redis backplane (`--redis`): when set, cloud rooms take their order and
+    /// state from Redis instead of the local store.
+    pub backplane: Option<Arc<RedisBackplane>>,
 }
 
 impl Hub {
@@ -73,7 +77,22 @@ impl Hub {
             limits,
             metrics,
             events: Arc::new(EventBus::default()),
+            backplane: None,
         }
+    }
+
+    /// A hub whose cloud rooms share state through `backplane` (starts its subscription).
+    pub fn with_backplane(
+        store: Store,
+        limits: Arc<CloudLimits>,
+        metrics: Arc<Metrics>,
+        backplane: Arc<RedisBackplane>,
+    ) -> Arc<Hub> {
+        let mut hub = Hub::new(store, limits, metrics);
+        hub.backplane = Some(backplane.clone());
+        let hub = Arc::new(hub);
+        backplane.start(&hub);
+        hub
     }
 
     fn rooms(&self) -> MutexGuard<'_, HashMap<Arc<str>, RoomHandle>> {
@@ -230,6 +249,16 @@ impl Hub {
                     return Ok(Some(vars));
                 }
             }
+        }
+        if let Some(bp) = &self.backplane {
+            let snap = bp
+                .load(key)
+                .await
+                .map_err(|e| crate::store::StoreError::Backplane(e.to_string()))?;
+            let vars = snap.vars;
+            return Ok(
+                (!vars.is_empty()).then(|| vars.into_iter().map(|v| (v.name, v.value)).collect())
+            );
         }
         let vars = self.store.load(key).await?;
         Ok((!vars.is_empty()).then(|| vars.into_iter().map(|v| (v.name, v.value)).collect()))

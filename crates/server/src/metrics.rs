@@ -74,6 +74,20 @@ pub struct Metrics {
     /// Gateway connections closed for missing heartbeats.
     pub gateway_heartbeat_timeouts: Counter,
     gateway_closes: Family<Labels, Counter>,
+    /// 1 while this node reaches its Redis backplane (`--redis`), else 0.
+    pub redis_up: Gauge,
+    /// Cloud changes Redis accepted from this node.
+    pub redis_writes: Counter,
+    /// Cloud changes that could not be written (Redis unreachable; sender closed with 1011).
+    pub redis_write_failures: Counter,
+    /// Changes received on the backplane subscription (every room, every node).
+    pub redis_events: Counter,
+    /// Successful (re)subscriptions to the backplane.
+    pub redis_subscriptions: Counter,
+    /// Room catch-ups from the stream or the state hash (gaps, resubscriptions).
+    pub redis_resyncs: Counter,
+    /// Age of the last change a room applied, origin clock to here, in ms.
+    pub redis_lag_ms: Gauge,
 }
 
 impl Default for Metrics {
@@ -224,6 +238,48 @@ impl Metrics {
             "Document connections closed by the server, by close code",
             doc_closes.clone(),
         );
+        let redis_up = Gauge::default();
+        let redis_writes = Counter::default();
+        let redis_write_failures = Counter::default();
+        let redis_events = Counter::default();
+        let redis_subscriptions = Counter::default();
+        let redis_resyncs = Counter::default();
+        let redis_lag_ms = Gauge::default();
+        registry.register(
+            "redis_up",
+            "1 while the Redis backplane is reachable",
+            redis_up.clone(),
+        );
+        registry.register(
+            "redis_writes",
+            "Cloud changes Redis accepted from this node",
+            redis_writes.clone(),
+        );
+        registry.register(
+            "redis_write_failures",
+            "Cloud changes not written because Redis was unreachable",
+            redis_write_failures.clone(),
+        );
+        registry.register(
+            "redis_events",
+            "Changes received on the backplane subscription",
+            redis_events.clone(),
+        );
+        registry.register(
+            "redis_subscriptions",
+            "Successful subscriptions to the backplane",
+            redis_subscriptions.clone(),
+        );
+        registry.register(
+            "redis_resyncs",
+            "Room catch-ups from the Redis stream or state",
+            redis_resyncs.clone(),
+        );
+        registry.register(
+            "redis_lag_ms",
+            "Age in ms of the last backplane change applied (origin clock)",
+            redis_lag_ms.clone(),
+        );
         let m = |name: &'static str| messages.get_or_create(&vec![("method", name)]).clone();
         let counters = MethodCounters {
             handshake: m("handshake"),
@@ -260,6 +316,13 @@ impl Metrics {
             gateway_invalid_sessions,
             gateway_heartbeat_timeouts,
             gateway_closes,
+            redis_up,
+            redis_writes,
+            redis_write_failures,
+            redis_events,
+            redis_subscriptions,
+            redis_resyncs,
+            redis_lag_ms,
         }
     }
 

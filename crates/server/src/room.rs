@@ -11,9 +11,12 @@ use axum::extract::ws::Utf8Bytes;
 use nimbus_proto::cloud::{encode_set, validate_name, CloseCode, CloudValue};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backplane::{
+    CloudOp, RedisBackplane, RemoteEvent, RemoteOp, Snapshot, Write, WriteReply,
+};
 use crate::config::CloudLimits;
 use crate::events::{EventKind, RoomEvent};
-use crate::hub::Hub;
+use crate::hub::{Hub, SERVER_SENDER};
 use crate::outbox::{Outbox, Pushed};
 use crate::store::{StoreOp, StoredVar};
 
@@ -95,6 +98,10 @@ pub enum RoomCmd {
         /// Result.
         reply: oneshot::Sender<Vec<(Arc<str>, CloudValue)>>,
     },
+    /// A change of the room's Redis stream (`--redis`), applied in sequence order.
+    Remote(Box<RemoteEvent>),
+    /// Catch up with Redis (after the backplane subscription was re-established).
+    Resync,
 }
 
 struct Var {
@@ -112,6 +119,8 @@ pub struct Room {
     next_pos: i64,
     subs: Vec<Subscriber>,
     offset: u64,
+    /// The room's epoch in Redis (`--redis` only; "" otherwise).
+    epoch: Arc<str>,
 }
 
 impl Room {
@@ -126,6 +135,7 @@ impl Room {
             next_pos: 0,
             subs: Vec::new(),
             offset: 0,
+            epoch: Arc::from(""),
         }
     }
 
@@ -136,7 +146,18 @@ impl Room {
 
     /// The actor: load, then serve commands until idle for `room_idle`.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
-        match self.hub.store.load(&self.key).await {
+        let loaded = match self.hub.backplane.clone() {
+            None => self.hub.store.load(&self.key).await,
+            Some(bp) => match bp.load(&self.key).await {
+                Ok(snap) => {
+                    self.epoch = snap.epoch;
+                    self.offset = snap.seq;
+                    Ok(snap.vars)
+                }
+                Err(e) => Err(crate::store::StoreError::Backplane(e.to_string())),
+            },
+        };
+        match loaded {
             Ok(vars) => {
                 for v in vars {
                     self.next_pos = self.next_pos.max(v.pos + 1);
@@ -171,7 +192,7 @@ impl Room {
                 rx.recv().await
             };
             match cmd {
-                Some(cmd) => self.handle(cmd),
+                Some(cmd) => self.handle(cmd).await,
                 None => break,
             }
         }
@@ -183,13 +204,24 @@ impl Room {
                 RoomCmd::Join { reply, .. } => {
                     let _ = reply.send(Err(JoinError::Retry));
                 }
-                other => self.handle(other),
+                other => self.handle(other).await,
             }
         }
         tracing::debug!(room = %self.key, "room unloaded");
     }
 
-    fn handle(&mut self, cmd: RoomCmd) {
+    async fn handle(&mut self, cmd: RoomCmd) {
+        let cmd = match self.hub.backplane.clone() {
+            None => cmd,
+            Some(bp) => match self.handle_shared(&bp, cmd).await {
+                Some(cmd) => cmd,
+                None => return,
+            },
+        };
+        self.handle_local(cmd);
+    }
+
+    fn handle_local(&mut self, cmd: RoomCmd) {
         match cmd {
             RoomCmd::Join { sub, reply } => {
                 let _ = reply.send(self.join(sub));
@@ -226,23 +258,26 @@ impl Room {
             RoomCmd::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot());
             }
-            RoomCmd::Kick { user, reply } => {
-                let mut kicked = Vec::new();
-                self.subs.retain(|s| {
-                    let hit = s.user.eq_ignore_ascii_case(&user);
-                    if hit {
-                        s.outbox.close(CloseCode::Username);
-                        kicked.push(s.clone());
-                    }
-                    !hit
-                });
-                for sub in &kicked {
-                    self.emit_member(EventKind::RoomLeave, sub);
-                }
-                let kicked = kicked.len();
-                let _ = reply.send(kicked);
-            }
+            RoomCmd::Kick { user, reply } => self.kick(&user, reply),
+            // Only sent when a backplane is configured.
+            RoomCmd::Remote(_) | RoomCmd::Resync => {}
         }
+    }
+
+    fn kick(&mut self, user: &str, reply: oneshot::Sender<usize>) {
+        let mut kicked = Vec::new();
+        self.subs.retain(|s| {
+            let hit = s.user.eq_ignore_ascii_case(user);
+            if hit {
+                s.outbox.close(CloseCode::Username);
+                kicked.push(s.clone());
+            }
+            !hit
+        });
+        for sub in &kicked {
+            self.emit_member(EventKind::RoomLeave, sub);
+        }
+        let _ = reply.send(kicked.len());
     }
 
     /// Publish an event built by `data` (called only when someone listens).
@@ -324,41 +359,7 @@ impl Room {
             }
         };
         self.offset += 1;
-        let line = Utf8Bytes::from(encode_set(&key, &value));
-        let (cap, coalesce) = (self.limits.outbox_capacity, self.limits.coalesce_after);
-        let metrics = &self.hub.metrics;
-        // Ids of subscribers cut in this fan-out (rare; no allocation unless it happens).
-        let mut cut: Vec<u64> = Vec::new();
-        let mut delivered = 0u64;
-        for s in self.subs.iter().filter(|s| s.id != from) {
-            match s.outbox.push(Some(&key), &line, cap, coalesce) {
-                Pushed::Queued => delivered += 1,
-                Pushed::Replaced => {
-                    delivered += 1;
-                    metrics.coalesced.inc();
-                }
-                Pushed::Overflow => {
-                    cut.push(s.id);
-                    metrics.slow_consumers.inc();
-                    tracing::info!(room = %self.key, conn = s.id, user = %s.user, "slow consumer cut (1008)");
-                }
-                Pushed::Closed => {}
-            }
-        }
-        metrics.deliveries.inc_by(delivered);
-        if !cut.is_empty() {
-            let mut gone = Vec::new();
-            self.subs.retain(|s| {
-                let keep = !cut.contains(&s.id);
-                if !keep {
-                    gone.push(s.clone());
-                }
-                keep
-            });
-            for sub in &gone {
-                self.emit_member(EventKind::RoomLeave, sub);
-            }
-        }
+        self.fan_out(from, &key, &value);
         if self.hub.events.is_active() {
             let kind = if self.vars.contains_key(&key) {
                 EventKind::CloudSet
@@ -403,6 +404,45 @@ impl Room {
         });
     }
 
+    /// Queue `key = value` to every subscriber but `from`; cut those that stay full.
+    fn fan_out(&mut self, from: u64, key: &Arc<str>, value: &CloudValue) {
+        let line = Utf8Bytes::from(encode_set(key, value));
+        let (cap, coalesce) = (self.limits.outbox_capacity, self.limits.coalesce_after);
+        let metrics = &self.hub.metrics;
+        // Ids of subscribers cut in this fan-out (rare; no allocation unless it happens).
+        let mut cut: Vec<u64> = Vec::new();
+        let mut delivered = 0u64;
+        for s in self.subs.iter().filter(|s| s.id != from) {
+            match s.outbox.push(Some(key), &line, cap, coalesce) {
+                Pushed::Queued => delivered += 1,
+                Pushed::Replaced => {
+                    delivered += 1;
+                    metrics.coalesced.inc();
+                }
+                Pushed::Overflow => {
+                    cut.push(s.id);
+                    metrics.slow_consumers.inc();
+                    tracing::info!(room = %self.key, conn = s.id, user = %s.user, "slow consumer cut (1008)");
+                }
+                Pushed::Closed => {}
+            }
+        }
+        metrics.deliveries.inc_by(delivered);
+        if !cut.is_empty() {
+            let mut gone = Vec::new();
+            self.subs.retain(|s| {
+                let keep = !cut.contains(&s.id);
+                if !keep {
+                    gone.push(s.clone());
+                }
+                keep
+            });
+            for sub in &gone {
+                self.emit_member(EventKind::RoomLeave, sub);
+            }
+        }
+    }
+
     fn rename(&mut self, name: &str, new_name: String) -> bool {
         if self.vars.contains_key(new_name.as_str())
             || validate_name(&new_name, self.limits.max_name_len).is_err()
@@ -428,11 +468,201 @@ impl Room {
 }
 
 /// A cloud value as JSON (numbers stay numbers, strings stay strings).
-fn json_value(value: &CloudValue) -> serde_json::Value {
+pub(crate) fn json_value(value: &CloudValue) -> serde_json::Value {
     match value {
         CloudValue::String(s) => serde_json::Value::String(s.clone()),
         CloudValue::Number(lit) => {
             serde_json::from_str(lit).unwrap_or_else(|_| serde_json::Value::String(lit.clone()))
+        }
+    }
+}
+
+/// With `--redis`: a change goes to Redis first and is applied when it comes back
+/// on the subscription, in the room's sequence order (see [`crate::backplane`]).
+impl Room {
+    /// Take the commands that work differently with a backplane; give back the others.
+    async fn handle_shared(&mut self, bp: &Arc<RedisBackplane>, cmd: RoomCmd) -> Option<RoomCmd> {
+        let max_vars = self.limits.max_variables_per_room;
+        let write = match cmd {
+            RoomCmd::Set { from, name, value } => {
+                let (user, outbox) = match self.subs.iter().find(|s| s.id == from) {
+                    Some(s) => (Some(Arc::from(s.user.as_str())), Some(s.outbox.clone())),
+                    None => (None, None),
+                };
+                let name = match self.vars.get_key_value(name.as_str()) {
+                    Some((k, _)) => k.clone(),
+                    None => Arc::from(name),
+                };
+                Write {
+                    room: self.key.clone(),
+                    op: CloudOp::Set { name, value },
+                    from,
+                    user,
+                    max_vars,
+                    reply: WriteReply::Sender(outbox),
+                }
+            }
+            RoomCmd::Rename {
+                name,
+                new_name,
+                reply,
+            } => {
+                if validate_name(&new_name, self.limits.max_name_len).is_err() {
+                    let _ = reply.send(false);
+                    return None;
+                }
+                Write {
+                    room: self.key.clone(),
+                    op: CloudOp::Rename { name, new_name },
+                    from: SERVER_SENDER,
+                    user: None,
+                    max_vars,
+                    reply: WriteReply::Accepted(reply),
+                }
+            }
+            RoomCmd::Delete { name, reply } => Write {
+                room: self.key.clone(),
+                op: CloudOp::Delete { name },
+                from: SERVER_SENDER,
+                user: None,
+                max_vars,
+                reply: WriteReply::Accepted(reply),
+            },
+            RoomCmd::Remote(ev) => {
+                self.on_remote(*ev).await;
+                return None;
+            }
+            RoomCmd::Resync => {
+                self.catch_up().await;
+                return None;
+            }
+            other => return Some(other),
+        };
+        if let Err(error) = bp.write(write).await {
+            tracing::warn!(room = %self.key, %error, "change not written");
+        }
+        None
+    }
+
+    /// A change from the subscription: apply it if it is the next one, else catch up.
+    async fn on_remote(&mut self, ev: RemoteEvent) {
+        if ev.epoch == self.epoch {
+            if ev.seq <= self.offset {
+                return;
+            }
+            if ev.seq == self.offset + 1 {
+                self.apply_remote(ev);
+                return;
+            }
+        } else if self.offset == 0 && ev.seq == 1 {
+            self.epoch = ev.epoch.clone();
+            self.apply_remote(ev);
+            return;
+        }
+        self.catch_up().await;
+    }
+
+    /// Apply what the room missed: from its Redis stream when that reaches back far
+    /// enough in the same epoch, else from the state hash.
+    async fn catch_up(&mut self) {
+        let Some(bp) = self.hub.backplane.clone() else {
+            return;
+        };
+        self.hub.metrics.redis_resyncs.inc();
+        if let Ok(events) = bp.read_log(&self.key, self.offset + 1).await {
+            let mut complete = !events.is_empty();
+            for ev in events {
+                let fits =
+                    ev.seq == self.offset + 1 && (ev.epoch == self.epoch || self.offset == 0);
+                if !fits {
+                    complete = false;
+                    break;
+                }
+                self.epoch = ev.epoch.clone();
+                self.apply_remote(ev);
+            }
+            if complete {
+                return;
+            }
+        }
+        match bp.load(&self.key).await {
+            Ok(snap) => self.reset_to(snap),
+            Err(error) => {
+                tracing::warn!(room = %self.key, %error, "cannot catch up with Redis; will retry on the next change");
+            }
+        }
+    }
+
+    /// Apply one change of the room's stream (its sequence is the next offset).
+    fn apply_remote(&mut self, ev: RemoteEvent) {
+        self.offset = ev.seq;
+        let lag = crate::backplane::now_ms().saturating_sub(ev.ts);
+        self.hub
+            .metrics
+            .redis_lag_ms
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
+        let from = ev.local_conn.unwrap_or(SERVER_SENDER);
+        match ev.op {
+            RemoteOp::Set { name, value, pos } => {
+                let key = match self.vars.get_key_value(&*name) {
+                    Some((k, _)) => k.clone(),
+                    None => name,
+                };
+                // The subscription publishes the room event (for every room, loaded or not).
+                self.fan_out(from, &key, &value);
+                match self.vars.get_mut(&key) {
+                    Some(v) => v.value = value,
+                    None => {
+                        self.next_pos = self.next_pos.max(pos + 1);
+                        self.vars.insert(key, Var { value, pos });
+                    }
+                }
+            }
+            RemoteOp::Rename { name, new_name } => {
+                if let Some(var) = self.vars.remove(&*name) {
+                    self.vars.insert(new_name, var);
+                }
+            }
+            RemoteOp::Delete { name } => {
+                self.vars.remove(&*name);
+            }
+        }
+    }
+
+    /// Replace the room's state by Redis's; subscribers get every value that changed.
+    fn reset_to(&mut self, snap: Snapshot) {
+        self.epoch = snap.epoch;
+        self.offset = snap.seq;
+        let names: std::collections::HashSet<Arc<str>> =
+            snap.vars.iter().map(|v| v.name.clone()).collect();
+        // The cloud protocol has no "deleted" message: a vanished variable just stops.
+        self.vars.retain(|k, _| names.contains(k));
+        for v in snap.vars {
+            let changed = self
+                .vars
+                .get(&v.name)
+                .is_none_or(|cur| cur.value != v.value);
+            if changed {
+                // No event-bus event: the changes this sums up were missed by the
+                // subscription too (a listener sees the next change).
+                self.fan_out(SERVER_SENDER, &v.name, &v.value);
+            }
+            self.next_pos = self.next_pos.max(v.pos + 1);
+            match self.vars.get_mut(&v.name) {
+                Some(cur) => {
+                    cur.value = v.value;
+                    cur.pos = v.pos;
+                }
+                None => {
+                    self.vars.insert(
+                        v.name,
+                        Var {
+                            value: v.value,
+                            pos: v.pos,
+                        },
+                    );
+                }
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backplane::RedisBackplane;
 use crate::config::Config;
 use crate::doc::DocRooms;
 use crate::gateway::Gateway;
@@ -39,6 +40,9 @@ pub enum ServerError {
     /// The IPC server could not start.
     #[error("ipc: {0}")]
     Ipc(#[from] nimbus_ipc::ServerError),
+    /// The Redis backplane could not be reached at startup.
+    #[error("redis backplane: {0}")]
+    Backplane(#[from] crate::backplane::BackplaneError),
     /// The accept loop failed.
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
@@ -87,11 +91,17 @@ impl Server {
                 })?;
         let addr = listener.local_addr()?;
         let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(
-            store.clone(),
-            Arc::new(config.cloud),
-            metrics.clone(),
-        ));
+        let hub = match &config.redis {
+            None => Arc::new(Hub::new(
+                store.clone(),
+                Arc::new(config.cloud),
+                metrics.clone(),
+            )),
+            Some(url) => {
+                let bp = RedisBackplane::connect(url, metrics.clone()).await?;
+                Hub::with_backplane(store.clone(), Arc::new(config.cloud), metrics.clone(), bp)
+            }
+        };
         let docs = Arc::new(DocRooms::new(
             store,
             Arc::new(config.doc),
@@ -187,6 +197,9 @@ impl Server {
             .is_err()
         {
             tracing::warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
+        }
+        if let Some(bp) = &self.hub.backplane {
+            bp.shutdown();
         }
         self.hub.store.flush().await?;
         tracing::info!("shut down cleanly");

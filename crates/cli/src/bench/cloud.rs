@@ -22,9 +22,10 @@ use tokio_tungstenite::tungstenite::Message;
 /// Arguments of `nimbus bench cloud`.
 #[derive(Debug, Args)]
 pub struct CloudBench {
-    /// Server URL.
+    /// Server URL; repeat to spread the clients over several nodes (client `n` connects
+    /// to URL `n % count`, so each room's clients and publishers are spread over them).
     #[arg(long, default_value = "ws://127.0.0.1:9080/")]
-    url: String,
+    url: Vec<String>,
     /// Rooms.
     #[arg(long, default_value_t = 100)]
     rooms: usize,
@@ -73,6 +74,11 @@ pub fn run(args: CloudBench) -> anyhow::Result<()> {
     })
 }
 
+/// Every `--url` as (address, url).
+fn targets(urls: &[String]) -> anyhow::Result<Vec<(SocketAddr, String)>> {
+    urls.iter().map(|u| target(u)).collect()
+}
+
 fn target(url: &str) -> anyhow::Result<(SocketAddr, String)> {
     let u = url::Url::parse(url).with_context(|| format!("bad url {url}"))?;
     if u.scheme() != "ws" {
@@ -110,8 +116,7 @@ fn run_prefix() -> u32 {
 
 /// Open `count` connections with bounded concurrency; `f(i)` gives each its room/user.
 async fn open_many(
-    addr: SocketAddr,
-    url: &str,
+    targets: &[(SocketAddr, String)],
     count: usize,
     source_ips: u8,
     who: impl Fn(usize) -> (String, String),
@@ -122,7 +127,7 @@ async fn open_many(
         let batch: Vec<_> = (i..count.min(i + 256))
             .map(|n| {
                 let (room, user) = who(n);
-                let url = url.to_owned();
+                let (addr, url) = targets[n % targets.len()].clone();
                 async move {
                     let mut ws = open(addr, &url, n, source_ips).await?;
                     ws.send(handshake(&room, &user)).await?;
@@ -139,10 +144,10 @@ async fn open_many(
 }
 
 async fn idle(args: &CloudBench, n: usize) -> anyhow::Result<()> {
-    let (addr, url) = target(&args.url)?;
+    let targets = targets(&args.url)?;
     let prefix = run_prefix();
     let started = Instant::now();
-    let conns = open_many(addr, &url, n, args.source_ips, |i| {
+    let conns = open_many(&targets, n, args.source_ips, |i| {
         (format!("{prefix}{:05}", i / 100), format!("i{i}"))
     })
     .await?;
@@ -196,10 +201,10 @@ async fn pubsub(args: &CloudBench) -> anyhow::Result<()> {
     if args.publishers > args.clients || args.clients < 2 {
         bail!("need at least 2 clients per room and no more publishers than clients");
     }
-    let (addr, url) = target(&args.url)?;
+    let targets = targets(&args.url)?;
     let prefix = run_prefix();
     let clients = args.clients;
-    let conns = open_many(addr, &url, args.rooms * clients, args.source_ips, |i| {
+    let conns = open_many(&targets, args.rooms * clients, args.source_ips, |i| {
         (
             format!("{prefix}{:05}", i / clients),
             format!("b{}x{}", i / clients, i % clients),

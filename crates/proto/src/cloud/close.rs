@@ -11,6 +11,9 @@ pub enum CloseCode {
     SlowConsumer,
     /// 1009: a frame larger than the configured frame limit.
     TooBig,
+    /// 1011: the server cannot accept changes right now (e.g. its Redis backplane is
+    /// unreachable); reconnecting later is expected to work.
+    Unavailable,
     /// 4000: generic protocol violation (bad handshake, unknown method, bad rename/delete).
     Generic,
     /// 4002: username problem (length, charset, in use, filtered).
@@ -32,6 +35,7 @@ impl CloseCode {
             CloseCode::GoingAway => 1001,
             CloseCode::SlowConsumer => 1008,
             CloseCode::TooBig => 1009,
+            CloseCode::Unavailable => 1011,
             CloseCode::Generic => 4000,
             CloseCode::Username => 4002,
             CloseCode::Overloaded => 4003,
@@ -47,6 +51,7 @@ impl CloseCode {
             1001 => CloseCode::GoingAway,
             1008 => CloseCode::SlowConsumer,
             1009 => CloseCode::TooBig,
+            1011 => CloseCode::Unavailable,
             4000 => CloseCode::Generic,
             4002 => CloseCode::Username,
             4003 => CloseCode::Overloaded,
@@ -63,6 +68,7 @@ impl CloseCode {
             CloseCode::GoingAway => "going_away",
             CloseCode::SlowConsumer => "slow_consumer",
             CloseCode::TooBig => "too_big",
+            CloseCode::Unavailable => "unavailable",
             CloseCode::Generic => "protocol",
             CloseCode::Username => "username",
             CloseCode::Overloaded => "overloaded",
@@ -93,6 +99,7 @@ mod tests {
             CloseCode::GoingAway,
             CloseCode::SlowConsumer,
             CloseCode::TooBig,
+            CloseCode::Unavailable,
             CloseCode::Generic,
             CloseCode::Username,
             CloseCode::Overloaded,

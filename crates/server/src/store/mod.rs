@@ -47,6 +47,9 @@ pub enum StoreError {
     /// The commit this request waited for failed.
     #[error("commit failed: {0}")]
     Commit(String),
+    /// The Redis backplane (the store of cloud rooms with `--redis`) failed.
+    #[error("backplane: {0}")]
+    Backplane(String),
 }
 
 /// One persisted variable: name, value, and its position in the room's insertion order.

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Cross-node cloud benchmark for docs/benchmarks.md: the same `nimbus bench cloud` shape against
+#   single  one node, embedded store (the default)
+#   redis1  one node with --redis
+#   redis3  three nodes with --redis; client n connects to node n % 3, so every room's
+#           publishers and receivers are spread over the nodes (cross-node fan-out)
+# Redis: a local redis-server (installed with apt-get when missing), AOF everysec, no RDB.
+# Loopback only; every run is bounded in time. Prints one JSON line per run and the medians.
+#
+#   bench/redis.sh                  # all modes, RUNS=3 each
+#   RUNS=1 bench/redis.sh redis3    # one mode
+#   SHAPE="--rooms 50 --clients 10 --publishers 2 --rate 50" bench/redis.sh
+#   SERVER_BIN=/tmp/old/nimbus bench/redis.sh single   (the nodes from another build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${RUNS:-3}"
+MODES=("$@"); [[ ${#MODES[@]} -gt 0 ]] || MODES=(single redis1 redis3)
+SHAPE="${SHAPE:---rooms 50 --clients 10 --publishers 2 --rate 50}"
+command -v redis-server >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
+[[ -n "${SKIP_BUILD:-}" ]] || nice -n 19 cargo build --release -q -p nimbus
+BIN=target/release/nimbus
+SERVER_BIN="${SERVER_BIN:-$BIN}"   # e.g. an older build, for an A/B of the single node
+RPORT=16379
+PORTS=(19991 19992 19993)
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+echo "# $(nproc) cores, $(uname -r), load: $(cut -d' ' -f1-3 /proc/loadavg), shape: $SHAPE"
+
+PIDS=()
+stop_all() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    PIDS=()
+    [[ -n "${WORK:-}" ]] && rm -rf "$WORK"
+    return 0
+}
+trap stop_all EXIT
+
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
+
+start() {
+    local mode=$1 n=1 redis_args=()
+    WORK="$(mktemp -d)"
+    if [[ $mode != single ]]; then
+        redis-server --bind 127.0.0.1 --port "$RPORT" --save "" --appendonly yes --appendfsync everysec --dir "$WORK" >/dev/null 2>&1 &
+        PIDS+=($!); wait_port "$RPORT"
+        redis_args=(--redis "redis://127.0.0.1:$RPORT/")
+    fi
+    [[ $mode == redis3 ]] && n=3
+    URLS=()
+    for i in $(seq 0 $((n - 1))); do
+        "$SERVER_BIN" serve --listen "127.0.0.1:${PORTS[$i]}" --data-dir "$WORK/n$i" --room-idle-ms 600000 "${redis_args[@]}" >/dev/null 2>&1 &
+        PIDS+=($!); wait_port "${PORTS[$i]}"
+        URLS+=(--url "ws://127.0.0.1:${PORTS[$i]}/")
+    done
+}
+
+median() { python3 -c '
+import json, sys, statistics
+rows = [json.loads(l) for l in sys.stdin if l.strip()]
+keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+print("median of", len(rows), "runs:", json.dumps({k: statistics.median(r[k] for r in rows) for k in keys}))'; }
+
+for mode in "${MODES[@]}"; do
+    echo "## $mode"
+    out=""
+    for _ in $(seq "$RUNS"); do
+        start "$mode"
+        # shellcheck disable=SC2086
+        line=$("$BIN" bench cloud "${URLS[@]}" --json --warmup 2 --duration 10 $SHAPE | tail -1)
+        stop_all
+        line=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["mode_nodes"]=sys.argv[2]; print(json.dumps(d))' "$line" "$mode")
+        echo "$line"; out+="$line"$'\n'
+    done
+    printf '%s' "$out" | median
+done

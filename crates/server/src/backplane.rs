@@ -1,0 +1,810 @@
+//! The Redis backplane: several nodes share cloud rooms through one Redis.
+//!
+//! Chosen at startup (`--redis URL`); without it nothing here runs and the room
+//! actor keeps its in-process path. See `docs/operations.md` for the design:
+//!
+//! - **One writer of the order: Redis.** A node never applies a cloud change of
+//!   its own. The room actor hands it to this node's writer task, which runs
+//!   [`CLOUD_SCRIPT`] (one Lua script per change, pipelined in batches). The
+//!   script atomically checks the change, updates the room's state hash,
+//!   takes the room's next sequence number (`INCR`), appends the change to the
+//!   room's stream (`XADD` with id `seq-0`, trimmed with `MAXLEN ~`) and
+//!   `PUBLISH`es it. Every node, the origin included, applies changes as they
+//!   come back on the channel, in sequence order, so every node sees the same
+//!   order.
+//! - **Gaps** (a dropped subscription, a node that was away) are filled from the
+//!   room's stream (`XRANGE` from the last applied sequence); when the stream
+//!   no longer reaches back far enough, or the room's epoch changed (Redis lost
+//!   the room and restarted its sequence), the room reloads the state hash.
+//! - **Redis unreachable:** a change that could not be written closes its
+//!   sender with 1011 "backplane unavailable"; the change is applied on every
+//!   node or on none (a script is atomic). Joins of rooms that are not loaded
+//!   fail with 1011. Loaded rooms keep serving their clients. The subscription
+//!   reconnects with backoff and every loaded room catches up when it is back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nimbus_proto::cloud::{CloseCode, CloudValue};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{EventKind, RoomEvent};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::room::RoomCmd;
+use crate::store::StoredVar;
+
+/// The pub/sub channel every node subscribes to (one for all cloud rooms; the
+/// room key is in the message).
+pub const CLOUD_CHANNEL: &str = "nimbus:cloud";
+
+/// Changes kept per room stream (approximate: `XADD MAXLEN ~`).
+pub const LOG_MAX_LEN: usize = 10_000;
+
+/// Changes written to Redis in one pipeline at most.
+const BATCH: usize = 256;
+
+/// Capacity of the queue in front of the writer task.
+const WRITE_QUEUE: usize = 8192;
+
+/// How long one Redis request may take before it counts as failed.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the subscription connection is checked with a PING.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Longest pause between two attempts to resubscribe.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The script that accepts one cloud change (see the module docs).
+///
+/// KEYS: seq, epoch, vars, pos, npos, log. ARGV: op (`s`, `r`, `d`), name,
+/// value (set) or new name (rename), max variables, epoch candidate, change
+/// JSON, log length, channel. Returns the change's sequence number, or -1 when
+/// the change is refused (variable limit, unknown name, name taken).
+pub const CLOUD_SCRIPT: &str = r"
+local op, name = ARGV[1], ARGV[2]
+local exists = redis.call('HEXISTS', KEYS[3], name)
+local pos = 0
+local created = 0
+if op == 's' then
+  if exists == 0 then
+    created = 1
+    if redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[4]) then return -1 end
+    pos = redis.call('INCR', KEYS[5]) - 1
+    redis.call('HSET', KEYS[4], name, pos)
+  else
+    pos = redis.call('HGET', KEYS[4], name)
+  end
+  redis.call('HSET', KEYS[3], name, ARGV[3])
+elseif op == 'd' then
+  if exists == 0 then return -1 end
+  redis.call('HDEL', KEYS[3], name)
+  redis.call('HDEL', KEYS[4], name)
+elseif op == 'r' then
+  if exists == 0 or redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then return -1 end
+  local v = redis.call('HGET', KEYS[3], name)
+  pos = redis.call('HGET', KEYS[4], name)
+  redis.call('HDEL', KEYS[3], name)
+  redis.call('HDEL', KEYS[4], name)
+  redis.call('HSET', KEYS[3], ARGV[3], v)
+  redis.call('HSET', KEYS[4], ARGV[3], pos)
+else
+  return redis.error_reply('unknown op')
+end
+local seq = redis.call('INCR', KEYS[1])
+if seq == 1 then
+  redis.call('SET', KEYS[2], ARGV[5])
+  redis.call('DEL', KEYS[6])
+end
+local epoch = redis.call('GET', KEYS[2]) or ARGV[5]
+local msg = epoch .. ' ' .. seq .. ' ' .. pos .. ' ' .. created .. ' ' .. ARGV[6]
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], seq .. '-0', 'm', msg)
+redis.call('PUBLISH', ARGV[8], msg)
+return seq
+";
+
+/// A backplane failure.
+#[derive(Debug, Error)]
+pub enum BackplaneError {
+    /// Redis refused or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Something in Redis is not in the format nimbus writes.
+    #[error("malformed backplane data: {0}")]
+    Malformed(String),
+    /// The writer task has stopped.
+    #[error("the backplane writer has stopped")]
+    Stopped,
+}
+
+/// Redis key names of one cloud room.
+struct Keys {
+    seq: String,
+    epoch: String,
+    vars: String,
+    pos: String,
+    npos: String,
+    log: String,
+}
+
+impl Keys {
+    fn new(room: &str) -> Keys {
+        // The room in a hash tag keeps a room's keys in one slot (Redis Cluster).
+        let k = |what: &str| format!("nimbus:cloud:{{{room}}}:{what}");
+        Keys {
+            seq: k("seq"),
+            epoch: k("epoch"),
+            vars: k("vars"),
+            pos: k("pos"),
+            npos: k("npos"),
+            log: k("log"),
+        }
+    }
+}
+
+/// A cloud change as the writer sends it to Redis.
+#[derive(Debug)]
+pub enum CloudOp {
+    /// Set (or create) a variable.
+    Set {
+        /// Name.
+        name: Arc<str>,
+        /// Value.
+        value: CloudValue,
+    },
+    /// Rename a variable.
+    Rename {
+        /// Current name.
+        name: String,
+        /// New name.
+        new_name: String,
+    },
+    /// Delete a variable.
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+/// What to tell the origin once Redis answered.
+#[derive(Debug)]
+pub enum WriteReply {
+    /// A client's set: close this outbox with 1011 when the write failed.
+    Sender(Option<Arc<Outbox>>),
+    /// A rename/delete: whether Redis accepted it.
+    Accepted(oneshot::Sender<bool>),
+}
+
+/// One change queued for the writer.
+#[derive(Debug)]
+pub struct Write {
+    /// Room key.
+    pub room: Arc<str>,
+    /// The change.
+    pub op: CloudOp,
+    /// Sender's connection id (not echoed to it).
+    pub from: u64,
+    /// Sender's username.
+    pub user: Option<Arc<str>>,
+    /// The room's variable limit.
+    pub max_vars: usize,
+    /// Who to answer.
+    pub reply: WriteReply,
+}
+
+/// The change part of a message, as JSON (written by nimbus, read by every node).
+#[derive(Debug, Serialize, Deserialize)]
+struct Change {
+    /// Room key.
+    r: String,
+    /// Op: `s`, `r`, `d`.
+    o: String,
+    /// Name.
+    n: String,
+    /// Value text (set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    v: Option<String>,
+    /// Value is a number (set).
+    #[serde(default)]
+    num: bool,
+    /// New name (rename).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nn: Option<String>,
+    /// Origin node id.
+    nd: String,
+    /// Origin connection id.
+    c: u64,
+    /// Origin username.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    u: Option<String>,
+    /// Origin wall clock, ms since the Unix epoch (for the lag metric).
+    ts: u64,
+}
+
+/// An applied change of a remote (or local, echoed) origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteOp {
+    /// A variable was set.
+    Set {
+        /// Name.
+        name: Arc<str>,
+        /// Value.
+        value: CloudValue,
+        /// Its insertion position.
+        pos: i64,
+    },
+    /// A variable was renamed.
+    Rename {
+        /// Old name.
+        name: Arc<str>,
+        /// New name.
+        new_name: Arc<str>,
+    },
+    /// A variable was deleted.
+    Delete {
+        /// Name.
+        name: Arc<str>,
+    },
+}
+
+/// One change of a room's totally ordered stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEvent {
+    /// Room key.
+    pub room: Arc<str>,
+    /// The room's epoch: changes when Redis lost the room and restarted its sequence.
+    pub epoch: Arc<str>,
+    /// Sequence number in the room (1, 2, ...).
+    pub seq: u64,
+    /// The change.
+    pub op: RemoteOp,
+    /// The origin connection, when it is on this node (so it is not echoed).
+    pub local_conn: Option<u64>,
+    /// A set that created its variable.
+    pub created: bool,
+    /// Origin username.
+    pub user: Option<Arc<str>>,
+    /// Origin wall clock, ms since the Unix epoch.
+    pub ts: u64,
+}
+
+/// A room's state as stored in Redis.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Epoch ("" for a room never written).
+    pub epoch: Arc<str>,
+    /// Sequence number of the last change the state covers.
+    pub seq: u64,
+    /// Variables, in insertion order.
+    pub vars: Vec<StoredVar>,
+}
+
+fn encode_value(value: &CloudValue) -> String {
+    match value {
+        CloudValue::Number(n) => format!("n{n}"),
+        CloudValue::String(s) => format!("s{s}"),
+    }
+}
+
+fn decode_value(text: &str) -> Option<CloudValue> {
+    if let Some(n) = text.strip_prefix('n') {
+        Some(CloudValue::Number(n.to_owned()))
+    } else {
+        text.strip_prefix('s')
+            .map(|s| CloudValue::String(s.to_owned()))
+    }
+}
+
+/// Wall clock in ms since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The Redis backplane of one node.
+pub struct RedisBackplane {
+    node: String,
+    client: redis::Client,
+    conn: ConnectionManager,
+    writes: mpsc::Sender<Write>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for RedisBackplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackplane")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackplane {
+    /// Connect to Redis at `url` (fails when Redis cannot be reached now) and
+    /// start this node's writer task.
+    pub async fn connect(url: &str, metrics: Arc<Metrics>) -> Result<Arc<Self>, BackplaneError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_max_delay(MAX_BACKOFF)
+            .set_number_of_retries(2);
+        let conn = client.get_connection_manager_with_config(config).await?;
+        let node = format!("{:016x}", rand::random::<u64>());
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let stop = CancellationToken::new();
+        metrics.redis_up.set(1);
+        tokio::spawn(writer(
+            node.clone(),
+            conn.clone(),
+            rx,
+            metrics.clone(),
+            stop.clone(),
+        ));
+        tracing::info!(%node, "connected to the Redis backplane");
+        Ok(Arc::new(RedisBackplane {
+            node,
+            client,
+            conn,
+            writes: tx,
+            metrics,
+            stop,
+        }))
+    }
+
+    /// This node's id (random per process).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Start the subscription task, which hands every change to its loaded room.
+    pub(crate) fn start(self: &Arc<Self>, hub: &Arc<Hub>) {
+        tokio::spawn(subscriber(self.clone(), Arc::downgrade(hub)));
+    }
+
+    /// Stop the writer and the subscription.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Queue a change for Redis (waits while the writer's queue is full).
+    pub async fn write(&self, write: Write) -> Result<(), BackplaneError> {
+        self.writes
+            .send(write)
+            .await
+            .map_err(|_| BackplaneError::Stopped)
+    }
+
+    /// A room's state: epoch, sequence and variables, read atomically.
+    pub async fn load(&self, room: &str) -> Result<Snapshot, BackplaneError> {
+        let keys = Keys::new(room);
+        let mut conn = self.conn.clone();
+        type Raw = (
+            Option<u64>,
+            Option<String>,
+            HashMap<String, String>,
+            HashMap<String, i64>,
+        );
+        let (seq, epoch, vars, pos): Raw = redis::pipe()
+            .atomic()
+            .get(&keys.seq)
+            .get(&keys.epoch)
+            .hgetall(&keys.vars)
+            .hgetall(&keys.pos)
+            .query_async(&mut conn)
+            .await?;
+        let mut out = Vec::with_capacity(vars.len());
+        for (name, text) in vars {
+            let value = decode_value(&text)
+                .ok_or_else(|| BackplaneError::Malformed(format!("value of {name:?}")))?;
+            let pos = pos.get(&name).copied().unwrap_or(i64::MAX);
+            out.push(StoredVar {
+                name: Arc::from(name),
+                value,
+                pos,
+            });
+        }
+        out.sort_by_key(|v| v.pos);
+        Ok(Snapshot {
+            epoch: Arc::from(epoch.unwrap_or_default()),
+            seq: seq.unwrap_or(0),
+            vars: out,
+        })
+    }
+
+    /// A room's changes from sequence `from` on, in order (as far as the stream reaches).
+    pub async fn read_log(
+        &self,
+        room: &str,
+        from: u64,
+    ) -> Result<Vec<RemoteEvent>, BackplaneError> {
+        let keys = Keys::new(room);
+        let mut conn = self.conn.clone();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&keys.log)
+            .arg(format!("{from}-0"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(LOG_MAX_LEN * 2)
+            .query_async(&mut conn)
+            .await?;
+        let mut out = Vec::with_capacity(reply.ids.len());
+        for entry in reply.ids {
+            let msg: String = entry
+                .get("m")
+                .ok_or_else(|| BackplaneError::Malformed(format!("stream entry {}", entry.id)))?;
+            out.push(self.parse(msg.as_bytes())?);
+        }
+        Ok(out)
+    }
+
+    fn parse(&self, msg: &[u8]) -> Result<RemoteEvent, BackplaneError> {
+        parse_message(&self.node, msg)
+    }
+}
+
+/// Parse `EPOCH SEQ POS CREATED CHANGE-JSON` as written by [`CLOUD_SCRIPT`]; `node` is this node's
+/// id (a change of this node's origin remembers its sender so it is not echoed).
+fn parse_message(node: &str, msg: &[u8]) -> Result<RemoteEvent, BackplaneError> {
+    let bad = |what: &str| BackplaneError::Malformed(what.to_owned());
+    let text = std::str::from_utf8(msg).map_err(|_| bad("message is not UTF-8"))?;
+    let mut parts = text.splitn(5, ' ');
+    let epoch = parts.next().ok_or_else(|| bad("no epoch"))?;
+    let seq: u64 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no sequence"))?;
+    let pos: i64 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no position"))?;
+    let created = match parts.next() {
+        Some("1") => true,
+        Some("0") => false,
+        _ => return Err(bad("no created flag")),
+    };
+    let change: Change = serde_json::from_str(parts.next().ok_or_else(|| bad("no change"))?)
+        .map_err(|e| BackplaneError::Malformed(e.to_string()))?;
+    let op = match change.o.as_str() {
+        "s" => {
+            let text = change.v.ok_or_else(|| bad("set without value"))?;
+            RemoteOp::Set {
+                name: Arc::from(change.n),
+                value: if change.num {
+                    CloudValue::Number(text)
+                } else {
+                    CloudValue::String(text)
+                },
+                pos,
+            }
+        }
+        "r" => RemoteOp::Rename {
+            name: Arc::from(change.n),
+            new_name: Arc::from(change.nn.ok_or_else(|| bad("rename without new name"))?),
+        },
+        "d" => RemoteOp::Delete {
+            name: Arc::from(change.n),
+        },
+        other => return Err(BackplaneError::Malformed(format!("op {other:?}"))),
+    };
+    Ok(RemoteEvent {
+        room: Arc::from(change.r),
+        epoch: Arc::from(epoch),
+        seq,
+        op,
+        local_conn: (change.nd == node).then_some(change.c),
+        created,
+        user: change.u.map(Arc::from),
+        ts: change.ts,
+    })
+}
+
+/// The writer task: batches queued changes into pipelines, in queue order.
+async fn writer(
+    node: String,
+    mut conn: ConnectionManager,
+    mut rx: mpsc::Receiver<Write>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut batch: Vec<Write> = Vec::with_capacity(BATCH);
+    loop {
+        let n = tokio::select! {
+            () = stop.cancelled() => return,
+            n = rx.recv_many(&mut batch, BATCH) => n,
+        };
+        if n == 0 {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        // Loading the script in the same pipeline makes EVALSHA safe after a Redis restart.
+        pipe.cmd("SCRIPT").arg("LOAD").arg(CLOUD_SCRIPT).ignore();
+        for w in &batch {
+            invocation(&node, w, &mut pipe);
+        }
+        let result: Result<Vec<i64>, _> = pipe.query_async(&mut conn).await;
+        match result {
+            Ok(seqs) => {
+                metrics.redis_up.set(1);
+                for (w, seq) in batch
+                    .drain(..)
+                    .zip(seqs.into_iter().chain(std::iter::repeat(-1)))
+                {
+                    let accepted = seq > 0;
+                    if accepted {
+                        metrics.redis_writes.inc();
+                    }
+                    match w.reply {
+                        WriteReply::Sender(_) if !accepted => {
+                            metrics.dropped_set("too_many_variables");
+                            tracing::debug!(room = %w.room, "set refused by Redis: variable limit reached");
+                        }
+                        WriteReply::Sender(_) => {}
+                        WriteReply::Accepted(reply) => {
+                            let _ = reply.send(accepted);
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                metrics.redis_up.set(0);
+                tracing::warn!(%error, changes = batch.len(), "cannot write to Redis; closing the senders with 1011");
+                for w in batch.drain(..) {
+                    metrics.redis_write_failures.inc();
+                    match w.reply {
+                        WriteReply::Sender(Some(outbox)) => outbox.close(CloseCode::Unavailable),
+                        WriteReply::Sender(None) => {}
+                        WriteReply::Accepted(reply) => {
+                            let _ = reply.send(false);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Append the script call for one change to `pipe`.
+fn invocation(node: &str, w: &Write, pipe: &mut redis::Pipeline) {
+    let keys = Keys::new(&w.room);
+    let mut change = Change {
+        r: w.room.to_string(),
+        o: String::new(),
+        n: String::new(),
+        v: None,
+        num: false,
+        nn: None,
+        nd: node.to_owned(),
+        c: w.from,
+        u: w.user.as_deref().map(str::to_owned),
+        ts: now_ms(),
+    };
+    let arg = match &w.op {
+        CloudOp::Set { name, value } => {
+            let (text, num) = match value {
+                CloudValue::Number(n) => (n.clone(), true),
+                CloudValue::String(s) => (s.clone(), false),
+            };
+            change.o = "s".into();
+            change.n = name.to_string();
+            change.v = Some(text);
+            change.num = num;
+            encode_value(value)
+        }
+        CloudOp::Rename { name, new_name } => {
+            change.o = "r".into();
+            change.n = name.clone();
+            change.nn = Some(new_name.clone());
+            new_name.clone()
+        }
+        CloudOp::Delete { name } => {
+            change.o = "d".into();
+            change.n = name.clone();
+            String::new()
+        }
+    };
+    let op = change.o.clone();
+    let name = change.n.clone();
+    let change = serde_json::to_string(&change).unwrap_or_default();
+    let epoch = format!("{node}-{:x}", now_ms());
+    pipe.cmd("EVALSHA")
+        .arg(script_hash())
+        .arg(6)
+        .arg(&keys.seq)
+        .arg(&keys.epoch)
+        .arg(&keys.vars)
+        .arg(&keys.pos)
+        .arg(&keys.npos)
+        .arg(&keys.log)
+        .arg(op)
+        .arg(name)
+        .arg(arg)
+        .arg(w.max_vars)
+        .arg(epoch)
+        .arg(change)
+        .arg(LOG_MAX_LEN)
+        .arg(CLOUD_CHANNEL);
+}
+
+fn script_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| redis::Script::new(CLOUD_SCRIPT).get_hash().to_owned())
+}
+
+/// The subscription task: hands every change to its loaded room; after every
+/// (re)subscription, tells every loaded room to catch up from the stream.
+async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
+    use futures_util::StreamExt;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let subscribed = async {
+            let mut pubsub = bp.client.get_async_pubsub().await?;
+            pubsub.subscribe(CLOUD_CHANNEL).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let attempt = tokio::select! {
+            () = bp.stop.cancelled() => return,
+            r = tokio::time::timeout(RESPONSE_TIMEOUT, subscribed) => r,
+        };
+        match attempt {
+            Ok(Ok(pubsub)) => {
+                backoff = Duration::from_millis(50);
+                bp.metrics.redis_up.set(1);
+                bp.metrics.redis_subscriptions.inc();
+                tracing::info!(node = %bp.node, "subscribed to the Redis backplane");
+                let Some(h) = hub.upgrade() else { return };
+                resync_all(&h).await;
+                drop(h);
+                let (mut sink, mut stream) = pubsub.split();
+                // A peer that vanished without closing the socket is found by a PING.
+                let mut ping = tokio::time::interval(PING_INTERVAL);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ping.tick().await;
+                loop {
+                    let msg = tokio::select! {
+                        () = bp.stop.cancelled() => return,
+                        msg = stream.next() => msg,
+                        _ = ping.tick() => {
+                            let pong = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await;
+                            if matches!(pong, Ok(Ok(_))) {
+                                continue;
+                            }
+                            None
+                        }
+                    };
+                    let Some(msg) = msg else { break };
+                    let event = match bp.parse(msg.get_payload_bytes()) {
+                        Ok(e) => e,
+                        Err(error) => {
+                            tracing::warn!(%error, "dropping a malformed backplane message");
+                            continue;
+                        }
+                    };
+                    bp.metrics.redis_events.inc();
+                    let Some(h) = hub.upgrade() else { return };
+                    if h.events.is_active() {
+                        h.events.publish(&room_event(&event));
+                    }
+                    if let Some(room) = h.get(&event.room) {
+                        room.send(RoomCmd::Remote(Box::new(event))).await;
+                    }
+                }
+                bp.metrics.redis_up.set(0);
+                tracing::warn!(node = %bp.node, "lost the Redis subscription; reconnecting");
+            }
+            Ok(Err(error)) => {
+                bp.metrics.redis_up.set(0);
+                tracing::warn!(%error, "cannot subscribe to Redis; retrying");
+            }
+            Err(_) => {
+                bp.metrics.redis_up.set(0);
+                tracing::warn!("subscribing to Redis timed out; retrying");
+            }
+        }
+        tokio::select! {
+            () = bp.stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The event-bus event of a change. With a backplane the subscription publishes every
+/// room's cloud changes (loaded on this node or not), in the room's order, so the gateway
+/// of every node sees all rooms. Rename and delete events carry no `value` here.
+fn room_event(ev: &RemoteEvent) -> RoomEvent {
+    let room = &*ev.room;
+    let (kind, data) = match &ev.op {
+        RemoteOp::Set { name, value, .. } => (
+            if ev.created {
+                EventKind::CloudCreate
+            } else {
+                EventKind::CloudSet
+            },
+            serde_json::json!({
+                "room": room, "name": &**name, "value": crate::room::json_value(value), "user": ev.user.as_deref(),
+            }),
+        ),
+        RemoteOp::Rename { name, new_name } => (
+            EventKind::CloudRename,
+            serde_json::json!({"room": room, "name": &**name, "new_name": &**new_name}),
+        ),
+        RemoteOp::Delete { name } => (
+            EventKind::CloudDelete,
+            serde_json::json!({"room": room, "name": &**name}),
+        ),
+    };
+    RoomEvent {
+        room: ev.room.clone(),
+        kind,
+        data,
+        user: ev.user.clone(),
+    }
+}
+
+async fn resync_all(hub: &Arc<Hub>) {
+    for key in hub.room_keys() {
+        if let Some(room) = hub.get(&key) {
+            room.send(RoomCmd::Resync).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_parse_and_remember_local_senders() {
+        let msg = r#"ep1 7 2 1 {"r":"room","o":"s","n":"a b","v":"1.50","num":true,"nd":"me","c":9,"u":"sam","ts":5}"#;
+        let ev = parse_message("me", msg.as_bytes()).expect("parse");
+        assert_eq!(&*ev.room, "room");
+        assert_eq!(&*ev.epoch, "ep1");
+        assert_eq!(ev.seq, 7);
+        assert_eq!(ev.local_conn, Some(9));
+        assert!(ev.created);
+        assert_eq!(ev.user.as_deref(), Some("sam"));
+        assert_eq!(
+            ev.op,
+            RemoteOp::Set {
+                name: "a b".into(),
+                value: CloudValue::Number("1.50".into()),
+                pos: 2,
+            }
+        );
+        let other = parse_message("you", msg.as_bytes()).expect("parse");
+        assert_eq!(other.local_conn, None);
+        for bad in [
+            "",
+            "ep",
+            "ep x 1 0 {}",
+            "ep 1 1 0 {}",
+            "ep 1 1 2 {}",
+            "ep 1 1 0 not json",
+        ] {
+            assert!(parse_message("me", bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn values_round_trip_with_their_type() {
+        for v in [
+            CloudValue::Number("1.50".into()),
+            CloudValue::String("1.50".into()),
+            CloudValue::String(String::new()),
+            CloudValue::String("n".into()),
+        ] {
+            assert_eq!(decode_value(&encode_value(&v)), Some(v));
+        }
+        assert_eq!(decode_value("x"), None);
+    }
+}
