@@ -664,27 +664,18 @@ async fn take(g: &mut Gw, n: u64, values: &mut Vec<i64>, last_s: &mut u64) {
 }
 
 async fn http_get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let auth = auth.map_or(String::new(), |a| format!("Authorization: Bot {a}\r\n"));
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n")
-            .as_bytes(),
+    let header = auth.map(|a| format!("Authorization: Bot {a}"));
+    common::http_get(
+        addr,
+        path,
+        header
+            .as_slice()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
     )
     .await
-    .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[tokio::test]
