@@ -59,6 +59,13 @@ pub trait RoomHooks: Send + Sync + 'static {
         let _ = (room, update);
     }
 
+    /// After a transaction of [`Room::apply_replicated`] changed the document: an update
+    /// another replica of the room (another node) already persisted. Called in order from
+    /// [`Room::run`], like [`RoomHooks::updated`], which is not called for it.
+    fn replicated(&self, room: &Room, update: &Bytes) {
+        let _ = (room, update);
+    }
+
     /// The last client left; runs before the room is unloaded (after every `updated` call of
     /// the room's changes). Flush persistence here.
     fn emptied<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, ()> {

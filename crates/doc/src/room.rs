@@ -26,6 +26,9 @@ const CONN_ORIGIN_PREFIX: &[u8] = b"nimbus-doc/conn/";
 /// The transaction origin of updates applied with [`Room::apply_update`].
 const API_ORIGIN: &[u8] = b"nimbus-doc/api";
 
+/// The transaction origin of updates applied with [`Room::apply_replicated`].
+const REPLICA_ORIGIN: &[u8] = b"nimbus-doc/replica";
+
 /// Whether a transaction applied an update the validator replica already has.
 fn validated_origin(origin: Option<&Origin>) -> bool {
     origin.is_some_and(|o| o.as_ref() == API_ORIGIN || o.as_ref().starts_with(CONN_ORIGIN_PREFIX))
@@ -177,7 +180,11 @@ fn truncate_reason(mut s: String) -> String {
 }
 
 enum Event {
-    Update { conn: Option<u64>, update: Bytes },
+    Update {
+        conn: Option<u64>,
+        update: Bytes,
+        replicated: bool,
+    },
     Flush(oneshot::Sender<()>),
 }
 
@@ -206,6 +213,8 @@ struct Inner {
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>,
     loaded: OnceCell<Result<(), HookError>>,
+    /// The close frame connected clients get when the room closes.
+    close_frame: std::sync::OnceLock<(u16, String)>,
     cancel: CancellationToken,
     unloaded: CancellationToken,
     tasks: TaskTracker,
@@ -279,7 +288,12 @@ impl Room {
                 lock(&bl).push(update.clone());
             }
             let conn = txn.origin().and_then(conn_of_origin);
-            let _ = tx.send(Event::Update { conn, update });
+            let replicated = txn.origin().is_some_and(|o| o.as_ref() == REPLICA_ORIGIN);
+            let _ = tx.send(Event::Update {
+                conn,
+                update,
+                replicated,
+            });
         });
         if let Err(e) = observed {
             tracing::error!(error = %e, "room document busy: its updates will not be forwarded");
@@ -298,6 +312,7 @@ impl Room {
                 events_tx,
                 events_rx: tokio::sync::Mutex::new(events_rx),
                 loaded: OnceCell::new(),
+                close_frame: std::sync::OnceLock::new(),
                 cancel: CancellationToken::new(),
                 unloaded: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -389,10 +404,18 @@ impl Room {
 
     fn handle_event(&self, ev: Event) {
         match ev {
-            Event::Update { conn, update } => {
+            Event::Update {
+                conn,
+                update,
+                replicated,
+            } => {
                 let frame = Message::Update(update.clone()).encode();
                 self.broadcast(&frame, conn);
-                self.inner.hooks.updated(self, &update);
+                if replicated {
+                    self.inner.hooks.replicated(self, &update);
+                } else {
+                    self.inner.hooks.updated(self, &update);
+                }
             }
             Event::Flush(ack) => {
                 let _ = ack.send(());
@@ -485,6 +508,16 @@ impl Room {
     /// Close the room: no client can join, connected clients are closed (1001), background
     /// tasks and [`Room::run`] end.
     pub fn close(&self) {
+        self.close_with(1001, "room closed");
+    }
+
+    /// Like [`Room::close`], closing the connected clients with `code` and `reason` (cut to
+    /// 123 bytes); e.g. 1011 when the room's storage failed. The first close decides.
+    pub fn close_with(&self, code: u16, reason: &str) {
+        let _ = self
+            .inner
+            .close_frame
+            .set((code, truncate_reason(reason.to_owned())));
         lock(&self.inner.clients).closing = true;
         self.inner.cancel.cancel();
         self.inner.tasks.close();
@@ -549,6 +582,16 @@ impl Room {
         self.apply_checked(None, update)
     }
 
+    /// Apply a v1 update another replica of this room already validated and persisted (a
+    /// node sharing the room through a backplane): it is forwarded to every client and
+    /// passed to [`RoomHooks::replicated`] instead of [`RoomHooks::updated`]. It skips the
+    /// validator (the validator replica takes it later, like server code's edits); a panic
+    /// of yrs applying it still closes the room.
+    pub fn apply_replicated(&self, update: &[u8]) -> Result<(), ApplyError> {
+        let parsed = update::decode_update(update)?;
+        self.integrate(None, Origin::from(REPLICA_ORIGIN), parsed)
+    }
+
     fn apply_client_update(&self, conn: u64, bytes: &[u8]) -> Result<(), ApplyError> {
         self.apply_checked(Some(conn), bytes)
     }
@@ -561,27 +604,39 @@ impl Room {
             validator.check(&self.inner.doc, backlog, bytes)?;
         }
         let parsed = update::decode_update(bytes)?;
-        let origin = conn.map(|conn| {
-            let mut origin = CONN_ORIGIN_PREFIX.to_vec();
-            origin.extend_from_slice(&conn.to_be_bytes());
-            Origin::from(origin.as_slice())
-        });
+        let origin = match conn {
+            Some(conn) => {
+                let mut origin = CONN_ORIGIN_PREFIX.to_vec();
+                origin.extend_from_slice(&conn.to_be_bytes());
+                Origin::from(origin.as_slice())
+            }
+            None => Origin::from(API_ORIGIN),
+        };
+        self.integrate(Some(validator), origin, parsed)
+    }
+
+    /// Apply a decoded update to the room's document in a transaction of `origin`.
+    fn integrate(
+        &self,
+        validator: Option<MutexGuard<'_, Validator>>,
+        origin: Origin,
+        parsed: yrs::Update,
+    ) -> Result<(), ApplyError> {
         let doc = &self.inner.doc;
         // Validated updates should not panic here; if one does anyway (or validation is
         // off), the transaction is dropped while unwinding and the room, whose state is
         // now unknown, is closed.
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut txn = match origin {
-                Some(o) => doc.transact_mut_with(o),
-                None => doc.transact_mut_with(Origin::from(API_ORIGIN)),
-            };
+            let mut txn = doc.transact_mut_with(origin);
             txn.apply_update(parsed)
         }));
         match applied {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 // The replica took it, the room did not: they differ now.
-                validator.reset();
+                if let Some(mut v) = validator {
+                    v.reset();
+                }
                 Err(ApplyError::Integrate(e.to_string()))
             }
             Err(_) => {
@@ -640,7 +695,14 @@ impl Room {
         };
         match &result {
             Ok(Leave::Peer) => {}
-            Ok(Leave::RoomClosed) => close_bounded(&mut channel, 1001, "room closed").await,
+            Ok(Leave::RoomClosed) => {
+                let (code, reason) = self
+                    .inner
+                    .close_frame
+                    .get()
+                    .map_or((1001, "room closed"), |(c, r)| (*c, r.as_str()));
+                close_bounded(&mut channel, code, reason).await;
+            }
             Err(e) => {
                 match e {
                     ServeError::Channel(_) | ServeError::RoomClosed => {

@@ -27,6 +27,9 @@ pub struct RoomEvent {
     pub data: serde_json::Value,
     /// Username of the client that caused it, when known.
     pub user: Option<Arc<str>>,
+    /// With a Redis backplane: the event's id in the global event stream (its place in
+    /// the order every node's gateway follows); `None` on a single node.
+    pub gid: Option<crate::backplane::StreamId>,
 }
 
 /// A subscriber callback.
@@ -160,6 +163,7 @@ mod tests {
             kind: EventKind::CloudSet,
             data: serde_json::json!({"room": "r"}),
             user: None,
+            gid: None,
         };
         bus.publish(&ev);
         bus.unsubscribe(id);

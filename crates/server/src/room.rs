@@ -293,6 +293,18 @@ impl Room {
     }
 
     fn emit_member(&self, kind: EventKind, sub: &Subscriber) {
+        if let Some(bp) = &self.hub.backplane {
+            // Presence joins the global order through Redis (the gateway of every node
+            // dispatches it from the subscription).
+            bp.presence(&RoomEvent {
+                room: self.key.clone(),
+                kind,
+                data: serde_json::json!({"room": &*self.key, "user": &sub.user, "conn": sub.id}),
+                user: Some(Arc::from(sub.user.as_str())),
+                gid: None,
+            });
+            return;
+        }
         self.emit(
             kind,
             Some(Arc::from(sub.user.as_str())),
@@ -306,6 +318,7 @@ impl Room {
             kind,
             data,
             user,
+            gid: None,
         });
     }
 

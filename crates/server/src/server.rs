@@ -102,12 +102,14 @@ impl Server {
                 Hub::with_backplane(store.clone(), Arc::new(config.cloud), metrics.clone(), bp)
             }
         };
-        let docs = Arc::new(DocRooms::new(
+        let docs = Arc::new(DocRooms::with_backplane(
             store,
             Arc::new(config.doc),
             metrics,
             hub.events.clone(),
+            hub.backplane.clone(),
         ));
+        docs.attach();
         let ipc = match config.ipc {
             Some(c) => {
                 let server =

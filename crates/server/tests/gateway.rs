@@ -391,6 +391,7 @@ async fn intents_select_event_families() {
         kind: nimbus_server::events::EventKind::DocUpdate,
         data: json!({"room": "7", "update": "AQID"}),
         user: None,
+        gid: None,
     });
     let d = doc.dispatch().await;
     assert_eq!((d.s, d.t.as_deref()), (Some(2), Some("DOC_UPDATE")));

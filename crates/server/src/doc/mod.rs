@@ -1,13 +1,17 @@
 //! Document (Yjs) rooms of `nimbus serve`, at `/doc/{room}` (see `docs/protocols/doc.md`).
 //!
 //! - [`access`]: room-name rules and per-room tokens;
-//! - [`rooms`]: the rooms, each a `nimbus_doc::Room` persisted in the store;
+//! - [`rooms`]: the rooms, each a `nimbus_doc::Room` persisted in the store (or, with
+//!   `--redis`, in Redis and shared with the other nodes);
+//! - `replica`: how far a node's copy of a room follows the room's sequence in Redis;
 //! - `socket`: an axum WebSocket as a `nimbus_doc::Channel` (keepalive, shutdown).
 
 pub mod access;
+mod replica;
 pub mod rooms;
 mod socket;
 
 pub use access::{validate_room_name, Access, AccessRules, Denied, TokenRule};
+pub(crate) use rooms::update_event;
 pub use rooms::{DocRooms, JoinError};
 pub(crate) use socket::SocketChannel;

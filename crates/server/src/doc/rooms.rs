@@ -1,24 +1,63 @@
 //! [`DocRooms`]: the document rooms of a server, each a `nimbus_doc::Room` whose hooks
 //! persist to the [`Store`] and enforce the size limit.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use nimbus_doc::yrs::{ReadTxn, Transact};
 use nimbus_doc::{HookError, Refusal, Room, RoomHooks, RoomManager, ServeOptions};
 
+use crate::backplane::doc::{DocMessage, DocWrite};
+use crate::backplane::{BackplaneError, RedisBackplane};
 use crate::config::DocLimits;
+use crate::doc::replica::{Step, SyncState};
 use crate::doc::socket::SocketChannel;
 use crate::doc::{Access, AccessRules};
 use crate::events::{EventBus, EventKind, RoomEvent};
 use crate::metrics::Metrics;
 use crate::store::{apply_records, Store, StoreError, StoreOp};
 
+/// The close reason of document clients when Redis could not be written or lost the room.
+const UNAVAILABLE: &str = "backplane unavailable";
+
+/// The `DOC_UPDATE` event of an update.
+pub(crate) fn update_event(room: &Arc<str>, update: &[u8]) -> RoomEvent {
+    use base64::Engine;
+    RoomEvent {
+        room: room.clone(),
+        kind: EventKind::DocUpdate,
+        data: serde_json::json!({
+            "room": &**room,
+            "update": base64::engine::general_purpose::STANDARD.encode(update),
+            "bytes": update.len(),
+        }),
+        user: None,
+        gid: None,
+    }
+}
+
+/// The rooms loaded on this node that follow Redis, by id.
+type Replicas = Arc<Mutex<HashMap<String, Arc<Persisted>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The hooks of one persisted document room.
 struct Persisted {
     store: Store,
+    /// With `--redis`: the room is stored in Redis and shared with the other nodes.
+    backplane: Option<Arc<RedisBackplane>>,
+    replicas: Replicas,
+    /// How far this copy follows the room's sequence in Redis.
+    sync: Mutex<SyncState>,
+    /// A reload from Redis is under way.
+    resyncing: AtomicBool,
+    /// These hooks (the registry of followed rooms holds them).
+    me: std::sync::Weak<Persisted>,
     events: Arc<EventBus>,
     limits: Arc<DocLimits>,
     metrics: Arc<Metrics>,
@@ -33,10 +72,31 @@ struct Persisted {
 impl RoomHooks for Persisted {
     fn load<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, Result<(), HookError>> {
         Box::pin(async move {
-            let log = self.store.load_doc(room.id()).await.map_err(|e| {
+            let failed = |e: &dyn std::fmt::Display| {
                 tracing::error!(room = room.id(), error = %e, "cannot load document");
                 HookError::new(format!("the document could not be loaded: {e}"))
-            })?;
+            };
+            let mut redis_seq = None;
+            let log = match &self.backplane {
+                None => self
+                    .store
+                    .load_doc(room.id())
+                    .await
+                    .map_err(|e| failed(&e))?,
+                Some(bp) => {
+                    // Registered first: updates arriving while it loads are applied too.
+                    self.register(room);
+                    let state = match bp.load_doc(room.id()).await {
+                        Ok(state) => state,
+                        Err(e) => {
+                            self.unregister(room);
+                            return Err(failed(&e));
+                        }
+                    };
+                    redis_seq = Some((state.epoch, state.seq));
+                    state.log
+                }
+            };
             let before = room.doc().transact().state_vector();
             let applied = apply_records(room.id(), room.doc(), log.records());
             // A transaction that changed the document fires exactly one update event.
@@ -48,6 +108,10 @@ impl RoomHooks for Persisted {
                     .inc_by(applied.skipped as u64);
             }
             self.size.store(log.bytes(), Ordering::Relaxed);
+            if let Some((epoch, seq)) = redis_seq {
+                let step = lock(&self.sync).loaded(&epoch, seq);
+                self.follow(room, step);
+            }
             tracing::debug!(
                 room = room.id(),
                 records = applied.applied,
@@ -79,18 +143,18 @@ impl RoomHooks for Persisted {
         self.metrics.doc_updates.inc();
         self.metrics.doc_update_bytes.inc_by(update.len() as u64);
         let key: Arc<str> = Arc::from(room.id());
-        if self.events.is_active() {
-            use base64::Engine;
-            self.events.publish(&RoomEvent {
-                room: key.clone(),
-                kind: EventKind::DocUpdate,
-                data: serde_json::json!({
-                    "room": room.id(),
-                    "update": base64::engine::general_purpose::STANDARD.encode(update),
-                    "bytes": update.len(),
-                }),
-                user: None,
+        if let Some(bp) = &self.backplane {
+            // Every node's gateway gets it from the subscription, in the global order.
+            let closing = room.clone();
+            bp.write_doc(DocWrite {
+                room: key,
+                update: update.clone(),
+                on_failure: Arc::new(move || closing.close_with(1011, UNAVAILABLE)),
             });
+            return;
+        }
+        if self.events.is_active() {
+            self.events.publish(&update_event(&key, update));
         }
         self.store.apply(StoreOp::DocAppend {
             room: key,
@@ -98,12 +162,96 @@ impl RoomHooks for Persisted {
         });
     }
 
+    fn replicated(&self, _room: &Room, update: &Bytes) {
+        self.size.fetch_add(update.len(), Ordering::Relaxed);
+    }
+
     fn emptied<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, ()> {
+        if self.backplane.is_some() {
+            // Redis holds every update already; the node that sees the log grow compacts it.
+            self.unregister(room);
+            return Box::pin(async {});
+        }
         // Every append is already queued; an idle room gets its log folded into a snapshot.
         self.store.apply(StoreOp::DocCompact {
             room: Arc::from(room.id()),
         });
         Box::pin(async {})
+    }
+}
+
+impl Persisted {
+    fn register(&self, room: &Room) {
+        if let Some(me) = self.me.upgrade() {
+            lock(&self.replicas).insert(room.id().to_owned(), me);
+        }
+    }
+
+    fn unregister(&self, room: &Room) {
+        let mut replicas = lock(&self.replicas);
+        if replicas
+            .get(room.id())
+            .is_some_and(|me| std::ptr::eq(Arc::as_ptr(me), self))
+        {
+            replicas.remove(room.id());
+        }
+    }
+
+    /// Act on a step of the room's sync state.
+    fn follow(&self, room: &Room, step: Step) {
+        match step {
+            Step::Done => {}
+            Step::CatchUp => self.resync(room),
+            Step::Reset => {
+                // Clients hold the state Redis lost: they re-send it when they reconnect.
+                tracing::warn!(
+                    room = room.id(),
+                    "Redis lost the document room: closing its clients"
+                );
+                self.unregister(room);
+                room.close_with(1011, UNAVAILABLE);
+            }
+        }
+    }
+
+    /// Reload the room from Redis and apply what this copy misses (idempotent).
+    fn resync(&self, room: &Room) {
+        let Some(bp) = self.backplane.clone() else {
+            return;
+        };
+        if self.resyncing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.metrics.redis_resyncs.inc();
+        let Some(me) = lock(&self.replicas).get(room.id()).cloned() else {
+            self.resyncing.store(false, Ordering::Release);
+            return;
+        };
+        let room = room.clone();
+        tokio::spawn(async move {
+            let result: Result<(), BackplaneError> = async {
+                let state = bp.load_doc(room.id()).await?;
+                let id = room.id().to_owned();
+                let bytes = state.log.bytes();
+                let log = state.log;
+                let merged = tokio::task::spawn_blocking(move || crate::store::compact(&id, &log))
+                    .await
+                    .map_err(|e| BackplaneError::Malformed(format!("merge task: {e}")))?;
+                if let Err(error) = room.apply_replicated(&merged) {
+                    tracing::error!(room = room.id(), %error, "cannot apply the document from Redis");
+                }
+                me.size.fetch_max(bytes, Ordering::Relaxed);
+                let step = lock(&me.sync).loaded(&state.epoch, state.seq);
+                me.resyncing.store(false, Ordering::Release);
+                me.follow(&room, step);
+                Ok(())
+            }
+            .await;
+            if let Err(error) = result {
+                me.resyncing.store(false, Ordering::Release);
+                tracing::warn!(room = room.id(), %error, "cannot catch up with Redis; retried on the next update or resubscription");
+            }
+        });
     }
 }
 
@@ -126,6 +274,8 @@ pub struct DocRooms {
     pub limits: Arc<DocLimits>,
     access: AccessRules,
     metrics: Arc<Metrics>,
+    backplane: Option<Arc<RedisBackplane>>,
+    replicas: Replicas,
 }
 
 impl std::fmt::Debug for DocRooms {
@@ -145,19 +295,37 @@ impl DocRooms {
         metrics: Arc<Metrics>,
         events: Arc<EventBus>,
     ) -> DocRooms {
+        DocRooms::with_backplane(store, limits, metrics, events, None)
+    }
+
+    /// Like [`DocRooms::new`]; with a `backplane` the rooms are stored in Redis and shared
+    /// with every node connected to it (see `crate::backplane::doc`), and `DOC_UPDATE`
+    /// events come from its subscription. Call [`DocRooms::attach`] on the `Arc` then.
+    pub fn with_backplane(
+        store: Store,
+        limits: Arc<DocLimits>,
+        metrics: Arc<Metrics>,
+        events: Arc<EventBus>,
+        backplane: Option<Arc<RedisBackplane>>,
+    ) -> DocRooms {
         let (s, l, m) = (store.clone(), limits.clone(), metrics.clone());
+        let replicas = Replicas::default();
+        let (bp, reg) = (backplane.clone(), replicas.clone());
         let manager = RoomManager::new(move |id: &str| {
-            Room::with_hooks(
-                id,
-                Arc::new(Persisted {
-                    store: s.clone(),
-                    events: events.clone(),
-                    limits: l.clone(),
-                    metrics: m.clone(),
-                    size: AtomicUsize::new(0),
-                    skip_loaded: AtomicBool::new(false),
-                }),
-            )
+            let hooks = Arc::new_cyclic(|me| Persisted {
+                store: s.clone(),
+                backplane: bp.clone(),
+                replicas: reg.clone(),
+                sync: Mutex::new(SyncState::loading()),
+                resyncing: AtomicBool::new(false),
+                me: me.clone(),
+                events: events.clone(),
+                limits: l.clone(),
+                metrics: m.clone(),
+                size: AtomicUsize::new(0),
+                skip_loaded: AtomicBool::new(false),
+            });
+            Room::with_hooks(id, hooks)
         });
         DocRooms {
             manager,
@@ -165,6 +333,45 @@ impl DocRooms {
             access: AccessRules::new(limits.tokens.clone()),
             limits,
             metrics,
+            backplane,
+            replicas,
+        }
+    }
+
+    /// Let the backplane's subscription reach these rooms (with a backplane).
+    pub fn attach(self: &Arc<Self>) {
+        if let Some(bp) = &self.backplane {
+            bp.attach_docs(self);
+        }
+    }
+
+    /// An update of a room arrived from Redis (any node's, this one's included).
+    pub(crate) fn on_replicated(&self, m: DocMessage) {
+        let Some(hooks) = lock(&self.replicas).get(&*m.room).cloned() else {
+            return;
+        };
+        let Some(room) = self.manager.get(&m.room) else {
+            return;
+        };
+        if !m.local {
+            if let Err(error) = room.apply_replicated(&m.update) {
+                tracing::error!(room = %m.room, %error, "cannot apply a document update from Redis");
+            }
+        }
+        let step = lock(&hooks.sync).on_update(&m.epoch, m.seq);
+        hooks.follow(&room, step);
+    }
+
+    /// Catch every followed room up with Redis (after the subscription was re-established).
+    pub(crate) fn resync_all(&self) {
+        let followed: Vec<_> = lock(&self.replicas)
+            .iter()
+            .map(|(id, h)| (id.clone(), h.clone()))
+            .collect();
+        for (id, hooks) in followed {
+            if let Some(room) = self.manager.get(&id) {
+                hooks.resync(&room);
+            }
         }
     }
 
@@ -235,7 +442,15 @@ impl DocRooms {
         if let Some(live) = self.manager.get(room) {
             return Ok(Some(nimbus_doc::doc_to_json(live.doc())));
         }
-        let log = self.store.load_doc(room).await?;
+        let log = match &self.backplane {
+            None => self.store.load_doc(room).await?,
+            Some(bp) => {
+                bp.load_doc(room)
+                    .await
+                    .map_err(|e| StoreError::Backplane(e.to_string()))?
+                    .log
+            }
+        };
         if log.is_empty() {
             return Ok(None);
         }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::{Buffered, ResumeError, Session};
 use super::Gateway;
+use crate::backplane::gateway::TakeoverError;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -347,6 +348,11 @@ impl Conn {
             OpCode::Heartbeat => {
                 self.last_heartbeat = now;
                 self.asked_heartbeat = false;
+                if let (Some(bp), Some((s, _))) = (&self.gw.hub.backplane, &self.session) {
+                    // Keeps the session's keys in Redis for another resume window.
+                    bp.gateway
+                        .send(crate::backplane::gateway::GwJob::Touch { sid: s.id.clone() });
+                }
                 self.send(ws, &Payload::new(OpCode::HeartbeatAck, Value::Null))
                     .await
             }
@@ -414,12 +420,13 @@ impl Conn {
         }
         let session_id = random_session_id();
         let token = nimbus_proto::gateway::strip_bot_prefix(&id.token).to_owned();
-        let session = Arc::new(Session::new(
+        let session = Session::new(
             session_id.clone(),
             token,
             intents,
             [shard_id, num_shards],
-        ));
+            self.gw.hub.backplane.clone(),
+        );
         let ready = json!({
             "v": API_VERSION,
             "user": {"id": "0", "username": "nimbus", "discriminator": "0", "bot": true},
@@ -431,10 +438,9 @@ impl Conn {
             "intents": intents.0,
         });
         let rx = session.subscribe();
-        // READY is sequence 1, buffered like any dispatch; registered before it is
-        // visible to publishers so no event can precede it.
-        session.ready(self.id, &ready.to_string(), self.cfg().replay_buffer);
-        self.gw.insert(session.clone());
+        // READY is sequence 1, buffered like any dispatch; registered with the session map
+        // locked, so no event can precede it.
+        self.gw.start(session.clone(), self.id, &ready.to_string());
         tracing::debug!(conn = self.id, session = %session_id, shard_id, num_shards, intents = intents.0, "identified");
         self.session = Some((session, rx));
         self.cursor = 0;
@@ -454,7 +460,24 @@ impl Conn {
         if self.cfg().check_token(&r.token).is_none() {
             return Err(close(CloseCode::AuthenticationFailed));
         }
-        let Some(session) = self.gw.get(&r.session_id) else {
+        let session = match &self.gw.hub.backplane {
+            None => self.gw.get(&r.session_id),
+            Some(bp) => match self.take_over(bp.clone(), &r).await {
+                Ok(s) => Some(s),
+                Err(TakeoverError::FutureSeq) => {
+                    return Err(End::Close(
+                        CloseCode::InvalidSeq,
+                        format!("seq {} was never sent", r.seq),
+                    ))
+                }
+                Err(TakeoverError::Invalid) => None,
+                Err(TakeoverError::Backplane(error)) => {
+                    tracing::warn!(%error, "cannot resume a session: Redis unavailable");
+                    None
+                }
+            },
+        };
+        let Some(session) = session else {
             return self.invalid_session(ws).await;
         };
         if session.token != nimbus_proto::gateway::strip_bot_prefix(&r.token) {
@@ -476,6 +499,41 @@ impl Conn {
             Err(ResumeError::TooOld) => {
                 self.gw.remove(&session.id);
                 self.invalid_session(ws).await
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// With a backplane, every Resume takes the session over from Redis (wherever it ran
+    /// before, this node included): Redis names one owner, so two nodes never extend the
+    /// same session.
+    async fn take_over(
+        &self,
+        bp: Arc<crate::backplane::RedisBackplane>,
+        r: &Resume,
+    ) -> Result<Arc<Session>, TakeoverError> {
+        let token = nimbus_proto::gateway::strip_bot_prefix(&r.token).to_owned();
+        let taken = bp.gateway.take_over(&r.session_id, &token, r.seq).await?;
+        let from = taken.last.1;
+        let session = Session::taken_over(r.session_id.clone(), token, bp.clone(), taken);
+        // Registered before reading the global stream: live events wait in the session.
+        if let Some(old) = self.gw.replace(session.clone()) {
+            crate::backplane::gateway::Durable::lost(&*old);
+        }
+        match bp.events_after(from).await {
+            Ok(Some(events)) => {
+                session.catch_up(&events, self.cfg().replay_buffer);
+                tracing::debug!(session = %r.session_id, rebuilt = events.len(), gid = %session.gid(), "session taken over from Redis");
+                Ok(session)
+            }
+            Ok(None) => {
+                self.gw.remove(&r.session_id);
+                Err(TakeoverError::Invalid)
+            }
+            Err(e) => {
+                self.gw.remove(&r.session_id);
+                Err(TakeoverError::Backplane(e))
             }
         }
     }

@@ -157,8 +157,12 @@ pub struct Gateway {
     hub: Arc<Hub>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     limiter: IdentifyLimiter,
-    /// On while there is at least one session: with none, rooms build no events.
+    /// On while there is at least one session: with none, rooms build no events. Always
+    /// on with a backplane (the global position must be followed even without sessions).
     interest: std::sync::OnceLock<Interest>,
+    /// With a backplane: the global id of the last event seen (updated with the session
+    /// map locked, so a new session starts exactly after it).
+    last_gid: Mutex<crate::backplane::StreamId>,
 }
 
 impl Gateway {
@@ -174,7 +178,12 @@ impl Gateway {
             hub: hub.clone(),
             sessions: Mutex::new(HashMap::new()),
             interest: std::sync::OnceLock::new(),
+            last_gid: Mutex::default(),
         });
+        if let Some(bp) = &gw.hub.backplane {
+            bp.gateway
+                .start(gw.config.replay_buffer, gw.config.resume_window);
+        }
         let weak: Weak<Gateway> = Arc::downgrade(&gw);
         let (_, interest) = hub
             .events
@@ -183,7 +192,7 @@ impl Gateway {
                     gw.publish(ev);
                 }
             }));
-        interest.set(false);
+        interest.set(gw.hub.backplane.is_some());
         let _ = gw.interest.set(interest);
         gw
     }
@@ -211,6 +220,10 @@ impl Gateway {
     fn publish(&self, ev: &RoomEvent) {
         let intent = ev.kind.intent();
         let sessions = self.sessions();
+        if let Some(gid) = ev.gid {
+            let mut last = self.last_gid.lock().unwrap_or_else(PoisonError::into_inner);
+            *last = (*last).max(gid);
+        }
         if sessions.is_empty() {
             return;
         }
@@ -224,16 +237,45 @@ impl Gateway {
                 && shard_of(&ev.room, n) == id
                 && !s.expired(now, self.config.resume_window)
             {
-                s.push(ev.kind.name(), &d, self.config.replay_buffer);
+                s.push(ev.kind.name(), &d, self.config.replay_buffer, ev.gid);
                 dispatched += 1;
             }
         }
         self.hub.metrics.gateway_dispatches.inc_by(dispatched);
     }
 
-    fn insert(&self, s: Arc<Session>) {
+    /// Register a new session and append its READY, with the session map locked so that
+    /// it receives exactly the events after the current one. With a backplane its
+    /// metadata is written to Redis first.
+    fn start(&self, s: Arc<Session>, conn: u64, ready: &str) {
+        let sessions = self.sessions();
+        let gid = *self.last_gid.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(bp) = &self.hub.backplane {
+            bp.gateway.send(crate::backplane::gateway::GwJob::Meta {
+                sid: s.id.clone(),
+                token_hash: crate::backplane::gateway::token_hash(&s.token),
+                intents: s.intents.0,
+                shard: s.shard,
+            });
+        }
+        s.ready(conn, ready, self.config.replay_buffer, gid);
+        self.insert_locked(sessions, s);
+    }
+
+    /// Register `s` in place of the session with its id; returns the one replaced.
+    fn replace(&self, s: Arc<Session>) -> Option<Arc<Session>> {
+        let sessions = self.sessions();
+        let old = sessions.get(&s.id).cloned();
+        self.insert_locked(sessions, s);
+        old
+    }
+
+    fn insert_locked(
+        &self,
+        mut sessions: MutexGuard<'_, HashMap<String, Arc<Session>>>,
+        s: Arc<Session>,
+    ) {
         let now = Instant::now();
-        let mut sessions = self.sessions();
         // Prune expired sessions whenever a new one is created: memory stays bounded by
         // the identify limits.
         sessions.retain(|_, s| !s.expired(now, self.config.resume_window));
@@ -245,7 +287,7 @@ impl Gateway {
     /// the session map locked, so the switch never lags behind an insert).
     fn sessions_changed(&self, n: usize) {
         if let Some(i) = self.interest.get() {
-            i.set(n > 0);
+            i.set(n > 0 || self.hub.backplane.is_some());
         }
         self.hub.metrics.gateway_sessions.set(n as i64);
     }

@@ -1,12 +1,16 @@
 //! A gateway session: its filter, sequence counter and bounded replay buffer.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use nimbus_proto::gateway::Intents;
+use nimbus_proto::gateway::{shard_of, Intents};
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+use crate::backplane::gateway::{Durable, GwJob, TakenOver};
+use crate::backplane::{RedisBackplane, StreamId};
+use crate::events::RoomEvent;
 
 /// One buffered dispatch: its sequence and its encoded payload.
 #[derive(Debug, Clone)]
@@ -25,6 +29,15 @@ pub(crate) struct State {
     pub owner: Option<u64>,
     /// When the last connection detached (`None` while attached).
     pub detached_at: Option<Instant>,
+    /// Dispatches up to here may be sent: with a backplane, those written to Redis;
+    /// without, all of them.
+    pub durable: u64,
+    /// The global id of the last event dispatched (with a backplane).
+    pub gid: StreamId,
+    /// While a session taken over from another node catches up: live events wait here.
+    pending: Option<Vec<(StreamId, &'static str, Arc<str>)>>,
+    /// Another node took the session over.
+    lost: bool,
 }
 
 /// See the module docs.
@@ -37,6 +50,9 @@ pub(crate) struct Session {
     state: Mutex<State>,
     /// Bumped (to `last`) on every push; connections wait on it.
     changed: watch::Sender<u64>,
+    /// With a backplane: where dispatches are written before they are sent.
+    store: Option<Arc<RedisBackplane>>,
+    me: Weak<Session>,
 }
 
 /// Why a resume is refused.
@@ -53,20 +69,100 @@ pub(crate) fn encode_dispatch(seq: u64, t: &str, d: &str) -> Arc<str> {
 }
 
 impl Session {
-    pub(crate) fn new(id: String, token: String, intents: Intents, shard: [u64; 2]) -> Session {
-        Session {
+    pub(crate) fn new(
+        id: String,
+        token: String,
+        intents: Intents,
+        shard: [u64; 2],
+        store: Option<Arc<RedisBackplane>>,
+    ) -> Arc<Session> {
+        Self::with_state(id, token, intents, shard, store, |_| {})
+    }
+
+    fn with_state(
+        id: String,
+        token: String,
+        intents: Intents,
+        shard: [u64; 2],
+        store: Option<Arc<RedisBackplane>>,
+        init: impl FnOnce(&mut State),
+    ) -> Arc<Session> {
+        let mut state = State {
+            last: 0,
+            buf: VecDeque::new(),
+            owner: None,
+            detached_at: None,
+            durable: 0,
+            gid: StreamId::default(),
+            pending: None,
+            lost: false,
+        };
+        init(&mut state);
+        Arc::new_cyclic(|me| Session {
             id,
             token,
             intents,
             shard,
-            state: Mutex::new(State {
-                last: 0,
-                buf: VecDeque::new(),
-                owner: None,
-                detached_at: None,
-            }),
-            changed: watch::Sender::new(0),
+            changed: watch::Sender::new(state.last),
+            state: Mutex::new(state),
+            store,
+            me: me.clone(),
+        })
+    }
+
+    /// A session taken over from another node (see `crate::backplane::gateway`): the
+    /// logged dispatches after the client's seq are its buffer; live events wait until
+    /// [`Session::catch_up`] ran.
+    pub(crate) fn taken_over(
+        id: String,
+        token: String,
+        store: Arc<RedisBackplane>,
+        t: TakenOver,
+    ) -> Arc<Session> {
+        let intents = Intents(t.intents);
+        Self::with_state(id, token, intents, t.shard, Some(store), |st| {
+            st.last = t.last.0;
+            st.durable = t.last.0;
+            st.gid = t.last.1;
+            st.buf = t
+                .replay
+                .into_iter()
+                .map(|(seq, text, _)| Buffered { seq, text })
+                .collect();
+            st.pending = Some(Vec::new());
+            st.detached_at = Some(Instant::now());
+        })
+    }
+
+    /// Whether the session selects `ev` (intents and shard).
+    pub(crate) fn wants(&self, ev: &RoomEvent) -> bool {
+        let [id, n] = self.shard;
+        self.intents.contains(ev.kind.intent()) && shard_of(&ev.room, n) == id
+    }
+
+    /// Dispatch the events the previous owner never got to (`events`, in the global
+    /// order), then the live events that waited meanwhile.
+    pub(crate) fn catch_up(&self, events: &[RoomEvent], capacity: usize) {
+        let mut st = self.lock();
+        for ev in events {
+            if ev.gid.is_some_and(|g| g > st.gid) && self.wants(ev) {
+                let d = ev.data.to_string();
+                self.push_locked(&mut st, ev.kind.name(), &d, capacity, ev.gid);
+            }
         }
+        for (gid, t, d) in st.pending.take().unwrap_or_default() {
+            if gid > st.gid {
+                self.push_locked(&mut st, t, &d, capacity, Some(gid));
+            }
+        }
+        let last = st.last;
+        drop(st);
+        self.changed.send_replace(last);
+    }
+
+    /// The global id of the last event dispatched.
+    pub(crate) fn gid(&self) -> StreamId {
+        self.lock().gid
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -77,30 +173,56 @@ impl Session {
         self.changed.subscribe()
     }
 
-    /// Detached for longer than `window`.
+    /// Detached for longer than `window`, or taken over by another node.
     pub(crate) fn expired(&self, now: Instant, window: Duration) -> bool {
-        self.lock()
-            .detached_at
-            .is_some_and(|t| now.duration_since(t) > window)
+        let st = self.lock();
+        st.lost
+            || st
+                .detached_at
+                .is_some_and(|t| now.duration_since(t) > window)
     }
 
-    /// Append a dispatch under the next sequence.
-    pub(crate) fn push(&self, t: &str, d: &str, capacity: usize) -> u64 {
+    /// Append a dispatch of the event `gid` under the next sequence.
+    pub(crate) fn push(&self, t: &'static str, d: &str, capacity: usize, gid: Option<StreamId>) {
         let mut st = self.lock();
-        Self::push_locked(&mut st, t, d, capacity);
+        if let (Some(pending), Some(g)) = (st.pending.as_mut(), gid) {
+            pending.push((g, t, Arc::from(d)));
+            return;
+        }
+        self.push_locked(&mut st, t, d, capacity, gid);
         let last = st.last;
         drop(st);
         self.changed.send_replace(last);
-        last
     }
 
-    fn push_locked(st: &mut State, t: &str, d: &str, capacity: usize) {
+    fn push_locked(
+        &self,
+        st: &mut State,
+        t: &str,
+        d: &str,
+        capacity: usize,
+        gid: Option<StreamId>,
+    ) {
         st.last += 1;
         let seq = st.last;
-        st.buf.push_back(Buffered {
-            seq,
-            text: encode_dispatch(seq, t, d),
-        });
+        let text = encode_dispatch(seq, t, d);
+        if let Some(g) = gid {
+            st.gid = st.gid.max(g);
+        }
+        match &self.store {
+            Some(bp) => {
+                let me: Weak<dyn Durable> = self.me.clone();
+                bp.gateway.send(GwJob::Dispatch {
+                    sid: self.id.clone(),
+                    seq,
+                    gid: st.gid,
+                    text: text.clone(),
+                    session: me,
+                });
+            }
+            None => st.durable = seq,
+        }
+        st.buf.push_back(Buffered { seq, text });
         while st.buf.len() > capacity.max(1) {
             st.buf.pop_front();
         }
@@ -119,7 +241,7 @@ impl Session {
         }
         st.owner = Some(conn);
         st.detached_at = None;
-        Self::push_locked(&mut st, "RESUMED", "{}", capacity);
+        self.push_locked(&mut st, "RESUMED", "{}", capacity, None);
         // The replay may need more than `capacity` slots only if RESUMED pushed out the
         // first missed event; then the gap is gone after all.
         let first = st.buf.front().map_or(st.last + 1, |b| b.seq);
@@ -132,12 +254,14 @@ impl Session {
         Ok(seq)
     }
 
-    /// Attach the identifying connection and append READY (sequence 1).
-    pub(crate) fn ready(&self, conn: u64, d: &str, capacity: usize) {
+    /// Attach the identifying connection and append READY (sequence 1); `gid`: the
+    /// global id of the last event before the session started (with a backplane).
+    pub(crate) fn ready(&self, conn: u64, d: &str, capacity: usize, gid: StreamId) {
         let mut st = self.lock();
         st.owner = Some(conn);
         st.detached_at = None;
-        Self::push_locked(&mut st, "READY", d, capacity);
+        st.gid = gid;
+        self.push_locked(&mut st, "READY", d, capacity, None);
         let last = st.last;
         drop(st);
         self.changed.send_replace(last);
@@ -165,7 +289,7 @@ impl Session {
         if st.owner != Some(conn) {
             return Ok(false);
         }
-        if cursor >= st.last {
+        if cursor >= st.durable {
             return Ok(true);
         }
         let first = st.buf.front().map_or(st.last + 1, |b| b.seq);
@@ -173,8 +297,38 @@ impl Session {
             return Err(());
         }
         let skip = usize::try_from(cursor + 1 - first).unwrap_or(usize::MAX);
-        out.extend(st.buf.iter().skip(skip).cloned());
+        let durable = st.durable;
+        out.extend(
+            st.buf
+                .iter()
+                .skip(skip)
+                .take_while(|b| b.seq <= durable)
+                .cloned(),
+        );
         Ok(true)
+    }
+}
+
+impl Durable for Session {
+    fn persisted(&self, seq: u64) {
+        let mut st = self.lock();
+        st.durable = st.durable.max(seq);
+        let last = st.last;
+        drop(st);
+        self.changed.send_replace(last);
+    }
+
+    fn lost(&self) {
+        let mut st = self.lock();
+        if st.lost {
+            return;
+        }
+        st.lost = true;
+        st.owner = None;
+        drop(st);
+        tracing::debug!(session = %self.id, "session taken over by another node");
+        // Wakes the attached connection, which then finds it no longer owns the session.
+        self.changed.send_modify(|_| {});
     }
 }
 
@@ -184,10 +338,10 @@ mod tests {
 
     #[test]
     fn replay_and_gaps() {
-        let s = Session::new("s".into(), "t".into(), Intents::ALL, [0, 1]);
-        s.ready(1, "{}", 4);
+        let s = Session::new("s".into(), "t".into(), Intents::ALL, [0, 1], None);
+        s.ready(1, "{}", 4, StreamId::default());
         for _ in 0..3 {
-            s.push("CLOUD_SET", "{}", 4);
+            s.push("CLOUD_SET", "{}", 4, None);
         }
         let mut out = Vec::new();
         assert_eq!(s.after(1, 1, &mut out), Ok(true));
@@ -201,7 +355,7 @@ mod tests {
         assert!(out[1].text.contains("\"RESUMED\""));
         assert_eq!(s.after(1, 0, &mut out), Ok(false), "taken over");
         for _ in 0..10 {
-            s.push("CLOUD_SET", "{}", 4);
+            s.push("CLOUD_SET", "{}", 4, None);
         }
         assert_eq!(s.after(2, 5, &mut out), Err(()));
         s.detach(2, Instant::now());

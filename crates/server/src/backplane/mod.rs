@@ -40,9 +40,21 @@ use crate::outbox::Outbox;
 use crate::room::RoomCmd;
 use crate::store::StoredVar;
 
-/// The pub/sub channel every node subscribes to (one for all cloud rooms; the
-/// room key is in the message).
-pub const CLOUD_CHANNEL: &str = "nimbus:cloud";
+pub mod doc;
+pub mod gateway;
+
+/// The pub/sub channel every node subscribes to: every room event of every room, as
+/// `GID KIND BODY` (see [`EVENTS_STREAM`]).
+pub const EVENTS_CHANNEL: &str = "nimbus:events";
+
+/// The stream of every room event in the order Redis accepted them (entry field `m`:
+/// `KIND BODY`; KIND `c` cloud change, `d` document update, `p` presence). Its entry id
+/// (the GID) is the global order the gateway's sessions follow; trimmed with `MAXLEN ~`.
+pub const EVENTS_STREAM: &str = "nimbus:events";
+
+/// Entries kept in [`EVENTS_STREAM`] (approximate): how far back a gateway session can
+/// be resumed on another node.
+pub const EVENTS_MAX_LEN: usize = 100_000;
 
 /// Changes kept per room stream (approximate: `XADD MAXLEN ~`).
 pub const LOG_MAX_LEN: usize = 10_000;
@@ -64,9 +76,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The script that accepts one cloud change (see the module docs).
 ///
-/// KEYS: seq, epoch, vars, pos, npos, log. ARGV: op (`s`, `r`, `d`), name,
+/// KEYS: seq, epoch, vars, pos, npos, log, events. ARGV: op (`s`, `r`, `d`), name,
 /// value (set) or new name (rename), max variables, epoch candidate, change
-/// JSON, log length, channel. Returns the change's sequence number, or -1 when
+/// JSON, log length, channel, events length. Returns the change's sequence number, or -1 when
 /// the change is refused (variable limit, unknown name, name taken).
 pub const CLOUD_SCRIPT: &str = r"
 local op, name = ARGV[1], ARGV[2]
@@ -106,9 +118,67 @@ end
 local epoch = redis.call('GET', KEYS[2]) or ARGV[5]
 local msg = epoch .. ' ' .. seq .. ' ' .. pos .. ' ' .. created .. ' ' .. ARGV[6]
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], seq .. '-0', 'm', msg)
-redis.call('PUBLISH', ARGV[8], msg)
+local gid = redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', 'm', 'c ' .. msg)
+redis.call('PUBLISH', ARGV[8], gid .. ' c ' .. msg)
 return seq
 ";
+
+/// The script that records one presence event (`ROOM_JOIN`/`ROOM_LEAVE`) in the global
+/// order. KEYS: events. ARGV: body JSON, events length, channel.
+pub const PRESENCE_SCRIPT: &str = r"
+local gid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'm', 'p ' .. ARGV[1])
+redis.call('PUBLISH', ARGV[3], gid .. ' p ' .. ARGV[1])
+return 1
+";
+
+/// A Redis stream entry id (`MS-SEQ`); the ids of [`EVENTS_STREAM`] order every room event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId {
+    /// Milliseconds part.
+    pub ms: u64,
+    /// Sequence part.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl std::str::FromStr for StreamId {
+    type Err = BackplaneError;
+    fn from_str(s: &str) -> Result<StreamId, BackplaneError> {
+        let bad = || BackplaneError::Malformed(format!("stream id {s:?}"));
+        let (ms, seq) = s.split_once('-').ok_or_else(bad)?;
+        Ok(StreamId {
+            ms: ms.parse().map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// Split a message of [`EVENTS_CHANNEL`] into its GID, kind byte and body.
+pub(crate) fn split_event(payload: &[u8]) -> Result<(StreamId, u8, &[u8]), BackplaneError> {
+    let bad = |what: &str| BackplaneError::Malformed(what.to_owned());
+    let sp = payload
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or_else(|| bad("event without id"))?;
+    let gid: StreamId = std::str::from_utf8(&payload[..sp])
+        .map_err(|_| bad("event id is not UTF-8"))?
+        .parse()?;
+    let (kind, body) = split_kind(&payload[sp + 1..])?;
+    Ok((gid, kind, body))
+}
+
+/// Split `KIND BODY` (an [`EVENTS_STREAM`] entry).
+pub(crate) fn split_kind(entry: &[u8]) -> Result<(u8, &[u8]), BackplaneError> {
+    match entry {
+        [kind, b' ', body @ ..] => Ok((*kind, body)),
+        _ => Err(BackplaneError::Malformed("event without kind".into())),
+    }
+}
 
 /// A backplane failure.
 #[derive(Debug, Error)]
@@ -132,6 +202,7 @@ struct Keys {
     pos: String,
     npos: String,
     log: String,
+    events: &'static str,
 }
 
 impl Keys {
@@ -145,6 +216,7 @@ impl Keys {
             pos: k("pos"),
             npos: k("npos"),
             log: k("log"),
+            events: EVENTS_STREAM,
         }
     }
 }
@@ -226,6 +298,20 @@ struct Change {
     u: Option<String>,
     /// Origin wall clock, ms since the Unix epoch (for the lag metric).
     ts: u64,
+}
+
+/// A presence event as written to Redis.
+#[derive(Debug, Serialize, Deserialize)]
+struct PresenceBody {
+    /// Room key.
+    r: String,
+    /// Event name (`ROOM_JOIN`, `ROOM_LEAVE`).
+    k: String,
+    /// The event's data.
+    d: serde_json::Value,
+    /// Username.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    u: Option<String>,
 }
 
 /// An applied change of a remote (or local, echoed) origin.
@@ -315,7 +401,13 @@ pub struct RedisBackplane {
     node: String,
     client: redis::Client,
     conn: ConnectionManager,
-    writes: mpsc::Sender<Write>,
+    writes: mpsc::Sender<Job>,
+    /// Gateway sessions kept in Redis (for Resume on another node).
+    pub(crate) gateway: gateway::GatewayStore,
+    /// Document rooms being compacted by this node.
+    compacting: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
+    /// The document rooms of this node (set once they exist).
+    docs: std::sync::OnceLock<std::sync::Weak<crate::doc::DocRooms>>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 }
@@ -343,22 +435,34 @@ impl RedisBackplane {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let stop = CancellationToken::new();
         metrics.redis_up.set(1);
-        tokio::spawn(writer(
-            node.clone(),
-            conn.clone(),
-            rx,
-            metrics.clone(),
-            stop.clone(),
-        ));
         tracing::info!(%node, "connected to the Redis backplane");
-        Ok(Arc::new(RedisBackplane {
-            node,
-            client,
-            conn,
-            writes: tx,
-            metrics,
-            stop,
-        }))
+        let bp = Arc::new_cyclic(|weak| {
+            tokio::spawn(writer(
+                weak.clone(),
+                node.clone(),
+                conn.clone(),
+                rx,
+                metrics.clone(),
+                stop.clone(),
+            ));
+            RedisBackplane {
+                gateway: gateway::GatewayStore::new(
+                    node.clone(),
+                    conn.clone(),
+                    metrics.clone(),
+                    stop.clone(),
+                ),
+                node,
+                client,
+                conn,
+                writes: tx,
+                docs: std::sync::OnceLock::new(),
+                compacting: std::sync::Mutex::default(),
+                metrics,
+                stop,
+            }
+        });
+        Ok(bp)
     }
 
     /// This node's id (random per process).
@@ -379,9 +483,33 @@ impl RedisBackplane {
     /// Queue a change for Redis (waits while the writer's queue is full).
     pub async fn write(&self, write: Write) -> Result<(), BackplaneError> {
         self.writes
-            .send(write)
+            .send(Job::Cloud(write))
             .await
             .map_err(|_| BackplaneError::Stopped)
+    }
+
+    /// Queue a presence event (`ROOM_JOIN`/`ROOM_LEAVE`) for the global event order; dropped
+    /// (and counted as a write failure) when the writer's queue is full.
+    pub(crate) fn presence(&self, ev: &RoomEvent) {
+        let body = PresenceBody {
+            r: ev.room.to_string(),
+            k: ev.kind.name().to_owned(),
+            d: ev.data.clone(),
+            u: ev.user.as_deref().map(str::to_owned),
+        };
+        let body = serde_json::to_string(&body).unwrap_or_default();
+        if self.writes.try_send(Job::Presence(body)).is_err() {
+            self.metrics.redis_write_failures.inc();
+        }
+    }
+
+    /// Let the subscription hand document updates to `docs`.
+    pub(crate) fn attach_docs(&self, docs: &Arc<crate::doc::DocRooms>) {
+        let _ = self.docs.set(Arc::downgrade(docs));
+    }
+
+    fn docs(&self) -> Option<Arc<crate::doc::DocRooms>> {
+        self.docs.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// A room's state: epoch, sequence and variables, read atomically.
@@ -508,15 +636,26 @@ fn parse_message(node: &str, msg: &[u8]) -> Result<RemoteEvent, BackplaneError> 
     })
 }
 
-/// The writer task: batches queued changes into pipelines, in queue order.
+/// One job of the writer task.
+pub(crate) enum Job {
+    /// A cloud change.
+    Cloud(Write),
+    /// A document update.
+    Doc(doc::DocWrite),
+    /// A presence event (its body JSON).
+    Presence(String),
+}
+
+/// The writer task: batches queued jobs into pipelines, in queue order.
 async fn writer(
+    bp: std::sync::Weak<RedisBackplane>,
     node: String,
     mut conn: ConnectionManager,
-    mut rx: mpsc::Receiver<Write>,
+    mut rx: mpsc::Receiver<Job>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let mut batch: Vec<Write> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
     loop {
         let n = tokio::select! {
             () = stop.cancelled() => return,
@@ -526,31 +665,41 @@ async fn writer(
             return;
         }
         let mut pipe = redis::pipe();
-        // Loading the script in the same pipeline makes EVALSHA safe after a Redis restart.
-        pipe.cmd("SCRIPT").arg("LOAD").arg(CLOUD_SCRIPT).ignore();
-        for w in &batch {
-            invocation(&node, w, &mut pipe);
+        // Loading the scripts in the same pipeline makes EVALSHA safe after a Redis restart.
+        for script in [&CLOUD_LUA, &doc::DOC_LUA, &PRESENCE_LUA] {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(script.text()).ignore();
         }
-        let result: Result<Vec<i64>, _> = pipe.query_async(&mut conn).await;
+        for job in &batch {
+            match job {
+                Job::Cloud(w) => invocation(&node, w, &mut pipe),
+                Job::Doc(w) => doc::invocation(&node, w, &mut pipe),
+                Job::Presence(body) => {
+                    pipe.cmd("EVALSHA")
+                        .arg(PRESENCE_LUA.sha())
+                        .arg(1)
+                        .arg(EVENTS_STREAM)
+                        .arg(body)
+                        .arg(EVENTS_MAX_LEN)
+                        .arg(EVENTS_CHANNEL);
+                }
+            }
+        }
+        let result: Result<Vec<redis::Value>, _> = pipe.query_async(&mut conn).await;
         match result {
-            Ok(seqs) => {
+            Ok(replies) => {
                 metrics.redis_up.set(1);
-                for (w, seq) in batch
-                    .drain(..)
-                    .zip(seqs.into_iter().chain(std::iter::repeat(-1)))
-                {
-                    let accepted = seq > 0;
-                    if accepted {
-                        metrics.redis_writes.inc();
-                    }
-                    match w.reply {
-                        WriteReply::Sender(_) if !accepted => {
-                            metrics.dropped_set("too_many_variables");
-                            tracing::debug!(room = %w.room, "set refused by Redis: variable limit reached");
+                let replies = replies.into_iter().map(Some).chain(std::iter::repeat(None));
+                for (job, reply) in batch.drain(..).zip(replies) {
+                    match job {
+                        Job::Cloud(w) => cloud_written(w, reply, &metrics),
+                        Job::Doc(w) => {
+                            metrics.redis_writes.inc();
+                            if let Some(bp) = bp.upgrade() {
+                                bp.doc_written(&w, reply);
+                            }
                         }
-                        WriteReply::Sender(_) => {}
-                        WriteReply::Accepted(reply) => {
-                            let _ = reply.send(accepted);
+                        Job::Presence(_) => {
+                            metrics.redis_writes.inc();
                         }
                     }
                 }
@@ -558,17 +707,41 @@ async fn writer(
             Err(error) => {
                 metrics.redis_up.set(0);
                 tracing::warn!(%error, changes = batch.len(), "cannot write to Redis; closing the senders with 1011");
-                for w in batch.drain(..) {
+                for job in batch.drain(..) {
                     metrics.redis_write_failures.inc();
-                    match w.reply {
-                        WriteReply::Sender(Some(outbox)) => outbox.close(CloseCode::Unavailable),
-                        WriteReply::Sender(None) => {}
-                        WriteReply::Accepted(reply) => {
-                            let _ = reply.send(false);
-                        }
+                    match job {
+                        Job::Cloud(w) => match w.reply {
+                            WriteReply::Sender(Some(outbox)) => {
+                                outbox.close(CloseCode::Unavailable);
+                            }
+                            WriteReply::Sender(None) => {}
+                            WriteReply::Accepted(reply) => {
+                                let _ = reply.send(false);
+                            }
+                        },
+                        Job::Doc(w) => w.failed(),
+                        Job::Presence(_) => {}
                     }
                 }
             }
+        }
+    }
+}
+
+/// Answer the origin of a cloud change Redis answered `reply` to.
+fn cloud_written(w: Write, reply: Option<redis::Value>, metrics: &Metrics) {
+    let accepted = matches!(reply, Some(redis::Value::Int(seq)) if seq > 0);
+    if accepted {
+        metrics.redis_writes.inc();
+    }
+    match w.reply {
+        WriteReply::Sender(_) if !accepted => {
+            metrics.dropped_set("too_many_variables");
+            tracing::debug!(room = %w.room, "set refused by Redis: variable limit reached");
+        }
+        WriteReply::Sender(_) => {}
+        WriteReply::Accepted(reply) => {
+            let _ = reply.send(accepted);
         }
     }
 }
@@ -617,14 +790,15 @@ fn invocation(node: &str, w: &Write, pipe: &mut redis::Pipeline) {
     let change = serde_json::to_string(&change).unwrap_or_default();
     let epoch = format!("{node}-{:x}", now_ms());
     pipe.cmd("EVALSHA")
-        .arg(script_hash())
-        .arg(6)
+        .arg(CLOUD_LUA.sha())
+        .arg(7)
         .arg(&keys.seq)
         .arg(&keys.epoch)
         .arg(&keys.vars)
         .arg(&keys.pos)
         .arg(&keys.npos)
         .arg(&keys.log)
+        .arg(keys.events)
         .arg(op)
         .arg(name)
         .arg(arg)
@@ -632,13 +806,38 @@ fn invocation(node: &str, w: &Write, pipe: &mut redis::Pipeline) {
         .arg(epoch)
         .arg(change)
         .arg(LOG_MAX_LEN)
-        .arg(CLOUD_CHANNEL);
+        .arg(EVENTS_CHANNEL)
+        .arg(EVENTS_MAX_LEN);
 }
 
-fn script_hash() -> &'static str {
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| redis::Script::new(CLOUD_SCRIPT).get_hash().to_owned())
+/// A Lua script and its SHA1 (computed on first use), for `EVALSHA`.
+pub(crate) struct Lua {
+    text: &'static str,
+    sha: std::sync::OnceLock<String>,
 }
+
+impl Lua {
+    const fn new(text: &'static str) -> Lua {
+        Lua {
+            text,
+            sha: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The script's text (for `SCRIPT LOAD`).
+    pub(crate) fn text(&self) -> &'static str {
+        self.text
+    }
+
+    /// The script's SHA1.
+    pub(crate) fn sha(&self) -> &str {
+        self.sha
+            .get_or_init(|| redis::Script::new(self.text).get_hash().to_owned())
+    }
+}
+
+pub(crate) static CLOUD_LUA: Lua = Lua::new(CLOUD_SCRIPT);
+pub(crate) static PRESENCE_LUA: Lua = Lua::new(PRESENCE_SCRIPT);
 
 /// The subscription task: hands every change to its loaded room; after every
 /// (re)subscription, tells every loaded room to catch up from the stream.
@@ -648,7 +847,7 @@ async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
     loop {
         let subscribed = async {
             let mut pubsub = bp.client.get_async_pubsub().await?;
-            pubsub.subscribe(CLOUD_CHANNEL).await?;
+            pubsub.subscribe(EVENTS_CHANNEL).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         let attempt = tokio::select! {
@@ -664,6 +863,9 @@ async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
                 let Some(h) = hub.upgrade() else { return };
                 resync_all(&h).await;
                 drop(h);
+                if let Some(docs) = bp.docs() {
+                    docs.resync_all();
+                }
                 let (mut sink, mut stream) = pubsub.split();
                 // A peer that vanished without closing the socket is found by a PING.
                 let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -682,20 +884,10 @@ async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
                         }
                     };
                     let Some(msg) = msg else { break };
-                    let event = match bp.parse(msg.get_payload_bytes()) {
-                        Ok(e) => e,
-                        Err(error) => {
-                            tracing::warn!(%error, "dropping a malformed backplane message");
-                            continue;
-                        }
-                    };
-                    bp.metrics.redis_events.inc();
                     let Some(h) = hub.upgrade() else { return };
-                    if h.events.is_active() {
-                        h.events.publish(&room_event(&event));
-                    }
-                    if let Some(room) = h.get(&event.room) {
-                        room.send(RoomCmd::Remote(Box::new(event))).await;
+                    bp.metrics.redis_events.inc();
+                    if let Err(error) = bp.on_event(&h, msg.get_payload_bytes()).await {
+                        tracing::warn!(%error, "dropping a malformed backplane message");
                     }
                 }
                 bp.metrics.redis_up.set(0);
@@ -715,6 +907,85 @@ async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One decoded message of [`EVENTS_CHANNEL`] (or entry of [`EVENTS_STREAM`]).
+#[derive(Debug)]
+pub(crate) enum Decoded {
+    /// A cloud change.
+    Cloud(RemoteEvent),
+    /// A document update.
+    Doc(doc::DocMessage),
+    /// A presence event.
+    Presence(RoomEvent),
+}
+
+impl Decoded {
+    /// Decode `KIND BODY`; `node` is this node's id.
+    pub(crate) fn parse(node: &str, kind: u8, body: &[u8]) -> Result<Decoded, BackplaneError> {
+        Ok(match kind {
+            b'c' => Decoded::Cloud(parse_message(node, body)?),
+            b'd' => Decoded::Doc(doc::parse_message(node, body)?),
+            b'p' => {
+                let p: PresenceBody = serde_json::from_slice(body)
+                    .map_err(|e| BackplaneError::Malformed(e.to_string()))?;
+                let kind = nimbus_proto::gateway::EventKind::ALL
+                    .into_iter()
+                    .find(|k| k.name() == p.k)
+                    .ok_or_else(|| BackplaneError::Malformed(format!("event {:?}", p.k)))?;
+                Decoded::Presence(RoomEvent {
+                    room: Arc::from(p.r),
+                    kind,
+                    data: p.d,
+                    user: p.u.map(Arc::from),
+                    gid: None,
+                })
+            }
+            other => {
+                return Err(BackplaneError::Malformed(format!(
+                    "event kind {:?}",
+                    char::from(other)
+                )))
+            }
+        })
+    }
+
+    /// The event-bus event, with its global id.
+    pub(crate) fn room_event(&self, gid: StreamId) -> RoomEvent {
+        let mut ev = match self {
+            Decoded::Cloud(ev) => room_event(ev),
+            Decoded::Doc(m) => crate::doc::update_event(&m.room, &m.update),
+            Decoded::Presence(ev) => ev.clone(),
+        };
+        ev.gid = Some(gid);
+        ev
+    }
+}
+
+impl RedisBackplane {
+    /// Handle one message of the subscription: publish it on the event bus (every room,
+    /// loaded here or not, in the global order) and hand it to its loaded room.
+    async fn on_event(&self, hub: &Arc<Hub>, payload: &[u8]) -> Result<(), BackplaneError> {
+        let (gid, kind, body) = split_event(payload)?;
+        let decoded = Decoded::parse(&self.node, kind, body)?;
+        if hub.events.is_active() {
+            hub.events.publish(&decoded.room_event(gid));
+        }
+        match decoded {
+            Decoded::Cloud(event) => {
+                if let Some(room) = hub.get(&event.room) {
+                    room.send(RoomCmd::Remote(Box::new(event))).await;
+                }
+            }
+            Decoded::Doc(m) => {
+                if let Some(docs) = self.docs() {
+                    docs.on_replicated(m);
+                }
+            }
+            Decoded::Presence(_) => {}
+        }
+        Ok(())
     }
 }
 
@@ -748,6 +1019,7 @@ fn room_event(ev: &RemoteEvent) -> RoomEvent {
         kind,
         data,
         user: ev.user.clone(),
+        gid: None,
     }
 }
 

@@ -1,4 +1,5 @@
-//! Cloud rooms shared by 3 nodes through a real `redis-server` on loopback.
+//! Cloud and document rooms and gateway events shared by 3 nodes through a real
+//! `redis-server` on loopback.
 //!
 //! Needs `redis-server` on the PATH (Debian: `apt-get install redis-server`; `.ci/run`
 //! installs it). Without it each test prints `SKIPPED` and returns, unless
@@ -416,5 +417,149 @@ async fn the_gateway_of_every_node_dispatches_every_rooms_cloud_changes_once() {
     }
     for s in n {
         s.stop().await;
+    }
+}
+
+// ---------------------------------------------------------------- document rooms
+
+async fn doc_client(srv: &TestServer, room: &str) -> nimbus_doc::Client {
+    let wire = nimbus_doc::ClientWire::WebSocket {
+        url: format!("ws://{}/doc", srv.addr),
+    };
+    let opts = nimbus_doc::ConnectOptions {
+        backoff: nimbus_proto::backoff::Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        ),
+        ..Default::default()
+    };
+    tokio::time::timeout(WAIT, nimbus_doc::connect(wire, room, None, opts))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+fn text_of(c: &nimbus_doc::Client) -> String {
+    use nimbus_doc::yrs::{GetString, Transact};
+    let t = c.doc().get_or_insert_text("t");
+    let s = t.get_string(&c.doc().transact());
+    s
+}
+
+fn push(c: &nimbus_doc::Client, piece: &str) {
+    use nimbus_doc::yrs::{Text, Transact};
+    let t = c.doc().get_or_insert_text("t");
+    let mut txn = c.doc().transact_mut();
+    let end = t.len(&txn);
+    t.insert(&mut txn, end, piece);
+}
+
+/// Wait until every client's text has `len` characters and all are equal.
+async fn converged(clients: &[&nimbus_doc::Client], len: usize) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    loop {
+        let texts: Vec<String> = clients.iter().map(|c| text_of(c)).collect();
+        if texts.iter().all(|t| t.len() == len && *t == texts[0]) {
+            return texts[0].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no convergence: lengths {:?}, want {len}",
+            texts.iter().map(String::len).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn pieces(tag: char, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{tag}{i:04};")).collect()
+}
+
+#[tokio::test]
+async fn a_document_edited_through_two_nodes_converges_on_every_node_and_in_redis() {
+    if !have_redis() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path()).await;
+    let n = nodes(dir.path(), &redis).await;
+    let a = doc_client(&n[0], "shared").await;
+    let b = doc_client(&n[1], "shared").await;
+    let c = doc_client(&n[2], "shared").await;
+    // 2 × 700 single-edit updates: more than the compaction threshold (1000).
+    let (pa, pb) = (pieces('a', 700), pieces('b', 700));
+    let total: usize = pa.iter().chain(&pb).map(String::len).sum();
+    for (x, y) in pa.iter().zip(&pb) {
+        push(&a, x);
+        push(&b, y);
+        tokio::task::yield_now().await;
+    }
+    let text = converged(&[&a, &b, &c], total).await;
+    for p in pa.iter().chain(&pb) {
+        assert!(text.contains(p.as_str()), "{p} missing");
+    }
+    // A node that joins now loads the room from Redis alone.
+    let late_node = node(dir.path(), 3, &redis).await;
+    let late = doc_client(&late_node, "shared").await;
+    assert_eq!(converged(&[&late], total).await, text);
+    // Some node compacted the log: a snapshot exists and the stream is shorter.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (len, snap): (u64, Option<Vec<u8>>) = redis::pipe()
+            .cmd("XLEN")
+            .arg("nimbus:doc:{shared}:log")
+            .cmd("GET")
+            .arg("nimbus:doc:{shared}:snap")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if snap.is_some() && len < 1400 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "log never compacted (len {len})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for c in [a, b, c, late] {
+        c.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restart_mid_stream_loses_no_document_edit() {
+    if !have_redis() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisProc::start(dir.path()).await;
+    let n = nodes(dir.path(), &redis).await;
+    let a = doc_client(&n[0], "r").await;
+    let b = doc_client(&n[1], "r").await;
+    let (pa, pb) = (pieces('a', 200), pieces('b', 200));
+    let total: usize = pa.iter().chain(&pb).map(String::len).sum();
+    for (i, (x, y)) in pa.iter().zip(&pb).enumerate() {
+        if i == 100 {
+            // Mid-stream: Redis goes away and comes back (its append-only file kept what
+            // it had accepted). Edits go on meanwhile.
+            redis.kill();
+        }
+        if i == 150 {
+            redis.spawn().await;
+        }
+        push(&a, x);
+        push(&b, y);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Clients closed with 1011 reconnect and re-send what the room had not stored.
+    let text = converged(&[&a, &b], total).await;
+    let late_node = node(dir.path(), 3, &redis).await;
+    let late = doc_client(&late_node, "r").await;
+    assert_eq!(converged(&[&late], total).await, text);
+    for c in [a, b, late] {
+        c.close().await;
     }
 }

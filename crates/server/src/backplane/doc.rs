@@ -1,0 +1,334 @@
+//! Document (Yjs) rooms through the Redis backplane.
+//!
+//! Yjs updates commute and applying one twice changes nothing, so, unlike cloud rooms,
+//! a node applies its clients' updates at once and Redis only has to hold the complete
+//! set: every update is appended to the room's stream under the room's next sequence
+//! number ([`DOC_SCRIPT`]) and published; every other node applies it as it arrives.
+//! The sequence numbers let a node notice that it missed some (a gap) and catch up by
+//! reloading the room from Redis (the compacted snapshot plus the stream after it),
+//! which is idempotent.
+//!
+//! Keys of room `R` (the room in a hash tag, one Redis Cluster slot):
+//! `nimbus:doc:{R}:seq`, `:epoch`, `:log` (stream, entry `SEQ-0`, field `u` = the
+//! update), `:snap` (the merged state up to `:snapseq`). A node that sees a room's log
+//! grow past [`COMPACT_AFTER`] entries folds it into the snapshot ([`COMPACT_SCRIPT`]:
+//! accepted only if it covers more than the current one, then `XTRIM MINID`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{BackplaneError, Lua, RedisBackplane, EVENTS_CHANNEL, EVENTS_MAX_LEN, EVENTS_STREAM};
+use crate::store::{compact, DocLog};
+
+/// Stream entries after which a node compacts a room's log into its snapshot.
+pub const COMPACT_AFTER: u64 = 1000;
+
+/// The script that records one document update.
+///
+/// KEYS: seq, epoch, log, snap, snapseq, events. ARGV: epoch candidate, node, connection,
+/// room, update, events length, channel. Returns `{seq, log length}`.
+pub const DOC_SCRIPT: &str = r"
+local seq = redis.call('INCR', KEYS[1])
+if seq == 1 then
+  redis.call('SET', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+end
+local epoch = redis.call('GET', KEYS[2]) or ARGV[1]
+redis.call('XADD', KEYS[3], seq .. '-0', 'u', ARGV[5])
+local body = epoch .. ' ' .. seq .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. #ARGV[4] .. ' ' .. ARGV[4] .. ARGV[5]
+local gid = redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', 'm', 'd ' .. body)
+redis.call('PUBLISH', ARGV[7], gid .. ' d ' .. body)
+return {seq, redis.call('XLEN', KEYS[3])}
+";
+
+/// The script that replaces a room's snapshot by a newer one and trims the log it covers.
+///
+/// KEYS: epoch, snap, snapseq, log. ARGV: epoch, covered sequence, snapshot. Returns 1
+/// when accepted, 0 when the epoch changed or a snapshot covering as much exists.
+pub const COMPACT_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local covered = tonumber(ARGV[2])
+if covered <= tonumber(redis.call('GET', KEYS[3]) or '0') then return 0 end
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[3], covered)
+redis.call('XTRIM', KEYS[4], 'MINID', (covered + 1) .. '-0')
+return 1
+";
+
+pub(crate) static DOC_LUA: Lua = Lua::new(DOC_SCRIPT);
+static COMPACT_LUA: Lua = Lua::new(COMPACT_SCRIPT);
+
+/// Redis key names of one document room.
+struct Keys {
+    seq: String,
+    epoch: String,
+    log: String,
+    snap: String,
+    snapseq: String,
+}
+
+impl Keys {
+    fn new(room: &str) -> Keys {
+        let k = |what: &str| format!("nimbus:doc:{{{room}}}:{what}");
+        Keys {
+            seq: k("seq"),
+            epoch: k("epoch"),
+            log: k("log"),
+            snap: k("snap"),
+            snapseq: k("snapseq"),
+        }
+    }
+}
+
+/// A document update queued for Redis.
+pub struct DocWrite {
+    /// Room.
+    pub room: Arc<str>,
+    /// The Yjs v1 update.
+    pub update: Bytes,
+    /// Called when Redis could not be written (the room then closes its clients).
+    pub on_failure: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for DocWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocWrite")
+            .field("room", &self.room)
+            .field("bytes", &self.update.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DocWrite {
+    pub(crate) fn failed(&self) {
+        (self.on_failure)();
+    }
+}
+
+/// A document update as every node receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocMessage {
+    /// Room.
+    pub room: Arc<str>,
+    /// The room's epoch (changes when Redis lost the room and restarted its sequence).
+    pub epoch: Arc<str>,
+    /// Sequence number in the room.
+    pub seq: u64,
+    /// Whether this node wrote it (its room already has it).
+    pub local: bool,
+    /// The Yjs v1 update.
+    pub update: Bytes,
+}
+
+/// A room's document as stored in Redis, read atomically.
+#[derive(Debug, Clone, Default)]
+pub struct DocState {
+    /// Epoch ("" for a room never written).
+    pub epoch: Arc<str>,
+    /// Sequence number of the last update the state covers.
+    pub seq: u64,
+    /// Snapshot and the updates after it.
+    pub log: DocLog,
+}
+
+/// Parse `EPOCH SEQ NODE CONN ROOMLEN ROOM+UPDATE` as written by [`DOC_SCRIPT`].
+pub(crate) fn parse_message(node: &str, body: &[u8]) -> Result<DocMessage, BackplaneError> {
+    let bad = |what: &str| BackplaneError::Malformed(format!("document update: {what}"));
+    let mut rest = body;
+    let mut field = || -> Result<&str, BackplaneError> {
+        let sp = rest
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or_else(|| bad("truncated header"))?;
+        let f = std::str::from_utf8(&rest[..sp]).map_err(|_| bad("header is not UTF-8"))?;
+        rest = &rest[sp + 1..];
+        Ok(f)
+    };
+    let epoch = Arc::<str>::from(field()?);
+    let seq: u64 = field()?.parse().map_err(|_| bad("sequence"))?;
+    let origin = field()? == node;
+    let _conn = field()?;
+    let len: usize = field()?.parse().map_err(|_| bad("room length"))?;
+    if rest.len() < len {
+        return Err(bad("truncated room"));
+    }
+    let room = std::str::from_utf8(&rest[..len]).map_err(|_| bad("room is not UTF-8"))?;
+    Ok(DocMessage {
+        room: Arc::from(room),
+        epoch,
+        seq,
+        local: origin,
+        update: Bytes::copy_from_slice(&rest[len..]),
+    })
+}
+
+/// Append the script call for one update to `pipe`.
+pub(crate) fn invocation(node: &str, w: &DocWrite, pipe: &mut redis::Pipeline) {
+    let keys = Keys::new(&w.room);
+    let epoch = format!("{node}-{:x}", super::now_ms());
+    pipe.cmd("EVALSHA")
+        .arg(DOC_LUA.sha())
+        .arg(6)
+        .arg(&keys.seq)
+        .arg(&keys.epoch)
+        .arg(&keys.log)
+        .arg(&keys.snap)
+        .arg(&keys.snapseq)
+        .arg(EVENTS_STREAM)
+        .arg(epoch)
+        .arg(node)
+        .arg(0)
+        .arg(&*w.room)
+        .arg(&w.update[..])
+        .arg(EVENTS_MAX_LEN)
+        .arg(EVENTS_CHANNEL);
+}
+
+impl RedisBackplane {
+    /// Queue a document update (dropped, and `on_failure` called, when the writer's queue
+    /// is full).
+    pub(crate) fn write_doc(&self, w: DocWrite) {
+        if let Err(e) = self.writes.try_send(super::Job::Doc(w)) {
+            self.metrics.redis_write_failures.inc();
+            if let tokio::sync::mpsc::error::TrySendError::Full(super::Job::Doc(w))
+            | tokio::sync::mpsc::error::TrySendError::Closed(super::Job::Doc(w)) = e
+            {
+                w.failed();
+            }
+        }
+    }
+
+    /// Redis answered a document write: compact the room's log when it grew long.
+    pub(crate) fn doc_written(self: &Arc<Self>, w: &DocWrite, reply: Option<redis::Value>) {
+        let len = match reply {
+            Some(redis::Value::Array(v)) => match v.get(1) {
+                Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+                _ => 0,
+            },
+            _ => 0,
+        };
+        if len > COMPACT_AFTER && self.compacting_start(&w.room) {
+            let bp = self.clone();
+            let room = w.room.clone();
+            tokio::spawn(async move {
+                match bp.compact_doc(&room).await {
+                    Ok(true) => {
+                        bp.metrics.doc_compactions.inc();
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(%room, %error, "document compaction in Redis failed")
+                    }
+                }
+                bp.compacting_end(&room);
+            });
+        }
+    }
+
+    fn compacting_start(&self, room: &Arc<str>) -> bool {
+        self.compacting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(room.clone())
+    }
+
+    fn compacting_end(&self, room: &str) {
+        self.compacting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(room);
+    }
+
+    /// A room's document (epoch, sequence, snapshot and the updates after it), read
+    /// atomically.
+    pub async fn load_doc(&self, room: &str) -> Result<DocState, BackplaneError> {
+        let keys = Keys::new(room);
+        let mut conn = self.conn.clone();
+        type Raw = (
+            Option<String>,
+            Option<u64>,
+            Option<Vec<u8>>,
+            redis::streams::StreamRangeReply,
+        );
+        let (epoch, seq, snapshot, log): Raw = redis::pipe()
+            .atomic()
+            .get(&keys.epoch)
+            .get(&keys.seq)
+            .get(&keys.snap)
+            .cmd("XRANGE")
+            .arg(&keys.log)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await?;
+        let mut updates = Vec::with_capacity(log.ids.len());
+        for entry in log.ids {
+            let u: Vec<u8> = entry
+                .get("u")
+                .ok_or_else(|| BackplaneError::Malformed(format!("document entry {}", entry.id)))?;
+            updates.push(u);
+        }
+        Ok(DocState {
+            epoch: Arc::from(epoch.unwrap_or_default()),
+            seq: seq.unwrap_or(0),
+            log: DocLog { snapshot, updates },
+        })
+    }
+
+    /// Fold a room's log into its snapshot. Returns whether Redis took the new snapshot.
+    async fn compact_doc(&self, room: &str) -> Result<bool, BackplaneError> {
+        let state = self.load_doc(room).await?;
+        if state.log.updates.is_empty() {
+            return Ok(false);
+        }
+        let name = room.to_owned();
+        let log = state.log;
+        let snapshot = tokio::task::spawn_blocking(move || compact(&name, &log))
+            .await
+            .map_err(|e| BackplaneError::Malformed(format!("compaction task: {e}")))?;
+        let keys = Keys::new(room);
+        let mut conn = self.conn.clone();
+        let accepted: i64 = redis::cmd("EVAL")
+            .arg(COMPACT_LUA.text())
+            .arg(4)
+            .arg(&keys.epoch)
+            .arg(&keys.snap)
+            .arg(&keys.snapseq)
+            .arg(&keys.log)
+            .arg(&*state.epoch)
+            .arg(state.seq)
+            .arg(snapshot)
+            .query_async(&mut conn)
+            .await?;
+        tracing::debug!(%room, covered = state.seq, accepted, "document log compacted in Redis");
+        Ok(accepted == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_parse_with_binary_updates_and_rooms_with_spaces() {
+        let mut body = b"ep 12 me 0 6 a room".to_vec();
+        body.extend_from_slice(&[0, 1, b' ', 255]);
+        let m = parse_message("me", &body).expect("parse");
+        assert_eq!(
+            (&*m.epoch, m.seq, m.local, &*m.room),
+            ("ep", 12, true, "a room")
+        );
+        assert_eq!(&m.update[..], &[0, 1, b' ', 255]);
+        assert!(!parse_message("you", &body).expect("parse").local);
+        for bad in [
+            &b""[..],
+            b"ep",
+            b"ep x me 0 1 r",
+            b"ep 1 me 0 9 r",
+            b"ep 1 me 0 z r",
+        ] {
+            assert!(parse_message("me", bad).is_err(), "{bad:?}");
+        }
+    }
+}
