@@ -1,5 +1,6 @@
 //! Three real `nimbus serve --redis` processes and a real `redis-server` on loopback:
-//! a node killed with `kill -9` mid-stream loses nothing another client already saw.
+//! a node killed with `kill -9` mid-stream loses nothing another client already saw (cloud
+//! rooms, document rooms), and a gateway session of the killed node resumes on another one.
 //!
 //! Needs `redis-server` (Debian: `apt-get install redis-server`; `.ci/run` installs it).
 //! Without it the test prints `SKIPPED` and returns, unless `NIMBUS_REQUIRE_REDIS=1`.
@@ -14,6 +15,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(20);
+
+const GATEWAY_TOKEN: &str = "crash-test-token";
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -93,6 +96,7 @@ fn start_node(dir: &std::path::Path, port: u16, redis: u16) -> Killed {
         .arg("--data-dir")
         .arg(dir)
         .args(["--redis", &format!("redis://127.0.0.1:{redis}/")])
+        .args(["--gateway-token", GATEWAY_TOKEN])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -205,4 +209,275 @@ async fn a_node_killed_with_kill_9_mid_stream_loses_nothing_that_was_seen() {
         "values arrive in the room's order"
     );
     drop(nodes);
+}
+
+/// Redis, and three nodes (some may be killed), each on its own port.
+struct Cluster {
+    _dir: tempfile::TempDir,
+    _redis: Killed,
+    ports: Vec<u16>,
+    nodes: Vec<Option<Killed>>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let redis_port = free_port();
+        let redis = start_redis(dir.path(), redis_port);
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let d = dir.path().join(format!("node{i}"));
+                Some(start_node(&d, p, redis_port))
+            })
+            .collect();
+        Cluster {
+            _dir: dir,
+            _redis: redis,
+            ports,
+            nodes,
+        }
+    }
+
+    /// `kill -9` node `i`.
+    fn kill(&mut self, i: usize) {
+        drop(self.nodes[i].take());
+    }
+}
+
+async fn open_ws(url: &str) -> Ws {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((ws, _)) => return ws,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("node never came up: {e}"),
+        }
+    }
+}
+
+/// The next JSON payload of a gateway connection.
+async fn gw_recv(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a payload in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(t.as_str()).unwrap();
+        }
+    }
+}
+
+/// Connect to a node's gateway and read its Hello.
+async fn gw_open(port: u16) -> Ws {
+    let mut ws = open_ws(&format!("ws://127.0.0.1:{port}/gateway?v=10&encoding=json")).await;
+    let hello = gw_recv(&mut ws).await;
+    assert_eq!(hello["op"], 10, "{hello}");
+    ws
+}
+
+async fn gw_send(ws: &mut Ws, v: serde_json::Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// A dispatch seen by the gateway client: its `s`, `t` and, for cloud events, the value.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    s: u64,
+    t: String,
+    value: Option<u64>,
+}
+
+async fn gw_dispatch(ws: &mut Ws) -> Seen {
+    loop {
+        let p = gw_recv(ws).await;
+        if p["op"] == 0 {
+            return Seen {
+                s: p["s"].as_u64().unwrap(),
+                t: p["t"].as_str().unwrap().to_owned(),
+                value: p["d"]["value"].as_u64(),
+            };
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_session_of_a_killed_node_resumes_on_another_node_without_a_gap() {
+    if !have_redis() {
+        return;
+    }
+    let mut cluster = Cluster::start();
+    // The writer is on node C; the gateway session starts on node A.
+    let mut writer = join(cluster.ports[2], "w").await;
+    let mut gw = gw_open(cluster.ports[0]).await;
+    gw_send(
+        &mut gw,
+        serde_json::json!({"op": 2, "d": {"token": GATEWAY_TOKEN, "intents": 1, "properties": {}}}),
+    )
+    .await;
+    let ready = gw_recv(&mut gw).await;
+    assert_eq!(
+        (ready["t"].as_str(), ready["s"].as_u64()),
+        (Some("READY"), Some(1)),
+        "{ready}"
+    );
+    let session_id = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    const LAST: u64 = 3000;
+    let stream = tokio::spawn(async move {
+        for i in 1..=LAST {
+            let line = format!(r#"{{"method":"set","name":"☁ x","value":{i}}}"#);
+            writer.send(Message::text(line)).await.unwrap();
+            if i % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        writer
+    });
+    let mut seen: Vec<Seen> = Vec::new();
+    while seen.last().and_then(|d| d.value).unwrap_or(0) < 500 {
+        seen.push(gw_dispatch(&mut gw).await);
+    }
+    // Mid-stream: node A dies with the session attached.
+    cluster.kill(0);
+    let last_seq = seen.last().unwrap().s;
+    let mut gw = gw_open(cluster.ports[1]).await;
+    gw_send(
+        &mut gw,
+        serde_json::json!({"op": 6, "d": {"token": GATEWAY_TOKEN, "session_id": session_id, "seq": last_seq}}),
+    )
+    .await;
+    while seen.last().and_then(|d| d.value) != Some(LAST) {
+        let d = gw_dispatch(&mut gw).await;
+        assert_ne!(d.t, "READY", "the session was resumed, not restarted");
+        seen.push(d);
+    }
+    let _writer = stream.await.unwrap();
+    if let Some(i) = seen
+        .windows(2)
+        .position(|w| matches!((w[0].value, w[1].value), (Some(a), Some(b)) if b <= a))
+    {
+        let first = seen
+            .iter()
+            .position(|d| d.value == seen[i + 1].value)
+            .unwrap();
+        panic!(
+            "value goes back after seq {last_seq}: {:?} ... first seen at {:?}",
+            &seen[i.saturating_sub(2)..(i + 3).min(seen.len())],
+            &seen[first.saturating_sub(1)..first + 2]
+        );
+    }
+    // Every dispatch once, under consecutive sequence numbers, READY first...
+    let seqs: Vec<u64> = seen.iter().map(|d| d.s).collect();
+    assert_eq!(seqs, (2..2 + seqs.len() as u64).collect::<Vec<_>>());
+    // ...and every value the room took, once and in order, across the kill.
+    let values: Vec<u64> = seen.iter().filter_map(|d| d.value).collect();
+    assert_eq!(values, (1..=LAST).collect::<Vec<_>>());
+    let resumed = seen.iter().filter(|d| d.t == "RESUMED").count();
+    assert_eq!(resumed, 1, "one RESUMED");
+    eprintln!(
+        "resumed on node B after seq {last_seq}; {} dispatches in all",
+        seen.len()
+    );
+}
+
+async fn doc_client(port: u16, room: &str) -> nimbus_doc::Client {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let wire = nimbus_doc::ClientWire::WebSocket {
+            url: format!("ws://127.0.0.1:{port}/doc"),
+        };
+        let opts = nimbus_doc::ConnectOptions {
+            reconnect: false,
+            ..Default::default()
+        };
+        match nimbus_doc::connect(wire, room, None, opts).await {
+            Ok(c) => return c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("node never came up: {e}"),
+        }
+    }
+}
+
+fn text_of(c: &nimbus_doc::Client) -> String {
+    use nimbus_doc::yrs::{GetString, Transact};
+    let t = c.doc().get_or_insert_text("t");
+    let s = t.get_string(&c.doc().transact());
+    s
+}
+
+#[tokio::test]
+async fn a_node_killed_with_kill_9_mid_edit_loses_no_document_edit_another_node_saw() {
+    use nimbus_doc::yrs::{Text, Transact};
+    if !have_redis() {
+        return;
+    }
+    let mut cluster = Cluster::start();
+    let writer = doc_client(cluster.ports[0], "crash").await;
+    let observer = doc_client(cluster.ports[1], "crash").await;
+    let text = writer.doc().get_or_insert_text("t");
+    let mut written = String::new();
+    for i in 0..2000 {
+        let piece = format!("{i};");
+        text.push(&mut writer.doc().transact_mut(), &piece);
+        written.push_str(&piece);
+        if i == 1000 {
+            // Mid-stream, once the observer on node B has a part of the edits: kill A.
+            let deadline = Instant::now() + WAIT;
+            while text_of(&observer).len() < 500 {
+                assert!(Instant::now() < deadline, "observer saw nothing");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            cluster.kill(0);
+        }
+    }
+    let seen = text_of(&observer);
+    assert!(
+        !seen.is_empty() && written.starts_with(&seen),
+        "a prefix of the edits"
+    );
+    // What Redis holds, read by a client of node C that joins now.
+    let late = doc_client(cluster.ports[2], "crash").await;
+    let stored = text_of(&late);
+    assert!(
+        stored.starts_with(&seen),
+        "Redis lost edits the observer had seen: {} stored, {} seen",
+        stored.len(),
+        seen.len()
+    );
+    // The writer's client still holds every edit: reconnecting to node C sends the rest.
+    let wire = nimbus_doc::ClientWire::WebSocket {
+        url: format!("ws://127.0.0.1:{}/doc", cluster.ports[2]),
+    };
+    let opts = nimbus_doc::ConnectOptions {
+        reconnect: false,
+        ..Default::default()
+    };
+    let again = nimbus_doc::connect(wire, "crash", Some(writer.doc().clone()), opts)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while text_of(&late) != written || text_of(&observer) != written {
+        assert!(
+            Instant::now() < deadline,
+            "the edits never reached every node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "observer had {} of {} bytes when node A died; Redis had {}",
+        seen.len(),
+        written.len(),
+        stored.len()
+    );
+    for c in [again, late, observer] {
+        c.close().await;
+    }
 }

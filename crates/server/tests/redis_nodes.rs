@@ -309,6 +309,7 @@ async fn a_redis_restart_mid_stream_closes_writers_with_1011_and_recovers() {
 /// A minimal gateway client: Hello, Identify (cloud intent), READY, then dispatches.
 struct Gw {
     ws: common::Ws,
+    session: String,
 }
 
 impl Gw {
@@ -319,7 +320,10 @@ impl Gw {
             .await
             .unwrap()
             .unwrap();
-        let mut g = Gw { ws };
+        let mut g = Gw {
+            ws,
+            session: String::new(),
+        };
         assert_eq!(g.recv().await["op"], 10);
         let identify = serde_json::json!({"op": 2, "d": {"token": "Bot t", "intents": 1,
             "properties": {"os": "linux", "browser": "test", "device": "test"}}});
@@ -328,7 +332,31 @@ impl Gw {
         ))
         .await
         .unwrap();
-        assert_eq!(g.recv().await["t"], "READY");
+        let ready = g.recv().await;
+        assert_eq!(ready["t"], "READY");
+        g.session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+        g
+    }
+
+    /// Connect to `srv` and send a Resume of `session` from `seq`.
+    async fn resume(srv: &TestServer, session: &str, seq: u64) -> Gw {
+        use futures_util::SinkExt;
+        let url = format!("ws://{}/gateway?v=10&encoding=json", srv.addr);
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut g = Gw {
+            ws,
+            session: session.to_owned(),
+        };
+        assert_eq!(g.recv().await["op"], 10);
+        let resume = serde_json::json!({"op": 6, "d": {"token": "Bot t", "session_id": session, "seq": seq}});
+        g.ws.send(tokio_tungstenite::tungstenite::Message::text(
+            resume.to_string(),
+        ))
+        .await
+        .unwrap();
         g
     }
 
@@ -363,16 +391,11 @@ impl Gw {
     }
 }
 
-#[tokio::test]
-async fn the_gateway_of_every_node_dispatches_every_rooms_cloud_changes_once() {
-    if !have_redis() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let redis = RedisProc::start(dir.path()).await;
+/// Three nodes with a gateway (token `t`).
+async fn gateway_nodes(dir: &Path, redis: &RedisProc) -> Vec<TestServer> {
     let mut n = Vec::new();
     for i in 0..3 {
-        let mut cfg = config(&dir.path().join(format!("node{i}")));
+        let mut cfg = config(&dir.join(format!("node{i}")));
         cfg.redis = Some(redis.url());
         cfg.gateway = nimbus_server::GatewayConfig {
             tokens: vec![nimbus_server::GatewayToken::parse("t").unwrap()],
@@ -382,6 +405,81 @@ async fn the_gateway_of_every_node_dispatches_every_rooms_cloud_changes_once() {
         };
         n.push(TestServer::start(cfg).await);
     }
+    n
+}
+
+#[tokio::test]
+async fn a_session_resumed_on_another_live_node_moves_there_and_its_old_connection_ends() {
+    use futures_util::StreamExt;
+    if !have_redis() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path()).await;
+    let n = gateway_nodes(dir.path(), &redis).await;
+    let mut old = Gw::ready(&n[0]).await;
+    let mut alice = Client::join(&n[1].url(), "6", "alice").await;
+    alice.set("x", "1").await;
+    assert_eq!(old.dispatch().await.0, "CLOUD_CREATE");
+    // The client moves to node B while node A still holds its connection.
+    let mut moved = Gw::resume(&n[1], &old.session, 2).await;
+    let resumed = moved.recv().await;
+    assert_eq!(
+        (resumed["t"].as_str(), resumed["s"].as_u64()),
+        (Some("RESUMED"), Some(3)),
+        "{resumed}"
+    );
+    alice.set("x", "2").await;
+    let next = moved.recv().await;
+    assert_eq!(
+        (next["t"].as_str(), next["s"].as_u64()),
+        (Some("CLOUD_SET"), Some(4)),
+        "{next}"
+    );
+    assert_eq!(next["d"]["value"], 2);
+    // Node A lost the session to node B: its connection ends instead of extending it.
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match old.ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                    panic!("the old connection got {t} after the session moved")
+                }
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the old connection never ended");
+    // A session no node ever had, and a seq beyond what was sent, are refused.
+    let mut unknown = Gw::resume(&n[2], "0123456789abcdef0123456789abcdef", 1).await;
+    let p = unknown.recv().await;
+    assert_eq!(
+        (p["op"].as_u64(), p["d"].as_bool()),
+        (Some(9), Some(false)),
+        "{p}"
+    );
+    let mut future = Gw::resume(&n[2], &moved.session, 99).await;
+    let end = tokio::time::timeout(WAIT, future.ws.next()).await.unwrap();
+    match end {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
+            assert_eq!(u16::from(f.code), 4007);
+        }
+        other => panic!("expected close 4007, got {other:?}"),
+    }
+    for s in n {
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_of_every_node_dispatches_every_rooms_cloud_changes_once() {
+    if !have_redis() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path()).await;
+    let n = gateway_nodes(dir.path(), &redis).await;
     // Node C never loads the room; node A holds the writer's room.
     let mut on_c = Gw::ready(&n[2]).await;
     let mut on_a = Gw::ready(&n[0]).await;

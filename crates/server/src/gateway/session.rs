@@ -185,9 +185,16 @@ impl Session {
     /// Append a dispatch of the event `gid` under the next sequence.
     pub(crate) fn push(&self, t: &'static str, d: &str, capacity: usize, gid: Option<StreamId>) {
         let mut st = self.lock();
-        if let (Some(pending), Some(g)) = (st.pending.as_mut(), gid) {
-            pending.push((g, t, Arc::from(d)));
-            return;
+        if let Some(g) = gid {
+            if let Some(pending) = st.pending.as_mut() {
+                pending.push((g, t, Arc::from(d)));
+                return;
+            }
+            if g <= st.gid {
+                // Already dispatched: a session taken over read the global stream ahead of
+                // this node's subscription.
+                return;
+            }
         }
         self.push_locked(&mut st, t, d, capacity, gid);
         let last = st.last;
@@ -360,5 +367,20 @@ mod tests {
         assert_eq!(s.after(2, 5, &mut out), Err(()));
         s.detach(2, Instant::now());
         assert_eq!(s.resume(3, 5, 4), Err(ResumeError::TooOld));
+    }
+
+    #[test]
+    fn events_at_or_before_the_last_dispatched_gid_are_not_dispatched_again() {
+        let g = |ms| Some(StreamId { ms, seq: 0 });
+        let s = Session::new("s".into(), "t".into(), Intents::ALL, [0, 1], None);
+        s.ready(1, "{}", 8, StreamId { ms: 1, seq: 0 });
+        s.push("CLOUD_SET", "{}", 8, g(1));
+        s.push("CLOUD_SET", "{}", 8, g(2));
+        s.push("CLOUD_SET", "{}", 8, g(2));
+        s.push("CLOUD_SET", "{}", 8, g(3));
+        let mut out = Vec::new();
+        assert_eq!(s.after(1, 0, &mut out), Ok(true));
+        assert_eq!(out.iter().map(|b| b.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(s.gid(), StreamId { ms: 3, seq: 0 });
     }
 }
