@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Cross-node cloud benchmark for docs/benchmarks.md: the same `nimbus bench cloud` shape against
+# Cross-node benchmark for docs/benchmarks.md: the same `nimbus bench cloud` (or, with
+# BENCH=doc, `nimbus bench doc`) shape against
 #   single  one node, embedded store (the default)
 #   redis1  one node with --redis
 #   redis3  three nodes with --redis; client n connects to node n % 3, so every room's
@@ -10,12 +11,18 @@
 #   bench/redis.sh                  # all modes, RUNS=3 each
 #   RUNS=1 bench/redis.sh redis3    # one mode
 #   SHAPE="--rooms 50 --clients 10 --publishers 2 --rate 50" bench/redis.sh
+#   BENCH=doc bench/redis.sh        # document rooms (SHAPE default: 50 docs x 6 editors x 5/s)
 #   SERVER_BIN=/tmp/old/nimbus bench/redis.sh single   (the nodes from another build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${RUNS:-3}"
 MODES=("$@"); [[ ${#MODES[@]} -gt 0 ]] || MODES=(single redis1 redis3)
-SHAPE="${SHAPE:---rooms 50 --clients 10 --publishers 2 --rate 50}"
+BENCH="${BENCH:-cloud}"
+case "$BENCH" in
+    cloud) SHAPE="${SHAPE:---rooms 50 --clients 10 --publishers 2 --rate 50}"; PATH_SUFFIX=/ ;;
+    doc) SHAPE="${SHAPE:---docs 50 --editors 6 --rate 5}"; PATH_SUFFIX=/doc ;;
+    *) echo "BENCH must be cloud or doc" >&2; exit 2 ;;
+esac
 command -v redis-server >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
 [[ -n "${SKIP_BUILD:-}" ]] || nice -n 19 cargo build --release -q -p nimbus
 BIN=target/release/nimbus
@@ -23,7 +30,7 @@ SERVER_BIN="${SERVER_BIN:-$BIN}"   # e.g. an older build, for an A/B of the sing
 RPORT=16379
 PORTS=(19991 19992 19993)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-echo "# $(nproc) cores, $(uname -r), load: $(cut -d' ' -f1-3 /proc/loadavg), shape: $SHAPE"
+echo "# $(nproc) cores, $(uname -r), load: $(cut -d' ' -f1-3 /proc/loadavg), bench: $BENCH, shape: $SHAPE"
 
 PIDS=()
 stop_all() {
@@ -49,7 +56,7 @@ start() {
     for i in $(seq 0 $((n - 1))); do
         "$SERVER_BIN" serve --listen "127.0.0.1:${PORTS[$i]}" --data-dir "$WORK/n$i" --room-idle-ms 600000 "${redis_args[@]}" >/dev/null 2>&1 &
         PIDS+=($!); wait_port "${PORTS[$i]}"
-        URLS+=(--url "ws://127.0.0.1:${PORTS[$i]}/")
+        URLS+=(--url "ws://127.0.0.1:${PORTS[$i]}${PATH_SUFFIX}")
     done
 }
 
@@ -65,7 +72,7 @@ for mode in "${MODES[@]}"; do
     for _ in $(seq "$RUNS"); do
         start "$mode"
         # shellcheck disable=SC2086
-        line=$("$BIN" bench cloud "${URLS[@]}" --json --warmup 2 --duration 10 $SHAPE | tail -1)
+        line=$("$BIN" bench "$BENCH" "${URLS[@]}" --json --warmup 2 --duration 10 $SHAPE | tail -1)
         stop_all
         line=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["mode_nodes"]=sys.argv[2]; print(json.dumps(d))' "$line" "$mode")
         echo "$line"; out+="$line"$'\n'

@@ -10,7 +10,8 @@
 //! - [`doc`]: Yjs document rooms at `/doc/{room}` (tokens, persistence, limits);
 //! - [`events`]: the room event bus (cloud changes, joins, leaves);
 //! - [`gateway`]: the Discord-v10-style gateway at `/gateway` (room events as dispatches);
-//! - [`backplane`]: the Redis backplane (`--redis`): cloud rooms shared by several nodes;
+//! - [`backplane`]: the Redis backplane (`--redis`): cloud and document rooms and gateway
+//!   sessions shared by several nodes;
 //! - [`metrics`]: Prometheus metrics.
 #![forbid(unsafe_code)]
 

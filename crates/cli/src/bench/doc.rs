@@ -50,9 +50,11 @@ pub enum EditKind {
 /// Arguments of `nimbus bench doc`.
 #[derive(Debug, Args)]
 pub struct DocBench {
-    /// Base URL of the document endpoint; a room's URL is BASE/ROOM.
+    /// Base URL of the document endpoint; a room's URL is BASE/ROOM. Repeat to spread the
+    /// editors over several nodes (editor `n` connects to URL `n % count`, so each
+    /// document's editors are on different nodes).
     #[arg(long, default_value = "ws://127.0.0.1:9080/doc")]
-    url: String,
+    url: Vec<String>,
     /// Documents (rooms).
     #[arg(long, default_value_t = 100)]
     docs: usize,
@@ -492,8 +494,11 @@ fn cpu_seconds_of(path: &str) -> Option<f64> {
 }
 
 async fn bench(args: DocBench) -> anyhow::Result<()> {
-    let addr = target(&args.url)?;
-    let base = args.url.trim_end_matches('/').to_owned();
+    let targets = args
+        .url
+        .iter()
+        .map(|u| Ok((target(u)?, u.trim_end_matches('/').to_owned())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let prefix: u32 = rand::random_range(100_000..1_000_000);
     let total = args.docs * args.editors;
     let server_stat = args.server_pid.map(|p| format!("/proc/{p}/stat"));
@@ -508,8 +513,9 @@ async fn bench(args: DocBench) -> anyhow::Result<()> {
         while i < total {
             let batch: Vec<_> = (i..total.min(i + 128))
                 .map(|n| {
+                    let (addr, base) = &targets[n % targets.len()];
                     let url = format!("{base}/bench-{prefix}-{}", n / args.editors);
-                    connect_editor(addr, url, n as u32)
+                    connect_editor(*addr, url, n as u32)
                 })
                 .collect();
             for ed in futures_util::future::join_all(batch).await {

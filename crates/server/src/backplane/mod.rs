@@ -1079,4 +1079,66 @@ mod tests {
         }
         assert_eq!(decode_value("x"), None);
     }
+
+    #[test]
+    fn event_messages_split_into_id_kind_and_body() {
+        let (gid, kind, body) = split_event(b"17-3 d a b").expect("split");
+        assert_eq!(
+            (gid, kind, body),
+            (StreamId { ms: 17, seq: 3 }, b'd', &b"a b"[..])
+        );
+        for bad in [&b""[..], b"17-3", b"x-1 c {}", b"17-3 cc", b"17 c {}"] {
+            assert!(split_event(bad).is_err(), "{bad:?}");
+        }
+        assert!(Decoded::parse("n", b'z', b"{}").is_err());
+        let p = Decoded::parse(
+            "n",
+            b'p',
+            br#"{"r":"7","k":"ROOM_JOIN","d":{"room":"7"},"u":"amy"}"#,
+        )
+        .expect("presence");
+        let Decoded::Presence(ev) = p else {
+            panic!("not presence")
+        };
+        assert_eq!(
+            (&*ev.room, ev.kind, ev.user.as_deref()),
+            ("7", EventKind::RoomJoin, Some("amy"))
+        );
+        assert!(Decoded::parse("n", b'p', br#"{"r":"7","k":"NOPE","d":{}}"#).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_event_parsers(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            if let Ok((_, kind, body)) = split_event(&bytes) {
+                let _ = Decoded::parse("node", kind, body);
+            }
+            for kind in [b'c', b'd', b'p'] {
+                let _ = Decoded::parse("node", kind, &bytes);
+            }
+        }
+
+        #[test]
+        fn document_messages_round_trip(
+            room in "\\PC{0,40}",
+            update in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            seq in 1u64..u64::MAX,
+            local in proptest::bool::ANY,
+        ) {
+            // The body exactly as DOC_SCRIPT concatenates it.
+            let mut body = format!("ep-1 {seq} {} 0 {} {room}", if local { "me" } else { "other" }, room.len()).into_bytes();
+            body.extend_from_slice(&update);
+            let gid = StreamId { ms: 5, seq: 9 };
+            let mut msg = format!("{gid} d ").into_bytes();
+            msg.extend_from_slice(&body);
+            let (g, kind, body) = split_event(&msg).expect("split");
+            proptest::prop_assert_eq!(g, gid);
+            let Decoded::Doc(m) = Decoded::parse("me", kind, body).expect("parse") else {
+                panic!("not a document message")
+            };
+            proptest::prop_assert_eq!(&*m.room, room.as_str());
+            proptest::prop_assert_eq!(&m.update[..], &update[..]);
+            proptest::prop_assert_eq!((m.seq, m.local), (seq, local));
+        }
+    }
 }
