@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod backplane;
 pub mod cloud;
 pub mod doc;
 pub mod gateway;

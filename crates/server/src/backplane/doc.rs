@@ -17,6 +17,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+pub use nimbus_proto::backplane::DocMessage;
 
 use super::{BackplaneError, Lua, RedisBackplane, EVENTS_CHANNEL, EVENTS_MAX_LEN, EVENTS_STREAM};
 use crate::store::{compact, DocLog};
@@ -106,21 +107,6 @@ impl DocWrite {
     }
 }
 
-/// A document update as every node receives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DocMessage {
-    /// Room.
-    pub room: Arc<str>,
-    /// The room's epoch (changes when Redis lost the room and restarted its sequence).
-    pub epoch: Arc<str>,
-    /// Sequence number in the room.
-    pub seq: u64,
-    /// Whether this node wrote it (its room already has it).
-    pub local: bool,
-    /// The Yjs v1 update.
-    pub update: Bytes,
-}
-
 /// A room's document as stored in Redis, read atomically.
 #[derive(Debug, Clone, Default)]
 pub struct DocState {
@@ -130,37 +116,6 @@ pub struct DocState {
     pub seq: u64,
     /// Snapshot and the updates after it.
     pub log: DocLog,
-}
-
-/// Parse `EPOCH SEQ NODE CONN ROOMLEN ROOM+UPDATE` as written by [`DOC_SCRIPT`].
-pub(crate) fn parse_message(node: &str, body: &[u8]) -> Result<DocMessage, BackplaneError> {
-    let bad = |what: &str| BackplaneError::Malformed(format!("document update: {what}"));
-    let mut rest = body;
-    let mut field = || -> Result<&str, BackplaneError> {
-        let sp = rest
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or_else(|| bad("truncated header"))?;
-        let f = std::str::from_utf8(&rest[..sp]).map_err(|_| bad("header is not UTF-8"))?;
-        rest = &rest[sp + 1..];
-        Ok(f)
-    };
-    let epoch = Arc::<str>::from(field()?);
-    let seq: u64 = field()?.parse().map_err(|_| bad("sequence"))?;
-    let origin = field()? == node;
-    let _conn = field()?;
-    let len: usize = field()?.parse().map_err(|_| bad("room length"))?;
-    if rest.len() < len {
-        return Err(bad("truncated room"));
-    }
-    let room = std::str::from_utf8(&rest[..len]).map_err(|_| bad("room is not UTF-8"))?;
-    Ok(DocMessage {
-        room: Arc::from(room),
-        epoch,
-        seq,
-        local: origin,
-        update: Bytes::copy_from_slice(&rest[len..]),
-    })
 }
 
 /// Append the script call for one update to `pipe`.
@@ -303,32 +258,5 @@ impl RedisBackplane {
             .await?;
         tracing::debug!(%room, covered = state.seq, accepted, "document log compacted in Redis");
         Ok(accepted == 1)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_parse_with_binary_updates_and_rooms_with_spaces() {
-        let mut body = b"ep 12 me 0 6 a room".to_vec();
-        body.extend_from_slice(&[0, 1, b' ', 255]);
-        let m = parse_message("me", &body).expect("parse");
-        assert_eq!(
-            (&*m.epoch, m.seq, m.local, &*m.room),
-            ("ep", 12, true, "a room")
-        );
-        assert_eq!(&m.update[..], &[0, 1, b' ', 255]);
-        assert!(!parse_message("you", &body).expect("parse").local);
-        for bad in [
-            &b""[..],
-            b"ep",
-            b"ep x me 0 1 r",
-            b"ep 1 me 0 9 r",
-            b"ep 1 me 0 z r",
-        ] {
-            assert!(parse_message("me", bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -315,7 +315,7 @@ impl RedisBackplane {
                 let m: Vec<u8> = e
                     .get("m")
                     .ok_or_else(|| BackplaneError::Malformed(format!("event {}", e.id)))?;
-                let (kind, body) = super::split_kind(&m)?;
+                let (kind, body) = nimbus_proto::backplane::split_kind(&m)?;
                 match Decoded::parse(&self.node, kind, body) {
                     Ok(d) => out.push(d.room_event(gid)),
                     Err(error) => tracing::warn!(%error, id = %e.id, "skipping a malformed event"),

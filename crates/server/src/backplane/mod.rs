@@ -26,6 +26,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nimbus_proto::backplane::split_event;
+pub use nimbus_proto::backplane::StreamId;
 use nimbus_proto::cloud::{CloseCode, CloudValue};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -131,55 +133,6 @@ redis.call('PUBLISH', ARGV[3], gid .. ' p ' .. ARGV[1])
 return 1
 ";
 
-/// A Redis stream entry id (`MS-SEQ`); the ids of [`EVENTS_STREAM`] order every room event.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StreamId {
-    /// Milliseconds part.
-    pub ms: u64,
-    /// Sequence part.
-    pub seq: u64,
-}
-
-impl std::fmt::Display for StreamId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
-
-impl std::str::FromStr for StreamId {
-    type Err = BackplaneError;
-    fn from_str(s: &str) -> Result<StreamId, BackplaneError> {
-        let bad = || BackplaneError::Malformed(format!("stream id {s:?}"));
-        let (ms, seq) = s.split_once('-').ok_or_else(bad)?;
-        Ok(StreamId {
-            ms: ms.parse().map_err(|_| bad())?,
-            seq: seq.parse().map_err(|_| bad())?,
-        })
-    }
-}
-
-/// Split a message of [`EVENTS_CHANNEL`] into its GID, kind byte and body.
-pub(crate) fn split_event(payload: &[u8]) -> Result<(StreamId, u8, &[u8]), BackplaneError> {
-    let bad = |what: &str| BackplaneError::Malformed(what.to_owned());
-    let sp = payload
-        .iter()
-        .position(|&b| b == b' ')
-        .ok_or_else(|| bad("event without id"))?;
-    let gid: StreamId = std::str::from_utf8(&payload[..sp])
-        .map_err(|_| bad("event id is not UTF-8"))?
-        .parse()?;
-    let (kind, body) = split_kind(&payload[sp + 1..])?;
-    Ok((gid, kind, body))
-}
-
-/// Split `KIND BODY` (an [`EVENTS_STREAM`] entry).
-pub(crate) fn split_kind(entry: &[u8]) -> Result<(u8, &[u8]), BackplaneError> {
-    match entry {
-        [kind, b' ', body @ ..] => Ok((*kind, body)),
-        _ => Err(BackplaneError::Malformed("event without kind".into())),
-    }
-}
-
 /// A backplane failure.
 #[derive(Debug, Error)]
 pub enum BackplaneError {
@@ -189,6 +142,9 @@ pub enum BackplaneError {
     /// Something in Redis is not in the format nimbus writes.
     #[error("malformed backplane data: {0}")]
     Malformed(String),
+    /// A message from Redis that nimbus did not write.
+    #[error(transparent)]
+    Message(#[from] nimbus_proto::backplane::Malformed),
     /// The writer task has stopped.
     #[error("the backplane writer has stopped")]
     Stopped,
@@ -926,7 +882,7 @@ impl Decoded {
     pub(crate) fn parse(node: &str, kind: u8, body: &[u8]) -> Result<Decoded, BackplaneError> {
         Ok(match kind {
             b'c' => Decoded::Cloud(parse_message(node, body)?),
-            b'd' => Decoded::Doc(doc::parse_message(node, body)?),
+            b'd' => Decoded::Doc(nimbus_proto::backplane::parse_doc_message(node, body)?),
             b'p' => {
                 let p: PresenceBody = serde_json::from_slice(body)
                     .map_err(|e| BackplaneError::Malformed(e.to_string()))?;
