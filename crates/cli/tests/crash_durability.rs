@@ -1,23 +1,17 @@
 //! `kill -9` loses at most the flush window: the real binary, killed with SIGKILL.
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{doc_client, free_port, text_of, WAIT};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 const FLUSH_MS: u64 = 50;
-const WAIT: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start(dir: &std::path::Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_nimbus"))
@@ -107,33 +101,6 @@ async fn values_older_than_the_flush_window_survive_kill_9() {
     );
     server.kill().unwrap();
     server.wait().unwrap();
-}
-
-async fn doc_client(port: u16, room: &str) -> nimbus_doc::Client {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let wire = nimbus_doc::ClientWire::WebSocket {
-            url: format!("ws://127.0.0.1:{port}/doc"),
-        };
-        let opts = nimbus_doc::ConnectOptions {
-            reconnect: false,
-            ..Default::default()
-        };
-        match nimbus_doc::connect(wire, room, None, opts).await {
-            Ok(c) => return c,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("server never came up: {e}"),
-        }
-    }
-}
-
-fn text_of(client: &nimbus_doc::Client) -> String {
-    use nimbus_doc::yrs::{GetString, Transact};
-    let t = client.doc().get_or_insert_text("t");
-    let s = t.get_string(&client.doc().transact());
-    s
 }
 
 #[tokio::test]

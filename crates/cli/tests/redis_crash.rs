@@ -6,28 +6,22 @@
 //! Without it the test prints `SKIPPED` and returns, unless `NIMBUS_REQUIRE_REDIS=1`.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{doc_client, free_port, text_of, WAIT};
+
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
-
-const WAIT: Duration = Duration::from_secs(20);
 
 const GATEWAY_TOKEN: &str = "crash-test-token";
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Killed(Child);
 
@@ -384,33 +378,6 @@ async fn a_gateway_session_of_a_killed_node_resumes_on_another_node_without_a_ga
         "resumed on node B after seq {last_seq}; {} dispatches in all",
         seen.len()
     );
-}
-
-async fn doc_client(port: u16, room: &str) -> nimbus_doc::Client {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let wire = nimbus_doc::ClientWire::WebSocket {
-            url: format!("ws://127.0.0.1:{port}/doc"),
-        };
-        let opts = nimbus_doc::ConnectOptions {
-            reconnect: false,
-            ..Default::default()
-        };
-        match nimbus_doc::connect(wire, room, None, opts).await {
-            Ok(c) => return c,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("node never came up: {e}"),
-        }
-    }
-}
-
-fn text_of(c: &nimbus_doc::Client) -> String {
-    use nimbus_doc::yrs::{GetString, Transact};
-    let t = c.doc().get_or_insert_text("t");
-    let s = t.get_string(&c.doc().transact());
-    s
 }
 
 #[tokio::test]
