@@ -382,8 +382,47 @@ aw_check() {
 check_yws_awareness() { aw_check "ws://127.0.0.1:$YWS_PORT"; }
 check_nimbus_awareness() { aw_check "ws://127.0.0.1:$NIMBUS_PORT/doc"; }
 
+# nimbus-cluster: a real redis-server and three `nimbus serve --redis` nodes; y-websocket on
+# node A, wire-websocket on node B, pycrdt-websocket on node C and `nimbus doc edit` on node A
+# edit one room; everyone, and late joiners on every node, must hold the same document.
+check_nimbus_cluster() {
+    command -v redis-server >/dev/null 2>&1 || { SKIP_WHY="redis-server not installed (apt-get install redis-server)"; return 77; }
+    local rport i p=() n room="cluster-$$-$RANDOM" ports=() expect="js,wire,py" log
+    rport="$(free_port)"
+    mkdir -p "$WORK/redis"
+    redis-server --bind 127.0.0.1 --port "$rport" --save "" --appendonly no --dir "$WORK/redis" \
+        >"$WORK/server-redis.log" 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$rport") 2>/dev/null && break; sleep 0.1; done
+    for i in 0 1 2; do
+        ports[i]="$(free_port)"
+        log="$WORK/server-nimbus-node$i.log"
+        echo "\$ nimbus serve --listen 127.0.0.1:${ports[i]} --redis redis://127.0.0.1:$rport/"
+        NO_COLOR=1 NIMBUS_LOG="${NIMBUS_LOG:-info}" "$NIMBUS_BIN" serve --listen "127.0.0.1:${ports[i]}" \
+            --data-dir "$WORK/node$i" --redis "redis://127.0.0.1:$rport/" >"$log" 2>&1 &
+        PIDS+=("$!")
+        wait_http "${ports[i]}" "$!" healthz || { tail -20 "$log"; return 1; }
+    done
+    local url=() ; for i in 0 1 2; do url[i]="ws://127.0.0.1:${ports[i]}/doc"; done
+    [[ -z "$RUST_WHY" ]] && expect+=",rust"
+    agent js "${url[0]}" "$room" "$LOGS/$CHECK-js" --edit --expect "$expect" & p+=("js=$!")
+    agent wire "${url[1]}" "$room" "$LOGS/$CHECK-wire" --edit --expect "$expect" & p+=("wire=$!")
+    agent py "${url[2]}" "$room" "$LOGS/$CHECK-py" --edit --expect "$expect" & p+=("py=$!")
+    [[ -z "$RUST_WHY" ]] && { rust_edit rust "${url[0]}" "$room" "$LOGS/$CHECK-rust" & p+=("rust=$!"); }
+    wait_all "${p[@]}" || return 1
+    p=()
+    agent js-late "${url[1]}" "$room" "$LOGS/$CHECK-js-late" & p+=("js-late=$!")
+    agent wire-late "${url[2]}" "$room" "$LOGS/$CHECK-wire-late" & p+=("wire-late=$!")
+    agent py-late "${url[0]}" "$room" "$LOGS/$CHECK-py-late" & p+=("py-late=$!")
+    wait_all "${p[@]}" || return 1
+    # shellcheck disable=SC2046
+    compare --expect "$expect" $(docs_of js wire py js-late wire-late py-late) || return 1
+    [[ -z "$RUST_WHY" ]] || { SKIP_WHY="js, wire, py converged across nodes; the Rust client was left out: $RUST_WHY"; return 77; }
+}
+
 ALL_CHECKS=(yws-three-clients yws-rust-and-js yws-rust-then-wire yws-awareness
-    nimbus-four-clients nimbus-late-joiner nimbus-restart nimbus-rust-then-wire nimbus-awareness)
+    nimbus-four-clients nimbus-late-joiner nimbus-restart nimbus-rust-then-wire nimbus-awareness
+    nimbus-cluster)
 if [[ $# -gt 0 ]]; then CHECKS=("$@"); else CHECKS=("${ALL_CHECKS[@]}"); fi
 
 say "start @y/websocket-server (reference server)"
