@@ -150,6 +150,23 @@ else
     POLICY_WHY="\`nimbus serve --help\` has no --empty-join-frame/--one-message-per-frame flags"
 fi
 
+# Two nodes sharing one redis-server (the cluster-* checks), when redis-server is installed.
+CLUSTER_URLS=""
+CLUSTER_WHY="redis-server not installed (apt-get install redis-server)"
+if command -v redis-server >/dev/null 2>&1; then
+    say "start redis-server and two nimbus serve --redis nodes"
+    RPORT="$(free_port)"
+    mkdir -p "$WORK/redis"
+    redis-server --bind 127.0.0.1 --port "$RPORT" --save "" --appendonly no --dir "$WORK/redis" \
+        >"$WORK/redis.log" 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$RPORT") 2>/dev/null && break; sleep 0.1; done
+    for node in node-a node-b; do
+        start_server "$node" --redis "redis://127.0.0.1:$RPORT/" || die "nimbus serve --redis did not start"
+        CLUSTER_URLS+="${CLUSTER_URLS:+,}ws://127.0.0.1:$SERVER_PORT"
+    done
+fi
+
 # ------------------------------------------------------------------ checks
 if [[ $# -gt 0 ]]; then
     CHECKS=("$@")
@@ -164,6 +181,7 @@ for check in "${CHECKS[@]}"; do
     say "check $check"
     args=(run "$check" --url "$URL" --nimbus "$NIMBUS_BIN" --logdir "$WORK/logs")
     if [[ -n "$POLICY_URL" ]]; then args+=(--policy-url "$POLICY_URL"); else args+=(--policy-missing-reason "$POLICY_WHY"); fi
+    if [[ -n "$CLUSTER_URLS" ]]; then args+=(--cluster-urls "$CLUSTER_URLS"); else args+=(--cluster-missing-reason "$CLUSTER_WHY"); fi
     set +e
     # every check is bounded; each of its waits has its own, shorter bound
     timeout -k 5 180 "$VPY" "$HERE/cloud/checks.py" "${args[@]}"
@@ -177,7 +195,7 @@ for check in "${CHECKS[@]}"; do
     esac
 done
 
-for name in default policies; do
+for name in default policies node-a node-b; do
     log="$WORK/server-$name.log"
     if [[ -f "$log" ]] && grep -qiE 'panick|ERROR' "$log"; then
         say "server '$name' logged errors:"

@@ -24,16 +24,18 @@ SA, SCLIENT, SCLOUD = "scratchattach", "scratchclient", "scratchcloud"
 CHECKS: dict[str, tuple] = {}
 
 
-def check(name: str, doc: str, *, needs_policy: bool = False):
+def check(name: str, doc: str, *, needs_policy: bool = False, needs_cluster: bool = False):
     def deco(fn):
-        CHECKS[name] = (fn, doc, needs_policy)
+        CHECKS[name] = (fn, doc, needs_policy, needs_cluster)
         return fn
     return deco
 
 
 class Ctx:
-    def __init__(self, url: str, policy_url: str | None, nimbus: str | None, logdir: Path):
+    def __init__(self, url: str, policy_url: str | None, nimbus: str | None, logdir: Path,
+                 cluster_urls: list[str] | None = None):
         self.url, self.policy_url, self.logdir = url, policy_url, logdir
+        self.cluster_urls = cluster_urls or []
         self.cli = RustCli(nimbus, url, logdir)
         self._closers: list = []
 
@@ -268,6 +270,25 @@ def policy_matrix(ctx: Ctx) -> None:
     matrix(ctx, "201", ctx.policy_url, seeded=False)
 
 
+# ------------------------------------------------------------------ several nodes (--redis)
+@check("cluster-three-libraries",
+       "two `nimbus serve --redis` nodes sharing one redis-server: scratchattach on node A, "
+       "scratchclient and scratchcloud on node B join a room seeded through node A (both get the "
+       "value in their join frame), and each library's set reaches the other two across nodes",
+       needs_cluster=True)
+def cluster_three_libraries(ctx: Ctx) -> None:
+    a_url, b_url = ctx.cluster_urls[0], ctx.cluster_urls[1]
+    sa = seed(ctx, "301", "seed", 1, url=a_url)
+    sc = ctx.agent(SCLIENT, "301", "scl_b", url=b_url, expect_join=True)
+    sd = ctx.agent(SCLOUD, "301", "scd_b", url=b_url, expect_join=True)
+    ready_all(sc, sd)
+    expect_initial(sc, {"seed": 1})
+    expect_initial(sd, {"seed": 1})
+    send(sa, "from_a", "7101", [sc, sd], exact_type=False)
+    send(sc, "from_sclient", "7202", [sa, sd], exact_type=False)
+    send(sd, "from_scloud", "7303", [sa, sc], exact_type=False)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -277,22 +298,27 @@ def main() -> int:
     r.add_argument("--url", required=True)
     r.add_argument("--policy-url")
     r.add_argument("--policy-missing-reason", default="no policy server")
+    r.add_argument("--cluster-urls", help="comma-separated URLs of nodes sharing one Redis")
+    r.add_argument("--cluster-missing-reason", default="no --redis nodes")
     r.add_argument("--nimbus")
     r.add_argument("--logdir")
     a = ap.parse_args()
     if a.cmd == "list":
-        for name, (_, doc, _) in CHECKS.items():
+        for name, (_, doc, _, _) in CHECKS.items():
             print(f"{name}\t{doc}")
         return 0
-    fn, doc, needs_policy = CHECKS[a.name]
+    fn, doc, needs_policy, needs_cluster = CHECKS[a.name]
     logdir = Path(a.logdir or tempfile.mkdtemp(prefix="interop-")) / a.name
-    ctx = Ctx(a.url, a.policy_url, a.nimbus, logdir)
+    cluster = [u for u in (a.cluster_urls or "").split(",") if u]
+    ctx = Ctx(a.url, a.policy_url, a.nimbus, logdir, cluster)
     print(f"--- {a.name}: {doc}", flush=True)
     t0 = time.monotonic()
     status, why = "PASS", ""
     try:
         if needs_policy and not a.policy_url:
             raise CheckSkipped(a.policy_missing_reason)
+        if needs_cluster and len(cluster) < 2:
+            raise CheckSkipped(a.cluster_missing_reason)
         fn(ctx)
     except CheckSkipped as e:
         status, why = "SKIP", str(e)
