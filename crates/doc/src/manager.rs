@@ -154,8 +154,19 @@ impl RoomManager {
         {
             // The count is re-checked with the map locked: a client that got this room from
             // the map and joins after this point is refused and retries on a fresh room.
-            let rooms = self.rooms();
-            if !rooms.get(id).is_some_and(|r| r.ptr_eq(room)) || !room.mark_closing_if_empty() {
+            let mut rooms = self.rooms();
+            if !rooms.get(id).is_some_and(|r| r.ptr_eq(room)) {
+                return false;
+            }
+            if room.is_closed() {
+                // Closed while clients were in it (`Room::close_with`, a broken state): it is
+                // not unloaded again, but it leaves the map once its last client is gone.
+                if room.client_count() == 0 {
+                    rooms.remove(id);
+                }
+                return false;
+            }
+            if !room.mark_closing_if_empty() {
                 return false;
             }
         }

@@ -145,11 +145,17 @@ impl RoomHooks for Persisted {
         let key: Arc<str> = Arc::from(room.id());
         if let Some(bp) = &self.backplane {
             // Every node's gateway gets it from the subscription, in the global order.
-            let closing = room.clone();
+            let (closing, me) = (room.clone(), self.me.clone());
             bp.write_doc(DocWrite {
                 room: key,
                 update: update.clone(),
-                on_failure: Arc::new(move || closing.close_with(1011, UNAVAILABLE)),
+                on_failure: Arc::new(move || {
+                    // Its clients re-send the update when they reconnect (to any node).
+                    if let Some(me) = me.upgrade() {
+                        me.unregister(&closing);
+                    }
+                    closing.close_with(1011, UNAVAILABLE);
+                }),
             });
             return;
         }
