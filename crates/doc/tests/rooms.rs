@@ -592,3 +592,51 @@ async fn a_client_that_sends_but_never_reads_is_closed_by_the_send_timeout() {
     eventually("the deaf client is cut", || room.client_count() == 0).await;
     assert_eq!(raw.until_close().await, Got::Close(1008, "too slow".into()));
 }
+
+/// Poll `f` every 10 ms for at most 5 s.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[tokio::test]
+async fn a_room_closed_with_a_code_closes_its_clients_with_it_and_leaves_the_manager() {
+    let store = Arc::new(Store::default());
+    let s = serve_with(
+        Addr::new(Kind::Memory),
+        persisting(&store),
+        ServerOptions::default(),
+    )
+    .await;
+    let mgr = s.guard.manager().clone();
+    let mut raw = Raw::open(&s.addr, "gone").await;
+    eventually("the client is in the room", || {
+        mgr.get("/gone").is_some_and(|r| r.client_count() == 1)
+    })
+    .await;
+    mgr.get("/gone")
+        .unwrap()
+        .close_with(1011, "backplane unavailable");
+    match raw.until_close().await {
+        Got::Close(code, reason) => {
+            assert_eq!((code, reason.as_str()), (1011, "backplane unavailable"))
+        }
+        other => panic!("{other:?}"),
+    }
+    eventually("the closed room left the manager", || {
+        mgr.room_ids().is_empty()
+    })
+    .await;
+    // The next client gets a fresh room.
+    let _again = Raw::open(&s.addr, "gone").await;
+    eventually("a fresh room serves the next client", || {
+        mgr.get("/gone")
+            .is_some_and(|r| !r.is_closed() && r.client_count() == 1)
+    })
+    .await;
+}
