@@ -47,6 +47,10 @@ pub struct GatewayBenchArgs {
     /// Runtime worker threads (server and clients share them).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Run the server with this Redis backplane (`redis://127.0.0.1:6379/`): sessions and
+    /// events go through Redis, as on several nodes.
+    #[arg(long)]
+    pub redis: Option<String>,
     /// Print one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -162,16 +166,17 @@ async fn resume_time(addr: SocketAddr, hub: &Arc<Hub>, missed: u64) -> anyhow::R
     let d = json!({"token": TOKEN, "session_id": session, "seq": 1});
     ws.send(Message::text(json!({"op": 6, "d": d}).to_string()))
         .await?;
-    let mut replayed = 0u64;
-    loop {
+    // Until RESUMED and every missed event arrived (with --redis, sets still on their way
+    // through Redis when the Resume arrives come after RESUMED, as live events).
+    let (mut replayed, mut resumed) = (0u64, false);
+    while !resumed || replayed < missed {
         let p = recv(&mut ws).await?;
-        if p["t"] == "RESUMED" {
-            break;
-        }
         if p["op"] == 9 {
             bail!("resume refused (op 9): raise --missed's buffer");
         }
-        if p["op"] == 0 {
+        if p["t"] == "RESUMED" {
+            resumed = true;
+        } else if p["op"] == 0 {
             replayed += 1;
         }
     }
@@ -205,6 +210,7 @@ pub fn run(a: GatewayBenchArgs) -> anyhow::Result<()> {
                 session_start_limit: u32::MAX,
                 ..GatewayConfig::default()
             },
+            redis: a.redis.clone(),
             ..Config::default()
         };
         let store = Store::spawn(MemoryBackend::default(), Duration::from_millis(100));
@@ -228,6 +234,7 @@ pub fn run(a: GatewayBenchArgs) -> anyhow::Result<()> {
                 "{}",
                 json!({
                     "shards": a.shards, "events": a.events, "rooms": a.rooms, "runs": a.runs,
+                    "redis": a.redis.is_some(),
                     "dispatch_per_s": rate.round(), "missed": a.missed,
                     "resume_ms": resume.as_secs_f64() * 1e3,
                     "all_dispatch_per_s": rates, "all_resume_ms": resumes.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),

@@ -32,15 +32,17 @@ use super::{BackplaneError, Decoded, Lua, RedisBackplane, StreamId, EVENTS_STREA
 use crate::events::RoomEvent;
 use crate::metrics::Metrics;
 
-/// Appends one dispatch to a session's log if this node still owns the session.
+/// Appends dispatches to a session's log if this node still owns the session.
 ///
-/// KEYS: meta, log. ARGV: node, seq, gid, payload, log length, ttl ms. Returns 1, or 0
-/// when another node took the session over.
+/// KEYS: meta, log. ARGV: node, log length, ttl ms, then `seq, gid, payload` per dispatch,
+/// in order. Returns 1, or 0 when another node took the session over.
 pub const GW_SCRIPT: &str = r"
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], ARGV[2] .. '-0', 't', ARGV[4], 'g', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
+for i = 4, #ARGV, 3 do
+  redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], ARGV[i] .. '-0', 't', ARGV[i + 2], 'g', ARGV[i + 1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
 ";
 
@@ -369,7 +371,9 @@ async fn writer(
         }
         let mut pipe = redis::pipe();
         pipe.cmd("SCRIPT").arg("LOAD").arg(GW_LUA.text()).ignore();
-        for job in &batch {
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (i, job) in batch.iter().enumerate() {
             match job {
                 GwJob::Meta {
                     sid,
@@ -393,28 +397,34 @@ async fn writer(
                         .ignore();
                     pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
                 }
-                GwJob::Dispatch {
-                    sid,
-                    seq,
-                    gid,
-                    text,
-                    ..
-                } => {
-                    pipe.cmd("EVALSHA")
-                        .arg(GW_LUA.sha())
-                        .arg(2)
-                        .arg(meta_key(sid))
-                        .arg(log_key(sid))
-                        .arg(&node)
-                        .arg(seq)
-                        .arg(gid.to_string())
-                        .arg(&**text)
-                        .arg(replay_buffer)
-                        .arg(ttl);
-                }
+                GwJob::Dispatch { sid, .. } => match index.get(sid.as_str()) {
+                    Some(&g) => groups[g].1.push(i),
+                    None => {
+                        index.insert(sid.clone(), groups.len());
+                        groups.push((sid.clone(), vec![i]));
+                    }
+                },
                 GwJob::Touch { sid } => {
                     pipe.cmd("PEXPIRE").arg(meta_key(sid)).arg(ttl).ignore();
                     pipe.cmd("PEXPIRE").arg(log_key(sid)).arg(ttl).ignore();
+                }
+            }
+        }
+        // One script call per session with all of its dispatches of the batch, in order,
+        // after every metadata write (a session's Meta precedes its dispatches).
+        for (sid, jobs) in &groups {
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(GW_LUA.sha())
+                .arg(2)
+                .arg(meta_key(sid))
+                .arg(log_key(sid))
+                .arg(&node)
+                .arg(replay_buffer)
+                .arg(ttl);
+            for &i in jobs {
+                if let GwJob::Dispatch { seq, gid, text, .. } = &batch[i] {
+                    cmd.arg(seq).arg(gid.to_string()).arg(&**text);
                 }
             }
         }
@@ -434,19 +444,20 @@ async fn writer(
                 }
             }
         };
-        let mut replies = replies.into_iter();
-        for job in batch.drain(..) {
-            if let GwJob::Dispatch { seq, session, .. } = job {
-                let owned = replies.next().unwrap_or(0) == 1;
-                if let Some(s) = session.upgrade() {
-                    if owned {
-                        s.persisted(seq);
-                    } else {
-                        s.lost();
-                    }
+        for ((_, jobs), owned) in groups.iter().zip(replies.into_iter().map(|r| r == 1)) {
+            // The session's dispatches are in order: the last one is the highest seq.
+            let Some(GwJob::Dispatch { seq, session, .. }) = jobs.last().map(|&i| &batch[i]) else {
+                continue;
+            };
+            if let Some(s) = session.upgrade() {
+                if owned {
+                    s.persisted(*seq);
+                } else {
+                    s.lost();
                 }
             }
         }
+        batch.clear();
     }
 }
 
