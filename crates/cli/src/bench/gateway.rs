@@ -156,18 +156,34 @@ async fn throughput(addr: SocketAddr, hub: &Arc<Hub>, a: &GatewayBenchArgs) -> a
 async fn resume_time(addr: SocketAddr, hub: &Arc<Hub>, missed: u64) -> anyhow::Result<Duration> {
     let (ws, session) = identify(addr, 0, 1).await?;
     drop(ws);
+    // Values unique to this run (the room outlives runs, and in Redis also the process).
+    let base = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )? * 100_000;
     for i in 0..missed {
-        set(hub, "bench-resume", i).await?;
+        set(hub, "bench-resume", base + i).await?;
     }
-    // A snapshot goes through the room's queue: every set before it is published.
-    let _ = hub.variables("bench-resume").await;
+    // The clock starts once the room has applied the last set: with --redis that is when
+    // it came back from Redis, so the time is the resume's, not Redis working off a queue.
+    let last = CloudValue::Number((base + missed.saturating_sub(1)).to_string());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let vars = hub.variables("bench-resume").await?.unwrap_or_default();
+        if vars.iter().any(|(n, v)| &**n == "☁ n" && *v == last) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the missed sets never applied");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let start = Instant::now();
     let mut ws = hello(addr).await?;
     let d = json!({"token": TOKEN, "session_id": session, "seq": 1});
     ws.send(Message::text(json!({"op": 6, "d": d}).to_string()))
         .await?;
-    // Until RESUMED and every missed event arrived (with --redis, sets still on their way
-    // through Redis when the Resume arrives come after RESUMED, as live events).
+    // Until RESUMED and every missed event arrived (with --redis, an event still on its way
+    // from the subscription to the session's log can come after RESUMED, as a live one).
     let (mut replayed, mut resumed) = (0u64, false);
     while !resumed || replayed < missed {
         let p = recv(&mut ws).await?;
