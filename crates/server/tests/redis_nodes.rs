@@ -112,6 +112,23 @@ impl Drop for RedisProc {
     }
 }
 
+/// A temporary directory and a Redis in it, or `None` (the test skips) without
+/// `redis-server`.
+async fn redis_in_tempdir() -> Option<(tempfile::TempDir, RedisProc)> {
+    if !have_redis() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path()).await;
+    Some((dir, redis))
+}
+
+async fn stop_all(nodes: Vec<TestServer>) {
+    for s in nodes {
+        s.stop().await;
+    }
+}
+
 async fn node(dir: &Path, i: usize, redis: &RedisProc) -> TestServer {
     let mut cfg = config(&dir.join(format!("node{i}")));
     cfg.redis = Some(redis.url());
@@ -137,11 +154,9 @@ fn set_of(line: &str) -> (String, String) {
 
 #[tokio::test]
 async fn sets_on_two_nodes_reach_every_node_in_one_order() {
-    if !have_redis() {
+    let Some((dir, redis)) = redis_in_tempdir().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let redis = RedisProc::start(dir.path()).await;
+    };
     let n = nodes(dir.path(), &redis).await;
     let mut a = Client::join(&n[0].url(), "7", "alice").await;
     let mut b = Client::join(&n[1].url(), "7", "bob").await;
@@ -192,18 +207,14 @@ async fn sets_on_two_nodes_reach_every_node_in_one_order() {
     assert_eq!(join.iter().map(|l| set_of(l)).collect::<Vec<_>>(), created);
     let (_, metrics) = n[1].http_get("/metrics").await;
     assert!(metrics.contains("nimbus_redis_up 1"), "{metrics}");
-    for s in n {
-        s.stop().await;
-    }
+    stop_all(n).await;
 }
 
 #[tokio::test]
 async fn a_node_that_starts_later_loads_the_room_from_redis() {
-    if !have_redis() {
+    let Some((dir, redis)) = redis_in_tempdir().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let redis = RedisProc::start(dir.path()).await;
+    };
     let first = node(dir.path(), 0, &redis).await;
     let mut w = Client::join(&first.url(), "8", "w").await;
     let mut watch = Client::join(&first.url(), "8", "watch").await;
@@ -245,11 +256,9 @@ async fn until_line(c: &mut Client, want: &str, seen: &mut Vec<String>) {
 
 #[tokio::test]
 async fn a_redis_restart_mid_stream_closes_writers_with_1011_and_recovers() {
-    if !have_redis() {
+    let Some((dir, mut redis)) = redis_in_tempdir().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut redis = RedisProc::start(dir.path()).await;
+    };
     let n = nodes(dir.path(), &redis).await;
     let mut w = Client::join(&n[0].url(), "9", "w").await;
     let mut watch = Client::join(&n[1].url(), "9", "watch").await;
@@ -301,9 +310,7 @@ async fn a_redis_restart_mid_stream_closes_writers_with_1011_and_recovers() {
         metrics.contains("nimbus_redis_subscriptions_total 2"),
         "{metrics}"
     );
-    for s in n {
-        s.stop().await;
-    }
+    stop_all(n).await;
 }
 
 /// A minimal gateway client: Hello, Identify (cloud intent), READY, then dispatches.
@@ -411,11 +418,9 @@ async fn gateway_nodes(dir: &Path, redis: &RedisProc) -> Vec<TestServer> {
 #[tokio::test]
 async fn a_session_resumed_on_another_live_node_moves_there_and_its_old_connection_ends() {
     use futures_util::StreamExt;
-    if !have_redis() {
+    let Some((dir, redis)) = redis_in_tempdir().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let redis = RedisProc::start(dir.path()).await;
+    };
     let n = gateway_nodes(dir.path(), &redis).await;
     let mut old = Gw::ready(&n[0]).await;
     let mut alice = Client::join(&n[1].url(), "6", "alice").await;
@@ -467,18 +472,14 @@ async fn a_session_resumed_on_another_live_node_moves_there_and_its_old_connecti
         }
         other => panic!("expected close 4007, got {other:?}"),
     }
-    for s in n {
-        s.stop().await;
-    }
+    stop_all(n).await;
 }
 
 #[tokio::test]
 async fn the_gateway_of_every_node_dispatches_every_rooms_cloud_changes_once() {
-    if !have_redis() {
+    let Some((dir, redis)) = redis_in_tempdir().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let redis = RedisProc::start(dir.path()).await;
+    };
     let n = gateway_nodes(dir.path(), &redis).await;
     // Node C never loads the room; node A holds the writer's room.
     let mut on_c = Gw::ready(&n[2]).await;
@@ -513,9 +514,7 @@ async fn the_gateway_of_every_node_dispatches_every_rooms_cloud_changes_once() {
     for g in [&mut on_c, &mut on_a] {
         assert_eq!(g.dispatch().await.2, "3");
     }
-    for s in n {
-        s.stop().await;
-    }
+    stop_all(n).await;
 }
 
 // ---------------------------------------------------------------- document rooms
@@ -575,11 +574,9 @@ fn pieces(tag: char, n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn a_document_edited_through_two_nodes_converges_on_every_node_and_in_redis() {
-    if !have_redis() {
+    let Some((dir, redis)) = redis_in_tempdir().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let redis = RedisProc::start(dir.path()).await;
+    };
     let n = nodes(dir.path(), &redis).await;
     let a = doc_client(&n[0], "shared").await;
     let b = doc_client(&n[1], "shared").await;
@@ -629,11 +626,9 @@ async fn a_document_edited_through_two_nodes_converges_on_every_node_and_in_redi
 
 #[tokio::test]
 async fn a_redis_restart_mid_stream_loses_no_document_edit() {
-    if !have_redis() {
+    let Some((dir, mut redis)) = redis_in_tempdir().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut redis = RedisProc::start(dir.path()).await;
+    };
     let n = nodes(dir.path(), &redis).await;
     let a = doc_client(&n[0], "r").await;
     let b = doc_client(&n[1], "r").await;
