@@ -371,8 +371,8 @@ async fn writer(
         }
         let mut pipe = redis::pipe();
         pipe.cmd("SCRIPT").arg("LOAD").arg(GW_LUA.text()).ignore();
-        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         for (i, job) in batch.iter().enumerate() {
             match job {
                 GwJob::Meta {
@@ -400,8 +400,8 @@ async fn writer(
                 GwJob::Dispatch { sid, .. } => match index.get(sid.as_str()) {
                     Some(&g) => groups[g].1.push(i),
                     None => {
-                        index.insert(sid.clone(), groups.len());
-                        groups.push((sid.clone(), vec![i]));
+                        index.insert(sid, groups.len());
+                        groups.push((sid, vec![i]));
                     }
                 },
                 GwJob::Touch { sid } => {
@@ -445,15 +445,24 @@ async fn writer(
             }
         };
         for ((_, jobs), owned) in groups.iter().zip(replies.into_iter().map(|r| r == 1)) {
-            // The session's dispatches are in order: the last one is the highest seq.
-            let Some(GwJob::Dispatch { seq, session, .. }) = jobs.last().map(|&i| &batch[i]) else {
-                continue;
-            };
-            if let Some(s) = session.upgrade() {
-                if owned {
-                    s.persisted(*seq);
-                } else {
-                    s.lost();
+            // A group's dispatches are in order; usually they are one session's, but after a
+            // Resume on this same node the replaced session's queued writes share its id.
+            // Each session hears once, with its last (highest) seq of the group.
+            let mut told: Vec<&Weak<dyn Durable>> = Vec::with_capacity(1);
+            for &i in jobs.iter().rev() {
+                let GwJob::Dispatch { seq, session, .. } = &batch[i] else {
+                    continue;
+                };
+                if told.iter().any(|t| Weak::ptr_eq(t, session)) {
+                    continue;
+                }
+                told.push(session);
+                if let Some(s) = session.upgrade() {
+                    if owned {
+                        s.persisted(*seq);
+                    } else {
+                        s.lost();
+                    }
                 }
             }
         }
