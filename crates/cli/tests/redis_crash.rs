@@ -348,9 +348,12 @@ async fn a_gateway_session_of_a_killed_node_resumes_on_another_node_without_a_ga
     .await;
     // Until the last value and RESUMED (which follows the replay: when the writer finished
     // before node B took the session over, the replay holds every value up to LAST).
-    while !(seen.iter().any(|d| d.t == "RESUMED") && seen.iter().any(|d| d.value == Some(LAST))) {
+    let (mut resumed, mut at_last) = (false, false);
+    while !(resumed && at_last) {
         let d = gw_dispatch(&mut gw).await;
         assert_ne!(d.t, "READY", "the session was resumed, not restarted");
+        resumed |= d.t == "RESUMED";
+        at_last |= d.value == Some(LAST);
         seen.push(d);
     }
     let _writer = stream.await.unwrap();
