@@ -25,6 +25,9 @@ pub fn run(cmd: ServeCmd) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Each client holds a descriptor: the default soft limit (often 1024) would lock out
+    // every new client long before memory runs out.
+    nimbus_server::edge::raise_fd_limit();
     let file = match &cmd.config {
         Some(path) => Settings::from_file(path)?,
         None => Settings::default(),

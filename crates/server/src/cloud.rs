@@ -9,19 +9,41 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
 use nimbus_proto::cloud::{
     parse_client_line, split_frame, validate_name, ClientMessage, CloseCode, Handshake,
 };
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::edge::rate::{Verdict, WriteLimit};
+use crate::edge::ws::{Guard, Violation};
+use crate::edge::EdgeConfig;
 use crate::hub::{Hub, RoomHandle};
 use crate::outbox::{Item, Outbox};
 use crate::room::{JoinError, RoomCmd, Subscriber};
 
 /// Close code for an internal failure (the room could not be loaded).
 const INTERNAL_ERROR: u16 = 1011;
+
+/// The most bytes of queued lines sent in one frame (a single longer line goes alone).
+/// Joining a large room sends its variables as a run of frames of this size, so the
+/// connection never builds a copy of the room.
+pub const FRAME_CHUNK: usize = 64 << 10;
+
+/// How long the close frame to a client cut for being slow may take: it is not reading.
+const CUT_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The largest frame the cloud wire sends: a chunk, or one line of the longest name and
+/// value (JSON escaping can take 6 bytes per character).
+pub(crate) fn max_frame_out(limits: &crate::config::CloudLimits) -> usize {
+    FRAME_CHUNK.max(
+        limits
+            .max_name_len
+            .saturating_add(limits.max_value_len)
+            .saturating_mul(6)
+            .saturating_add(64),
+    )
+}
 
 /// What the HTTP upgrade request told us about the peer.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +60,8 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 enum End {
     /// Close with this code and reason.
     Close(u16, String),
+    /// Cut a client that is not reading: close with this code, waiting briefly.
+    Cut(u16, String),
     /// Drop without a close frame (dead peer, handshake timeout, peer gone).
     Drop,
 }
@@ -47,7 +71,13 @@ fn protocol_error(reason: impl Into<String>) -> End {
 }
 
 /// Serve one upgraded WebSocket until it closes.
-pub async fn serve(mut ws: WebSocket, hub: Arc<Hub>, peer: Peer, shutdown: CancellationToken) {
+pub async fn serve(
+    mut ws: WebSocket,
+    hub: Arc<Hub>,
+    edge: Arc<EdgeConfig>,
+    peer: Peer,
+    shutdown: CancellationToken,
+) {
     let metrics = hub.metrics.clone();
     metrics.clients.inc();
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
@@ -57,13 +87,23 @@ pub async fn serve(mut ws: WebSocket, hub: Arc<Hub>, peer: Peer, shutdown: Cance
             let _ = ws.send(Message::Text(Utf8Bytes::from_static(why))).await;
             End::Close(code.code(), why.to_owned())
         }
-        None => Conn::new(id, hub.clone(), shutdown).run(&mut ws).await,
+        None => {
+            Conn::new(id, hub.clone(), edge, shutdown)
+                .run(&mut ws)
+                .await
+        }
     };
     match end {
         End::Close(code, reason) => {
             metrics.close(code);
             tracing::info!(conn = id, peer = ?peer.addr, code, %reason, "closing connection");
-            crate::ws::close(&mut ws, code, reason, hub.limits.close_timeout).await;
+            crate::edge::ws::close(&mut ws, code, reason, hub.limits.close_timeout).await;
+        }
+        End::Cut(code, reason) => {
+            metrics.close(code);
+            tracing::info!(conn = id, peer = ?peer.addr, code, %reason, "cutting connection");
+            let deadline = hub.limits.close_timeout.min(CUT_CLOSE_TIMEOUT);
+            crate::edge::ws::close(&mut ws, code, reason, deadline).await;
         }
         End::Drop => tracing::debug!(conn = id, peer = ?peer.addr, "connection dropped"),
     }
@@ -77,20 +117,36 @@ struct Joined {
 struct Conn {
     id: u64,
     hub: Arc<Hub>,
+    edge: Arc<EdgeConfig>,
     shutdown: CancellationToken,
     outbox: Arc<Outbox>,
     joined: Option<Joined>,
+    guard: Guard,
+    sets: WriteLimit,
 }
 
 impl Conn {
-    fn new(id: u64, hub: Arc<Hub>, shutdown: CancellationToken) -> Conn {
+    fn new(id: u64, hub: Arc<Hub>, edge: Arc<EdgeConfig>, shutdown: CancellationToken) -> Conn {
+        let outbox = Arc::new(Outbox::new(
+            edge.outbox_bytes,
+            hub.metrics.outbox_bytes.clone(),
+        ));
+        let sets = WriteLimit::new(edge.sets_per_sec, edge.sets_burst);
         Conn {
             id,
             hub,
+            edge,
             shutdown,
-            outbox: Arc::new(Outbox::default()),
+            outbox,
             joined: None,
+            guard: Guard::default(),
+            sets,
         }
+    }
+
+    fn violation(&self, v: &Violation) -> End {
+        self.hub.metrics.edge.violation(v.label());
+        End::Close(v.code(), v.reason())
     }
 
     async fn run(mut self, ws: &mut WebSocket) -> End {
@@ -131,18 +187,16 @@ impl Conn {
                         }
                     }
                     let closed = self.outbox.drain(&mut pending);
-                    // A write stalled for a whole keepalive period means a dead or stuck peer.
-                    match tokio::time::timeout(period, self.write(ws, &mut pending, limits.one_message_per_frame)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(end)) => return end,
-                        Err(_) => {
-                            self.hub.metrics.keepalive_timeouts.inc();
-                            return End::Drop;
-                        }
+                    // Every frame must make progress within the write timeout.
+                    if let Err(end) = self.write(ws, &mut pending, limits.one_message_per_frame).await {
+                        return end;
                     }
                     if let Some(code) = closed {
                         let reason = match code {
-                            CloseCode::SlowConsumer => "send queue full: client too slow",
+                            CloseCode::SlowConsumer => {
+                                self.hub.metrics.edge.violation("outbox_bytes");
+                                return End::Cut(code.code(), "send queue full: client too slow".into());
+                            }
                             CloseCode::Unavailable => "backplane unavailable",
                             _ => "removed by the server operator",
                         };
@@ -168,6 +222,9 @@ impl Conn {
                     timer.as_mut().reset(next);
                 }
                 msg = ws.recv() => match msg {
+                    Some(Ok(m)) if self.guard.check(&m).is_err() => {
+                        return self.violation(&Violation::PingFlood);
+                    }
                     Some(Ok(Message::Text(text))) => {
                         if let Err(end) = self.on_frame(&text).await {
                             return end;
@@ -176,45 +233,61 @@ impl Conn {
                     Some(Ok(Message::Pong(_))) => awaiting_pong = false,
                     Some(Ok(Message::Binary(_) | Message::Ping(_))) => {}
                     Some(Ok(Message::Close(_))) | None => return End::Drop,
-                    Some(Err(e)) => return on_socket_error(&e),
+                    Some(Err(e)) => return match crate::edge::ws::classify(&e) {
+                        Some(v) => self.violation(&v),
+                        None => {
+                            tracing::debug!(error = %e, "socket error");
+                            End::Drop
+                        }
+                    },
                 },
             }
         }
     }
 
+    /// Send `pending` in frames of at most [`FRAME_CHUNK`] bytes (one line per frame with
+    /// `one_per_frame`). A frame that makes no progress within the write timeout cuts the
+    /// client (1008).
     async fn write(
         &self,
         ws: &mut WebSocket,
         pending: &mut VecDeque<Item>,
         one_per_frame: bool,
     ) -> Result<(), End> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let result = if one_per_frame || pending.len() == 1 {
-            let mut r = Ok(());
-            for item in pending.drain(..) {
-                r = ws.feed(Message::Text(item.text)).await;
-                if r.is_err() {
-                    break;
+        let deadline = self.edge.write_timeout;
+        let mut frame = String::new();
+        while !pending.is_empty() {
+            let msg = if one_per_frame || pending.len() == 1 {
+                pending.pop_front().map(|i| i.text)
+            } else {
+                frame.clear();
+                while let Some(item) = pending.front() {
+                    if !frame.is_empty() && frame.len() + item.text.len() > FRAME_CHUNK {
+                        break;
+                    }
+                    frame.push_str(item.text.as_str());
+                    pending.pop_front();
+                }
+                Some(Utf8Bytes::from(std::mem::take(&mut frame)))
+            };
+            let Some(text) = msg else { break };
+            match tokio::time::timeout(deadline, ws.send(Message::Text(text))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(End::Drop),
+                Err(_) => {
+                    self.hub.metrics.edge.write_timeouts.inc();
+                    self.hub.metrics.edge.violation("write_timeout");
+                    self.hub.metrics.slow_consumers.inc();
+                    return Err(End::Cut(
+                        CloseCode::SlowConsumer.code(),
+                        "write stalled: client too slow".into(),
+                    ));
                 }
             }
-            match r {
-                Ok(()) => ws.flush().await,
-                e => e,
-            }
-        } else {
-            let len = pending.iter().map(|i| i.text.len()).sum();
-            let mut frame = String::with_capacity(len);
-            for item in pending.drain(..) {
-                frame.push_str(item.text.as_str());
-            }
-            ws.send(Message::Text(Utf8Bytes::from(frame))).await
-        };
-        pending.clear();
+        }
         // Give back the queue's memory once a burst is over.
         pending.shrink_to(4);
-        result.map_err(|_| End::Drop)
+        Ok(())
     }
 
     async fn on_frame(&mut self, text: &str) -> Result<(), End> {
@@ -304,6 +377,21 @@ impl Conn {
                 } else {
                     metrics.messages.set.inc();
                 }
+                match self.sets.check() {
+                    Verdict::Allow => {}
+                    Verdict::Drop => {
+                        metrics.edge.rate_limited.inc();
+                        metrics.dropped_set("rate_limited");
+                        return Ok(());
+                    }
+                    Verdict::Close => {
+                        metrics.edge.violation("set_rate");
+                        return Err(End::Close(
+                            CloseCode::SlowConsumer.code(),
+                            "too many sets: slow down".into(),
+                        ));
+                    }
+                }
                 let (Ok(name), Ok(value)) = (name, value) else {
                     metrics.dropped_set("bad_field");
                     return Ok(());
@@ -384,17 +472,4 @@ fn next_tick(interval: std::time::Duration) -> tokio::time::Instant {
     let elapsed = origin.elapsed().as_nanos();
     let ticks = elapsed / step + 1;
     origin + std::time::Duration::from_nanos(u64::try_from(ticks * step).unwrap_or(u64::MAX))
-}
-
-fn on_socket_error(e: &axum::Error) -> End {
-    use std::error::Error as _;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
-    while let Some(err) = source {
-        if let Some(tungstenite::Error::Capacity(c)) = err.downcast_ref::<tungstenite::Error>() {
-            return End::Close(CloseCode::TooBig.code(), format!("message too big: {c}"));
-        }
-        source = err.source();
-    }
-    tracing::debug!(error = %e, "socket error");
-    End::Drop
 }

@@ -201,6 +201,10 @@ pub struct Settings {
     /// see docs/operations.md [default: none: single node, embedded store].
     #[arg(long, env = "NIMBUS_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
+    /// Per-connection bounds of the edge (the `[edge]` table of the file).
+    #[command(flatten)]
+    #[serde(default)]
+    pub edge: crate::edge::EdgeSettings,
 }
 
 fn parse_profile(s: &str) -> Result<ValueProfile, String> {
@@ -215,7 +219,7 @@ fn parse_profile(s: &str) -> Result<ValueProfile, String> {
 
 macro_rules! merge_fields {
     ($hi:ident, $lo:ident, $($f:ident),* $(,)?) => {
-        Settings { $($f: $hi.$f.or($lo.$f),)* }
+        Settings { $($f: $hi.$f.or($lo.$f),)* edge: $hi.edge.merge($lo.edge) }
     };
 }
 
@@ -427,6 +431,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// Redis URL of the backplane (`--redis`); `None`: single node.
     pub redis: Option<String>,
+    /// Per-connection bounds of the edge (`docs/security.md`).
+    pub edge: crate::edge::EdgeConfig,
 }
 
 /// Where and how `nimbus serve` exposes its IPC routes.
@@ -464,6 +470,7 @@ impl Default for Config {
             ipc: None,
             gateway: GatewayConfig::default(),
             redis: None,
+            edge: crate::edge::EdgeConfig::default(),
         }
     }
 }
@@ -587,6 +594,7 @@ impl Config {
             drain_grace: dg.drain_grace,
         };
         Ok(Config {
+            edge: crate::edge::EdgeConfig::from_settings(&s.edge)?,
             redis: s.redis.clone().filter(|u| !u.trim().is_empty()),
             doc,
             gateway,

@@ -29,6 +29,8 @@ pub(crate) struct App {
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// The edge's bounds.
+    pub edge: Arc<crate::edge::EdgeConfig>,
 }
 
 pub(crate) fn router(app: App) -> Router {
@@ -102,24 +104,28 @@ async fn doc_upgrade(
         tracker,
         ..
     } = app;
-    let max = docs.limits.max_message_bytes;
-    ws.max_message_size(max)
-        .max_frame_size(max)
+    let bounds = crate::edge::ws::Bounds {
+        max_message: docs.limits.max_message_bytes,
         // tungstenite's default 128 KiB read buffer per connection dominates an idle
         // document client's memory; 4 KiB reads are plenty (large messages still arrive).
-        .read_buffer_size(4096)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                let limits = &hub.limits;
-                let channel = SocketChannel::new(
-                    socket,
-                    shutdown,
-                    limits.ping_interval,
-                    limits.close_timeout,
-                );
-                docs.serve(&room, channel, access).await;
-            })
+        read_buffer: 4096,
+        write_buffer: 0,
+        // The first SyncStep2 carries the whole document.
+        max_outgoing: docs.limits.max_doc_bytes.saturating_add(1 << 20),
+    };
+    crate::edge::ws::configure(ws, bounds).on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            let limits = &hub.limits;
+            let channel = SocketChannel::new(
+                socket,
+                shutdown,
+                limits.ping_interval,
+                limits.close_timeout,
+                hub.metrics.edge.clone(),
+            );
+            docs.serve(&room, channel, access).await;
         })
+    })
 }
 
 async fn doc_json(
@@ -198,16 +204,21 @@ async fn upgrade(
     };
     let App {
         hub,
+        edge,
         shutdown,
         tracker,
         ..
     } = app.clone();
-    ws.max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes)
+    let bounds = crate::edge::ws::Bounds {
+        max_message: limits.max_frame_bytes,
         // Small buffers: an idle connection should cost a few KiB, not 256.
-        .read_buffer_size(256)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| tracker.track_future(cloud::serve(socket, hub, peer, shutdown)))
+        read_buffer: 256,
+        write_buffer: 0,
+        max_outgoing: cloud::max_frame_out(limits),
+    };
+    crate::edge::ws::configure(ws, bounds).on_upgrade(move |socket| {
+        tracker.track_future(cloud::serve(socket, hub, edge, peer, shutdown))
+    })
 }
 
 async fn metrics(State(app): State<App>) -> impl IntoResponse {

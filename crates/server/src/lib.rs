@@ -19,6 +19,7 @@ pub mod backplane;
 pub mod cloud;
 pub mod config;
 pub mod doc;
+pub mod edge;
 pub mod events;
 pub mod gateway;
 mod http;
@@ -29,7 +30,6 @@ pub mod outbox;
 pub mod room;
 mod server;
 pub mod store;
-mod ws;
 
 pub use config::{CloudLimits, Config, ConfigError, DocLimits, IpcConfig, Settings};
 pub use gateway::{GatewayConfig, GatewayToken};

@@ -29,6 +29,10 @@ pub struct MethodCounters {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The edge's own metrics (`nimbus_edge_*`).
+    pub edge: std::sync::Arc<crate::edge::EdgeMetrics>,
+    /// Bytes queued in cloud clients' send queues (all connections).
+    pub outbox_bytes: Gauge,
     /// Connected cloud clients (after the WebSocket upgrade).
     pub clients: Gauge,
     /// Loaded rooms.
@@ -289,8 +293,18 @@ impl Metrics {
             delete: m("delete"),
             other: m("other"),
         };
+        let edge = std::sync::Arc::new(crate::edge::EdgeMetrics::default());
+        edge.register(&mut registry);
+        let outbox_bytes = Gauge::default();
+        registry.register(
+            "cloud_outbox_bytes",
+            "Bytes queued in cloud clients' send queues",
+            outbox_bytes.clone(),
+        );
         Metrics {
             registry,
+            edge,
+            outbox_bytes,
             clients,
             rooms,
             messages: counters,

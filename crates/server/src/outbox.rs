@@ -1,27 +1,46 @@
 //! A connection's bounded send queue, shared between the room actors that fill
 //! it and the connection task that drains it.
 //!
-//! - Below `coalesce_after` queued messages every message is kept, in order.
-//! - From there on, a newer value of a variable replaces its queued older value
-//!   in place (cloud data is last-writer-wins), so a briefly slow reader catches
-//!   up with the latest state instead of a backlog.
-//! - A push that finds the queue at capacity (and nothing to replace) closes the
-//!   outbox with [`CloseCode::SlowConsumer`]: memory stays bounded.
+//! - Below `coalesce_after` queued messages (and a quarter of the byte budget) every
+//!   message is kept, in order.
+//! - From there on, a newer value of a variable replaces its queued older value in place
+//!   (cloud data is last-writer-wins), so a briefly slow reader catches up with the latest
+//!   state instead of a backlog. The byte count follows the replacement.
+//! - A push that finds the queue at capacity in messages, or over its byte budget (and
+//!   nothing to replace) closes the outbox with [`CloseCode::SlowConsumer`] and frees the
+//!   queue: memory stays bounded in messages and in bytes.
+//! - The join snapshot ([`Outbox::push_join`]) is outside the byte budget: its lines are
+//!   shared with the room's own state, so they cost the connection nothing until the room
+//!   replaces them. It still counts in [`Outbox::bytes`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::ws::Utf8Bytes;
 use nimbus_proto::cloud::CloseCode;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 /// One queued message: its text, and the variable it carries (for replacement).
 #[derive(Debug, Clone)]
 pub struct Item {
-    /// Variable name, `None` for messages that must never be replaced (the join frame).
+    /// Variable name, `None` for messages that must never be replaced.
     pub key: Option<Arc<str>>,
     /// Newline-terminated protocol text, shared with every other receiver.
     pub text: Utf8Bytes,
+    /// Part of the join snapshot (outside the byte budget).
+    join: bool,
+}
+
+impl Item {
+    /// A live item.
+    pub fn new(key: Option<Arc<str>>, text: Utf8Bytes) -> Item {
+        Item {
+            key,
+            text,
+            join: false,
+        }
+    }
 }
 
 /// What [`Outbox::push`] did.
@@ -41,19 +60,61 @@ pub enum Pushed {
 struct State {
     queue: VecDeque<Item>,
     closed: Option<CloseCode>,
+    /// Bytes of every queued text.
+    bytes: usize,
+    /// Bytes of queued join-snapshot texts.
+    join_bytes: usize,
+}
+
+impl State {
+    fn live_bytes(&self) -> usize {
+        self.bytes - self.join_bytes
+    }
 }
 
 /// A bounded, replace-under-backlog message queue with a wake-up signal.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
+    max_bytes: usize,
+    gauge: Gauge,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox::new(usize::MAX, Gauge::default())
+    }
 }
 
 impl Outbox {
+    /// An outbox that holds at most `max_bytes` of live messages; `gauge` follows the bytes
+    /// it holds (shared by every connection).
+    pub fn new(max_bytes: usize, gauge: Gauge) -> Outbox {
+        Outbox {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            max_bytes,
+            gauge,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn gauge_add(&self, n: usize) {
+        self.gauge.inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    fn gauge_sub(&self, n: usize) {
+        self.gauge.dec_by(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Bytes queued now (join snapshot included).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// Queue `text` (for variable `key`) under the given limits.
@@ -69,34 +130,82 @@ impl Outbox {
             return Pushed::Closed;
         }
         if let Some(key) = key {
-            if st.queue.len() >= coalesce_after {
-                if let Some(item) = st.queue.iter_mut().rev().find(|i| {
+            let backlog = st.queue.len() >= coalesce_after || st.live_bytes() >= self.max_bytes / 4;
+            if backlog {
+                let found = st.queue.iter().rposition(|i| {
                     i.key
                         .as_ref()
                         .is_some_and(|k| Arc::ptr_eq(k, key) || **k == **key)
-                }) {
-                    item.text = text.clone();
-                    return Pushed::Replaced;
+                });
+                if let Some(at) = found {
+                    let (old_len, was_join) = {
+                        let item = &st.queue[at];
+                        (item.text.len(), item.join)
+                    };
+                    let live_after =
+                        st.live_bytes() + text.len() - if was_join { 0 } else { old_len };
+                    if live_after <= self.max_bytes {
+                        let item = &mut st.queue[at];
+                        item.text = text.clone();
+                        item.join = false;
+                        st.bytes = st.bytes - old_len + text.len();
+                        if was_join {
+                            st.join_bytes -= old_len;
+                        }
+                        drop(st);
+                        self.gauge_sub(old_len);
+                        self.gauge_add(text.len());
+                        return Pushed::Replaced;
+                    }
                 }
             }
         }
-        if st.queue.len() >= capacity {
+        if st.queue.len() >= capacity || st.live_bytes() + text.len() > self.max_bytes {
             st.closed = Some(CloseCode::SlowConsumer);
-            st.queue.clear();
+            let freed = std::mem::take(&mut st.bytes);
+            st.join_bytes = 0;
+            // Give the memory back now, not when the connection task gets to it.
+            st.queue = VecDeque::new();
             drop(st);
+            self.gauge_sub(freed);
             self.notify.notify_one();
             return Pushed::Overflow;
         }
         let was_empty = st.queue.is_empty();
-        st.queue.push_back(Item {
-            key: key.cloned(),
-            text: text.clone(),
-        });
+        st.queue.push_back(Item::new(key.cloned(), text.clone()));
+        st.bytes += text.len();
         drop(st);
+        self.gauge_add(text.len());
         if was_empty {
             self.notify.notify_one();
         }
         Pushed::Queued
+    }
+
+    /// Queue the join snapshot: one item per variable, outside the byte budget.
+    pub fn push_join(&self, items: impl IntoIterator<Item = (Arc<str>, Utf8Bytes)>) {
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return;
+        }
+        let was_empty = st.queue.is_empty();
+        let mut added = 0;
+        for (key, text) in items {
+            added += text.len();
+            st.queue.push_back(Item {
+                key: Some(key),
+                text,
+                join: true,
+            });
+        }
+        st.bytes += added;
+        st.join_bytes += added;
+        let any = !st.queue.is_empty();
+        drop(st);
+        self.gauge_add(added);
+        if was_empty && any {
+            self.notify.notify_one();
+        }
     }
 
     /// Close the outbox with a code; the connection task sends it and exits.
@@ -113,12 +222,25 @@ impl Outbox {
     pub fn drain(&self, into: &mut VecDeque<Item>) -> Option<CloseCode> {
         let mut st = self.lock();
         std::mem::swap(&mut st.queue, into);
-        st.closed
+        let freed = std::mem::take(&mut st.bytes);
+        st.join_bytes = 0;
+        let closed = st.closed;
+        drop(st);
+        self.gauge_sub(freed);
+        closed
     }
 
     /// Wait until something was pushed or the outbox was closed.
     pub async fn ready(&self) {
         self.notify.notified().await;
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let left = st.bytes;
+        self.gauge_sub(left);
     }
 }
 
@@ -171,6 +293,52 @@ mod tests {
         assert_eq!(o.push(Some(&k), &t("x"), 3, 3), Pushed::Overflow);
         assert_eq!(o.push(Some(&k), &t("x"), 3, 3), Pushed::Closed);
         assert_eq!(texts(&o), (vec![], Some(CloseCode::SlowConsumer)));
+    }
+
+    #[test]
+    fn a_queue_over_its_byte_budget_closes_with_slow_consumer() {
+        let o = Outbox::new(10, Gauge::default());
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        assert_eq!(o.push(Some(&a), &t("12345"), 100, 100), Pushed::Queued);
+        assert_eq!(o.bytes(), 5);
+        // "b" is another variable: nothing to replace, and 5 + 6 > 10.
+        assert_eq!(o.push(Some(&b), &t("123456"), 100, 100), Pushed::Overflow);
+        assert_eq!(o.bytes(), 0, "an overflowing queue is freed at once");
+        assert_eq!(texts(&o), (vec![], Some(CloseCode::SlowConsumer)));
+    }
+
+    #[test]
+    fn replacement_under_a_byte_backlog_counts_the_new_length() {
+        let gauge = Gauge::default();
+        let o = Outbox::new(16, gauge.clone());
+        let a: Arc<str> = Arc::from("a");
+        o.push(Some(&a), &t("1234"), 100, 100);
+        // 4 bytes >= 16 / 4: a backlog, so the next value of "a" replaces the queued one.
+        assert_eq!(o.push(Some(&a), &t("12345678"), 100, 100), Pushed::Replaced);
+        assert_eq!(o.bytes(), 8);
+        assert_eq!(gauge.get(), 8);
+        assert_eq!(texts(&o).0, vec!["12345678"]);
+        assert_eq!(gauge.get(), 0, "a drained queue holds no bytes");
+    }
+
+    #[test]
+    fn the_join_snapshot_is_outside_the_byte_budget_until_replaced() {
+        let o = Outbox::new(10, Gauge::default());
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        o.push_join([
+            (a.clone(), t(&"x".repeat(100))),
+            (b.clone(), t(&"y".repeat(100))),
+        ]);
+        assert_eq!(o.bytes(), 200);
+        // A live value of a joined variable replaces the snapshot line and is counted.
+        assert_eq!(o.push(Some(&a), &t("123"), 100, 0), Pushed::Replaced);
+        assert_eq!(o.bytes(), 103);
+        let c: Arc<str> = Arc::from("c");
+        assert_eq!(o.push(Some(&c), &t("1234567"), 100, 100), Pushed::Queued);
+        let d: Arc<str> = Arc::from("d");
+        assert_eq!(o.push(Some(&d), &t("1"), 1, 100), Pushed::Overflow);
     }
 
     #[test]

@@ -116,6 +116,10 @@ pub struct Room {
     hub: Arc<Hub>,
     limits: Arc<CloudLimits>,
     vars: HashMap<Arc<str>, Var>,
+    /// Each variable's last fanned-out `set` line, shared by every queue that holds it, so a
+    /// join costs the joiner references, not a copy of the room. Written by `fan_out`,
+    /// removed with the variable's name; a missing line is encoded at the next join.
+    lines: HashMap<Arc<str>, Utf8Bytes>,
     next_pos: i64,
     subs: Vec<Subscriber>,
     offset: u64,
@@ -132,6 +136,7 @@ impl Room {
             hub,
             limits,
             vars: HashMap::new(),
+            lines: HashMap::new(),
             next_pos: 0,
             subs: Vec::new(),
             offset: 0,
@@ -242,6 +247,7 @@ impl Room {
             }
             RoomCmd::Delete { name, reply } => {
                 let old = self.vars.remove(name.as_str());
+                self.lines.remove(name.as_str());
                 let removed = old.is_some();
                 if let Some(old) = old {
                     self.offset += 1;
@@ -342,17 +348,26 @@ impl Room {
         {
             return Err(JoinError::UsernameTaken);
         }
-        let mut frame = String::new();
-        for (name, value) in self.snapshot() {
-            frame.push_str(&encode_set(&name, &value));
-        }
-        if frame.is_empty() && self.limits.empty_join_frame {
-            frame.push('\n');
-        }
-        if !frame.is_empty() {
-            // The join frame bypasses the capacity limit: it is one message.
-            sub.outbox
-                .push(None, &Utf8Bytes::from(frame), usize::MAX, usize::MAX);
+        let snapshot = self.snapshot();
+        if snapshot.is_empty() {
+            if self.limits.empty_join_frame {
+                sub.outbox
+                    .push(None, &Utf8Bytes::from_static("\n"), usize::MAX, usize::MAX);
+            }
+        } else {
+            let lines = &mut self.lines;
+            let items: Vec<(Arc<str>, Utf8Bytes)> = snapshot
+                .into_iter()
+                .map(|(name, value)| {
+                    let line = lines
+                        .entry(name.clone())
+                        .or_insert_with(|| Utf8Bytes::from(encode_set(&name, &value)))
+                        .clone();
+                    (name, line)
+                })
+                .collect();
+            // The connection sends these in frames of bounded size.
+            sub.outbox.push_join(items);
         }
         self.emit_member(EventKind::RoomJoin, &sub);
         self.subs.push(sub);
@@ -420,6 +435,7 @@ impl Room {
     /// Queue `key = value` to every subscriber but `from`; cut those that stay full.
     fn fan_out(&mut self, from: u64, key: &Arc<str>, value: &CloudValue) {
         let line = Utf8Bytes::from(encode_set(key, value));
+        self.lines.insert(key.clone(), line.clone());
         let (cap, coalesce) = (self.limits.outbox_capacity, self.limits.coalesce_after);
         let metrics = &self.hub.metrics;
         // Ids of subscribers cut in this fan-out (rare; no allocation unless it happens).
@@ -469,6 +485,7 @@ impl Room {
         self.emit(EventKind::CloudRename, None, || {
             serde_json::json!({"room": &*self.key, "name": &*old, "new_name": &*new, "value": json_value(&var.value)})
         });
+        self.lines.remove(&old);
         self.vars.insert(new.clone(), var);
         self.offset += 1;
         self.hub.store.apply(StoreOp::Rename {
@@ -632,11 +649,13 @@ impl Room {
                 }
             }
             RemoteOp::Rename { name, new_name } => {
+                self.lines.remove(&*name);
                 if let Some(var) = self.vars.remove(&*name) {
                     self.vars.insert(new_name, var);
                 }
             }
             RemoteOp::Delete { name } => {
+                self.lines.remove(&*name);
                 self.vars.remove(&*name);
             }
         }
@@ -650,6 +669,7 @@ impl Room {
             snap.vars.iter().map(|v| v.name.clone()).collect();
         // The cloud protocol has no "deleted" message: a vanished variable just stops.
         self.vars.retain(|k, _| names.contains(k));
+        self.lines.retain(|k, _| names.contains(k));
         for v in snap.vars {
             let changed = self
                 .vars

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +66,7 @@ pub struct Server {
     docs: Arc<DocRooms>,
     ipc: Option<nimbus_ipc::Server>,
     gateway: Option<Arc<Gateway>>,
+    edge: crate::edge::EdgeConfig,
 }
 
 impl Server {
@@ -90,6 +90,7 @@ impl Server {
                     source,
                 })?;
         let addr = listener.local_addr()?;
+        let edge = config.edge.clone();
         let metrics = Arc::new(Metrics::new());
         let hub = match &config.redis {
             None => Arc::new(Hub::new(
@@ -132,6 +133,7 @@ impl Server {
             docs,
             ipc,
             gateway,
+            edge,
         })
     }
 
@@ -171,24 +173,29 @@ impl Server {
             gateway: self.gateway.clone(),
             shutdown: token.clone(),
             tracker: tracker.clone(),
+            edge: Arc::new(self.edge.clone()),
         };
-        let stop = token.clone();
-        // Every wire writes small messages that must leave at once: without TCP_NODELAY a
-        // write behind an unacknowledged one waits for the peer's delayed ACK (up to 40 ms).
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        let stop = CancellationToken::new();
+        let admission =
+            crate::edge::accept::Admission::new(&self.edge, self.hub.metrics.edge.clone());
+        let serving = crate::edge::accept::serve(
+            self.listener,
+            router(app),
+            self.edge.clone(),
+            admission,
+            self.hub.metrics.edge.clone(),
+            stop.clone(),
+        );
+        tokio::pin!(serving);
+        tokio::select! {
+            () = &mut serving => {}
+            () = shutdown => {
+                // Upgraded sockets close with 1001 while HTTP requests finish.
+                token.cancel();
+                stop.cancel();
+                serving.await;
             }
-        });
-        axum::serve(
-            listener,
-            router(app).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stop.cancel();
-        })
-        .await?;
+        }
         token.cancel();
         if let Some(ipc) = &self.ipc {
             ipc.terminate_server().await;

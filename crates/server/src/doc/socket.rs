@@ -21,6 +21,8 @@ pub(crate) struct SocketChannel {
     awaiting_pong: bool,
     close_timeout: Duration,
     closed: bool,
+    guard: crate::edge::ws::Guard,
+    metrics: std::sync::Arc<crate::edge::EdgeMetrics>,
 }
 
 impl SocketChannel {
@@ -29,6 +31,7 @@ impl SocketChannel {
         shutdown: CancellationToken,
         ping_interval: Duration,
         close_timeout: Duration,
+        metrics: std::sync::Arc<crate::edge::EdgeMetrics>,
     ) -> SocketChannel {
         let mut keepalive = interval_at(Instant::now() + ping_interval, ping_interval);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -39,26 +42,48 @@ impl SocketChannel {
             awaiting_pong: false,
             close_timeout,
             closed: false,
+            guard: crate::edge::ws::Guard::default(),
+            metrics,
         }
     }
 }
 
-/// A read error as the channel reports it: an oversized message is [`ChannelError::TooBig`].
-fn read_error(e: &axum::Error) -> ChannelError {
+/// A read error as the channel reports it: an oversized message is [`ChannelError::TooBig`];
+/// any other edge violation (1002, 1007) is closed here with its code.
+async fn read_error(this: &mut SocketChannel, e: &axum::Error) -> Option<ChannelError> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = source {
         if let Some(tungstenite::Error::Capacity(
             tungstenite::error::CapacityError::MessageTooLong { size, max_size },
         )) = err.downcast_ref::<tungstenite::Error>()
         {
-            return ChannelError::TooBig {
+            return Some(ChannelError::TooBig {
                 size: *size,
                 max: *max_size,
-            };
+            });
         }
         source = err.source();
     }
-    ChannelError::Transport(e.to_string())
+    match crate::edge::ws::classify(e) {
+        Some(v) => {
+            this.violation(&v).await;
+            None
+        }
+        None => Some(ChannelError::Transport(e.to_string())),
+    }
+}
+
+impl SocketChannel {
+    /// Close for an edge violation, counted and logged once.
+    async fn violation(&mut self, v: &crate::edge::ws::Violation) {
+        self.metrics.violation(v.label());
+        tracing::info!(
+            code = v.code(),
+            bound = v.label(),
+            "document socket closed by an edge bound"
+        );
+        self.close(v.code(), &v.reason()).await;
+    }
 }
 
 impl Channel for SocketChannel {
@@ -90,7 +115,11 @@ impl Channel for SocketChannel {
                 }
                 msg = self.ws.recv() => match msg {
                     None => return None,
-                    Some(Err(e)) => return Some(Err(read_error(&e))),
+                    Some(Err(e)) => return read_error(self, &e).await.map(Err),
+                    Some(Ok(m)) if self.guard.check(&m).is_err() => {
+                        self.violation(&crate::edge::ws::Violation::PingFlood).await;
+                        return None;
+                    }
                     Some(Ok(Message::Binary(b))) => {
                         self.awaiting_pong = false;
                         return Some(Ok(b));
@@ -113,6 +142,6 @@ impl Channel for SocketChannel {
         if std::mem::replace(&mut self.closed, true) {
             return;
         }
-        crate::ws::close(&mut self.ws, code, reason.to_owned(), self.close_timeout).await;
+        crate::edge::ws::close(&mut self.ws, code, reason.to_owned(), self.close_timeout).await;
     }
 }

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use nimbus_proto::gateway::{
     decode_client_payload, CloseCode, DecodeError, Identify, Intents, OpCode, Payload, Resume,
@@ -29,6 +29,8 @@ enum End {
     Peer { invalidate: bool },
     /// Stop without a close frame (taken over by a Resume elsewhere, write stalled).
     Drop,
+    /// An edge bound was broken (ping flood, framing error): close with its RFC 6455 code.
+    Edge(crate::edge::ws::Violation),
 }
 
 fn close(code: CloseCode) -> End {
@@ -48,6 +50,8 @@ struct Conn {
     asked_heartbeat: bool,
     /// zlib-stream transport compression (one context for the connection's life).
     zlib: Option<flate2::Compress>,
+    /// The edge's control-frame budget.
+    guard: crate::edge::ws::Guard,
 }
 
 /// Serve one upgraded gateway WebSocket until it closes.
@@ -72,6 +76,7 @@ pub(crate) async fn serve(
         last_heartbeat: Instant::now(),
         asked_heartbeat: false,
         zlib: compress.then(|| flate2::Compress::new(flate2::Compression::fast(), true)),
+        guard: crate::edge::ws::Guard::default(),
     };
     let end = if bad_version {
         close(CloseCode::InvalidApiVersion)
@@ -101,20 +106,17 @@ pub(crate) async fn serve(
                 gw.remove(&s.id);
             }
         }
-        let frame = CloseFrame {
-            code: code.code(),
-            reason: Utf8Bytes::from(reason),
-        };
-        let _ = tokio::time::timeout(gw.hub.limits.close_timeout, async {
-            if ws.send(Message::Close(Some(frame))).await.is_ok() {
-                while let Some(Ok(msg)) = ws.recv().await {
-                    if matches!(msg, Message::Close(_)) {
-                        break;
-                    }
-                }
-            }
-        })
-        .await;
+        crate::edge::ws::close(&mut ws, code.code(), reason, gw.hub.limits.close_timeout).await;
+    } else if let End::Edge(v) = &end {
+        metrics.edge.violation(v.label());
+        metrics.gateway_close(v.code());
+        tracing::info!(
+            conn = id,
+            code = v.code(),
+            bound = v.label(),
+            "gateway connection closed by an edge bound"
+        );
+        crate::edge::ws::close(&mut ws, v.code(), v.reason(), gw.hub.limits.close_timeout).await;
     }
     metrics.gateway_connections.dec();
 }
@@ -220,6 +222,9 @@ impl Conn {
                     }
                 }
                 msg = ws.recv() => match msg {
+                    Some(Ok(m)) if self.guard.check(&m).is_err() => {
+                        return End::Edge(crate::edge::ws::Violation::PingFlood);
+                    }
                     Some(Ok(Message::Text(text))) => {
                         if let Err(e) = self.on_text(ws, &text).await {
                             return e;
@@ -545,13 +550,12 @@ fn random_session_id() -> String {
 }
 
 fn on_socket_error(e: &axum::Error) -> End {
-    use std::error::Error as _;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
-    while let Some(err) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
-            return End::Close(CloseCode::DecodeError, "payload too large".into());
+    match crate::edge::ws::classify(e) {
+        // Discord answers an oversized payload with 4002.
+        Some(crate::edge::ws::Violation::TooBig(_)) => {
+            End::Close(CloseCode::DecodeError, "payload too large".into())
         }
-        source = err.source();
+        Some(v) => End::Edge(v),
+        None => End::Peer { invalidate: false },
     }
-    End::Peer { invalidate: false }
 }

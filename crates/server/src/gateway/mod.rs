@@ -382,22 +382,25 @@ async fn upgrade(
     } = app;
     // Frames up to 64 KiB are read and answered with 4002 when over 4096 bytes; larger
     // ones fail in the WebSocket layer, also mapped to 4002.
-    ws.max_message_size(MAX_PAYLOAD_BYTES * 16)
-        .max_frame_size(MAX_PAYLOAD_BYTES * 16)
-        .read_buffer_size(1024)
+    let bounds = crate::edge::ws::Bounds {
+        max_message: MAX_PAYLOAD_BYTES * 16,
+        read_buffer: 1024,
         // Replays and bursts are fed frame by frame and flushed once: let tungstenite
         // gather them into large writes.
-        .write_buffer_size(64 * 1024)
-        .on_upgrade(move |socket| {
-            tracker.track_future(conn::serve(
-                socket,
-                gw,
-                url,
-                bad_version,
-                compress,
-                shutdown,
-            ))
-        })
+        write_buffer: 64 * 1024,
+        // A dispatch carries at most one cloud value or document update summary.
+        max_outgoing: 1 << 20,
+    };
+    crate::edge::ws::configure(ws, bounds).on_upgrade(move |socket| {
+        tracker.track_future(conn::serve(
+            socket,
+            gw,
+            url,
+            bad_version,
+            compress,
+            shutdown,
+        ))
+    })
 }
 
 async fn bot(State(app): State<App>, headers: HeaderMap) -> Response {
