@@ -238,8 +238,14 @@ async fn pings_within_the_budget_are_answered_and_the_socket_stays_usable() {
 
 #[tokio::test]
 async fn idle_upgraded_strangers_do_not_lock_out_a_client_that_authenticates() {
-    // Defaults: 64 authenticated connections per peer, 16 before authentication.
-    let s = start(builder().secret_key("k")).await;
+    // Default pools: 64 authenticated connections per peer, 16 before authentication. The
+    // deadline is long so that only the pool pushes strangers out here.
+    let s = start(
+        builder()
+            .secret_key("k")
+            .pre_auth_timeout(Duration::from_secs(120)),
+    )
+    .await;
     let p = s.local_addr().unwrap().port();
     let mut strangers = Vec::new();
     for _ in 0..80 {
@@ -296,7 +302,7 @@ async fn a_socket_that_never_authenticates_is_closed_1008_at_the_deadline() {
     let s = start(
         builder()
             .secret_key("k")
-            .pre_auth_timeout(Duration::from_millis(300)),
+            .pre_auth_timeout(Duration::from_secs(1)),
     )
     .await;
     let p = s.local_addr().unwrap().port();
