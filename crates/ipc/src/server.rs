@@ -795,7 +795,10 @@ impl Inner {
                     Ok(reply) => (reply, Some(IpcEvent::RequestCompletion(req))),
                     Err(error) => {
                         tracing::debug!(endpoint = %ep, kind = %error.kind, "route failed");
-                        let reply = ErrorReply::RouteFailed(error.kind.clone()).encode();
+                        let mut reply = ErrorReply::RouteFailed(error.kind.clone()).encode();
+                        if reply.len() > self.cfg.max_reply {
+                            reply = ErrorReply::RouteFailed("ReplyTooLarge".into()).encode();
+                        }
                         self.emit(IpcEvent::Error {
                             endpoint: Some(ep),
                             error,
@@ -822,7 +825,14 @@ impl Inner {
                 {
                     Ok(reply) => (reply, Some(IpcEvent::RequestCompletion(req))),
                     Err(error) => {
-                        let reply = BetterReply::RouteFailed(error.to_string()).encode();
+                        let mut reply = BetterReply::RouteFailed(error.to_string()).encode();
+                        if reply.len() > self.cfg.max_reply {
+                            reply = BetterReply::RouteFailed(format!(
+                                "ReplyTooLarge: error details of {} bytes",
+                                reply.len()
+                            ))
+                            .encode();
+                        }
                         self.emit(IpcEvent::Error {
                             endpoint: Some(ep),
                             error,

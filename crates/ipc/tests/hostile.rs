@@ -430,3 +430,28 @@ async fn a_reply_larger_than_max_reply_becomes_a_500() {
     assert_eq!(c.reply().await, json!({"s": "y"}));
     s.terminate_server().await;
 }
+
+#[tokio::test]
+async fn a_route_error_too_long_for_max_reply_is_cut_to_a_short_500() {
+    let s = builder().max_reply(1024).build().unwrap();
+    s.route("fail", |_r: Request| async move {
+        Err(nimbus_ipc::RouteError::with_kind(
+            "K".repeat(4096),
+            "m".repeat(4096),
+        ))
+    });
+    s.start().await.unwrap();
+    let p = s.local_addr().unwrap().port();
+    let mut c = Raw::connect(p).await.unwrap();
+    c.text(r#"{"endpoint":"fail"}"#).await;
+    assert_eq!(
+        c.reply().await,
+        json!({"error":"IPC route raised error of type ReplyTooLarge","code":500})
+    );
+    // better-ipc dialect: a 500 whose details say why.
+    c.text(r#"{"endpoint":"fail","kwargs":{}}"#).await;
+    let r = c.reply().await;
+    assert_eq!(r["code"], 500);
+    assert!(r.to_string().len() <= 1024, "{r}");
+    s.terminate_server().await;
+}
