@@ -1125,3 +1125,72 @@ impl Conn {
         .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn server(pre: usize, authed: usize) -> Server {
+        Server::builder()
+            .host("127.0.0.1")
+            .max_pre_auth_per_peer(pre)
+            .max_connections_per_peer(authed)
+            .build()
+            .unwrap()
+    }
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+    #[test]
+    fn a_full_pre_auth_pool_pushes_out_its_oldest_socket_per_peer() {
+        let s = server(2, 8);
+        let (_a1, mut r1) = PeerSlot::admit(&s.inner, A).unwrap();
+        let (_a2, mut r2) = PeerSlot::admit(&s.inner, A).unwrap();
+        let (_b1, mut rb) = PeerSlot::admit(&s.inner, B).unwrap();
+        assert!(r1.try_recv().is_err());
+        let (_a3, mut r3) = PeerSlot::admit(&s.inner, A).unwrap();
+        assert_eq!(r1.try_recv(), Ok(()));
+        assert!(r2.try_recv().is_err() && r3.try_recv().is_err() && rb.try_recv().is_err());
+        let st = s.stats();
+        assert_eq!((st.pre_auth, st.pre_auth_evicted), (3, 1));
+    }
+
+    #[test]
+    fn promoted_sockets_leave_the_pre_auth_pool_and_fill_the_authenticated_one() {
+        let s = server(1, 2);
+        let (mut a1, _r1) = PeerSlot::admit(&s.inner, A).unwrap();
+        assert!(a1.promote());
+        let (mut a2, _r2) = PeerSlot::admit(&s.inner, A).unwrap();
+        // Not pushed out: a1 is no longer in the pre-auth pool.
+        let (mut a3, _r3) = PeerSlot::admit(&s.inner, A).unwrap();
+        assert_eq!(s.stats().pre_auth_evicted, 1);
+        assert!(a3.promote());
+        // The authenticated pool is full: a2 cannot join it, and new sockets are refused.
+        assert!(!a2.promote());
+        assert!(PeerSlot::admit(&s.inner, A).is_none());
+        assert!(PeerSlot::admit(&s.inner, B).is_some());
+        let st = s.stats();
+        assert_eq!((st.authenticated, st.refused_at_accept), (2, 1));
+        drop((a1, a2, a3));
+        let st = s.stats();
+        assert_eq!((st.authenticated, st.pre_auth), (0, 0));
+        assert!(s
+            .inner
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty());
+    }
+
+    #[test]
+    fn the_write_buffer_cap_stays_above_the_write_buffer() {
+        for reply in [0, 1, 1 << 10, 200 << 10, 16 << 20] {
+            let b = Server::builder().max_reply(reply);
+            let c = b.ws_config();
+            assert!(c.max_write_buffer_size > c.write_buffer_size);
+            assert_eq!(c.max_write_buffer_size, b.max_reply + WRITE_SLACK);
+        }
+    }
+}
