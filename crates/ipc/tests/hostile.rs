@@ -455,3 +455,34 @@ async fn a_route_error_too_long_for_max_reply_is_cut_to_a_short_500() {
     assert!(r.to_string().len() <= 1024, "{r}");
     s.terminate_server().await;
 }
+
+#[tokio::test]
+async fn a_client_session_that_connected_early_survives_the_deadline() {
+    // `ClientSession::connect` opens the socket before the first request; if the deadline
+    // closes it first, the request goes out once more on a fresh connection.
+    let s = start(
+        builder()
+            .secret_key("k")
+            .pre_auth_timeout(Duration::from_millis(200)),
+    )
+    .await;
+    let p = s.local_addr().unwrap().port();
+    let mut c = ClientSession::connect("127.0.0.1", Some(p), 1, Some("k".into()))
+        .await
+        .unwrap()
+        .with_timeout(WAIT);
+    // Wait (bounded) until the server has closed that socket.
+    for _ in 0..200 {
+        if s.stats().pre_auth_timeouts >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.stats().pre_auth_timeouts, 1);
+    assert_eq!(
+        c.request("echo", json!({"late": true})).await.unwrap(),
+        json!({"late": true})
+    );
+    c.close().await;
+    s.terminate_server().await;
+}
