@@ -136,12 +136,9 @@ impl GatewayConfig {
         let mut found = None;
         // Compare against every token without an early exit (no timing hint of which matched).
         for t in &self.tokens {
-            let same = t.token.len() == token.len()
-                && t.token
-                    .bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0;
+            // `subtle` compares in constant time (a length difference is not hidden).
+            let same: bool =
+                subtle::ConstantTimeEq::ct_eq(t.token.as_bytes(), token.as_bytes()).into();
             if same {
                 found = Some(t.allowed);
             }
