@@ -594,7 +594,12 @@ impl Config {
             drain_grace: dg.drain_grace,
         };
         Ok(Config {
-            edge: crate::edge::EdgeConfig::from_settings(&s.edge)?,
+            edge: crate::edge::EdgeConfig::from_settings(&s.edge).map_err(|e| {
+                ConfigError::Invalid {
+                    key: e.key,
+                    reason: e.reason,
+                }
+            })?,
             redis: s.redis.clone().filter(|u| !u.trim().is_empty()),
             doc,
             gateway,

@@ -25,7 +25,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+/// A setting of the edge out of range (the config layer reports it with its key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting {key}: {reason}")]
+pub struct InvalidSetting {
+    /// The setting.
+    pub key: &'static str,
+    /// Why.
+    pub reason: String,
+}
 
 /// The edge's settings (flags, `NIMBUS_*` environment, and the `[edge]` table of the
 /// config file). Durations are in milliseconds.
@@ -125,9 +133,9 @@ fn nonzero<T: PartialEq + Default>(
     key: &'static str,
     v: Option<T>,
     d: T,
-) -> Result<T, ConfigError> {
+) -> Result<T, InvalidSetting> {
     match v {
-        Some(x) if x == T::default() => Err(ConfigError::Invalid {
+        Some(x) if x == T::default() => Err(InvalidSetting {
             key,
             reason: "must be at least 1".into(),
         }),
@@ -138,7 +146,7 @@ fn nonzero<T: PartialEq + Default>(
 
 impl EdgeConfig {
     /// Fill in defaults and check ranges.
-    pub fn from_settings(s: &EdgeSettings) -> Result<EdgeConfig, ConfigError> {
+    pub fn from_settings(s: &EdgeSettings) -> Result<EdgeConfig, InvalidSetting> {
         let d = EdgeConfig::default();
         let ms = |key, v: Option<u64>, d: Duration| {
             let d = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
