@@ -41,6 +41,9 @@ pub use failing::{FailSwitch, FailingBackend};
 pub use memory::MemoryBackend;
 pub use sqlite::SqliteBackend;
 
+/// The close reason of a client whose change was refused because the store cannot write.
+pub const STORE_UNAVAILABLE: &str = "store unavailable";
+
 /// When a failed commit is retried: from 100 ms doubling up to 5 s (equal jitter).
 pub const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
