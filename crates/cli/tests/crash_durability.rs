@@ -248,7 +248,7 @@ async fn the_flush_window_holds_while_a_50_mb_document_compacts() {
             match (running > 0.0, compacting_since) {
                 (true, None) => compacting_since = Some(Instant::now()),
                 // Sets have gone on for a while during the compaction: crash now.
-                (true, Some(t)) if t.elapsed() > Duration::from_millis(FLUSH_MS * 20) => break,
+                (true, Some(t)) if t.elapsed() > Duration::from_millis(FLUSH_MS * 8) => break,
                 (false, Some(_)) => panic!("the compaction finished too soon to test anything"),
                 _ => {}
             }
@@ -284,9 +284,9 @@ async fn the_flush_window_holds_while_a_50_mb_document_compacts() {
         window
     );
     // Only the documented window may be lost (with room for a loaded CI machine), not
-    // the length of the compaction.
+    // the length of the compaction (at least 8 windows when it is killed).
     assert!(
-        window <= Duration::from_millis(FLUSH_MS * 10),
+        window <= Duration::from_millis(FLUSH_MS * 4),
         "lost {window:?} of acknowledged sets during a compaction"
     );
     server.kill().unwrap();
