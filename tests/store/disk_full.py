@@ -141,7 +141,7 @@ def fill(port):
             got = observer.recv(timeout=2)
         except socket.timeout:
             got = None
-        if got and got[0] == "text" and f'"value":{value}' in got[1]:
+        if got and got[0] == "text" and value in got[1]:
             acked[name] = value
             continue
         # Not seen by the observer: the writer must have been refused.
