@@ -138,3 +138,157 @@ async fn document_edits_older_than_the_flush_window_survive_kill_9() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// A plain HTTP GET; the body.
+async fn http_body(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A document log of about `mb` MB (4 MB text updates), written straight into the database,
+/// so the server has a large document to compact as soon as the room loads.
+fn seed_large_document(dir: &std::path::Path, room: &str, mb: usize) {
+    use nimbus_doc::yrs::{ReadTxn, Text, Transact};
+    use nimbus_server::store::{Backend, SqliteBackend, StoreOp};
+    let doc = nimbus_doc::yrs::Doc::new();
+    let text = doc.get_or_insert_text("t");
+    let mut db = SqliteBackend::open(&dir.join("nimbus.sqlite3")).unwrap();
+    let chunk = "0123456789abcdef".repeat(1 << 18); // 4 MiB
+    for _ in 0..mb.div_ceil(4) {
+        let before = doc.transact().state_vector();
+        text.push(&mut doc.transact_mut(), &chunk);
+        let update = doc.transact().encode_state_as_update_v1(&before);
+        db.commit(&[StoreOp::DocAppend {
+            room: room.into(),
+            update: update.into(),
+        }])
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_flush_window_holds_while_a_50_mb_document_compacts() {
+    let dir = tempfile::tempdir().unwrap();
+    seed_large_document(dir.path(), "big", 50);
+    let port = free_port();
+    let mut server = start(dir.path(), port);
+    let mut writer = connect(port).await;
+    let mut observer = connect(port).await;
+    for (ws, user) in [(&mut observer, "obs"), (&mut writer, "w")] {
+        let hs = format!(r#"{{"method":"handshake","user":"{user}","project_id":"7"}}"#);
+        ws.send(Message::text(hs)).await.unwrap();
+    }
+    // The cloud room is loaded before the document room (whose load queues the compaction).
+    writer
+        .send(Message::text(r#"{"method":"set","name":"☁ n","value":0}"#))
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, observer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // Loading the room finds a log past the compaction policy: the store compacts it.
+    let (_big, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/doc/big"))
+        .await
+        .unwrap();
+
+    // Sets go on; each counts as acknowledged when the observer has it.
+    let mut seen: Vec<(u64, Instant)> = Vec::new();
+    let mut compacting_since: Option<Instant> = None;
+    let mut next_check = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut i = 0u64;
+    loop {
+        assert!(Instant::now() < deadline, "the compaction never ran");
+        i += 1;
+        let set = format!(r#"{{"method":"set","name":"☁ n","value":{i}}}"#);
+        writer.send(Message::text(set)).await.unwrap();
+        let want = format!("\"value\":{i}}}");
+        loop {
+            let frame = tokio::time::timeout(WAIT, observer.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if frame.to_text().unwrap_or("").contains(&want) {
+                break;
+            }
+        }
+        seen.push((i, Instant::now()));
+        if Instant::now() >= next_check {
+            next_check = Instant::now() + Duration::from_millis(100);
+            let running = metric(
+                &http_body(port, "/metrics").await,
+                "nimbus_store_compactions_running",
+            );
+            match (running > 0.0, compacting_since) {
+                (true, None) => compacting_since = Some(Instant::now()),
+                // Sets have gone on for a while during the compaction: crash now.
+                (true, Some(t)) if t.elapsed() > Duration::from_millis(FLUSH_MS * 8) => break,
+                (false, Some(_)) => panic!("the compaction finished too soon to test anything"),
+                _ => {}
+            }
+        }
+    }
+    let killed = Instant::now();
+    server.kill().unwrap(); // SIGKILL while the document compacts
+    server.wait().unwrap();
+
+    let mut server = start(dir.path(), port);
+    let mut late = connect(port).await;
+    late.send(Message::text(
+        r#"{"method":"handshake","user":"late","project_id":"7"}"#,
+    ))
+    .await
+    .unwrap();
+    let join = tokio::time::timeout(WAIT, late.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let join = join.to_text().unwrap().to_owned();
+    let stored: u64 = join
+        .rsplit_once("\"value\":")
+        .and_then(|(_, v)| v.trim_end().trim_end_matches('}').parse().ok())
+        .unwrap_or_else(|| panic!("no value in {join:?}"));
+    // The oldest acknowledged set that was lost, and how long before the kill it was seen.
+    let lost = seen.iter().find(|(n, _)| *n > stored);
+    let window = lost.map_or(Duration::ZERO, |(_, t)| killed - *t);
+    eprintln!(
+        "acknowledged {} sets, stored up to {stored}; lost the last {:?} (flush window {FLUSH_MS} ms)",
+        seen.len(),
+        window
+    );
+    // Only the documented window may be lost (with room for a loaded CI machine), not
+    // the length of the compaction (at least 8 windows when it is killed).
+    assert!(
+        window <= Duration::from_millis(FLUSH_MS * 4),
+        "lost {window:?} of acknowledged sets during a compaction"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

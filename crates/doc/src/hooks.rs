@@ -98,13 +98,26 @@ impl HookError {
 pub struct Refusal {
     /// Sent to the client in `Auth PermissionDenied`.
     pub reason: String,
+    /// When set, the connection is then closed with this code and the reason (the client
+    /// applied the update locally: without the close it would go on from a state the room
+    /// does not have).
+    pub close: Option<u16>,
 }
 
 impl Refusal {
-    /// A refusal with this reason.
+    /// A refusal with this reason; the connection stays open.
     pub fn new(reason: impl Into<String>) -> Refusal {
         Refusal {
             reason: reason.into(),
+            close: None,
+        }
+    }
+
+    /// A refusal that also closes the client's connection with `code`.
+    pub fn closing(code: u16, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            close: Some(code),
         }
     }
 }

@@ -136,6 +136,15 @@ pub enum ServeError {
     /// [`Room::doc`] directly). The room is closed (close 1011).
     #[error("room state broken: the room was closed")]
     RoomBroken,
+    /// The room's hook refused an update and asked to close the connection
+    /// ([`Refusal::closing`](crate::Refusal::closing)) with this code.
+    #[error("update refused: {reason}")]
+    Refused {
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
     /// The connection failed (no close frame is sent).
     #[error("connection failed: {0}")]
     Channel(ChannelError),
@@ -154,6 +163,7 @@ impl ServeError {
             ServeError::PingTimeout => 1001,
             ServeError::Load(_) | ServeError::RoomBroken => 1011,
             ServeError::RoomClosed => 1013,
+            ServeError::Refused { code, .. } => *code,
             ServeError::Channel(_) => return None,
         })
     }
@@ -162,6 +172,7 @@ impl ServeError {
     pub fn close_reason(&self) -> String {
         let reason = match self {
             ServeError::TooSlow => "too slow".to_owned(),
+            ServeError::Refused { reason, .. } => reason.clone(),
             other => other.to_string(),
         };
         truncate_reason(reason)
@@ -819,6 +830,12 @@ impl Room {
                             opts.send_timeout,
                         )
                         .await?;
+                        if let Some(code) = refusal.close {
+                            return Err(ServeError::Refused {
+                                code,
+                                reason: refusal.reason,
+                            });
+                        }
                         continue;
                     }
                     if let Err(e) = self.apply_client_update(guard.conn, &u) {

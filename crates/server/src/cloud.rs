@@ -70,6 +70,14 @@ fn protocol_error(reason: impl Into<String>) -> End {
     End::Close(CloseCode::Generic.code(), reason.into())
 }
 
+/// The room refused a change because the store cannot write (`docs/security.md`).
+fn store_unavailable() -> End {
+    End::Close(
+        CloseCode::Unavailable.code(),
+        crate::store::STORE_UNAVAILABLE.into(),
+    )
+}
+
 /// Serve one upgraded WebSocket until it closes.
 pub async fn serve(
     mut ws: WebSocket,
@@ -197,7 +205,8 @@ impl Conn {
                                 self.hub.metrics.edge.violation("outbox_bytes");
                                 return End::Cut(code.code(), "send queue full: client too slow".into());
                             }
-                            CloseCode::Unavailable => "backplane unavailable",
+                            CloseCode::Unavailable if self.hub.backplane.is_some() => "backplane unavailable",
+                            CloseCode::Unavailable => crate::store::STORE_UNAVAILABLE,
                             _ => "removed by the server operator",
                         };
                         return End::Close(code.code(), reason.into());
@@ -435,6 +444,7 @@ impl Conn {
                 .await;
                 match rx.await {
                     Ok(true) => Ok(()),
+                    Err(_) if !self.hub.store.can_write() => Err(store_unavailable()),
                     _ => Err(protocol_error(
                         "rename of an unknown variable or to an invalid name",
                     )),
@@ -452,6 +462,7 @@ impl Conn {
                 room.send(RoomCmd::Delete { name, reply }).await;
                 match rx.await {
                     Ok(true) => Ok(()),
+                    Err(_) if !self.hub.store.can_write() => Err(store_unavailable()),
                     _ => Err(protocol_error("delete of an unknown variable")),
                 }
             }

@@ -38,6 +38,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/", get(upgrade))
         .route("/doc/{*room}", get(doc_upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/rooms/{id}/variables", get(variables))
         .route("/api/docs/{*room}", get(doc_json))
@@ -219,6 +220,39 @@ async fn upgrade(
     crate::edge::ws::configure(ws, bounds).on_upgrade(move |socket| {
         tracker.track_future(cloud::serve(socket, hub, edge, peer, shutdown))
     })
+}
+
+/// Readiness: 200 while the store writes and loads; 503 with the reason while commits fail
+/// (changes are refused), the last load failed (e.g. a corrupted database) or the writer
+/// stopped. `/healthz` stays liveness only.
+async fn readyz(State(app): State<App>) -> Response {
+    use crate::store::StoreStatus;
+    let health = app.hub.store.health();
+    let status = health.status();
+    let mut body = serde_json::json!({ "status": if status == StoreStatus::Ok { "ready" } else { "not_ready" }, "store": status.label() });
+    match &status {
+        StoreStatus::Ok => {
+            let body = body.to_string() + "\n";
+            return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+        }
+        StoreStatus::WriteFailing {
+            reason,
+            pending_ops,
+        } => {
+            body["reason"] = format!("the store cannot write: {reason}").into();
+            body["pending_ops"] = (*pending_ops).into();
+        }
+        StoreStatus::ReadFailing { reason } => {
+            body["reason"] = format!("the store cannot read: {reason}").into();
+        }
+        StoreStatus::Stopped => body["reason"] = "the store writer has stopped".into(),
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string() + "\n",
+    )
+        .into_response()
 }
 
 async fn metrics(State(app): State<App>) -> impl IntoResponse {

@@ -29,6 +29,9 @@ pub enum AdminError {
     /// The room went away while handling the request.
     #[error("the room is unavailable")]
     Unavailable,
+    /// The store cannot write: the change is refused (`docs/security.md`, "Store failures").
+    #[error("store unavailable: changes cannot be stored right now")]
+    StoreUnavailable,
 }
 
 /// Capacity of each room's command channel: a publisher faster than its room
@@ -185,6 +188,10 @@ impl Hub {
         value
             .validate(self.limits.profile, self.limits.max_value_len)
             .map_err(|e| AdminError::Invalid(e.to_string()))?;
+        if self.backplane.is_none() && !self.store.can_write() {
+            self.metrics.store.refused("api");
+            return Err(AdminError::StoreUnavailable);
+        }
         let handle = self
             .get_or_create(room)
             .map_err(|_| AdminError::TooManyRooms)?;
@@ -206,6 +213,10 @@ impl Hub {
         room: &str,
         name: &str,
     ) -> Result<bool, AdminError> {
+        if self.backplane.is_none() && !self.store.can_write() {
+            self.metrics.store.refused("api");
+            return Err(AdminError::StoreUnavailable);
+        }
         let handle = self
             .get_or_create(room)
             .map_err(|_| AdminError::TooManyRooms)?;

@@ -103,9 +103,13 @@ pub(crate) fn register(server: &nimbus_ipc::Server, hub: Arc<Hub>, docs: Arc<Doc
                     ))
                 }
             };
-            h.set_variable(&room, &name, value)
-                .await
-                .map_err(|e| RouteError::with_kind("InvalidValue", e.to_string()))?;
+            h.set_variable(&room, &name, value).await.map_err(|e| {
+                let kind = match e {
+                    crate::hub::AdminError::StoreUnavailable => "Unavailable",
+                    _ => "InvalidValue",
+                };
+                RouteError::with_kind(kind, e.to_string())
+            })?;
             Ok(json!(true))
         }
     });

@@ -237,15 +237,25 @@ impl Room {
                     self.emit_member(EventKind::RoomLeave, &sub);
                 }
             }
-            RoomCmd::Set { from, name, value } => self.set(from, name, value),
+            RoomCmd::Set { from, name, value } => {
+                if !self.store_refuses(Some(from)) {
+                    self.set(from, name, value);
+                }
+            }
             RoomCmd::Rename {
                 name,
                 new_name,
                 reply,
             } => {
-                let _ = reply.send(self.rename(&name, new_name));
+                // Refused: the reply is dropped (the asker answers "store unavailable").
+                if !self.store_refuses(None) {
+                    let _ = reply.send(self.rename(&name, new_name));
+                }
             }
             RoomCmd::Delete { name, reply } => {
+                if self.store_refuses(None) {
+                    return;
+                }
                 let old = self.vars.remove(name.as_str());
                 self.lines.remove(name.as_str());
                 let removed = old.is_some();
@@ -268,6 +278,23 @@ impl Room {
             // Only sent when a backplane is configured.
             RoomCmd::Remote(_) | RoomCmd::Resync => {}
         }
+    }
+
+    /// While the store cannot write, a change is refused instead of being fanned out as if
+    /// it were durable (`docs/security.md`, "Store failures"): the client that sent it is
+    /// closed with 1011 "store unavailable" and reconnects with its backoff; a change from
+    /// the HTTP/IPC API is dropped (the hub answers those callers first). Changes accepted
+    /// before the failure stay in the store's retried batch.
+    fn store_refuses(&self, from: Option<u64>) -> bool {
+        if self.hub.store.can_write() {
+            return false;
+        }
+        self.hub.metrics.store.refused("cloud");
+        if let Some(sub) = from.and_then(|from| self.subs.iter().find(|s| s.id == from)) {
+            tracing::info!(room = %self.key, conn = sub.id, user = %sub.user, "change refused: the store cannot write; closing the sender (1011)");
+            sub.outbox.close(CloseCode::Unavailable);
+        }
+        true
     }
 
     fn kick(&mut self, user: &str, reply: oneshot::Sender<usize>) {

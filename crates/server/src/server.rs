@@ -210,8 +210,26 @@ impl Server {
         if let Some(bp) = &self.hub.backplane {
             bp.shutdown();
         }
-        self.hub.store.flush().await?;
-        tracing::info!("shut down cleanly");
-        Ok(())
+        // Changes accepted before the store failed are retried until here: say how many
+        // are lost if it still cannot write.
+        match self.hub.store.flush().await {
+            Ok(()) => {
+                tracing::info!("shut down cleanly");
+                Ok(())
+            }
+            Err(e) => {
+                match &e {
+                    StoreError::Unflushed { ops, reason } => tracing::error!(
+                        ops,
+                        %reason,
+                        "shutdown: {ops} accepted changes could not be stored and are lost"
+                    ),
+                    other => {
+                        tracing::error!(error = %other, "shutdown: the store could not be flushed; accepted changes may be lost")
+                    }
+                }
+                Err(ServerError::Store(e))
+            }
+        }
     }
 }

@@ -425,6 +425,12 @@ async fn oversized_messages_close_with_1009_and_oversized_documents_are_refused(
     p.edit(|d, t| d.t.push(t, &"x".repeat(3000))).await;
     p.until(|m| matches!(m, Message::Auth(_))).await;
     assert!(p.denied[0].contains("too large"), "{:?}", p.denied);
+    // The client applied the refused update locally: it is closed with a clear code
+    // instead of failing later with 1007 on an update that depends on it.
+    let (code, reason) = p.closed().await;
+    assert_eq!(code, 1009);
+    assert!(reason.starts_with("document too large"), "{reason}");
+    let mut p = Peer::join(&url).await;
     p.edit(|d, t| d.t.push(t, &"y".repeat(5000))).await;
     let (code, _) = p.closed().await;
     assert_eq!(code, 1009);

@@ -18,7 +18,7 @@ use crate::doc::socket::SocketChannel;
 use crate::doc::{Access, AccessRules};
 use crate::events::{EventBus, EventKind, RoomEvent};
 use crate::metrics::Metrics;
-use crate::store::{apply_records, Store, StoreError, StoreOp};
+use crate::store::{apply_records, Store, StoreError, StoreOp, STORE_UNAVAILABLE};
 
 /// The close reason of document clients when Redis could not be written or lost the room.
 const UNAVAILABLE: &str = "backplane unavailable";
@@ -61,9 +61,11 @@ struct Persisted {
     events: Arc<EventBus>,
     limits: Arc<DocLimits>,
     metrics: Arc<Metrics>,
-    /// Stored bytes (snapshot + appended updates): an upper bound of the encoded
-    /// document, exact again after each reload.
-    size: AtomicUsize,
+    /// The document's size for `max_doc_bytes`: the stored bytes (snapshot + appended
+    /// updates). Without a backplane the store's writer sets it at load and moves it to the
+    /// merged size at each compaction ([`Store::doc_size`]); the room adds what it appends,
+    /// so it is the encoded size of the last compaction plus the bytes appended since.
+    size: Arc<AtomicUsize>,
     /// The load hook's own transaction (the stored state) reaches `updated` like any other,
     /// first in order: it is already stored and must not be appended again.
     skip_loaded: AtomicBool,
@@ -72,9 +74,14 @@ struct Persisted {
 impl RoomHooks for Persisted {
     fn load<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, Result<(), HookError>> {
         Box::pin(async move {
+            // The close reason is public and stable; the cause is logged only.
             let failed = |e: &dyn std::fmt::Display| {
                 tracing::error!(room = room.id(), error = %e, "cannot load document");
-                HookError::new(format!("the document could not be loaded: {e}"))
+                HookError::new(if self.backplane.is_some() {
+                    UNAVAILABLE
+                } else {
+                    STORE_UNAVAILABLE
+                })
             };
             let mut redis_seq = None;
             let log = match &self.backplane {
@@ -107,7 +114,10 @@ impl RoomHooks for Persisted {
                     .doc_corrupt_records
                     .inc_by(applied.skipped as u64);
             }
-            self.size.store(log.bytes(), Ordering::Relaxed);
+            if self.backplane.is_some() {
+                // Without a backplane the store's writer has set it (see `size`).
+                self.size.store(log.bytes(), Ordering::Relaxed);
+            }
             if let Some((epoch, seq)) = redis_seq {
                 let step = lock(&self.sync).loaded(&epoch, seq);
                 self.follow(room, step);
@@ -122,15 +132,30 @@ impl RoomHooks for Persisted {
         })
     }
 
-    fn check_update(&self, _room: &Room, update: &[u8]) -> Result<(), Refusal> {
+    fn check_update(&self, room: &Room, update: &[u8]) -> Result<(), Refusal> {
+        if self.backplane.is_none() && !self.store.can_write() {
+            // Not applied, not fanned out: the client keeps the update and sends it again
+            // when it reconnects (y-websocket resyncs), once the store writes again.
+            self.metrics.store.refused("doc");
+            tracing::info!(
+                room = room.id(),
+                "document update refused: the store cannot write; closing the client (1011)"
+            );
+            return Err(Refusal::closing(1011, STORE_UNAVAILABLE));
+        }
         let size = self.size.load(Ordering::Relaxed);
         let max = self.limits.max_doc_bytes;
         if size.saturating_add(update.len()) > max {
             self.metrics.doc_refused("doc_too_large");
-            return Err(Refusal::new(format!(
-                "document too large: {size} stored bytes + {} would exceed the limit of {max}",
-                update.len()
-            )));
+            // The client applied the update locally; its next update would depend on it
+            // and fail with 1007, so the connection is closed now with a clear code.
+            return Err(Refusal::closing(
+                1009,
+                format!(
+                    "document too large: {size} bytes + {} would exceed the limit of {max}",
+                    update.len()
+                ),
+            ));
         }
         Ok(())
     }
@@ -318,6 +343,10 @@ impl DocRooms {
         let replicas = Replicas::default();
         let (bp, reg) = (backplane.clone(), replicas.clone());
         let manager = RoomManager::new(move |id: &str| {
+            let size = match &bp {
+                None => s.doc_size(id),
+                Some(_) => Arc::new(AtomicUsize::new(0)),
+            };
             let hooks = Arc::new_cyclic(|me| Persisted {
                 store: s.clone(),
                 backplane: bp.clone(),
@@ -328,7 +357,7 @@ impl DocRooms {
                 events: events.clone(),
                 limits: l.clone(),
                 metrics: m.clone(),
-                size: AtomicUsize::new(0),
+                size,
                 skip_loaded: AtomicBool::new(false),
             });
             Room::with_hooks(id, hooks)
@@ -396,11 +425,15 @@ impl DocRooms {
         self.metrics
             .doc_rooms
             .set(self.manager.room_ids().len() as i64);
-        let done = self.store.doc_stats().compactions.load(Ordering::Relaxed);
+        let stats = self.store.doc_stats();
+        let done = stats.compactions.load(Ordering::Relaxed);
         let counted = self.metrics.doc_compactions.get();
         if done > counted {
             self.metrics.doc_compactions.inc_by(done - counted);
         }
+        self.metrics
+            .store
+            .refresh(self.store.health(), stats.running.load(Ordering::Relaxed));
     }
 
     /// Loaded room names, sorted.

@@ -12,6 +12,18 @@ pub struct MemoryBackend {
     docs: HashMap<Arc<str>, DocLog>,
 }
 
+impl MemoryBackend {
+    /// A backend holding one room's variables.
+    pub fn with_vars(room: Arc<str>, vars: Vec<StoredVar>) -> MemoryBackend {
+        let mut rooms = HashMap::new();
+        rooms.insert(room, vars);
+        MemoryBackend {
+            rooms,
+            docs: HashMap::new(),
+        }
+    }
+}
+
 impl Backend for MemoryBackend {
     fn load(&mut self, room: &str) -> Result<Vec<StoredVar>, StoreError> {
         let mut vars = self.rooms.get(room).cloned().unwrap_or_default();

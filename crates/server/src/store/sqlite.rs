@@ -36,13 +36,25 @@ CREATE TABLE IF NOT EXISTS doc_snapshots (
 ";
 
 impl SqliteBackend {
-    /// Open (or create) the database file.
+    /// Open (or create) the database file. Errors name the file; the database must be
+    /// writable (a write lock is taken once), so a read-only file fails here, not at the
+    /// first commit.
     pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(SqliteBackend { conn })
+        let opened = (|| {
+            let conn = Connection::open(path)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.execute_batch(SCHEMA)?;
+            conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
+            Ok(conn)
+        })();
+        match opened {
+            Ok(conn) => Ok(SqliteBackend { conn }),
+            Err(source) => Err(StoreError::Open {
+                path: path.into(),
+                source,
+            }),
+        }
     }
 }
 
