@@ -1,13 +1,13 @@
 //! The edge: where a socket meets the server, and where every per-connection bound lives.
 //!
-//! - [`accept`]: the TCP listener. Raises the fd soft limit, admits a connection against
+//! - `accept`: the TCP listener. Raises the fd soft limit, admits a connection against
 //!   per-address caps (concurrent and new per second; refused with HTTP 429 before any
 //!   upgrade), bounds the time from accept to a complete request head (which is also the
 //!   keep-alive idle timeout) and serves HTTP/1.1 with upgrades.
-//! - [`ws`]: the bounds every WebSocket gets (read/write buffers, message size, a write
+//! - `ws`: the bounds every WebSocket gets (read/write buffers, message size, a write
 //!   buffer that cannot grow with automatic pongs), the ping budget, the mapping of framing
 //!   errors to close codes (1002, 1007, 1009), and the close sequence.
-//! - [`rate`]: the per-connection token bucket for client writes (cloud sets).
+//! - `rate`: the per-connection token bucket for client writes (cloud sets).
 //!
 //! The bounds, their defaults and why, and the close code of each are in `docs/security.md`.
 
