@@ -592,6 +592,7 @@ impl Config {
                 .gateway_session_start_limit
                 .unwrap_or(dg.session_start_limit),
             drain_grace: dg.drain_grace,
+            max_dispatch_bytes: GatewayConfig::dispatch_bound(doc.max_message_bytes),
         };
         Ok(Config {
             edge: crate::edge::EdgeConfig::from_settings(&s.edge).map_err(|e| {

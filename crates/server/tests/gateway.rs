@@ -721,3 +721,36 @@ async fn document_updates_are_dispatched_as_doc_update_with_the_yjs_bytes() {
     editor.close().await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_document_update_larger_than_a_mebibyte_is_dispatched_whole() {
+    use base64::Engine;
+    use nimbus_doc::yrs::{Text, Transact};
+    let srv = Srv::start(gw_config()).await;
+    let (mut g, _) = Gw::ready(&srv, 4, None).await;
+    let editor = nimbus_doc::connect(
+        nimbus_doc::ClientWire::WebSocket {
+            url: format!("ws://{}/doc", srv.addr),
+        },
+        "big",
+        None,
+        nimbus_doc::ConnectOptions {
+            reconnect: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // One 1.5 MB insert: its DOC_UPDATE is ~2 MB of base64, over the 1 MiB floor of the
+    // gateway's write buffer bound, so the bound must follow the document message limit.
+    let text = editor.doc().get_or_insert_text("t");
+    text.push(&mut editor.doc().transact_mut(), &"x".repeat(1_500_000));
+    let d = g.dispatch().await;
+    assert_eq!(d.t.as_deref(), Some("DOC_UPDATE"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(d.d["update"].as_str().unwrap())
+        .unwrap();
+    assert!(bytes.len() > 1_500_000, "{}", bytes.len());
+    editor.close().await;
+    srv.stop().await;
+}

@@ -106,6 +106,22 @@ pub struct GatewayConfig {
     pub session_start_limit: u32,
     /// After op 7 on shutdown, how long to wait for the client to close before 4000.
     pub drain_grace: Duration,
+    /// The largest dispatch frame the server may send (bounds the connection's write
+    /// buffer): a `DOC_UPDATE` carries the base64 of one document update, so this follows
+    /// the document rooms' largest message ([`GatewayConfig::dispatch_bound`]).
+    pub max_dispatch_bytes: usize,
+}
+
+impl GatewayConfig {
+    /// The largest dispatch for document updates of up to `max_update` bytes: base64
+    /// (4/3) plus the payload's envelope, and never below 1 MiB (cloud values, READY).
+    pub fn dispatch_bound(max_update: usize) -> usize {
+        max_update
+            .div_ceil(3)
+            .saturating_mul(4)
+            .saturating_add(64 << 10)
+            .max(1 << 20)
+    }
 }
 
 impl Default for GatewayConfig {
@@ -120,6 +136,9 @@ impl Default for GatewayConfig {
             identify_timeout: Duration::from_secs(20),
             session_start_limit: 1000,
             drain_grace: Duration::from_secs(2),
+            max_dispatch_bytes: GatewayConfig::dispatch_bound(
+                crate::config::DocLimits::default().max_message_bytes,
+            ),
         }
     }
 }
@@ -379,14 +398,15 @@ async fn upgrade(
     } = app;
     // Frames up to 64 KiB are read and answered with 4002 when over 4096 bytes; larger
     // ones fail in the WebSocket layer, also mapped to 4002.
+    let max_dispatch = gw.config.max_dispatch_bytes;
     let bounds = crate::edge::ws::Bounds {
         max_message: MAX_PAYLOAD_BYTES * 16,
         read_buffer: 1024,
         // Replays and bursts are fed frame by frame and flushed once: let tungstenite
         // gather them into large writes.
         write_buffer: 64 * 1024,
-        // A dispatch carries at most one cloud value or document update summary.
-        max_outgoing: 1 << 20,
+        // A dispatch carries at most one cloud value or one document update.
+        max_outgoing: max_dispatch,
     };
     crate::edge::ws::configure(ws, bounds).on_upgrade(move |socket| {
         tracker.track_future(conn::serve(
