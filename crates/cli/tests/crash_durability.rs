@@ -139,6 +139,16 @@ async fn document_edits_older_than_the_flush_window_survive_kill_9() {
     server.wait().unwrap();
 }
 
+/// Kills the server when the test ends, also when an assertion fails.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A plain HTTP GET; the body.
 async fn http_body(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -194,7 +204,7 @@ async fn the_flush_window_holds_while_a_50_mb_document_compacts() {
     let dir = tempfile::tempdir().unwrap();
     seed_large_document(dir.path(), "big", 50);
     let port = free_port();
-    let mut server = start(dir.path(), port);
+    let mut server = Killed(start(dir.path(), port));
     let mut writer = connect(port).await;
     let mut observer = connect(port).await;
     for (ws, user) in [(&mut observer, "obs"), (&mut writer, "w")] {
@@ -255,10 +265,10 @@ async fn the_flush_window_holds_while_a_50_mb_document_compacts() {
         }
     }
     let killed = Instant::now();
-    server.kill().unwrap(); // SIGKILL while the document compacts
-    server.wait().unwrap();
+    server.0.kill().unwrap(); // SIGKILL while the document compacts
+    server.0.wait().unwrap();
 
-    let mut server = start(dir.path(), port);
+    let mut server = Killed(start(dir.path(), port));
     let mut late = connect(port).await;
     late.send(Message::text(
         r#"{"method":"handshake","user":"late","project_id":"7"}"#,
@@ -289,6 +299,6 @@ async fn the_flush_window_holds_while_a_50_mb_document_compacts() {
         window <= Duration::from_millis(FLUSH_MS * 4),
         "lost {window:?} of acknowledged sets during a compaction"
     );
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
 }

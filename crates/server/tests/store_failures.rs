@@ -27,6 +27,7 @@ const FLUSH: Duration = Duration::from_millis(20);
 /// A server over a SQLite store whose writes and reads fail on demand.
 struct Failing {
     addr: std::net::SocketAddr,
+    hub: Arc<nimbus_server::hub::Hub>,
     store: Store,
     switch: Arc<FailSwitch>,
     stop: oneshot::Sender<()>,
@@ -40,12 +41,14 @@ impl Failing {
         let store = Store::spawn_with(backend, FLUSH, cfg.doc.compaction);
         let server = Server::bind_with_store(cfg, store.clone()).await.unwrap();
         let addr = server.local_addr();
+        let hub = server.hub();
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run_until(async move {
             let _ = rx.await;
         }));
         Failing {
             addr,
+            hub,
             store,
             switch,
             stop,
@@ -75,7 +78,7 @@ impl Failing {
     /// Graceful shutdown; the server's result.
     async fn stop(self) -> Result<(), ServerError> {
         let _ = self.stop.send(());
-        drop(self.store);
+        drop((self.store, self.hub));
         tokio::time::timeout(WAIT, self.task)
             .await
             .expect("shutdown in time")
@@ -431,5 +434,43 @@ async fn insert_delete_churn_never_refuses_a_small_document() {
     let stats = server.store.doc_stats();
     assert!(stats.compactions.load(std::sync::atomic::Ordering::Relaxed) >= 10);
     drop((a, b));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn deletes_and_api_changes_while_the_store_cannot_write_are_refused() {
+    use nimbus_proto::cloud::CloudValue;
+    use nimbus_server::hub::AdminError;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.cloud.allow_delete = true;
+    let server = Failing::start(cfg).await;
+    let mut w = Client::join(&server.url(), "4", "writer").await;
+    let mut o = Client::join(&server.url(), "4", "observer").await;
+    w.set("a", "1").await;
+    assert!(o.frame().await.contains("\"value\":1"));
+    server.store.flush().await.unwrap();
+    server.break_writes_with_a_set().await;
+    w.send(r#"{"method":"delete","name":"☁ a"}"#).await;
+    assert_eq!(w.ended().await.0, Ended::Closed(1011));
+    let set = server
+        .hub
+        .set_variable("4", "☁ a", CloudValue::from(2))
+        .await;
+    assert!(matches!(set, Err(AdminError::StoreUnavailable)), "{set:?}");
+    let delete = server.hub.delete_variable("4", "☁ a").await;
+    assert!(
+        matches!(delete, Err(AdminError::StoreUnavailable)),
+        "{delete:?}"
+    );
+    let (_, vars) = server.get("/api/rooms/4/variables").await;
+    assert!(vars.contains("\"☁ a\":1"), "{vars}");
+    let (_, metrics) = server.get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "nimbus_store_refused_writes_total{wire=\"api\"}"),
+        2.0
+    );
+    drop(o);
+    server.heal_writes().await;
     server.stop().await.unwrap();
 }
