@@ -87,6 +87,7 @@ pub mod channel;
 pub mod client;
 pub mod hooks;
 pub mod json;
+pub mod limits;
 pub mod manager;
 pub mod room;
 pub mod server;
@@ -106,11 +107,13 @@ pub use channel::{Channel, ChannelError};
 pub fn new_doc() -> yrs::Doc {
     yrs::Doc::with_client_id(u64::from(rand::random::<u32>()))
 }
+pub use awareness::AwarenessLimits;
 pub use client::{
     connect, Backoff, Client, ClientWire, ConnectError, ConnectOptions, Status, REMOTE_ORIGIN,
 };
 pub use hooks::{HookError, NoHooks, Refusal, RoomHooks};
 pub use json::doc_to_json;
+pub use limits::{RateLimit, ServeStats};
 pub use manager::RoomManager;
 pub use room::{Room, RoomOptions, ServeError, ServeOptions};
 pub use server::{bind, BindError, ServerGuard, ServerOptions, ServerWire};
