@@ -210,7 +210,7 @@ async fn the_room_caps_states_and_bytes_without_closing_anyone() {
         RoomOptions {
             awareness: AwarenessLimits {
                 max_states: 20,
-                max_bytes: 20 * 1024,
+                max_bytes: 24 * 1024,
                 ..AwarenessLimits::default()
             },
             ..RoomOptions::default()
@@ -233,16 +233,16 @@ async fn the_room_caps_states_and_bytes_without_closing_anyone() {
     .await;
     let (states, bytes, _) = room.awareness_usage();
     assert_eq!(states, 20);
-    assert!(bytes <= 20 * 1024);
+    assert_eq!(bytes, 20 * 1002);
     assert_eq!(room.client_count(), 4);
-    // A larger state does not fit in the room's bytes either.
-    let fat = format!("\"{}\"", "f".repeat(2000));
+    // A larger state does not fit in the room's bytes (24 KiB) either.
+    let fat = format!("\"{}\"", "f".repeat(6000));
     clients[0].send(&awareness_frame([(0, 2, Some(fat))])).await;
     eventually("refused", || {
         stats.awareness_room_full.load(Ordering::Relaxed) == 13
     })
     .await;
-    assert!(room.awareness_usage().1 <= 20 * 1024);
+    assert_eq!(room.awareness_usage().1, 20 * 1002);
     s.guard.shutdown().await;
 }
 
