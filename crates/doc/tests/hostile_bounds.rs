@@ -12,8 +12,7 @@ use common::*;
 use nimbus_doc::yrs::updates::encoder::Encode;
 use nimbus_doc::yrs::{Doc, ReadTxn, StateVector, Text, Transact};
 use nimbus_doc::{
-    AwarenessLimits, NoHooks, RateLimit, Room, RoomOptions, ServeOptions, ServeStats,
-    ServerOptions,
+    AwarenessLimits, NoHooks, RateLimit, Room, RoomOptions, ServeOptions, ServeStats, ServerOptions,
 };
 use nimbus_proto::doc::{decode_frame, AwarenessEntry, AwarenessUpdate, Message};
 
@@ -62,10 +61,11 @@ fn big_updates(n: usize, size: usize) -> Vec<Vec<u8>> {
 }
 
 /// The largest value `f` returns while the returned flag is not set (sampled every ms).
-fn sample_peak(
-    f: impl Fn() -> usize + Send + 'static,
-) -> (Arc<AtomicUsize>, Arc<AtomicBool>) {
-    let (peak, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+fn sample_peak(f: impl Fn() -> usize + Send + 'static) -> (Arc<AtomicUsize>, Arc<AtomicBool>) {
+    let (peak, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let (p, s) = (peak.clone(), stop.clone());
     tokio::spawn(async move {
         while !s.load(Ordering::Relaxed) {
@@ -144,7 +144,8 @@ async fn cleared_awareness_states_do_not_grow_the_table() {
     // Its own client id set and cleared 100 times.
     for clock in 0..200u64 {
         let state = (clock % 2 == 0).then(|| r#"{"user":{"name":"a"}}"#.to_owned());
-        c.send(&awareness_frame([(1_000_000, clock + 1, state)])).await;
+        c.send(&awareness_frame([(1_000_000, clock + 1, state)]))
+            .await;
     }
     // The same connection is still served (a query is answered).
     c.send(&[3]).await;
@@ -190,7 +191,10 @@ async fn a_connection_announcing_too_many_client_ids_is_capped_then_closed_with_
     }
     assert_eq!(
         c.until_close().await,
-        Got::Close(1008, "awareness limits exceeded: 142 entries dropped".into())
+        Got::Close(
+            1008,
+            "awareness limits exceeded: 142 entries dropped".into()
+        )
     );
     assert_eq!(stats.awareness_abuse_closes.load(Ordering::Relaxed), 1);
     // Its states went with it; at most 8 were ever held.
@@ -262,7 +266,10 @@ async fn an_awareness_state_that_is_not_json_closes_with_1007_and_is_never_relay
     match bad.until_close().await {
         Got::Close(code, reason) => {
             assert_eq!(code, 1007);
-            assert!(reason.starts_with("invalid awareness state: client 6"), "{reason}");
+            assert!(
+                reason.starts_with("invalid awareness state: client 6"),
+                "{reason}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -304,8 +311,13 @@ async fn a_joiner_gets_the_awareness_table_in_bounded_chunks() {
         let Got::Frame(f) = joiner.recv().await else {
             panic!("closed")
         };
-        assert!(f.len() <= CHUNK + 8, "an awareness frame of {} bytes", f.len());
-        let [Message::Awareness(p)] = &decode_frame(&bytes::Bytes::from(f.clone())).unwrap()[..] else {
+        assert!(
+            f.len() <= CHUNK + 8,
+            "an awareness frame of {} bytes",
+            f.len()
+        );
+        let [Message::Awareness(p)] = &decode_frame(&bytes::Bytes::from(f.clone())).unwrap()[..]
+        else {
             panic!("not awareness")
         };
         seen += AwarenessUpdate::decode(p).unwrap().entries.len();
