@@ -379,3 +379,47 @@ async fn an_update_flood_over_the_rate_is_closed_with_1008_and_a_paced_client_is
     }
     s.guard.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_sync_step2_of_a_big_document_gets_the_long_allowance() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as M;
+    let stats = Arc::new(ServeStats::default());
+    let s = ws_server(
+        ServeOptions {
+            // Any ordinary frame that cannot go out in 300 ms cuts the client...
+            send_timeout: Duration::from_millis(300),
+            // ...but the whole document may take this long.
+            sync_send_timeout: Duration::from_secs(30),
+            stats: stats.clone(),
+            ..ServeOptions::default()
+        },
+        RoomOptions::default(),
+    )
+    .await;
+    let room = s.guard.manager().get_room("/big").await.unwrap();
+    let t = room.doc().get_or_insert_text("t");
+    t.insert(&mut room.doc().transact_mut(), 0, &"d".repeat(8 << 20));
+    let mut slow = small_window_client(&s.addr, "big").await;
+    let sv = StateVector::default().encode_v1();
+    slow.send(M::Binary(Message::SyncStep1(sv.into()).encode()))
+        .await
+        .unwrap();
+    // Not reading for longer than the ordinary send timeout, while 8 MiB wait to go out.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let step2 = within(async {
+        loop {
+            match slow.next().await {
+                Some(Ok(M::Binary(b))) if b.starts_with(&[0, 1]) => return b.len(),
+                Some(Ok(M::Close(c))) => panic!("closed: {c:?}"),
+                Some(Ok(_)) => {}
+                other => panic!("ended: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(step2 > 8 << 20);
+    assert_eq!(stats.slow_send_timeout.load(Ordering::Relaxed), 0);
+    assert_eq!(room.client_count(), 1);
+    s.guard.shutdown().await;
+}
