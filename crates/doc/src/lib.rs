@@ -30,9 +30,12 @@
 //! relayed to everyone including the sender, expires on the server (default 30 s), and a
 //! leaving client's states are removed and broadcast; QueryAwareness is answered; a
 //! read-only client's updates are refused with `[2, 0, varString(reason)]`; text frames
-//! (1003), undecodable frames or updates (1007) and frames over the limit (1009) close that
-//! client with a reason ([`ServeError`]); a client whose queue stays full is closed with
-//! 1008 "too slow". Unknown message types (y-sweet's 102) are ignored.
+//! (1003), undecodable frames or updates (1007), awareness states that are not JSON (1007)
+//! and frames over the limit (1009) close that client with a reason ([`ServeError`]); a
+//! client whose queue goes over its bytes or frames, or whose frame does not go out in time,
+//! is closed with 1008 "too slow". Awareness is bounded per connection and per room
+//! ([`awareness`]), updates and awareness changes are paced per connection ([`limits`]).
+//! Unknown message types (y-sweet's 102) are ignored.
 //!
 //! # Example
 //!
