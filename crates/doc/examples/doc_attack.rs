@@ -38,7 +38,10 @@ struct Sampler {
 
 impl Sampler {
     fn start(pid: u32) -> Sampler {
-        let (peak, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let (peak, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
         let (p, s) = (peak.clone(), stop.clone());
         tokio::spawn(async move {
             while !s.load(Ordering::Relaxed) {
@@ -117,12 +120,11 @@ async fn awareness_attack(base: &str, pid: u32) {
     // 1. One connection announces 1,000,000 states (10,000 a frame).
     s.reset();
     let mut a = open(base, "aw", false).await;
-    let state = r#"{"user":{"name":"attacker","color":"#ff0000"}}"#.to_owned();
+    let state = r##"{"user":{"name":"attacker","color":"#ff0000"}}"##.to_owned();
     let mut sent = 0;
     for batch in 0..100u64 {
         let ids = batch * 10_000..(batch + 1) * 10_000;
-        if a
-            .send(awareness(ids.map(|id| (id, 1, Some(state.clone())))))
+        if a.send(awareness(ids.map(|id| (id, 1, Some(state.clone())))))
             .await
             .is_err()
         {
@@ -143,10 +145,14 @@ async fn awareness_attack(base: &str, pid: u32) {
     let started = Instant::now();
     for batch in 0..120u64 {
         let ids = batch * 100_000..(batch + 1) * 100_000;
-        n.send(awareness(ids.map(|id| (id, 1, None)))).await.unwrap();
+        n.send(awareness(ids.map(|id| (id, 1, None))))
+            .await
+            .unwrap();
     }
     // A query is answered once everything before it was handled.
-    n.send(M::Binary(Message::QueryAwareness.encode())).await.unwrap();
+    n.send(M::Binary(Message::QueryAwareness.encode()))
+        .await
+        .unwrap();
     loop {
         if let Some(Ok(M::Binary(b))) = n.next().await {
             if b[0] == 1 {
@@ -249,7 +255,10 @@ async fn nonreader_attack(base: &str, pid: u32, deaf: bool) {
     drop(deaf);
     drop(writer);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    println!("after both left (room unloaded): RSS {:.1} MiB", rss_mib(pid));
+    println!(
+        "after both left (room unloaded): RSS {:.1} MiB",
+        rss_mib(pid)
+    );
 }
 
 #[tokio::main(flavor = "current_thread")]
