@@ -555,7 +555,10 @@ impl Room {
                         Some((&slot.stats.slow_queue_frames, "frames"))
                     }
                     // The session ended: it is being unregistered.
-                    Err(mpsc::error::TrySendError::Closed(_)) => None,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        slot.queued.fetch_sub(len, Ordering::AcqRel);
+                        None
+                    }
                 }
             };
             if let Some((counter, what)) = over {
@@ -887,18 +890,21 @@ impl Room {
     /// Send the awareness table in messages of at most `awareness_chunk_bytes` (one state
     /// larger than that goes alone), holding the table's lock only to build each one. An
     /// empty table is sent as one empty update if `even_empty` (the answer to a query).
+    /// Returns how many messages went out.
     async fn send_awareness_table<C: Channel>(
         &self,
         channel: &mut C,
         conn: &Conn,
         opts: &ServeOptions,
         even_empty: bool,
-    ) -> Result<(), ServeError> {
+    ) -> Result<u64, ServeError> {
         let ids = lock(&self.inner.awareness).ids();
         if ids.is_empty() && even_empty {
             let frame = Message::Awareness(AwarenessUpdate::default().encode()).encode();
-            return send_frame(channel, frame, &conn.kick, opts.send_timeout, &opts.stats).await;
+            send_frame(channel, frame, &conn.kick, opts.send_timeout, &opts.stats).await?;
+            return Ok(1);
         }
+        let mut sent = 0;
         let mut from = 0;
         while from < ids.len() {
             let (chunk, next) =
@@ -909,8 +915,9 @@ impl Room {
             }
             let frame = Message::Awareness(chunk.encode()).encode();
             send_frame(channel, frame, &conn.kick, opts.send_timeout, &opts.stats).await?;
+            sent += 1;
         }
-        Ok(())
+        Ok(sent)
     }
 
     async fn handle_frame<C: Channel>(
@@ -1043,7 +1050,10 @@ impl Room {
                     }
                 }
                 Message::QueryAwareness => {
-                    self.send_awareness_table(channel, conn, opts, true).await?;
+                    // A one-byte query can ask for megabytes: each message of the answer
+                    // counts as an awareness change against this client's rate.
+                    let sent = self.send_awareness_table(channel, conn, opts, true).await?;
+                    conn.awareness.debit(sent, Instant::now());
                 }
                 Message::Auth(_) | Message::Custom { .. } => {
                     tracing::debug!(room = %self.id(), kind = msg.kind_name(), "message ignored");

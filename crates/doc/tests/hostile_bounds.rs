@@ -423,3 +423,41 @@ async fn the_first_sync_step2_of_a_big_document_gets_the_long_allowance() {
     assert_eq!(room.client_count(), 1);
     s.guard.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_awareness_queries_count_against_the_awareness_rate() {
+    let stats = Arc::new(ServeStats::default());
+    let s = ws_server(
+        ServeOptions {
+            awareness_chunk_bytes: 4 << 10,
+            awareness_rate: RateLimit {
+                per_second: 10,
+                burst: 100,
+            },
+            rate_abuse_after: Duration::from_secs(2),
+            stats: stats.clone(),
+            ..ServeOptions::default()
+        },
+        RoomOptions::default(),
+    )
+    .await;
+    let room = s.guard.manager().get_room("/query").await.unwrap();
+    let state = format!("\"{}\"", "q".repeat(3000));
+    let mut holder = Raw::open(&s.addr, "query").await;
+    holder
+        .send(&awareness_frame(
+            (0..8).map(|id| (id, 1, Some(state.clone()))),
+        ))
+        .await;
+    eventually("8 states", || room.awareness_usage().0 == 8).await;
+    // Each query is answered with 8 messages of one state; 100 queries in one frame ask for
+    // 800 messages (2.4 MB) with one 100-byte frame.
+    let mut asker = Raw::open(&s.addr, "query").await;
+    asker.send(&[3; 100]).await;
+    assert_eq!(
+        asker.until_close().await,
+        Got::Close(1008, "awareness rate limit exceeded".into())
+    );
+    assert_eq!(stats.rate_closes.load(Ordering::Relaxed), 1);
+    s.guard.shutdown().await;
+}
