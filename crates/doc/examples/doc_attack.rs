@@ -100,6 +100,43 @@ async fn drain(ws: &mut Ws, limit: Duration) -> (u16, usize, usize) {
     (end, frames, biggest)
 }
 
+/// Send `frames` while reading everything the server sends, then a SyncStep1; returns how
+/// many frames were sent and how it ended: "synced" (the SyncStep2 answer came, so every
+/// frame was handled) or the close code.
+async fn flood(ws: Ws, frames: impl Iterator<Item = M>) -> (usize, String) {
+    let (mut tx, mut rx) = ws.split();
+    let reader = tokio::spawn(async move {
+        loop {
+            match rx.next().await {
+                Some(Ok(M::Binary(b))) if b.starts_with(&[0, 1]) => return "synced".to_owned(),
+                Some(Ok(M::Close(c))) => {
+                    return format!("close {}", c.map_or(1005, |c| u16::from(c.code)))
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return format!("dropped ({e})"),
+                None => return "dropped".to_owned(),
+            }
+        }
+    });
+    let mut sent = 0;
+    for frame in frames {
+        if tx.send(frame).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let sv = nimbus_doc::yrs::updates::encoder::Encode::encode_v1(
+        &nimbus_doc::yrs::StateVector::default(),
+    );
+    let _ = tx
+        .send(M::Binary(Message::SyncStep1(sv.into()).encode()))
+        .await;
+    let end = tokio::time::timeout(Duration::from_secs(120), reader)
+        .await
+        .map_or("no answer in 120 s".to_owned(), |r| r.unwrap_or_default());
+    (sent, end)
+}
+
 fn awareness(entries: impl Iterator<Item = (u64, u64, Option<String>)>) -> M {
     let update = AwarenessUpdate {
         entries: entries
@@ -119,54 +156,34 @@ async fn awareness_attack(base: &str, pid: u32) {
 
     // 1. One connection announces 1,000,000 states (10,000 a frame).
     s.reset();
-    let mut a = open(base, "aw", false).await;
+    let a = open(base, "aw", false).await;
     let state = r##"{"user":{"name":"attacker","color":"#ff0000"}}"##.to_owned();
-    let mut sent = 0;
-    for batch in 0..100u64 {
+    let frames = (0..100u64).map(move |batch| {
         let ids = batch * 10_000..(batch + 1) * 10_000;
-        if a.send(awareness(ids.map(|id| (id, 1, Some(state.clone())))))
-            .await
-            .is_err()
-        {
-            break;
-        }
-        sent += 10_000;
-    }
-    let (code, _, _) = drain(&mut a, Duration::from_secs(10)).await;
+        awareness(ids.map(|id| (id, 1, Some(state.clone()))))
+    });
+    let (sent, code) = flood(a, frames).await;
     println!(
-        "1M states from one connection: {sent} sent before the close, close {code}, peak RSS {:.1} MiB, after {:.1} MiB",
+        "1M states from one connection: {sent} frames sent, end {code}, peak RSS {:.1} MiB, after {:.1} MiB",
         s.peak(),
         rss_mib(pid)
     );
 
     // 2. 12,000,000 removals of clients the room never held (100,000 a frame).
     s.reset();
-    let mut n = open(base, "aw", false).await;
+    let n = open(base, "aw", false).await;
     let started = Instant::now();
-    for batch in 0..120u64 {
+    let frames = (0..120u64).map(|batch| {
         let ids = batch * 100_000..(batch + 1) * 100_000;
-        n.send(awareness(ids.map(|id| (id, 1, None))))
-            .await
-            .unwrap();
-    }
-    // A query is answered once everything before it was handled.
-    n.send(M::Binary(Message::QueryAwareness.encode()))
-        .await
-        .unwrap();
-    loop {
-        if let Some(Ok(M::Binary(b))) = n.next().await {
-            if b[0] == 1 {
-                break;
-            }
-        }
-    }
+        awareness(ids.map(|id| (id, 1, None)))
+    });
+    let (sent, code) = flood(n, frames).await;
     println!(
-        "12M null states: handled in {:.1} s, peak RSS {:.1} MiB, after {:.1} MiB",
+        "12M null states: {sent} frames handled in {:.1} s, end {code}, peak RSS {:.1} MiB, after {:.1} MiB",
         started.elapsed().as_secs_f64(),
         s.peak(),
         rss_mib(pid)
     );
-    drop(n);
 
     // 3. 100 connections × 100 ids × ~830-byte states (run the server with
     //    --doc-awareness-max-ids 100): the room caps take over; then 20 joiners.
@@ -229,10 +246,16 @@ async fn nonreader_attack(base: &str, pid: u32, deaf: bool) {
     let t = doc.get_or_insert_text("t");
     let chunk = "x".repeat(1 << 20);
     let started = Instant::now();
-    // 48 × 1 MiB (under the default 64 MiB document limit).
+    // 48 updates of 1 MiB (under the default 64 MiB document limit), each replacing the
+    // text, so the document itself stays at 1 MiB of live text.
     for _ in 0..48 {
         let sv = doc.transact().state_vector();
-        t.insert(&mut doc.transact_mut(), 0, &chunk);
+        {
+            let mut txn = doc.transact_mut();
+            let len = t.len(&txn);
+            t.remove_range(&mut txn, 0, len);
+            t.insert(&mut txn, 0, &chunk);
+        }
         let u = doc.transact().encode_state_as_update_v1(&sv);
         writer
             .send(M::Binary(Message::Update(u.into()).encode()))
