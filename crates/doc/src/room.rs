@@ -72,8 +72,8 @@ pub struct ServeOptions {
     /// The pace of this client's awareness changes (entries that change the room's table):
     /// over it, reading pauses. Default 100/s, burst 300.
     pub awareness_rate: RateLimit,
-    /// A client whose reading stays paused for a rate this long in a row, or who owes more
-    /// than this, is closed with 1008. Default 20 s.
+    /// A client paused for a rate this long in total since its last frame within its rates,
+    /// or whose one frame puts it this far in debt, is closed with 1008. Default 20 s.
     pub rate_abuse_after: Duration,
     /// Awareness client ids this connection may own (y-websocket clients own one).
     /// Default 8.

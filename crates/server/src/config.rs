@@ -188,7 +188,7 @@ pub struct Settings {
     /// Document rooms: awareness changes a connection may send at once [default: 300].
     #[arg(long, env = "NIMBUS_DOC_AWARENESS_BURST")]
     pub doc_awareness_burst: Option<u32>,
-    /// Document rooms: a connection paused for a rate this long in a row is closed with 1008 [default: 20000].
+    /// Document rooms: a connection paused for a rate this long since its last frame within its rates is closed with 1008 [default: 20000].
     #[arg(long, env = "NIMBUS_DOC_RATE_ABUSE_MS")]
     pub doc_rate_abuse_ms: Option<u64>,
     /// Document rooms: awareness client ids one connection may own [default: 8].
@@ -366,7 +366,8 @@ pub struct DocLimits {
     pub update_rate: nimbus_doc::RateLimit,
     /// Pace of a connection's awareness changes.
     pub awareness_rate: nimbus_doc::RateLimit,
-    /// A connection paused for a rate this long in a row is closed with 1008.
+    /// A connection paused for a rate this long since its last frame within its rates is
+    /// closed with 1008.
     pub rate_abuse_after: Duration,
     /// Awareness client ids one connection may own.
     pub awareness_max_ids: usize,
