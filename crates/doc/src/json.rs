@@ -7,8 +7,18 @@ use yrs::{Any, ArrayRef, Doc, GetString, MapRef, Out, ReadTxn, TextRef, Transact
 
 /// Every root type of `doc` as one JSON object: text → string, map → object, array →
 /// array, XML → its XML string. A root whose type the document has not declared (a server
-/// that never called `get_or_insert_*` sees every root so) is read by its content: map
-/// entries → object, text content → string, other items → array; an empty one → `null`.
+/// that never called `get_or_insert_*` sees every root so) is read by its content, the
+/// sequence first: text content → string, other sequence items → array, and only when the
+/// sequence is empty, map entries → object; an empty root → `null`.
+///
+/// Why the sequence first: a Yjs root has a sequence part and a map part, and a client
+/// sees only the part of the type it declared (`getText`/`getArray`/`getXmlFragment` read
+/// the sequence, `getMap` the map; yrs reinterprets a root the same way). The update
+/// format does not say which type a root was declared with, so a client can write map
+/// entries under a root every other client reads as text; they stay invisible to those
+/// clients and must not replace the text in this view. (The reverse, sequence items written
+/// under a root the clients read as a map, shows the sequence: without the declared type
+/// no rule can tell the two apart.)
 pub fn doc_to_json(doc: &Doc) -> Value {
     let txn = doc.transact();
     let mut out = JsonMap::new();
@@ -20,17 +30,15 @@ pub fn doc_to_json(doc: &Doc) -> Value {
                 let map = MapRef::from(branch);
                 let text = TextRef::from(branch);
                 let array = ArrayRef::from(branch);
-                if yrs::Map::len(&map, &txn) > 0 {
+                let s = text.get_string(&txn);
+                if !s.is_empty() {
+                    Value::String(s)
+                } else if yrs::Array::len(&array, &txn) > 0 {
+                    any_to_json(&array.to_json(&txn))
+                } else if yrs::Map::len(&map, &txn) > 0 {
                     any_to_json(&map.to_json(&txn))
                 } else {
-                    let s = text.get_string(&txn);
-                    if !s.is_empty() {
-                        Value::String(s)
-                    } else if yrs::Array::len(&array, &txn) > 0 {
-                        any_to_json(&array.to_json(&txn))
-                    } else {
-                        Value::Null
-                    }
+                    Value::Null
                 }
             }
             other => any_to_json(&other.to_json(&txn)),
@@ -112,5 +120,43 @@ mod tests {
         assert_eq!(got["t"], json!("héllo"));
         assert_eq!(got["m"], json!({"f": 1.5, "n": 1, "s": "str"}));
         assert_eq!(got["a"], json!([true, "x"]));
+    }
+
+    #[test]
+    fn a_map_written_under_a_text_root_does_not_replace_the_text() {
+        // Honest clients use "t" as text.
+        let honest = Doc::with_client_id(1);
+        let t = honest.get_or_insert_text("t");
+        t.insert(&mut honest.transact_mut(), 0, "hello");
+        let sync = |from: &Doc, to: &Doc| {
+            let sv = to.transact().state_vector();
+            let u = from.transact().encode_state_as_update_v1(&sv);
+            to.transact_mut()
+                .apply_update(Update::decode_v1(&u).unwrap())
+                .unwrap();
+        };
+        // A hostile client writes a map entry under the same root.
+        let hostile = Doc::with_client_id(2);
+        sync(&honest, &hostile);
+        let m = hostile.get_or_insert_map("t");
+        m.insert(&mut hostile.transact_mut(), "k", "v");
+        // The server (no declared roots) gets both; the honest client too.
+        let server = Doc::new();
+        sync(&hostile, &server);
+        sync(&hostile, &honest);
+        assert_eq!(t.get_string(&honest.transact()), "hello");
+        assert_eq!(doc_to_json(&honest), json!({"t": "hello"}));
+        assert_eq!(doc_to_json(&server), json!({"t": "hello"}));
+        // The map part is still there for a client that reads "t" as a map (yrs
+        // reinterprets the root), but the view follows the text.
+        let as_map = server.get_or_insert_map("t");
+        assert_eq!(as_map.len(&server.transact()), 1);
+        // A root holding only map entries is a map.
+        let only_map = Doc::new();
+        let om = only_map.get_or_insert_map("m");
+        om.insert(&mut only_map.transact_mut(), "k", "v");
+        let server = Doc::new();
+        sync(&only_map, &server);
+        assert_eq!(doc_to_json(&server), json!({"m": {"k": "v"}}));
     }
 }

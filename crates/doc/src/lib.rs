@@ -30,9 +30,12 @@
 //! relayed to everyone including the sender, expires on the server (default 30 s), and a
 //! leaving client's states are removed and broadcast; QueryAwareness is answered; a
 //! read-only client's updates are refused with `[2, 0, varString(reason)]`; text frames
-//! (1003), undecodable frames or updates (1007) and frames over the limit (1009) close that
-//! client with a reason ([`ServeError`]); a client whose queue stays full is closed with
-//! 1008 "too slow". Unknown message types (y-sweet's 102) are ignored.
+//! (1003), undecodable frames or updates (1007), awareness states that are not JSON (1007)
+//! and frames over the limit (1009) close that client with a reason ([`ServeError`]); a
+//! client whose queue goes over its bytes or frames, or whose frame does not go out in time,
+//! is closed with 1008 "too slow". Awareness is bounded per connection and per room
+//! ([`awareness`]), updates and awareness changes are paced per connection ([`limits`]).
+//! Unknown message types (y-sweet's 102) are ignored.
 //!
 //! # Example
 //!
@@ -87,6 +90,7 @@ pub mod channel;
 pub mod client;
 pub mod hooks;
 pub mod json;
+pub mod limits;
 pub mod manager;
 pub mod room;
 pub mod server;
@@ -106,11 +110,13 @@ pub use channel::{Channel, ChannelError};
 pub fn new_doc() -> yrs::Doc {
     yrs::Doc::with_client_id(u64::from(rand::random::<u32>()))
 }
+pub use awareness::AwarenessLimits;
 pub use client::{
     connect, Backoff, Client, ClientWire, ConnectError, ConnectOptions, Status, REMOTE_ORIGIN,
 };
 pub use hooks::{HookError, NoHooks, Refusal, RoomHooks};
 pub use json::doc_to_json;
+pub use limits::{RateLimit, ServeStats};
 pub use manager::RoomManager;
 pub use room::{Room, RoomOptions, ServeError, ServeOptions};
 pub use server::{bind, BindError, ServerGuard, ServerOptions, ServerWire};

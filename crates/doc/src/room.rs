@@ -1,8 +1,8 @@
 //! [`Room`]: one shared document and the clients connected to it (the seed's `Room`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use yrs::{Doc, Origin, ReadTxn, Transact};
 
-use crate::awareness::{AwarenessState, AwarenessTable};
+use crate::awareness::{check_state, AwarenessLimits, AwarenessState, AwarenessTable, ConnLimits};
 use crate::channel::{Channel, ChannelError};
 use crate::hooks::{HookError, NoHooks, RoomHooks};
+use crate::limits::{RateLimit, ServeStats, TokenBucket};
 use crate::update::{self, ApplyError, Backlog, Validator};
 
 /// The prefix of the transaction origin of updates applied from a client connection
@@ -53,11 +54,40 @@ pub struct ServeOptions {
     /// Frames queued for this client before it counts as too slow and is closed with 1008.
     /// Default 1024.
     pub queue_frames: usize,
+    /// Bytes queued for this client (each queued frame counted by its length) before it
+    /// counts as too slow and is closed with 1008. One frame is always accepted into an
+    /// empty queue, whatever its size. Default 4 MiB.
+    pub queue_bytes: usize,
     /// The reason sent with `Auth PermissionDenied` to a read-only client.
     pub read_only_reason: String,
     /// The longest a single frame may take to go out before the client counts as too slow
-    /// (1008). Default 60 s (a first SyncStep2 can be megabytes on a slow link).
+    /// (1008). Default 10 s.
     pub send_timeout: Duration,
+    /// The send timeout of the answer to the client's first SyncStep1 (the whole document,
+    /// megabytes on a slow link). Default 60 s.
+    pub sync_send_timeout: Duration,
+    /// The pace of this client's document updates (SyncStep2/Update messages): over it,
+    /// reading pauses until the bucket is repaid. Default 200/s, burst 1,000.
+    pub update_rate: RateLimit,
+    /// The pace of this client's awareness changes (entries that change the room's table):
+    /// over it, reading pauses. Default 100/s, burst 300.
+    pub awareness_rate: RateLimit,
+    /// A client paused for a rate this long in total since its last frame within its rates,
+    /// or whose one frame puts it this far in debt, is closed with 1008. Default 20 s.
+    pub rate_abuse_after: Duration,
+    /// Awareness client ids this connection may own (y-websocket clients own one).
+    /// Default 8.
+    pub awareness_max_ids: usize,
+    /// Bytes of one awareness state's JSON. Default 32 KiB.
+    pub awareness_max_state_bytes: usize,
+    /// Awareness entries of this connection dropped for its own caps (ids, state size)
+    /// before it is closed with 1008. Default 100.
+    pub awareness_max_dropped: u64,
+    /// The largest awareness message of the table sent to a joiner (or in answer to
+    /// QueryAwareness); the table goes out in as many messages as needed. Default 64 KiB.
+    pub awareness_chunk_bytes: usize,
+    /// Counters of what these bounds did (share one between connections to sum them).
+    pub stats: Arc<ServeStats>,
 }
 
 impl Default for ServeOptions {
@@ -67,8 +97,24 @@ impl Default for ServeOptions {
             max_message_bytes: 16 << 20,
             awareness_timeout: Duration::from_secs(30),
             queue_frames: 1024,
+            queue_bytes: 4 << 20,
             read_only_reason: "read-only connection: updates are not accepted".into(),
-            send_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(10),
+            sync_send_timeout: Duration::from_secs(60),
+            update_rate: RateLimit {
+                per_second: 200,
+                burst: 1_000,
+            },
+            awareness_rate: RateLimit {
+                per_second: 100,
+                burst: 300,
+            },
+            rate_abuse_after: Duration::from_secs(20),
+            awareness_max_ids: 8,
+            awareness_max_state_bytes: 32 << 10,
+            awareness_max_dropped: 100,
+            awareness_chunk_bytes: 64 << 10,
+            stats: Arc::new(ServeStats::default()),
         }
     }
 }
@@ -82,6 +128,8 @@ pub struct RoomOptions {
     /// The longest wait between two awareness expiry checks (the reference checks every
     /// 3 s; the room also wakes exactly at the next deadline). Default 3 s.
     pub awareness_check_interval: Duration,
+    /// The bounds of the room's awareness table.
+    pub awareness: AwarenessLimits,
 }
 
 impl Default for RoomOptions {
@@ -89,6 +137,7 @@ impl Default for RoomOptions {
         RoomOptions {
             validate_updates: true,
             awareness_check_interval: Duration::from_secs(3),
+            awareness: AwarenessLimits::default(),
         }
     }
 }
@@ -118,9 +167,25 @@ pub enum ServeError {
         /// The limit.
         max: usize,
     },
-    /// The client's queue stayed full (close 1008).
+    /// The client's queue went over its bytes or frames, or a frame did not go out within
+    /// its send timeout (close 1008).
     #[error("client too slow: its send queue stayed full")]
     TooSlow,
+    /// An awareness state that is not JSON (close 1007).
+    #[error("invalid awareness state: {0}")]
+    InvalidAwareness(String),
+    /// Too many of the client's awareness entries were dropped for its own caps (close 1008).
+    #[error("awareness limits exceeded: {dropped} entries dropped")]
+    AwarenessAbuse {
+        /// Entries dropped on this connection.
+        dropped: u64,
+    },
+    /// The client stayed over its rate of updates or awareness changes (close 1008).
+    #[error("{what} rate limit exceeded")]
+    RateLimited {
+        /// `"update"` or `"awareness"`.
+        what: &'static str,
+    },
     /// The keepalive ping was not answered (close 1001).
     #[error("keepalive ping not answered")]
     PingTimeout,
@@ -157,9 +222,12 @@ impl ServeError {
             ServeError::TextFrame => 1003,
             ServeError::Malformed(_)
             | ServeError::InvalidStateVector(_)
-            | ServeError::InvalidUpdate(_) => 1007,
+            | ServeError::InvalidUpdate(_)
+            | ServeError::InvalidAwareness(_) => 1007,
             ServeError::TooBig { .. } => 1009,
-            ServeError::TooSlow => 1008,
+            ServeError::TooSlow
+            | ServeError::AwarenessAbuse { .. }
+            | ServeError::RateLimited { .. } => 1008,
             ServeError::PingTimeout => 1001,
             ServeError::Load(_) | ServeError::RoomBroken => 1011,
             ServeError::RoomClosed => 1013,
@@ -202,6 +270,11 @@ enum Event {
 struct ClientSlot {
     tx: mpsc::Sender<Bytes>,
     kick: CancellationToken,
+    /// Bytes of the frames in `tx` (and the one being sent).
+    queued: Arc<AtomicUsize>,
+    /// The most `queued` may reach (one frame always fits in an empty queue).
+    budget: usize,
+    stats: Arc<ServeStats>,
 }
 
 #[derive(Default)]
@@ -309,6 +382,7 @@ impl Room {
         if let Err(e) = observed {
             tracing::error!(error = %e, "room document busy: its updates will not be forwarded");
         }
+        let awareness = AwarenessTable::new(options.awareness.clone());
         Room {
             inner: Arc::new(Inner {
                 id: id.into(),
@@ -316,7 +390,7 @@ impl Room {
                 hooks,
                 options,
                 clients: Mutex::new(Clients::default()),
-                awareness: Mutex::new(AwarenessTable::default()),
+                awareness: Mutex::new(awareness),
                 awareness_changed: tokio::sync::Notify::new(),
                 validator: Mutex::new(Validator::default()),
                 backlog,
@@ -472,21 +546,56 @@ impl Room {
         }
     }
 
-    /// Queue a frame for every client except `except`; a client whose queue is full is
-    /// closed as too slow.
+    /// Queue a frame for every client except `except`; a client whose queue would go over
+    /// its bytes or frames is closed as too slow (its queue is dropped with its session).
     fn broadcast(&self, frame: &Bytes, except: Option<u64>) {
         let clients = lock(&self.inner.clients);
+        let len = frame.len();
         for (id, slot) in &clients.map {
-            if Some(*id) == except {
+            if Some(*id) == except || slot.kick.is_cancelled() {
                 continue;
             }
-            if let Err(mpsc::error::TrySendError::Full(_)) = slot.tx.try_send(frame.clone()) {
-                if !slot.kick.is_cancelled() {
-                    tracing::info!(room = %self.id(), conn = id, "client too slow: closing");
-                    slot.kick.cancel();
+            // Counted before the frame is visible to the session, which subtracts it.
+            let before = slot.queued.fetch_add(len, Ordering::AcqRel);
+            let over = if before > 0 && before + len > slot.budget {
+                Some((&slot.stats.slow_queue_bytes, "bytes"))
+            } else {
+                match slot.tx.try_send(frame.clone()) {
+                    Ok(()) => None,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        Some((&slot.stats.slow_queue_frames, "frames"))
+                    }
+                    // The session ended: it is being unregistered.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        slot.queued.fetch_sub(len, Ordering::AcqRel);
+                        None
+                    }
                 }
+            };
+            if let Some((counter, what)) = over {
+                slot.queued.fetch_sub(len, Ordering::AcqRel);
+                ServeStats::add(counter, 1);
+                tracing::info!(room = %self.id(), conn = id, queued = before, over = what, "client too slow: closing");
+                slot.kick.cancel();
             }
         }
+    }
+
+    /// Bytes queued for the room's clients right now (frames not yet sent; a frame queued
+    /// for n clients counts n times).
+    pub fn queued_bytes(&self) -> usize {
+        lock(&self.inner.clients)
+            .map
+            .values()
+            .map(|s| s.queued.load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// How many awareness states the room holds, their bytes of JSON, and its tombstones
+    /// (removed clients whose clock is remembered for a while).
+    pub fn awareness_usage(&self) -> (usize, usize, usize) {
+        let t = lock(&self.inner.awareness);
+        (t.len(), t.bytes(), t.tombstones())
     }
 
     /// The number of connected clients.
@@ -567,23 +676,31 @@ impl Room {
         lock(&self.inner.clients).closing = true;
     }
 
-    #[allow(clippy::type_complexity)]
-    fn register(&self, queue: usize) -> Option<(u64, mpsc::Receiver<Bytes>, CancellationToken)> {
+    fn register(&self, opts: &ServeOptions) -> Option<Registered> {
         let mut clients = lock(&self.inner.clients);
         if clients.closing {
             return None;
         }
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(queue.max(1));
+        let (tx, rx) = mpsc::channel(opts.queue_frames.max(1));
         let kick = CancellationToken::new();
+        let queued = Arc::new(AtomicUsize::new(0));
         clients.map.insert(
             conn,
             ClientSlot {
                 tx,
                 kick: kick.clone(),
+                queued: queued.clone(),
+                budget: opts.queue_bytes,
+                stats: opts.stats.clone(),
             },
         );
-        Some((conn, rx, kick))
+        Some(Registered {
+            conn,
+            rx,
+            kick,
+            queued,
+        })
     }
 
     /// Apply a v1 update from outside (server code, an API), validated like a client's (see
@@ -688,17 +805,17 @@ impl Room {
     ) -> Result<Result<(), ServeError>, C> {
         let result = match self.load().await {
             Err(e) => Err(ServeError::Load(e)),
-            Ok(()) => match self.register(opts.queue_frames) {
+            Ok(()) => match self.register(&opts) {
                 None => return Err(channel),
-                Some((conn, rx, kick)) => {
-                    let mut guard = ConnGuard {
+                Some(reg) => {
+                    let guard = ConnGuard {
                         room: self,
-                        conn,
-                        seen: HashSet::new(),
+                        conn: reg.conn,
                     };
-                    let r = self
-                        .session(&mut channel, rx, &kick, &opts, &mut guard)
-                        .await;
+                    let mut conn = Conn::new(reg, &opts);
+                    let r = self.session(&mut channel, &mut conn, &opts).await;
+                    // The queue (and every frame in it) goes before the close handshake.
+                    drop(conn);
                     drop(guard);
                     r
                 }
@@ -732,43 +849,86 @@ impl Room {
     async fn session<C: Channel>(
         &self,
         channel: &mut C,
-        mut rx: mpsc::Receiver<Bytes>,
-        kick: &CancellationToken,
+        conn: &mut Conn,
         opts: &ServeOptions,
-        guard: &mut ConnGuard<'_>,
     ) -> Result<Leave, ServeError> {
         let step1 = {
             let txn = self.inner.doc.transact();
             Message::SyncStep1(yrs::updates::encoder::Encode::encode_v1(&txn.state_vector()).into())
         };
-        send_frame(channel, step1.encode(), kick, opts.send_timeout).await?;
-        let known = {
-            let table = lock(&self.inner.awareness);
-            (!table.is_empty()).then(|| table.full_update())
-        };
-        if let Some(update) = known {
-            let frame = Message::Awareness(update.encode()).encode();
-            send_frame(channel, frame, kick, opts.send_timeout).await?;
-        }
+        send_frame(
+            channel,
+            step1.encode(),
+            &conn.kick,
+            opts.send_timeout,
+            &opts.stats,
+        )
+        .await?;
+        self.send_awareness_table(channel, conn, opts, false)
+            .await?;
         loop {
+            let paused = conn.paused_until;
             tokio::select! {
                 // Not biased: a client that both sends and receives a lot gets both served.
-                _ = kick.cancelled() => return Err(ServeError::TooSlow),
+                _ = conn.kick.cancelled() => return Err(ServeError::TooSlow),
                 _ = self.inner.cancel.cancelled() => return Ok(Leave::RoomClosed),
-                out = rx.recv() => match out {
-                    Some(frame) => send_frame(channel, frame, kick, opts.send_timeout).await?,
+                out = conn.rx.recv() => match out {
+                    Some(frame) => {
+                        let len = frame.len();
+                        let sent = send_frame(channel, frame, &conn.kick, opts.send_timeout, &opts.stats).await;
+                        conn.queued.fetch_sub(len, Ordering::AcqRel);
+                        sent?;
+                    }
                     None => return Ok(Leave::RoomClosed),
                 },
-                incoming = channel.recv() => match incoming {
+                // Over a rate: stop reading (TCP pushes back) until the debt is repaid.
+                _ = sleep_until_some(paused), if paused.is_some() => conn.paused_until = None,
+                incoming = channel.recv(), if paused.is_none() => match incoming {
                     None | Some(Err(ChannelError::Closed { .. })) => return Ok(Leave::Peer),
                     Some(Err(ChannelError::TextFrame)) => return Err(ServeError::TextFrame),
                     Some(Err(ChannelError::TooBig { size, max })) => return Err(ServeError::TooBig { size, max }),
                     Some(Err(ChannelError::PingTimeout)) => return Err(ServeError::PingTimeout),
                     Some(Err(e)) => return Err(ServeError::Channel(e)),
-                    Some(Ok(frame)) => self.handle_frame(channel, frame, opts, kick, guard).await?,
+                    Some(Ok(frame)) => {
+                        self.handle_frame(channel, frame, opts, conn).await?;
+                        conn.pace(opts, Instant::now())?;
+                    }
                 },
             }
         }
+    }
+
+    /// Send the awareness table in messages of at most `awareness_chunk_bytes` (one state
+    /// larger than that goes alone), holding the table's lock only to build each one. An
+    /// empty table is sent as one empty update if `even_empty` (the answer to a query).
+    /// Returns how many messages went out.
+    async fn send_awareness_table<C: Channel>(
+        &self,
+        channel: &mut C,
+        conn: &Conn,
+        opts: &ServeOptions,
+        even_empty: bool,
+    ) -> Result<u64, ServeError> {
+        let ids = lock(&self.inner.awareness).ids();
+        if ids.is_empty() && even_empty {
+            let frame = Message::Awareness(AwarenessUpdate::default().encode()).encode();
+            send_frame(channel, frame, &conn.kick, opts.send_timeout, &opts.stats).await?;
+            return Ok(1);
+        }
+        let mut sent = 0;
+        let mut from = 0;
+        while from < ids.len() {
+            let (chunk, next) =
+                lock(&self.inner.awareness).chunk(&ids, from, opts.awareness_chunk_bytes);
+            from = next;
+            if chunk.entries.is_empty() {
+                continue;
+            }
+            let frame = Message::Awareness(chunk.encode()).encode();
+            send_frame(channel, frame, &conn.kick, opts.send_timeout, &opts.stats).await?;
+            sent += 1;
+        }
+        Ok(sent)
     }
 
     async fn handle_frame<C: Channel>(
@@ -776,8 +936,7 @@ impl Room {
         channel: &mut C,
         frame: Bytes,
         opts: &ServeOptions,
-        kick: &CancellationToken,
-        guard: &mut ConnGuard<'_>,
+        conn: &mut Conn,
     ) -> Result<(), ServeError> {
         if frame.len() > opts.max_message_bytes {
             return Err(ServeError::TooBig {
@@ -785,6 +944,7 @@ impl Room {
                 max: opts.max_message_bytes,
             });
         }
+        let (kick, stats) = (&conn.kick.clone(), &opts.stats);
         for msg in decode_frame(&frame)? {
             match msg {
                 Message::SyncStep1(sv) => {
@@ -795,15 +955,23 @@ impl Room {
                         self.close();
                         return Err(ServeError::RoomBroken);
                     };
+                    // The first answer carries the whole document: it gets the long allowance.
+                    let timeout = if std::mem::replace(&mut conn.synced, true) {
+                        opts.send_timeout
+                    } else {
+                        opts.sync_send_timeout
+                    };
                     send_frame(
                         channel,
                         Message::SyncStep2(diff.into()).encode(),
                         kick,
-                        opts.send_timeout,
+                        timeout,
+                        stats,
                     )
                     .await?;
                 }
                 Message::SyncStep2(u) | Message::Update(u) => {
+                    conn.updates.debit(1, Instant::now());
                     if opts.read_only {
                         if !update::is_empty_update(&u) {
                             tracing::debug!(room = %self.id(), "update from a read-only client refused");
@@ -812,6 +980,7 @@ impl Room {
                                 denied(&opts.read_only_reason).encode(),
                                 kick,
                                 opts.send_timeout,
+                                stats,
                             )
                             .await?;
                         }
@@ -828,6 +997,7 @@ impl Room {
                             denied(&refusal.reason).encode(),
                             kick,
                             opts.send_timeout,
+                            stats,
                         )
                         .await?;
                         if let Some(code) = refusal.close {
@@ -838,36 +1008,69 @@ impl Room {
                         }
                         continue;
                     }
-                    if let Err(e) = self.apply_client_update(guard.conn, &u) {
+                    if let Err(e) = self.apply_client_update(conn.id, &u) {
                         tracing::warn!(room = %self.id(), error = %e, bytes = u.len(), "client update refused; the room is unchanged");
                         return Err(ServeError::InvalidUpdate(e));
                     }
                 }
                 Message::Awareness(payload) => {
-                    let parsed = AwarenessUpdate::decode(&payload)?;
+                    let mut parsed = AwarenessUpdate::decode(&payload)?;
+                    for e in &mut parsed.entries {
+                        if let Some(state) = &e.state {
+                            match check_state(state) {
+                                Ok(false) => {}
+                                Ok(true) => e.state = None,
+                                Err(err) => {
+                                    ServeStats::add(&stats.awareness_invalid_json, 1);
+                                    return Err(ServeError::InvalidAwareness(format!(
+                                        "client {}: not JSON: {err}",
+                                        e.client_id
+                                    )));
+                                }
+                            }
+                        }
+                    }
                     let applied = lock(&self.inner.awareness).apply(
                         &parsed,
+                        conn.id,
+                        ConnLimits {
+                            max_ids: opts.awareness_max_ids,
+                            max_state_bytes: opts.awareness_max_state_bytes,
+                        },
                         Instant::now(),
                         opts.awareness_timeout,
                     );
-                    for id in applied.set {
-                        guard.seen.insert(id);
+                    conn.awareness.debit(applied.changes, Instant::now());
+                    ServeStats::add(&stats.awareness_state_too_big, applied.too_big);
+                    ServeStats::add(&stats.awareness_too_many_ids, applied.too_many_ids);
+                    ServeStats::add(&stats.awareness_room_full, applied.room_full);
+                    let dropped = applied.too_big + applied.too_many_ids + applied.room_full;
+                    if dropped > 0 {
+                        tracing::debug!(room = %self.id(), conn = conn.id, too_big = applied.too_big, too_many_ids = applied.too_many_ids, room_full = applied.room_full, "awareness entries dropped");
                     }
-                    for id in applied.removed {
-                        guard.seen.remove(&id);
+                    // Only the connection's own caps count against it (a full room is not
+                    // its fault).
+                    conn.awareness_dropped += applied.too_big + applied.too_many_ids;
+                    if conn.awareness_dropped > opts.awareness_max_dropped {
+                        ServeStats::add(&stats.awareness_abuse_closes, 1);
+                        return Err(ServeError::AwarenessAbuse {
+                            dropped: conn.awareness_dropped,
+                        });
                     }
-                    self.inner.awareness_changed.notify_one();
-                    self.broadcast(&Message::Awareness(payload).encode(), None);
+                    if !applied.entries.is_empty() {
+                        self.inner.awareness_changed.notify_one();
+                        // Relayed to everyone, sender included: only what changed the table.
+                        let update = AwarenessUpdate {
+                            entries: applied.entries,
+                        };
+                        self.broadcast(&Message::Awareness(update.encode()).encode(), None);
+                    }
                 }
                 Message::QueryAwareness => {
-                    let full = lock(&self.inner.awareness).full_update();
-                    send_frame(
-                        channel,
-                        Message::Awareness(full.encode()).encode(),
-                        kick,
-                        opts.send_timeout,
-                    )
-                    .await?;
+                    // A one-byte query can ask for megabytes: each message of the answer
+                    // counts as an awareness change against this client's rate.
+                    let sent = self.send_awareness_table(channel, conn, opts, true).await?;
+                    conn.awareness.debit(sent, Instant::now());
                 }
                 Message::Auth(_) | Message::Custom { .. } => {
                     tracing::debug!(room = %self.id(), kind = msg.kind_name(), "message ignored");
@@ -875,6 +1078,80 @@ impl Room {
             }
         }
         Ok(())
+    }
+}
+
+/// A registered client connection.
+struct Registered {
+    conn: u64,
+    rx: mpsc::Receiver<Bytes>,
+    kick: CancellationToken,
+    queued: Arc<AtomicUsize>,
+}
+
+/// One client connection's state in [`Room::serve`].
+struct Conn {
+    id: u64,
+    rx: mpsc::Receiver<Bytes>,
+    kick: CancellationToken,
+    queued: Arc<AtomicUsize>,
+    /// The first SyncStep2 has been sent.
+    synced: bool,
+    updates: TokenBucket,
+    awareness: TokenBucket,
+    /// Reading is paused until then (over a rate).
+    paused_until: Option<Instant>,
+    /// How long reading has been paused since the last frame that needed no pause.
+    throttled: Duration,
+    /// Awareness entries dropped for this connection's own caps.
+    awareness_dropped: u64,
+}
+
+impl Conn {
+    fn new(reg: Registered, opts: &ServeOptions) -> Conn {
+        let now = Instant::now();
+        Conn {
+            id: reg.conn,
+            rx: reg.rx,
+            kick: reg.kick,
+            queued: reg.queued,
+            synced: false,
+            updates: TokenBucket::new(opts.update_rate, now),
+            awareness: TokenBucket::new(opts.awareness_rate, now),
+            paused_until: None,
+            throttled: Duration::ZERO,
+            awareness_dropped: 0,
+        }
+    }
+
+    /// After a frame: pause reading while a bucket is in debt; a client that stays paused
+    /// (or owes) longer than `rate_abuse_after` is closed.
+    fn pace(&mut self, opts: &ServeOptions, now: Instant) -> Result<(), ServeError> {
+        let (u, a) = (self.updates.debt_wait(now), self.awareness.debt_wait(now));
+        if u.is_zero() && a.is_zero() {
+            self.throttled = Duration::ZERO;
+            return Ok(());
+        }
+        let (wait, what, counter) = if u >= a {
+            (u, "update", &opts.stats.updates_throttled)
+        } else {
+            (a, "awareness", &opts.stats.awareness_throttled)
+        };
+        ServeStats::add(counter, 1);
+        self.throttled += wait;
+        if self.throttled > opts.rate_abuse_after {
+            ServeStats::add(&opts.stats.rate_closes, 1);
+            return Err(ServeError::RateLimited { what });
+        }
+        self.paused_until = Some(now + wait);
+        Ok(())
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -891,12 +1168,16 @@ async fn send_frame<C: Channel>(
     frame: Bytes,
     kick: &CancellationToken,
     timeout: Duration,
+    stats: &ServeStats,
 ) -> Result<(), ServeError> {
     tokio::select! {
         _ = kick.cancelled() => Err(ServeError::TooSlow),
         r = tokio::time::timeout(timeout, channel.send(frame)) => match r {
             Ok(r) => r.map_err(ServeError::Channel),
-            Err(_) => Err(ServeError::TooSlow),
+            Err(_) => {
+                ServeStats::add(&stats.slow_send_timeout, 1);
+                Err(ServeError::TooSlow)
+            }
         },
     }
 }
@@ -915,18 +1196,17 @@ enum Leave {
     RoomClosed,
 }
 
-/// Unregisters a connection and removes its awareness states, also when `serve` is
-/// cancelled.
+/// Unregisters a connection and removes the awareness states it owns, also when `serve`
+/// is cancelled.
 struct ConnGuard<'a> {
     room: &'a Room,
     conn: u64,
-    seen: HashSet<u64>,
 }
 
 impl Drop for ConnGuard<'_> {
     fn drop(&mut self) {
         lock(&self.room.inner.clients).map.remove(&self.conn);
-        let gone = lock(&self.room.inner.awareness).remove(self.seen.drain());
+        let gone = lock(&self.room.inner.awareness).remove_conn(self.conn, Instant::now());
         if !gone.is_empty() {
             let frame = Message::Awareness(AwarenessUpdate { entries: gone }.encode()).encode();
             self.room.broadcast(&frame, None);

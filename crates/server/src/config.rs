@@ -167,6 +167,45 @@ pub struct Settings {
     /// ... or after this many bytes of updates [default: 4194304].
     #[arg(long, env = "NIMBUS_DOC_COMPACT_BYTES")]
     pub doc_compact_bytes: Option<usize>,
+    /// Document rooms: bytes queued for one client before it is closed with 1008 "too slow" [default: 4194304].
+    #[arg(long, env = "NIMBUS_DOC_QUEUE_BYTES")]
+    pub doc_queue_bytes: Option<usize>,
+    /// Document rooms: longest time one frame may take to go out before the client is closed with 1008 [default: 10000].
+    #[arg(long, env = "NIMBUS_DOC_SEND_TIMEOUT_MS")]
+    pub doc_send_timeout_ms: Option<u64>,
+    /// Document rooms: the same for the answer to a client's first SyncStep1 (the whole document) [default: 60000].
+    #[arg(long, env = "NIMBUS_DOC_SYNC_SEND_TIMEOUT_MS")]
+    pub doc_sync_send_timeout_ms: Option<u64>,
+    /// Document rooms: updates per second per connection; over it reading pauses (0: no limit) [default: 200].
+    #[arg(long, env = "NIMBUS_DOC_UPDATE_RATE")]
+    pub doc_update_rate: Option<u32>,
+    /// Document rooms: updates a connection may send at once after a quiet period [default: 1000].
+    #[arg(long, env = "NIMBUS_DOC_UPDATE_BURST")]
+    pub doc_update_burst: Option<u32>,
+    /// Document rooms: awareness changes per second per connection; over it reading pauses (0: no limit) [default: 100].
+    #[arg(long, env = "NIMBUS_DOC_AWARENESS_RATE")]
+    pub doc_awareness_rate: Option<u32>,
+    /// Document rooms: awareness changes a connection may send at once [default: 300].
+    #[arg(long, env = "NIMBUS_DOC_AWARENESS_BURST")]
+    pub doc_awareness_burst: Option<u32>,
+    /// Document rooms: a connection paused for a rate this long since its last frame within its rates is closed with 1008 [default: 20000].
+    #[arg(long, env = "NIMBUS_DOC_RATE_ABUSE_MS")]
+    pub doc_rate_abuse_ms: Option<u64>,
+    /// Document rooms: awareness client ids one connection may own [default: 8].
+    #[arg(long, env = "NIMBUS_DOC_AWARENESS_MAX_IDS")]
+    pub doc_awareness_max_ids: Option<usize>,
+    /// Document rooms: bytes of one awareness state [default: 32768].
+    #[arg(long, env = "NIMBUS_DOC_AWARENESS_MAX_STATE_BYTES")]
+    pub doc_awareness_max_state_bytes: Option<usize>,
+    /// Document rooms: awareness states per room [default: 10000].
+    #[arg(long, env = "NIMBUS_DOC_AWARENESS_MAX_STATES")]
+    pub doc_awareness_max_states: Option<usize>,
+    /// Document rooms: bytes of awareness states per room [default: 8388608].
+    #[arg(long, env = "NIMBUS_DOC_AWARENESS_MAX_ROOM_BYTES")]
+    pub doc_awareness_max_room_bytes: Option<usize>,
+    /// Document rooms: largest awareness message of the table sent to a joiner [default: 65536].
+    #[arg(long, env = "NIMBUS_DOC_AWARENESS_CHUNK_BYTES")]
+    pub doc_awareness_chunk_bytes: Option<usize>,
     /// Bot token accepted by `/gateway` (repeatable; `TOKEN` or `TOKEN=cloud+rooms+doc` to
     /// limit its intents). The gateway is served only when at least one is set.
     #[arg(
@@ -280,6 +319,19 @@ impl Settings {
             doc_awareness_timeout_ms,
             doc_compact_updates,
             doc_compact_bytes,
+            doc_queue_bytes,
+            doc_send_timeout_ms,
+            doc_sync_send_timeout_ms,
+            doc_update_rate,
+            doc_update_burst,
+            doc_awareness_rate,
+            doc_awareness_burst,
+            doc_rate_abuse_ms,
+            doc_awareness_max_ids,
+            doc_awareness_max_state_bytes,
+            doc_awareness_max_states,
+            doc_awareness_max_room_bytes,
+            doc_awareness_chunk_bytes,
             gateway_token,
             gateway_heartbeat_interval_ms,
             gateway_resume_window_ms,
@@ -308,10 +360,68 @@ pub struct DocLimits {
     pub awareness_timeout: Duration,
     /// When the store folds a room's log into a snapshot.
     pub compaction: crate::store::CompactionPolicy,
+    /// Bytes queued for one client before it is closed with 1008.
+    pub queue_bytes: usize,
+    /// Longest time one frame may take to go out (1008 beyond).
+    pub send_timeout: Duration,
+    /// The same for the answer to a client's first SyncStep1.
+    pub sync_send_timeout: Duration,
+    /// Pace of a connection's document updates.
+    pub update_rate: nimbus_doc::RateLimit,
+    /// Pace of a connection's awareness changes.
+    pub awareness_rate: nimbus_doc::RateLimit,
+    /// A connection paused for a rate this long since its last frame within its rates is
+    /// closed with 1008.
+    pub rate_abuse_after: Duration,
+    /// Awareness client ids one connection may own.
+    pub awareness_max_ids: usize,
+    /// Bytes of one awareness state.
+    pub awareness_max_state_bytes: usize,
+    /// Largest awareness message of the table sent to a joiner.
+    pub awareness_chunk_bytes: usize,
+    /// Per-room awareness bounds (states, bytes, tombstones).
+    pub awareness: nimbus_doc::AwarenessLimits,
+    /// Counters of what these bounds did, shared by every document connection of the
+    /// server (for metrics).
+    pub stats: std::sync::Arc<nimbus_doc::ServeStats>,
+}
+
+impl DocLimits {
+    /// The options of one client connection (`read_only` from its token).
+    pub fn serve_options(&self, read_only: bool) -> nimbus_doc::ServeOptions {
+        nimbus_doc::ServeOptions {
+            read_only,
+            max_message_bytes: self.max_message_bytes,
+            awareness_timeout: self.awareness_timeout,
+            queue_bytes: self.queue_bytes,
+            send_timeout: self.send_timeout,
+            sync_send_timeout: self.sync_send_timeout,
+            update_rate: self.update_rate,
+            awareness_rate: self.awareness_rate,
+            rate_abuse_after: self.rate_abuse_after,
+            awareness_max_ids: self.awareness_max_ids,
+            awareness_max_state_bytes: self.awareness_max_state_bytes,
+            awareness_chunk_bytes: self.awareness_chunk_bytes,
+            stats: self.stats.clone(),
+            ..nimbus_doc::ServeOptions::default()
+        }
+    }
+
+    /// The options of a room.
+    pub fn room_options(&self) -> nimbus_doc::RoomOptions {
+        nimbus_doc::RoomOptions {
+            awareness: nimbus_doc::AwarenessLimits {
+                tombstone_ttl: self.awareness_timeout * 2,
+                ..self.awareness.clone()
+            },
+            ..nimbus_doc::RoomOptions::default()
+        }
+    }
 }
 
 impl Default for DocLimits {
     fn default() -> Self {
+        let serve = nimbus_doc::ServeOptions::default();
         DocLimits {
             max_message_bytes: 16 << 20,
             max_doc_bytes: 64 << 20,
@@ -319,6 +429,17 @@ impl Default for DocLimits {
             tokens: Vec::new(),
             awareness_timeout: Duration::from_secs(30),
             compaction: crate::store::CompactionPolicy::default(),
+            queue_bytes: serve.queue_bytes,
+            send_timeout: serve.send_timeout,
+            sync_send_timeout: serve.sync_send_timeout,
+            update_rate: serve.update_rate,
+            awareness_rate: serve.awareness_rate,
+            rate_abuse_after: serve.rate_abuse_after,
+            awareness_max_ids: serve.awareness_max_ids,
+            awareness_max_state_bytes: serve.awareness_max_state_bytes,
+            awareness_chunk_bytes: serve.awareness_chunk_bytes,
+            awareness: nimbus_doc::AwarenessLimits::default(),
+            stats: std::sync::Arc::default(),
         }
     }
 }
@@ -538,7 +659,67 @@ impl Config {
                     dd.compaction.max_bytes,
                 )?,
             },
+            ..dd.clone()
         };
+        let rate = |per_second: Option<u32>, burst: Option<u32>, d: nimbus_doc::RateLimit| {
+            nimbus_doc::RateLimit {
+                per_second: per_second.unwrap_or(d.per_second),
+                burst: burst.unwrap_or(d.burst).max(1),
+            }
+        };
+        let doc = DocLimits {
+            queue_bytes: positive("doc_queue_bytes", s.doc_queue_bytes, dd.queue_bytes)?,
+            send_timeout: ms(s.doc_send_timeout_ms, dd.send_timeout),
+            sync_send_timeout: ms(s.doc_sync_send_timeout_ms, dd.sync_send_timeout),
+            update_rate: rate(s.doc_update_rate, s.doc_update_burst, dd.update_rate),
+            awareness_rate: rate(
+                s.doc_awareness_rate,
+                s.doc_awareness_burst,
+                dd.awareness_rate,
+            ),
+            rate_abuse_after: ms(s.doc_rate_abuse_ms, dd.rate_abuse_after),
+            awareness_max_ids: positive(
+                "doc_awareness_max_ids",
+                s.doc_awareness_max_ids,
+                dd.awareness_max_ids,
+            )?,
+            awareness_max_state_bytes: positive(
+                "doc_awareness_max_state_bytes",
+                s.doc_awareness_max_state_bytes,
+                dd.awareness_max_state_bytes,
+            )?,
+            awareness_chunk_bytes: positive(
+                "doc_awareness_chunk_bytes",
+                s.doc_awareness_chunk_bytes,
+                dd.awareness_chunk_bytes,
+            )?,
+            awareness: nimbus_doc::AwarenessLimits {
+                max_states: positive(
+                    "doc_awareness_max_states",
+                    s.doc_awareness_max_states,
+                    dd.awareness.max_states,
+                )?,
+                max_bytes: positive(
+                    "doc_awareness_max_room_bytes",
+                    s.doc_awareness_max_room_bytes,
+                    dd.awareness.max_bytes,
+                )?,
+                ..dd.awareness
+            },
+            ..doc
+        };
+        for (key, v) in [
+            ("doc_send_timeout_ms", doc.send_timeout),
+            ("doc_sync_send_timeout_ms", doc.sync_send_timeout),
+            ("doc_rate_abuse_ms", doc.rate_abuse_after),
+        ] {
+            if v.is_zero() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
         if doc.awareness_timeout.is_zero() {
             return Err(ConfigError::Invalid {
                 key: "doc_awareness_timeout_ms",
@@ -684,6 +865,26 @@ mod tests {
         assert_eq!(c.doc.tokens[0].access, crate::doc::Access::ReadOnly);
         assert_eq!(c.doc.max_doc_bytes, 10);
         assert!(toml::from_str::<Settings>("doc_tokens = [\"notes:xx:abc\"]").is_err());
+    }
+
+    #[test]
+    fn doc_connection_bounds_come_from_settings_and_reach_the_serve_options() {
+        let file: Settings = toml::from_str(
+            "doc_queue_bytes = 1000\ndoc_update_rate = 0\ndoc_awareness_burst = 5\n\
+             doc_awareness_max_states = 3\ndoc_send_timeout_ms = 1500\n",
+        )
+        .expect("valid toml");
+        let c = Config::from_settings(file).expect("valid");
+        let opts = c.doc.serve_options(true);
+        assert!(opts.read_only);
+        assert_eq!(opts.queue_bytes, 1000);
+        assert_eq!(opts.update_rate.per_second, 0);
+        assert_eq!(opts.awareness_rate.burst, 5);
+        assert_eq!(opts.send_timeout, Duration::from_millis(1500));
+        assert_eq!(opts.sync_send_timeout, Duration::from_secs(60));
+        assert_eq!(c.doc.room_options().awareness.max_states, 3);
+        let zero: Settings = toml::from_str("doc_queue_bytes = 0\n").expect("valid toml");
+        assert!(Config::from_settings(zero).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use nimbus_doc::yrs::{ReadTxn, Transact};
-use nimbus_doc::{HookError, Refusal, Room, RoomHooks, RoomManager, ServeOptions};
+use nimbus_doc::{HookError, Refusal, Room, RoomHooks, RoomManager};
 
 use crate::backplane::doc::{DocMessage, DocWrite};
 use crate::backplane::{BackplaneError, RedisBackplane};
@@ -360,7 +360,7 @@ impl DocRooms {
                 size,
                 skip_loaded: AtomicBool::new(false),
             });
-            Room::with_hooks(id, hooks)
+            Room::with_options(id, hooks, l.room_options())
         });
         DocRooms {
             manager,
@@ -445,12 +445,7 @@ impl DocRooms {
 
     /// Serve one client in `room` until it leaves.
     pub(crate) async fn serve(&self, room: &str, channel: SocketChannel, access: Access) {
-        let opts = ServeOptions {
-            read_only: access == Access::ReadOnly,
-            max_message_bytes: self.limits.max_message_bytes,
-            awareness_timeout: self.limits.awareness_timeout,
-            ..ServeOptions::default()
-        };
+        let opts = self.limits.serve_options(access == Access::ReadOnly);
         self.metrics.doc_clients.inc();
         let result = self.manager.serve(room, channel, opts).await;
         self.metrics.doc_clients.dec();
