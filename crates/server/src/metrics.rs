@@ -500,3 +500,64 @@ impl StoreMetrics {
         }
     }
 }
+
+/// `nimbus_doc_bounds_total{bound}`: what the document rooms' per-connection bounds did,
+/// read from `nimbus_doc::ServeStats` at each scrape (the doc crate counts without knowing
+/// about Prometheus).
+#[derive(Debug)]
+pub(crate) struct DocBounds(pub std::sync::Arc<nimbus_doc::ServeStats>);
+
+impl prometheus_client::collector::Collector for DocBounds {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.0;
+        let rows: [(&'static str, u64); 11] = [
+            ("slow_queue_bytes", s.slow_queue_bytes.load(Relaxed)),
+            ("slow_queue_frames", s.slow_queue_frames.load(Relaxed)),
+            ("slow_send_timeout", s.slow_send_timeout.load(Relaxed)),
+            ("updates_throttled", s.updates_throttled.load(Relaxed)),
+            ("awareness_throttled", s.awareness_throttled.load(Relaxed)),
+            ("rate_closes", s.rate_closes.load(Relaxed)),
+            (
+                "awareness_state_too_big",
+                s.awareness_state_too_big.load(Relaxed),
+            ),
+            (
+                "awareness_too_many_ids",
+                s.awareness_too_many_ids.load(Relaxed),
+            ),
+            ("awareness_room_full", s.awareness_room_full.load(Relaxed)),
+            (
+                "awareness_abuse_closes",
+                s.awareness_abuse_closes.load(Relaxed),
+            ),
+            (
+                "awareness_invalid_json",
+                s.awareness_invalid_json.load(Relaxed),
+            ),
+        ];
+        let mut family = encoder.encode_descriptor(
+            "doc_bounds",
+            "What the document rooms' per-connection bounds did, by bound",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (bound, n) in rows {
+            let labels = [("bound", bound)];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// Expose the document rooms' bound counters (`nimbus_doc_bounds_total{bound}`).
+    pub(crate) fn register_doc_bounds(&mut self, stats: std::sync::Arc<nimbus_doc::ServeStats>) {
+        self.registry.register_collector(Box::new(DocBounds(stats)));
+    }
+}

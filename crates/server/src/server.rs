@@ -91,7 +91,9 @@ impl Server {
                 })?;
         let addr = listener.local_addr()?;
         let edge = config.edge.clone();
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
+        metrics.register_doc_bounds(config.doc.stats.clone());
+        let metrics = Arc::new(metrics);
         let hub = match &config.redis {
             None => Arc::new(Hub::new(
                 store.clone(),

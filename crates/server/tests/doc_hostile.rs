@@ -117,6 +117,11 @@ async fn a_document_client_that_never_reads_is_closed_with_1008_at_its_byte_budg
         received < FRAMES * FRAME / 2,
         "{received} bytes received: the queue was not cut"
     );
+    let (_, metrics) = server.http_get("/metrics").await;
+    assert!(
+        metrics.contains("nimbus_doc_bounds_total{bound=\"slow_queue_bytes\"} 1"),
+        "{metrics}"
+    );
     server.stop().await;
 }
 
