@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::{doc_client, free_port, text_of, WAIT};
@@ -14,19 +14,18 @@ use tokio_tungstenite::tungstenite::Message;
 const FLUSH_MS: u64 = 50;
 
 fn start(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_nimbus"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir)
-        .args(["--flush-interval-ms", &FLUSH_MS.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    // These tests send sets back to back and wait for each: lift the per-connection set rate
+    // (a bound of its own, tested in hostile_edge) so no set is dropped as over the rate.
+    let flush = FLUSH_MS.to_string();
+    let flags = [
+        "--flush-interval-ms",
+        flush.as_str(),
+        "--sets-per-sec",
+        "1000000",
+        "--sets-burst",
+        "1000000",
+    ];
+    common::spawn_serve(dir, port, &flags)
 }
 
 async fn connect(

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::{free_port, WAIT};
@@ -29,20 +29,7 @@ impl Drop for Node {
 
 fn start(dir: &std::path::Path, extra: &[&str]) -> Node {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir)
-        .args(extra)
-        .env("NIMBUS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = common::spawn_serve(dir, port, extra);
     Node { child, port }
 }
 

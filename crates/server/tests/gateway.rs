@@ -679,6 +679,23 @@ async fn http_get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, Str
     .await
 }
 
+/// A document client of `room` on the test server, without reconnecting.
+async fn doc_editor(srv: &Srv, room: &str) -> nimbus_doc::Client {
+    nimbus_doc::connect(
+        nimbus_doc::ClientWire::WebSocket {
+            url: format!("ws://{}/doc", srv.addr),
+        },
+        room,
+        None,
+        nimbus_doc::ConnectOptions {
+            reconnect: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn document_updates_are_dispatched_as_doc_update_with_the_yjs_bytes() {
     use base64::Engine;
@@ -688,19 +705,7 @@ async fn document_updates_are_dispatched_as_doc_update_with_the_yjs_bytes() {
     // Intent 4 only: document events, no cloud ones.
     let (mut g, _) = Gw::ready(&srv, 4, None).await;
     srv.set("42", "☁ ignored", 1).await;
-    let editor = nimbus_doc::connect(
-        nimbus_doc::ClientWire::WebSocket {
-            url: format!("ws://{}/doc", srv.addr),
-        },
-        "notes",
-        None,
-        nimbus_doc::ConnectOptions {
-            reconnect: false,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let editor = doc_editor(&srv, "notes").await;
     let text = editor.doc().get_or_insert_text("t");
     text.push(&mut editor.doc().transact_mut(), "hi");
     let d = g.dispatch().await;
@@ -728,19 +733,7 @@ async fn a_document_update_larger_than_a_mebibyte_is_dispatched_whole() {
     use nimbus_doc::yrs::{Text, Transact};
     let srv = Srv::start(gw_config()).await;
     let (mut g, _) = Gw::ready(&srv, 4, None).await;
-    let editor = nimbus_doc::connect(
-        nimbus_doc::ClientWire::WebSocket {
-            url: format!("ws://{}/doc", srv.addr),
-        },
-        "big",
-        None,
-        nimbus_doc::ConnectOptions {
-            reconnect: false,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let editor = doc_editor(&srv, "big").await;
     // One 1.5 MB insert: its DOC_UPDATE is ~2 MB of base64, over the 1 MiB floor of the
     // gateway's write buffer bound, so the bound must follow the document message limit.
     let text = editor.doc().get_or_insert_text("t");

@@ -45,3 +45,21 @@ pub fn text_of(client: &nimbus_doc::Client) -> String {
     let s = t.get_string(&client.doc().transact());
     s
 }
+
+/// Start `nimbus serve` on `127.0.0.1:port` with its store in `dir` and `extra` flags; quiet.
+pub fn spawn_serve(dir: &std::path::Path, port: u16, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_nimbus"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir)
+        .args(extra)
+        .env("NIMBUS_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
