@@ -24,7 +24,10 @@ start_server() {
     if [[ -n "${SERVER_CMD:-}" ]]; then
         taskset -c 0 $SERVER_CMD >/dev/null 2>&1 &
     else
-        taskset -c 0 "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" --room-idle-ms 600000 ${SERVER_ARGS:-} >/dev/null 2>&1 &
+        # The generator's publishers send thousands of sets/s each: lift the per-connection
+        # set rate (an abuse bound, docs/security.md), as TurboWarp's server has none.
+        taskset -c 0 "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" --room-idle-ms 600000 \
+            --sets-per-sec 100000000 --sets-burst 100000000 ${SERVER_ARGS:-} >/dev/null 2>&1 &
     fi
     SPID=$!
     for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return; sleep 0.1; done

@@ -54,7 +54,7 @@ start() {
     [[ $mode == redis3 ]] && n=3
     URLS=()
     for i in $(seq 0 $((n - 1))); do
-        "$SERVER_BIN" serve --listen "127.0.0.1:${PORTS[$i]}" --data-dir "$WORK/n$i" --room-idle-ms 600000 "${redis_args[@]}" >/dev/null 2>&1 &
+        "$SERVER_BIN" serve --listen "127.0.0.1:${PORTS[$i]}" --data-dir "$WORK/n$i" --room-idle-ms 600000 --sets-per-sec 100000000 --sets-burst 100000000 "${redis_args[@]}" >/dev/null 2>&1 &
         PIDS+=($!); wait_port "${PORTS[$i]}"
         URLS+=(--url "ws://127.0.0.1:${PORTS[$i]}${PATH_SUFFIX}")
     done
