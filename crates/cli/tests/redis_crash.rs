@@ -91,6 +91,9 @@ fn start_node(dir: &std::path::Path, port: u16, redis: u16) -> Killed {
         .arg(dir)
         .args(["--redis", &format!("redis://127.0.0.1:{redis}/")])
         .args(["--gateway-token", GATEWAY_TOKEN])
+        // Sets go back to back: lift the per-connection set rate (tested in hostile_edge),
+        // so no set is dropped as over the rate.
+        .args(["--sets-per-sec", "1000000", "--sets-burst", "1000000"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
