@@ -8,7 +8,9 @@
 # (defaults 10,000,000 and 720). Logs go to fuzz/logs/<target>.log (ignored by git).
 # Set NICE (default 15) to change the scheduling priority, SANITIZER (default address;
 # none is 2-3x faster and enough for code without `unsafe`) for `cargo fuzz build -s`,
-# SKIP_BUILD=1 to run the binaries already built (in $CARGO_TARGET_DIR or fuzz/target).
+# SKIP_BUILD=1 to run the binaries already built (in $CARGO_TARGET_DIR or fuzz/target),
+# BUILD_ARGS for more `cargo fuzz build` flags (e.g. -O: no debug assertions), EXTRA_ARGS
+# for more libFuzzer flags (ASAN_OPTIONS is passed through).
 set -uo pipefail
 cd "$(dirname "$0")"
 RUNS=${RUNS:-10000000}
@@ -28,7 +30,7 @@ for t in "${targets[@]}"; do
     dirty=$(git status --porcelain -- "fuzz_targets/$t.rs" Cargo.toml Cargo.lock build.rs ../crates | head -1)
     [ -n "$dirty" ] && commit="$commit+uncommitted"
     if [ -z "${SKIP_BUILD:-}" ]; then
-        nice -n "$NICE" cargo fuzz build -s "$SANITIZER" "$t" >"logs/$t.build.log" 2>&1 || {
+        nice -n "$NICE" cargo fuzz build -s "$SANITIZER" ${BUILD_ARGS:-} "$t" >"logs/$t.build.log" 2>&1 || {
             echo "| $t | build failed, see fuzz/logs/$t.build.log |"
             continue
         }
@@ -36,8 +38,9 @@ for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     # What `cargo fuzz run $t -- ARGS` runs, without rebuilding first.
     args=(-runs="$RUNS" -max_total_time="$MAX_SECS" -jobs=1 -workers=1 -print_final_stats=1
-        -artifact_prefix="artifacts/$t/")
-    cmd="nice -n $NICE cargo fuzz run $t -- ${args[*]}"
+        -artifact_prefix="artifacts/$t/" ${EXTRA_ARGS:-})
+    cmd="nice -n $NICE cargo fuzz run -s $SANITIZER ${BUILD_ARGS:+$BUILD_ARGS }$t -- ${args[*]}"
+    [ -n "${ASAN_OPTIONS:-}" ] && cmd="ASAN_OPTIONS=$ASAN_OPTIONS $cmd"
     start=$(date +%s)
     # With -jobs=1 libFuzzer runs the fuzzing in one child process that logs to fuzz-0.log.
     rm -f fuzz-0.log
