@@ -20,11 +20,14 @@
 //!   the server) to look past it.
 //! - `apply_update` panics (`block_store.rs:317`, unwrap on `None` in `push` from
 //!   `integrate_gc`) on `crash-193211b3…`. The room contains such panics in its validator
-//!   replica (`crates/doc/src/update.rs`).
+//!   replica (`crates/doc/src/update.rs`). So are panics while committing: dividing by
+//!   zero in `block_store.rs:60` (`find_index`, from the garbage collection of
+//!   `TransactionMut::commit`) on `crash-64970fd9…`.
 //!
 //! With `DOC_UPDATE_CONTAIN=1` in the environment the target does what the room does: a
-//! panic while decoding or applying is caught (the transaction is leaked with
-//! `mem::forget`, as the validator does) and the input is skipped. What remains a crash
+//! panic while decoding, applying, committing or encoding is caught (a transaction that
+//! panicked while applying is leaked with `mem::forget`, as the validator does) and the
+//! input is skipped. What remains a crash
 //! then is what the room cannot contain: an abort, a stack overflow, memory over
 //! `-rss_limit_mb`, an input slower than `-timeout`, or a panic outside those calls.
 #![no_main]
@@ -104,12 +107,14 @@ fuzz_target!(|data: &[u8]| {
             std::mem::forget(txn);
             return;
         }
-        if txn.has_missing_updates() {
+        let missing = txn.has_missing_updates();
+        // Dropping the transaction commits it (and collects garbage), which can panic too.
+        if contained(move || drop(txn)).is_none() || missing {
             return;
         }
     }
-    // The document stays readable afterwards.
+    // The document stays readable afterwards (the room encodes under `catch_unwind`).
     let txn = doc.transact();
     let _ = text.get_string(&txn);
-    let _ = txn.encode_state_as_update_v1(&yrs::StateVector::default());
+    let _ = contained(|| txn.encode_state_as_update_v1(&yrs::StateVector::default()));
 });
