@@ -23,6 +23,10 @@
 //!   replica (`crates/doc/src/update.rs`). So are panics while committing: dividing by
 //!   zero in `block_store.rs:60` (`find_index`, from the garbage collection of
 //!   `TransactionMut::commit`) on `crash-64970fd9…`.
+//! - An update that applies and commits without error and then makes `Text::get_string`
+//!   loop, appending without end (over 6 GB of RSS in 52 s): `timeout-56f81071…`, 50 bytes.
+//!   The validator cannot contain that; any read of the text (the JSON API, `doc dump`)
+//!   after such an update exhausts memory. Skipped in containment mode (below).
 //!
 //! With `DOC_UPDATE_CONTAIN=1` in the environment the target does what the room does: a
 //! panic while decoding, applying, committing or encoding is caught (a transaction that
@@ -115,6 +119,9 @@ fuzz_target!(|data: &[u8]| {
     }
     // The document stays readable afterwards (the room encodes under `catch_unwind`).
     let txn = doc.transact();
-    let _ = text.get_string(&txn);
+    if !contain() {
+        // Known to loop (see above): skipped when containing, to look for other crashes.
+        let _ = text.get_string(&txn);
+    }
     let _ = contained(|| txn.encode_state_as_update_v1(&yrs::StateVector::default()));
 });
