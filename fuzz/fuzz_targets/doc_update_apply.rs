@@ -27,8 +27,8 @@
 //!   loop, appending without end (over 6 GB of RSS in 52 s): `timeout-56f81071…`, 50 bytes.
 //!   The validator cannot contain that; any read of the text (the JSON API, `doc dump`)
 //!   after such an update exhausts memory. Skipped in containment mode (below).
-//! - Under ASan the panics above, the endless `get_string` and `crash-7021a630…` (a bare
-//!   SIGSEGV without ASan) are one bug: a heap use-after-free. `BlockStore::push`
+//! - Under ASan the commit-time divide by zero, the endless `get_string` and
+//!   `crash-7021a630…` (a bare SIGSEGV without ASan) are one bug: a heap use-after-free. `BlockStore::push`
 //!   (`block_store.rs:332`, from `integrate_gc` / `integrate_item`) drops a block other items
 //!   still point to. No `catch_unwind` contains that. Details in `docs/security.md`
 //!   (section Fuzzing).
