@@ -23,7 +23,8 @@
 //! | 4.. | the bytes the client sends |
 //!
 //! The upgrade itself is parsed by hyper in the server's axum routes (`/`, `/doc`,
-//! `/gateway`) and by tungstenite for IPC; the frame layer is tungstenite on every route.
+//! `/gateway`) and by tungstenite for IPC and `nimbus-doc`'s own server; the frame layer is
+//! tungstenite on every route.
 #![no_main]
 
 use std::io::{self, Read, Write};
