@@ -21,8 +21,14 @@ fuzz_target!(|data: &[u8]| {
                 let _ = h.room();
                 let _ = h.user(20);
             }
-            ClientMessage::Set { name: Ok(name), value: Ok(value) }
-            | ClientMessage::Create { name: Ok(name), value: Ok(value) } => {
+            ClientMessage::Set {
+                name: Ok(name),
+                value: Ok(value),
+            }
+            | ClientMessage::Create {
+                name: Ok(name),
+                value: Ok(value),
+            } => {
                 let accepted = validate_name(&name, 1024).is_ok()
                     && value.validate(ValueProfile::TurboWarp, 100_000).is_ok();
                 if accepted {
