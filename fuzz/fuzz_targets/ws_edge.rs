@@ -36,11 +36,9 @@ use tungstenite::http::{HeaderValue, StatusCode};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error, Message};
 
-/// Slack allowed in the write buffer above a route's largest message.
-const WRITE_SLACK: usize = 64 * 1024;
-
-/// The WebSocket limits of one route, as set in `crates/server/src/http.rs`,
-/// `crates/server/src/gateway/mod.rs` and `crates/ipc/src/server.rs`.
+/// The WebSocket limits of one route with the default settings, as `nimbus serve` sets
+/// them (`crates/server/src/http.rs`, `crates/server/src/gateway/mod.rs`,
+/// `crates/server/src/edge/ws.rs`) and as `crates/ipc/src/server.rs` does.
 struct Profile {
     read_buffer: usize,
     write_buffer: usize,
@@ -48,34 +46,41 @@ struct Profile {
     max_write_buffer: usize,
 }
 
+/// `edge::ws::CONTROL_SLACK`: room for a close frame and the pongs of the ping budget.
+const CONTROL_SLACK: usize = 4096;
+
 const PROFILES: [Profile; 5] = [
-    // `/` (cloud): max_frame_bytes default 1 MiB, 256-byte reads, unbuffered writes.
+    // `/` (cloud): max_frame_bytes 1 MiB in, 256-byte reads, unbuffered writes; the largest
+    // outgoing frame is `cloud::max_frame_out` = (1024 + 100,000) × 6 + 64 bytes.
     Profile {
         read_buffer: 256,
         write_buffer: 0,
         max_message: 1 << 20,
-        max_write_buffer: WRITE_SLACK + (1 << 20),
+        max_write_buffer: (1024 + 100_000) * 6 + 64 + CONTROL_SLACK,
     },
-    // `/doc/{room}`: max_message_bytes default 16 MiB, 4 KiB reads, default write buffer.
+    // `/doc/{room}`: 16 MiB in, 4 KiB reads, unbuffered writes; the largest outgoing
+    // message is the first SyncStep2, max_doc_bytes (64 MiB) + 1 MiB.
     Profile {
         read_buffer: 4096,
-        write_buffer: 128 * 1024,
+        write_buffer: 0,
         max_message: 16 << 20,
-        max_write_buffer: WRITE_SLACK + (16 << 20),
+        max_write_buffer: (64 << 20) + (1 << 20) + CONTROL_SLACK,
     },
-    // `/gateway`: 16 × MAX_PAYLOAD_BYTES (4096), 1 KiB reads, 64 KiB write buffer.
+    // `/gateway`: 16 × MAX_PAYLOAD_BYTES (4096) in, 1 KiB reads, 64 KiB write buffer; the
+    // largest dispatch is `GatewayConfig::dispatch_bound(16 MiB)`: a base64 document
+    // update of 16 MiB plus 64 KiB.
     Profile {
         read_buffer: 1024,
         write_buffer: 64 * 1024,
         max_message: 16 * 4096,
-        max_write_buffer: WRITE_SLACK + 16 * 4096,
+        max_write_buffer: (16usize << 20).div_ceil(3) * 4 + (64 << 10) + CONTROL_SLACK,
     },
-    // IPC: max_frame default 1 MiB, tungstenite's default buffers.
+    // IPC: max_frame 1 MiB in, 128 KiB buffers, max_reply 16 MiB + 8 KiB (`WRITE_SLACK`).
     Profile {
         read_buffer: 128 * 1024,
         write_buffer: 128 * 1024,
         max_message: 1 << 20,
-        max_write_buffer: WRITE_SLACK + (1 << 20),
+        max_write_buffer: (16 << 20) + (8 << 10),
     },
     // The cloud shape with small limits, so that inputs of a few KiB reach every bound.
     Profile {

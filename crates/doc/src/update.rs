@@ -24,6 +24,18 @@
 //! with 1007; if it was honest after all (it got content from elsewhere), its reconnect
 //! resyncs everything in its SyncStep2.
 //!
+//! Before any of that, [`decode_update`] screens what yrs 0.28 does not: an update whose
+//! leading client count exceeds what its bytes can hold (yrs reserves a hash map of that
+//! size first, touching up to a GiB for 5 bytes), a clock past `i32::MAX` (yrs computes
+//! clock offsets as `i32`), and a *malformed layout*: the blocks of one client split over
+//! several sections that overlap, go backwards or leave gaps. yrs appends such sections to
+//! one list and later, when a block lands on a clock it already holds, frees a block other
+//! items still point to: a use-after-free that no `catch_unwind` contains (it shows as a
+//! SIGSEGV, a divide by zero or a text whose `get_string` never ends; inputs in
+//! `fuzz/regressions/doc_update_apply/`). The layout check decodes the update's canonical
+//! re-encoding (one contiguous section per client, what every Yjs and yrs encoder writes)
+//! and requires the same inserted ranges. The same count check guards state vectors.
+//!
 //! What this cannot catch: an update that decodes, integrates and depends on nothing
 //! missing, but whose item origins were forged (say, a right origin placed before the left
 //! one). YATA trusts writers: replicas that integrate such items in different groupings
@@ -39,6 +51,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::Bytes;
 use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 /// Why a client's update was refused.
@@ -60,10 +73,90 @@ pub enum ApplyError {
     /// yrs panicked while integrating it (contained in the validator replica).
     #[error("update made the CRDT panic")]
     Panicked,
+    /// It decodes, but its layout is one yrs cannot integrate safely (see the module doc):
+    /// a client count beyond its length, a clock past `i32::MAX`, or one client's blocks in
+    /// overlapping, backward or gapped sections.
+    #[error("malformed update: {0}")]
+    Malformed(String),
 }
 
-/// Decode a v1 update, containing a panic of the decoder.
-pub(crate) fn decode_update(bytes: &[u8]) -> Result<Update, ApplyError> {
+/// The largest clock an update may reach: yrs computes clock offsets as `i32`.
+const MAX_CLOCK: u32 = i32::MAX as u32;
+
+/// The leading unsigned varint of `bytes` and how many bytes it took (lib0 encoding).
+fn leading_varuint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut n = 0u64;
+    for (i, b) in bytes.iter().take(10).enumerate() {
+        n |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((n, i + 1));
+        }
+    }
+    None
+}
+
+/// Refuse a leading count that the rest of `bytes` cannot hold at `min_entry` bytes per
+/// entry: yrs reserves room for the declared count before reading any entry.
+fn check_count(bytes: &[u8], min_entry: usize, what: &str) -> Result<(), String> {
+    let Some((count, used)) = leading_varuint(bytes) else {
+        return Err("truncated".into());
+    };
+    let room = (bytes.len() - used) / min_entry;
+    if count > room as u64 {
+        return Err(format!(
+            "declares {count} {what} in {} bytes (at most {room} fit)",
+            bytes.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Check the layout of a decoded update (see the module doc).
+fn check_layout(update: &Update) -> Result<(), String> {
+    let inserted = update.insertions(true);
+    for (client, ranges) in inserted.iter() {
+        for r in ranges.iter() {
+            if r.start > r.end || r.end > MAX_CLOCK {
+                return Err(format!(
+                    "client {client} reaches clock {}",
+                    r.end.max(r.start)
+                ));
+            }
+        }
+    }
+    for (client, ranges) in update.delete_set().iter() {
+        for r in ranges.iter() {
+            if r.start > r.end || r.end > MAX_CLOCK {
+                return Err(format!(
+                    "deletes past clock {} of client {client}",
+                    i32::MAX
+                ));
+            }
+        }
+    }
+    let canonical = Update::decode_v1(&update.encode_v1()).map_err(|e| e.to_string())?;
+    if canonical.insertions(true) != inserted {
+        return Err("one client's blocks overlap, go backwards or leave gaps".into());
+    }
+    Ok(())
+}
+
+/// Decode a v1 update from a peer: screened (see the module doc), then decoded, containing
+/// a panic of the decoder.
+pub fn decode_update(bytes: &[u8]) -> Result<Update, ApplyError> {
+    // Each client section takes at least 3 bytes (block count, client, clock).
+    check_count(bytes, 3, "clients").map_err(ApplyError::Malformed)?;
+    let update = decode_trusted(bytes)?;
+    match catch_unwind(AssertUnwindSafe(|| check_layout(&update))) {
+        Ok(Ok(())) => Ok(update),
+        Ok(Err(why)) => Err(ApplyError::Malformed(why)),
+        Err(_) => Err(ApplyError::Malformed("layout check panicked".into())),
+    }
+}
+
+/// Decode a v1 update this process encoded itself (the room's own state and edits),
+/// containing a panic of the decoder. Not for peers' bytes: see [`decode_update`].
+pub(crate) fn decode_trusted(bytes: &[u8]) -> Result<Update, ApplyError> {
     match catch_unwind(|| Update::decode_v1(bytes)) {
         Ok(Ok(u)) => Ok(u),
         Ok(Err(e)) => Err(ApplyError::Decode(e.to_string())),
@@ -71,8 +164,10 @@ pub(crate) fn decode_update(bytes: &[u8]) -> Result<Update, ApplyError> {
     }
 }
 
-/// Decode a v1 state vector, containing a panic of the decoder.
-pub(crate) fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, String> {
+/// Decode a v1 state vector from a peer, refusing a count its bytes cannot hold (each
+/// entry takes at least 2 bytes) and containing a panic of the decoder.
+pub fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, String> {
+    check_count(bytes, 2, "clients")?;
     match catch_unwind(|| StateVector::decode_v1(bytes)) {
         Ok(Ok(sv)) => Ok(sv),
         Ok(Err(e)) => Err(e.to_string()),
@@ -193,7 +288,7 @@ impl Validator {
 /// Apply the room's own updates to the replica; false if that failed (the replica is lost).
 fn catch_up(replica: &Doc, backlog: Vec<Bytes>) -> bool {
     for u in backlog {
-        let Ok(parsed) = decode_update(&u) else {
+        let Ok(parsed) = decode_trusted(&u) else {
             return false;
         };
         let mut txn = replica.transact_mut();
@@ -222,7 +317,7 @@ fn rebuild(room_doc: &Doc) -> Doc {
         tracing::error!("validator replica: the room's state does not encode");
         return replica;
     };
-    if let Ok(u) = decode_update(&state) {
+    if let Ok(u) = decode_trusted(&state) {
         let mut txn = replica.transact_mut();
         match catch_unwind(AssertUnwindSafe(|| txn.apply_update(u))) {
             Ok(Ok(())) => {}
@@ -237,4 +332,119 @@ fn rebuild(room_doc: &Doc) -> Doc {
         }
     }
     replica
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod screen_tests {
+    use super::*;
+
+    /// The inputs the fuzz target found against yrs 0.28.1 (`fuzz/regressions/`).
+    fn regression(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/../../fuzz/regressions/doc_update_apply/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn yrs_use_after_free_inputs_are_refused_as_malformed() {
+        // Under ASan these free a block still in use while applying (docs/security.md).
+        for name in [
+            "crash-64970fd9746cc15bbf9cf2b6573a2b002cbe1ba4",
+            "crash-7021a6302047320f4f7a0e83c00e17274515cb24",
+            "timeout-56f810713ab2efbd5fa9e718a9f95b76449b2db1",
+        ] {
+            let r = decode_update(&regression(name));
+            assert!(
+                matches!(r, Err(ApplyError::Malformed(ref why)) if why.contains("overlap")),
+                "{name}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_count_beyond_the_bytes_is_refused_before_yrs_reserves_it() {
+        let r = decode_update(&regression("oom-bc1063a0d9bcb15e937dc27ea39a042c8c71f13c"));
+        assert!(matches!(r, Err(ApplyError::Malformed(ref why)) if why.contains("declares")));
+        // 8 bytes of SyncStep1 payload that made yrs touch 1 GiB.
+        assert!(decode_state_vector(&[0x80, 0x80, 0x80, 0xc0, 0x03])
+            .unwrap_err()
+            .contains("declares"));
+        assert!(decode_state_vector(&[1, 5, 9]).is_ok());
+    }
+
+    #[test]
+    fn other_fuzz_findings_are_refused() {
+        for name in [
+            "crash-193211b35ae3e629eae3fc130674a9c6665bd60c",
+            "crash-2dd69b9cca2608e44de1e7e5ff5a3e6c90a8ef69",
+        ] {
+            assert!(decode_update(&regression(name)).is_err(), "{name}");
+        }
+    }
+
+    fn edits() -> Vec<Vec<u8>> {
+        let doc = Doc::with_client_id(7);
+        let text = doc.get_or_insert_text("t");
+        let mut out = Vec::new();
+        for s in ["hello", " ", "world", "!"] {
+            let before = doc.transact().state_vector();
+            let mut txn = doc.transact_mut();
+            yrs::Text::insert(&text, &mut txn, 0, s);
+            drop(txn);
+            out.push(doc.transact().encode_diff_v1(&before));
+        }
+        out
+    }
+
+    #[test]
+    fn updates_encoders_write_pass_the_screen() {
+        for u in edits() {
+            decode_update(&u).unwrap();
+        }
+        // A merge of non-adjacent updates holds a skip in the middle of a section.
+        let e = edits();
+        let merged = yrs::merge_updates_v1([e[0].as_slice(), e[2].as_slice()]).unwrap();
+        decode_update(&merged).unwrap();
+        let all: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
+        decode_update(&yrs::merge_updates_v1(all).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn two_sections_for_one_client_are_refused_unless_contiguous() {
+        let e = edits();
+        // Section bodies of single-client updates: [1, structs, client, clock, ...structs, ds].
+        let body = |u: &[u8]| -> Vec<u8> {
+            assert_eq!(u[0], 1);
+            let ds = [0u8];
+            assert!(u.ends_with(&ds));
+            u[1..u.len() - 1].to_vec()
+        };
+        let join = |a: &[u8], b: &[u8]| {
+            let mut out = vec![2];
+            out.extend(body(a));
+            out.extend(body(b));
+            out.push(0);
+            out
+        };
+        // The same section twice: clocks overlap.
+        assert!(matches!(
+            decode_update(&join(&e[0], &e[0])),
+            Err(ApplyError::Malformed(_))
+        ));
+        // Backwards.
+        assert!(matches!(
+            decode_update(&join(&e[1], &e[0])),
+            Err(ApplyError::Malformed(_))
+        ));
+        // A gap.
+        assert!(matches!(
+            decode_update(&join(&e[0], &e[2])),
+            Err(ApplyError::Malformed(_))
+        ));
+        // Adjacent, in order: the same blocks a single section would hold.
+        decode_update(&join(&e[0], &e[1])).unwrap();
+    }
 }
