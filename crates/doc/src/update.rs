@@ -134,7 +134,8 @@ fn check_layout(update: &Update) -> Result<(), String> {
             }
         }
     }
-    let canonical = Update::decode_v1(&update.encode_v1()).map_err(|e| e.to_string())?;
+    let canonical = Update::decode_v1(&update.encode_v1())
+        .map_err(|e| format!("its re-encoding does not decode: {e}"))?;
     if canonical.insertions(true) != inserted {
         return Err("one client's blocks overlap, go backwards or leave gaps".into());
     }
