@@ -3,6 +3,7 @@
 //! and a first sync of 1 MiB.
 //!
 //! `cargo run --release -p nimbus-doc --example screen_cost`
+#![allow(clippy::print_stdout)] // the table goes to stdout
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
