@@ -927,10 +927,9 @@ impl Decoded {
                 let p: PresenceBody = serde_json::from_slice(body)
                     .map_err(|e| BackplaneError::Malformed(e.to_string()))?;
                 // The previous version sent the gateway body `d` instead of `c`.
-                let conn = p
-                    .c
-                    .or_else(|| p.d.as_ref()?.get("conn")?.as_u64())
-                    .ok_or_else(|| BackplaneError::Malformed("presence without conn".into()))?;
+                let conn =
+                    p.c.or_else(|| p.d.as_ref()?.get("conn")?.as_u64())
+                        .ok_or_else(|| BackplaneError::Malformed("presence without conn".into()))?;
                 let body = match p.k.as_str() {
                     "ROOM_JOIN" => EventBody::Join { conn },
                     "ROOM_LEAVE" => EventBody::Leave { conn },
