@@ -314,3 +314,203 @@ async fn every_event_kind_dispatches_the_same_documented_body_on_a_single_node_a
         assert_eq!(key_orders(&events), order, "key order on {which}");
     }
 }
+
+/// `CLOUD_SCRIPT` of the version before typed events: its rename/delete messages carry no
+/// value (a node of that version may still publish during a rolling upgrade).
+const PREVIOUS_CLOUD_SCRIPT: &str = r"
+local op, name = ARGV[1], ARGV[2]
+local exists = redis.call('HEXISTS', KEYS[3], name)
+local pos = 0
+local created = 0
+if op == 's' then
+  if exists == 0 then
+    created = 1
+    if redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[4]) then return -1 end
+    pos = redis.call('INCR', KEYS[5]) - 1
+    redis.call('HSET', KEYS[4], name, pos)
+  else
+    pos = redis.call('HGET', KEYS[4], name)
+  end
+  redis.call('HSET', KEYS[3], name, ARGV[3])
+elseif op == 'd' then
+  if exists == 0 then return -1 end
+  redis.call('HDEL', KEYS[3], name)
+  redis.call('HDEL', KEYS[4], name)
+elseif op == 'r' then
+  if exists == 0 or redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then return -1 end
+  local v = redis.call('HGET', KEYS[3], name)
+  pos = redis.call('HGET', KEYS[4], name)
+  redis.call('HDEL', KEYS[3], name)
+  redis.call('HDEL', KEYS[4], name)
+  redis.call('HSET', KEYS[3], ARGV[3], v)
+  redis.call('HSET', KEYS[4], ARGV[3], pos)
+else
+  return redis.error_reply('unknown op')
+end
+local seq = redis.call('INCR', KEYS[1])
+if seq == 1 then
+  redis.call('SET', KEYS[2], ARGV[5])
+  redis.call('DEL', KEYS[6])
+end
+local epoch = redis.call('GET', KEYS[2]) or ARGV[5]
+local msg = epoch .. ' ' .. seq .. ' ' .. pos .. ' ' .. created .. ' ' .. ARGV[6]
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], seq .. '-0', 'm', msg)
+local gid = redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', 'm', 'c ' .. msg)
+redis.call('PUBLISH', ARGV[8], gid .. ' c ' .. msg)
+return seq
+";
+
+/// Run one change as a node of the previous version did. `arg` is the value (set, `n`/`s`
+/// prefixed) or the new name (rename); `change` is its change JSON.
+async fn previous_node_change(
+    conn: &mut redis::aio::MultiplexedConnection,
+    room: &str,
+    op: &str,
+    name: &str,
+    arg: &str,
+    change: Value,
+) {
+    let k = |what: &str| format!("nimbus:cloud:{{{room}}}:{what}");
+    let seq: i64 = redis::cmd("EVAL")
+        .arg(PREVIOUS_CLOUD_SCRIPT)
+        .arg(7)
+        .arg(k("seq"))
+        .arg(k("epoch"))
+        .arg(k("vars"))
+        .arg(k("pos"))
+        .arg(k("npos"))
+        .arg(k("log"))
+        .arg("nimbus:events")
+        .arg(op)
+        .arg(name)
+        .arg(arg)
+        .arg(1000)
+        .arg("old-1")
+        .arg(change.to_string())
+        .arg(10_000)
+        .arg("nimbus:events")
+        .arg(100_000)
+        .query_async(conn)
+        .await
+        .unwrap();
+    assert!(seq > 0, "the previous script accepted {op} {name}");
+}
+
+#[tokio::test]
+async fn changes_and_presence_from_a_previous_version_node_still_dispatch_with_the_value_this_node_knows(
+) {
+    let Some((dir, redis)) = redis_in_tempdir().await else {
+        return;
+    };
+    let a = node(&dir.path().join("a"), Some(redis.url())).await;
+    let mut gw = Gw::ready(&a).await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Room 7 is loaded on this node (a client is in it) and holds ☁ x = 5.
+    let mut alice = Client::join(&a.url(), ROOM, "alice").await;
+    assert_eq!(gw.dispatch().await.0, "ROOM_JOIN");
+    alice.set("x", "5").await;
+    assert_eq!(gw.dispatch().await.0, "CLOUD_CREATE");
+    let change = |o: &str, n: &str, extra: Value| {
+        let mut c = json!({"r": ROOM, "o": o, "n": n, "nd": "previous", "c": 0, "ts": 1});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    // A rename and a delete without a value: the loaded room's value fills in.
+    previous_node_change(
+        &mut conn,
+        ROOM,
+        "r",
+        "☁ x",
+        "☁ y",
+        change("r", "☁ x", json!({"nn": "☁ y"})),
+    )
+    .await;
+    assert_eq!(
+        gw.dispatch().await,
+        (
+            "CLOUD_RENAME".to_owned(),
+            json!({"room": "7", "name": "☁ x", "new_name": "☁ y", "value": 5, "user": null})
+        )
+    );
+    previous_node_change(
+        &mut conn,
+        ROOM,
+        "d",
+        "☁ y",
+        "",
+        change("d", "☁ y", json!({})),
+    )
+    .await;
+    assert_eq!(
+        gw.dispatch().await,
+        (
+            "CLOUD_DELETE".to_owned(),
+            json!({"room": "7", "name": "☁ y", "value": 5, "user": null})
+        )
+    );
+    // Room 8 is not loaded here: the value is unknown, so null.
+    previous_node_change(&mut conn, "8", "s", "☁ w", "n9", json!({"r": "8", "o": "s", "n": "☁ w", "v": "9", "num": true, "nd": "previous", "c": 0, "ts": 1})).await;
+    assert_eq!(
+        gw.dispatch().await,
+        (
+            "CLOUD_CREATE".to_owned(),
+            json!({"room": "8", "name": "☁ w", "value": 9, "user": null})
+        )
+    );
+    previous_node_change(
+        &mut conn,
+        "8",
+        "d",
+        "☁ w",
+        "",
+        json!({"r": "8", "o": "d", "n": "☁ w", "nd": "previous", "c": 0, "ts": 1}),
+    )
+    .await;
+    assert_eq!(
+        gw.dispatch().await,
+        (
+            "CLOUD_DELETE".to_owned(),
+            json!({"room": "8", "name": "☁ w", "value": null, "user": null})
+        )
+    );
+    // The previous presence shape (a prebuilt `d`) dispatches the same body.
+    let body = r#"{"r":"7","k":"ROOM_LEAVE","d":{"room":"7","user":"bob","conn":77},"u":"bob"}"#;
+    let gid: String = redis::cmd("XADD")
+        .arg("nimbus:events")
+        .arg("*")
+        .arg("m")
+        .arg(format!("p {body}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("nimbus:events")
+        .arg(format!("{gid} p {body}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        gw.dispatch().await,
+        (
+            "ROOM_LEAVE".to_owned(),
+            json!({"room": "7", "user": "bob", "conn": 77})
+        )
+    );
+    // The room goes on applying changes after them.
+    alice.set("v", "1").await;
+    assert_eq!(
+        gw.dispatch().await,
+        (
+            "CLOUD_CREATE".to_owned(),
+            json!({"room": "7", "name": "☁ v", "value": 1, "user": "alice"})
+        )
+    );
+    drop(alice);
+    a.stop().await;
+}
