@@ -437,6 +437,7 @@ impl Conn {
                 };
                 let (reply, rx) = oneshot::channel();
                 room.send(RoomCmd::Rename {
+                    from: self.id,
                     name,
                     new_name,
                     reply,
@@ -459,7 +460,12 @@ impl Conn {
                     return Err(protocol_error("delete needs a name"));
                 };
                 let (reply, rx) = oneshot::channel();
-                room.send(RoomCmd::Delete { name, reply }).await;
+                room.send(RoomCmd::Delete {
+                    from: self.id,
+                    name,
+                    reply,
+                })
+                .await;
                 match rx.await {
                     Ok(true) => Ok(()),
                     Err(_) if !self.hub.store.can_write() => Err(store_unavailable()),

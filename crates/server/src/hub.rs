@@ -222,6 +222,7 @@ impl Hub {
             .map_err(|_| AdminError::TooManyRooms)?;
         let (reply, rx) = oneshot::channel();
         let cmd = RoomCmd::Delete {
+            from: SERVER_SENDER,
             name: name.to_owned(),
             reply,
         };

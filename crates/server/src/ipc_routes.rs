@@ -20,6 +20,7 @@ use nimbus_proto::cloud::{normalize_name, CloudValue};
 use serde_json::{json, Map, Value};
 
 use crate::doc::DocRooms;
+use crate::events::json_value;
 use crate::hub::Hub;
 
 fn text<'a>(req: &'a Request, key: &str) -> Result<&'a str, RouteError> {
@@ -37,15 +38,6 @@ fn room(req: &Request) -> Result<String, RouteError> {
             "BadRequest",
             "\"room\" must be a non-empty string or an integer",
         )),
-    }
-}
-
-fn json_value(v: &CloudValue) -> Value {
-    match v {
-        CloudValue::Number(lit) => {
-            serde_json::from_str(lit).unwrap_or_else(|_| Value::String(lit.clone()))
-        }
-        CloudValue::String(s) => Value::String(s.clone()),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::backplane::{
     CloudOp, RedisBackplane, RemoteEvent, RemoteOp, Snapshot, Write, WriteReply,
 };
 use crate::config::CloudLimits;
-use crate::events::{EventKind, RoomEvent};
+use crate::events::{EventBody, RoomEvent};
 use crate::hub::{Hub, SERVER_SENDER};
 use crate::outbox::{Outbox, Pushed};
 use crate::store::{StoreOp, StoredVar};
@@ -72,6 +72,8 @@ pub enum RoomCmd {
     },
     /// Rename a variable; replies `false` when `name` is unknown or `new_name` taken.
     Rename {
+        /// Sender's connection id ([`SERVER_SENDER`] for the API/IPC).
+        from: u64,
         /// Current name.
         name: String,
         /// New name (already validated).
@@ -81,6 +83,8 @@ pub enum RoomCmd {
     },
     /// Delete a variable; replies `false` when unknown.
     Delete {
+        /// Sender's connection id ([`SERVER_SENDER`] for the API/IPC).
+        from: u64,
         /// Name.
         name: String,
         /// Result.
@@ -234,7 +238,7 @@ impl Room {
             RoomCmd::Leave { id } => {
                 if let Some(i) = self.subs.iter().position(|s| s.id == id) {
                     let sub = self.subs.remove(i);
-                    self.emit_member(EventKind::RoomLeave, &sub);
+                    self.emit_member(false, &sub);
                 }
             }
             RoomCmd::Set { from, name, value } => {
@@ -243,30 +247,32 @@ impl Room {
                 }
             }
             RoomCmd::Rename {
+                from,
                 name,
                 new_name,
                 reply,
             } => {
                 // Refused: the reply is dropped (the asker answers "store unavailable").
                 if !self.store_refuses(None) {
-                    let _ = reply.send(self.rename(&name, new_name));
+                    let _ = reply.send(self.rename(from, &name, new_name));
                 }
             }
-            RoomCmd::Delete { name, reply } => {
+            RoomCmd::Delete { from, name, reply } => {
                 if self.store_refuses(None) {
                     return;
                 }
-                let old = self.vars.remove(name.as_str());
+                let old = self.vars.remove_entry(name.as_str());
                 self.lines.remove(name.as_str());
                 let removed = old.is_some();
-                if let Some(old) = old {
+                if let Some((name, old)) = old {
                     self.offset += 1;
-                    self.emit(EventKind::CloudDelete, None, || {
-                        serde_json::json!({"room": &*self.key, "name": &name, "value": json_value(&old.value)})
+                    self.emit(from, || EventBody::CloudDelete {
+                        name: name.clone(),
+                        value: Some(old.value),
                     });
                     self.hub.store.apply(StoreOp::Delete {
                         room: self.key.clone(),
-                        name: Arc::from(name),
+                        name,
                     });
                 }
                 let _ = reply.send(removed);
@@ -308,51 +314,53 @@ impl Room {
             !hit
         });
         for sub in &kicked {
-            self.emit_member(EventKind::RoomLeave, sub);
+            self.emit_member(false, sub);
         }
         let _ = reply.send(kicked.len());
     }
 
-    /// Publish an event built by `data` (called only when someone listens).
-    fn emit(
-        &self,
-        kind: EventKind,
-        user: Option<Arc<str>>,
-        data: impl FnOnce() -> serde_json::Value,
-    ) {
+    /// The username of connection `from` of this room (`None` for [`SERVER_SENDER`] or a
+    /// connection that has left).
+    fn user_of(&self, from: u64) -> Option<Arc<str>> {
+        self.subs
+            .iter()
+            .find(|s| s.id == from)
+            .map(|s| Arc::from(s.user.as_str()))
+    }
+
+    /// Publish the event of a change by connection `from`; `body` is built only when
+    /// someone listens.
+    fn emit(&self, from: u64, body: impl FnOnce() -> EventBody) {
         if self.hub.events.is_active() {
-            self.publish(kind, user, data());
+            self.hub.events.publish(&RoomEvent {
+                room: self.key.clone(),
+                user: self.user_of(from),
+                body: body(),
+                gid: None,
+            });
         }
     }
 
-    fn emit_member(&self, kind: EventKind, sub: &Subscriber) {
+    /// A client joined (`joined`) or left.
+    fn emit_member(&self, joined: bool, sub: &Subscriber) {
+        let conn = sub.id;
+        let ev = || RoomEvent {
+            room: self.key.clone(),
+            user: Some(Arc::from(sub.user.as_str())),
+            body: if joined {
+                EventBody::Join { conn }
+            } else {
+                EventBody::Leave { conn }
+            },
+            gid: None,
+        };
         if let Some(bp) = &self.hub.backplane {
             // Presence joins the global order through Redis (the gateway of every node
             // dispatches it from the subscription).
-            bp.presence(&RoomEvent {
-                room: self.key.clone(),
-                kind,
-                data: serde_json::json!({"room": &*self.key, "user": &sub.user, "conn": sub.id}),
-                user: Some(Arc::from(sub.user.as_str())),
-                gid: None,
-            });
-            return;
+            bp.presence(&ev());
+        } else if self.hub.events.is_active() {
+            self.hub.events.publish(&ev());
         }
-        self.emit(
-            kind,
-            Some(Arc::from(sub.user.as_str())),
-            || serde_json::json!({"room": &*self.key, "user": &sub.user, "conn": sub.id}),
-        );
-    }
-
-    fn publish(&self, kind: EventKind, user: Option<Arc<str>>, data: serde_json::Value) {
-        self.hub.events.publish(&RoomEvent {
-            room: self.key.clone(),
-            kind,
-            data,
-            user,
-            gid: None,
-        });
     }
 
     fn snapshot(&self) -> Vec<(Arc<str>, CloudValue)> {
@@ -396,7 +404,7 @@ impl Room {
             // The connection sends these in frames of bounded size.
             sub.outbox.push_join(items);
         }
-        self.emit_member(EventKind::RoomJoin, &sub);
+        self.emit_member(true, &sub);
         self.subs.push(sub);
         Ok(())
     }
@@ -415,22 +423,14 @@ impl Room {
         };
         self.offset += 1;
         self.fan_out(from, &key, &value);
-        if self.hub.events.is_active() {
-            let kind = if self.vars.contains_key(&key) {
-                EventKind::CloudSet
+        self.emit(from, || {
+            let (name, value) = (key.clone(), value.clone());
+            if self.vars.contains_key(&key) {
+                EventBody::CloudSet { name, value }
             } else {
-                EventKind::CloudCreate
-            };
-            let user = self
-                .subs
-                .iter()
-                .find(|s| s.id == from)
-                .map(|s| Arc::from(s.user.as_str()));
-            let data = serde_json::json!({
-                "room": &*self.key, "name": &*key, "value": json_value(&value), "user": user.as_deref(),
-            });
-            self.publish(kind, user, data);
-        }
+                EventBody::CloudCreate { name, value }
+            }
+        });
         let pos = match self.vars.get_mut(&key) {
             Some(v) => {
                 v.value = value.clone();
@@ -494,12 +494,12 @@ impl Room {
                 keep
             });
             for sub in &gone {
-                self.emit_member(EventKind::RoomLeave, sub);
+                self.emit_member(false, sub);
             }
         }
     }
 
-    fn rename(&mut self, name: &str, new_name: String) -> bool {
+    fn rename(&mut self, from: u64, name: &str, new_name: String) -> bool {
         if self.vars.contains_key(new_name.as_str())
             || validate_name(&new_name, self.limits.max_name_len).is_err()
         {
@@ -509,8 +509,10 @@ impl Room {
             return false;
         };
         let new: Arc<str> = Arc::from(new_name);
-        self.emit(EventKind::CloudRename, None, || {
-            serde_json::json!({"room": &*self.key, "name": &*old, "new_name": &*new, "value": json_value(&var.value)})
+        self.emit(from, || EventBody::CloudRename {
+            name: old.clone(),
+            new_name: new.clone(),
+            value: Some(var.value.clone()),
         });
         self.lines.remove(&old);
         self.vars.insert(new.clone(), var);
@@ -521,16 +523,6 @@ impl Room {
             new_name: new,
         });
         true
-    }
-}
-
-/// A cloud value as JSON (numbers stay numbers, strings stay strings).
-pub(crate) fn json_value(value: &CloudValue) -> serde_json::Value {
-    match value {
-        CloudValue::String(s) => serde_json::Value::String(s.clone()),
-        CloudValue::Number(lit) => {
-            serde_json::from_str(lit).unwrap_or_else(|_| serde_json::Value::String(lit.clone()))
-        }
     }
 }
 
@@ -560,6 +552,7 @@ impl Room {
                 }
             }
             RoomCmd::Rename {
+                from,
                 name,
                 new_name,
                 reply,
@@ -571,17 +564,17 @@ impl Room {
                 Write {
                     room: self.key.clone(),
                     op: CloudOp::Rename { name, new_name },
-                    from: SERVER_SENDER,
-                    user: None,
+                    from,
+                    user: self.user_of(from),
                     max_vars,
                     reply: WriteReply::Accepted(reply),
                 }
             }
-            RoomCmd::Delete { name, reply } => Write {
+            RoomCmd::Delete { from, name, reply } => Write {
                 room: self.key.clone(),
                 op: CloudOp::Delete { name },
-                from: SERVER_SENDER,
-                user: None,
+                from,
+                user: self.user_of(from),
                 max_vars,
                 reply: WriteReply::Accepted(reply),
             },
@@ -675,13 +668,13 @@ impl Room {
                     }
                 }
             }
-            RemoteOp::Rename { name, new_name } => {
+            RemoteOp::Rename { name, new_name, .. } => {
                 self.lines.remove(&*name);
                 if let Some(var) = self.vars.remove(&*name) {
                     self.vars.insert(new_name, var);
                 }
             }
-            RemoteOp::Delete { name } => {
+            RemoteOp::Delete { name, .. } => {
                 self.lines.remove(&*name);
                 self.vars.remove(&*name);
             }

@@ -388,14 +388,15 @@ async fn intents_select_event_families() {
     let (mut doc, _) = Gw::ready(&srv, 4, None).await;
     srv.hub.events.publish(&nimbus_server::events::RoomEvent {
         room: Arc::from("7"),
-        kind: nimbus_server::events::EventKind::DocUpdate,
-        data: json!({"room": "7", "update": "AQID"}),
         user: None,
+        body: nimbus_server::events::EventBody::DocUpdate {
+            update: bytes::Bytes::from_static(&[1, 2, 3]),
+        },
         gid: None,
     });
     let d = doc.dispatch().await;
     assert_eq!((d.s, d.t.as_deref()), (Some(2), Some("DOC_UPDATE")));
-    assert_eq!(d.d["update"], "AQID");
+    assert_eq!(d.d, json!({"room": "7", "update": "AQID", "bytes": 3}));
     srv.set("7", "☁ z", 3).await;
     let z = cloud.dispatch().await;
     assert_eq!((z.s, z.d["name"].as_str()), (Some(4), Some("☁ z")));

@@ -35,7 +35,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{EventKind, RoomEvent};
+use crate::events::{EventBody, RoomEvent};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -82,11 +82,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// value (set) or new name (rename), max variables, epoch candidate, change
 /// JSON, log length, channel, events length. Returns the change's sequence number, or -1 when
 /// the change is refused (variable limit, unknown name, name taken).
-pub const CLOUD_SCRIPT: &str = r"
+///
+/// For a rename or a delete the script adds the variable's value as the state hash holds
+/// it (the renamed variable's value, the deleted one's old value) to the change JSON as
+/// `"hv"` (a JSON string: the `n`/`s`-prefixed text of [`encode_value`]), so every node
+/// builds the same event as a single node would.
+pub const CLOUD_SCRIPT: &str = r#"
 local op, name = ARGV[1], ARGV[2]
 local exists = redis.call('HEXISTS', KEYS[3], name)
 local pos = 0
 local created = 0
+local hv = false
 if op == 's' then
   if exists == 0 then
     created = 1
@@ -99,11 +105,13 @@ if op == 's' then
   redis.call('HSET', KEYS[3], name, ARGV[3])
 elseif op == 'd' then
   if exists == 0 then return -1 end
+  hv = redis.call('HGET', KEYS[3], name)
   redis.call('HDEL', KEYS[3], name)
   redis.call('HDEL', KEYS[4], name)
 elseif op == 'r' then
   if exists == 0 or redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then return -1 end
   local v = redis.call('HGET', KEYS[3], name)
+  hv = v
   pos = redis.call('HGET', KEYS[4], name)
   redis.call('HDEL', KEYS[3], name)
   redis.call('HDEL', KEYS[4], name)
@@ -118,15 +126,19 @@ if seq == 1 then
   redis.call('DEL', KEYS[6])
 end
 local epoch = redis.call('GET', KEYS[2]) or ARGV[5]
-local msg = epoch .. ' ' .. seq .. ' ' .. pos .. ' ' .. created .. ' ' .. ARGV[6]
+local change = ARGV[6]
+if hv then
+  change = string.sub(change, 1, -2) .. ',"hv":' .. cjson.encode(hv) .. '}'
+end
+local msg = epoch .. ' ' .. seq .. ' ' .. pos .. ' ' .. created .. ' ' .. change
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], seq .. '-0', 'm', msg)
 local gid = redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', 'm', 'c ' .. msg)
 redis.call('PUBLISH', ARGV[8], gid .. ' c ' .. msg)
 return seq
-";
+"#;
 
 /// The script that records one presence event (`ROOM_JOIN`/`ROOM_LEAVE`) in the global
-/// order. KEYS: events. ARGV: body JSON, events length, channel.
+/// order. KEYS: events. ARGV: body JSON ([`PresenceBody`]), events length, channel.
 pub const PRESENCE_SCRIPT: &str = r"
 local gid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'm', 'p ' .. ARGV[1])
 redis.call('PUBLISH', ARGV[3], gid .. ' p ' .. ARGV[1])
@@ -254,20 +266,31 @@ struct Change {
     u: Option<String>,
     /// Origin wall clock, ms since the Unix epoch (for the lag metric).
     ts: u64,
+    /// Rename/delete: the variable's value in the state hash (`n`/`s` prefix, see
+    /// [`encode_value`]), added by [`CLOUD_SCRIPT`], never by the node. Absent in the
+    /// messages of nodes of the previous version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hv: Option<String>,
 }
 
-/// A presence event as written to Redis.
+/// A presence event as written to Redis: the event's typed fields.
 #[derive(Debug, Serialize, Deserialize)]
 struct PresenceBody {
     /// Room key.
     r: String,
     /// Event name (`ROOM_JOIN`, `ROOM_LEAVE`).
     k: String,
-    /// The event's data.
-    d: serde_json::Value,
     /// Username.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     u: Option<String>,
+    /// Connection id. Absent in messages of nodes of the previous version, which carried
+    /// it in `d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<u64>,
+    /// The previous version's prebuilt gateway body (only its `conn` is read); never
+    /// written.
+    #[serde(default, skip_serializing)]
+    d: Option<serde_json::Value>,
 }
 
 /// An applied change of a remote (or local, echoed) origin.
@@ -288,11 +311,15 @@ pub enum RemoteOp {
         name: Arc<str>,
         /// New name.
         new_name: Arc<str>,
+        /// Its value (`None` in a message of a node of the previous version).
+        value: Option<CloudValue>,
     },
     /// A variable was deleted.
     Delete {
         /// Name.
         name: Arc<str>,
+        /// The value it had (`None` in a message of a node of the previous version).
+        value: Option<CloudValue>,
     },
 }
 
@@ -447,11 +474,16 @@ impl RedisBackplane {
     /// Queue a presence event (`ROOM_JOIN`/`ROOM_LEAVE`) for the global event order; dropped
     /// (and counted as a write failure) when the writer's queue is full.
     pub(crate) fn presence(&self, ev: &RoomEvent) {
+        let (EventBody::Join { conn } | EventBody::Leave { conn }) = ev.body else {
+            tracing::warn!(kind = ev.kind().name(), "not a presence event; not written");
+            return;
+        };
         let body = PresenceBody {
             r: ev.room.to_string(),
-            k: ev.kind.name().to_owned(),
-            d: ev.data.clone(),
+            k: ev.kind().name().to_owned(),
             u: ev.user.as_deref().map(str::to_owned),
+            c: Some(conn),
+            d: None,
         };
         let body = serde_json::to_string(&body).unwrap_or_default();
         if self.writes.try_send(Job::Presence(body)).is_err() {
@@ -558,6 +590,11 @@ fn parse_message(node: &str, msg: &[u8]) -> Result<RemoteEvent, BackplaneError> 
     };
     let change: Change = serde_json::from_str(parts.next().ok_or_else(|| bad("no change"))?)
         .map_err(|e| BackplaneError::Malformed(e.to_string()))?;
+    let value = change
+        .hv
+        .as_deref()
+        .map(|text| decode_value(text).ok_or_else(|| bad("value of a rename/delete")))
+        .transpose()?;
     let op = match change.o.as_str() {
         "s" => {
             let text = change.v.ok_or_else(|| bad("set without value"))?;
@@ -574,9 +611,11 @@ fn parse_message(node: &str, msg: &[u8]) -> Result<RemoteEvent, BackplaneError> 
         "r" => RemoteOp::Rename {
             name: Arc::from(change.n),
             new_name: Arc::from(change.nn.ok_or_else(|| bad("rename without new name"))?),
+            value,
         },
         "d" => RemoteOp::Delete {
             name: Arc::from(change.n),
+            value,
         },
         other => return Err(BackplaneError::Malformed(format!("op {other:?}"))),
     };
@@ -716,6 +755,7 @@ fn invocation(node: &str, w: &Write, pipe: &mut redis::Pipeline) {
         c: w.from,
         u: w.user.as_deref().map(str::to_owned),
         ts: now_ms(),
+        hv: None,
     };
     let arg = match &w.op {
         CloudOp::Set { name, value } => {
@@ -886,15 +926,19 @@ impl Decoded {
             b'p' => {
                 let p: PresenceBody = serde_json::from_slice(body)
                     .map_err(|e| BackplaneError::Malformed(e.to_string()))?;
-                let kind = nimbus_proto::gateway::EventKind::ALL
-                    .into_iter()
-                    .find(|k| k.name() == p.k)
-                    .ok_or_else(|| BackplaneError::Malformed(format!("event {:?}", p.k)))?;
+                // The previous version sent the gateway body `d` instead of `c`.
+                let conn =
+                    p.c.or_else(|| p.d.as_ref()?.get("conn")?.as_u64())
+                        .ok_or_else(|| BackplaneError::Malformed("presence without conn".into()))?;
+                let body = match p.k.as_str() {
+                    "ROOM_JOIN" => EventBody::Join { conn },
+                    "ROOM_LEAVE" => EventBody::Leave { conn },
+                    other => return Err(BackplaneError::Malformed(format!("event {other:?}"))),
+                };
                 Decoded::Presence(RoomEvent {
                     room: Arc::from(p.r),
-                    kind,
-                    data: p.d,
                     user: p.u.map(Arc::from),
+                    body,
                     gid: None,
                 })
             }
@@ -926,7 +970,9 @@ impl RedisBackplane {
         let (gid, kind, body) = split_event(payload)?;
         let decoded = Decoded::parse(&self.node, kind, body)?;
         if hub.events.is_active() {
-            hub.events.publish(&decoded.room_event(gid));
+            let mut ev = decoded.room_event(gid);
+            fill_unknown_value(hub, &mut ev).await;
+            hub.events.publish(&ev);
         }
         match decoded {
             Decoded::Cloud(event) => {
@@ -947,35 +993,66 @@ impl RedisBackplane {
 
 /// The event-bus event of a change. With a backplane the subscription publishes every
 /// room's cloud changes (loaded on this node or not), in the room's order, so the gateway
-/// of every node sees all rooms. Rename and delete events carry no `value` here.
+/// of every node sees all rooms. The same event as a single node's room builds: rename and
+/// delete carry the value from Redis (see [`CLOUD_SCRIPT`]).
 fn room_event(ev: &RemoteEvent) -> RoomEvent {
-    let room = &*ev.room;
-    let (kind, data) = match &ev.op {
-        RemoteOp::Set { name, value, .. } => (
+    let body = match &ev.op {
+        RemoteOp::Set { name, value, .. } => {
+            let (name, value) = (name.clone(), value.clone());
             if ev.created {
-                EventKind::CloudCreate
+                EventBody::CloudCreate { name, value }
             } else {
-                EventKind::CloudSet
-            },
-            serde_json::json!({
-                "room": room, "name": &**name, "value": crate::room::json_value(value), "user": ev.user.as_deref(),
-            }),
-        ),
-        RemoteOp::Rename { name, new_name } => (
-            EventKind::CloudRename,
-            serde_json::json!({"room": room, "name": &**name, "new_name": &**new_name}),
-        ),
-        RemoteOp::Delete { name } => (
-            EventKind::CloudDelete,
-            serde_json::json!({"room": room, "name": &**name}),
-        ),
+                EventBody::CloudSet { name, value }
+            }
+        }
+        RemoteOp::Rename {
+            name,
+            new_name,
+            value,
+        } => EventBody::CloudRename {
+            name: name.clone(),
+            new_name: new_name.clone(),
+            value: value.clone(),
+        },
+        RemoteOp::Delete { name, value } => EventBody::CloudDelete {
+            name: name.clone(),
+            value: value.clone(),
+        },
     };
     RoomEvent {
         room: ev.room.clone(),
-        kind,
-        data,
         user: ev.user.clone(),
+        body,
         gid: None,
+    }
+}
+
+/// A rename/delete published by a node of the previous version carries no value: take
+/// the value this node's copy of the room holds (the change is not applied to it yet: the
+/// room gets it after this), if the room is loaded here; else the event says `null`.
+async fn fill_unknown_value(hub: &Arc<Hub>, ev: &mut RoomEvent) {
+    let (EventBody::CloudRename {
+        name, value: None, ..
+    }
+    | EventBody::CloudDelete { name, value: None }) = &ev.body
+    else {
+        return;
+    };
+    let Some(room) = hub.get(&ev.room) else {
+        return;
+    };
+    let (reply, rx) = oneshot::channel();
+    if !room.send(RoomCmd::Snapshot { reply }).await {
+        return;
+    }
+    let Ok(Ok(vars)) = tokio::time::timeout(RESPONSE_TIMEOUT, rx).await else {
+        return;
+    };
+    let known = vars.into_iter().find(|(n, _)| n == name).map(|(_, v)| v);
+    if let EventBody::CloudRename { value, .. } | EventBody::CloudDelete { value, .. } =
+        &mut ev.body
+    {
+        *value = known;
     }
 }
 
@@ -1047,20 +1124,85 @@ mod tests {
             assert!(split_event(bad).is_err(), "{bad:?}");
         }
         assert!(Decoded::parse("n", b'z', b"{}").is_err());
-        let p = Decoded::parse(
-            "n",
-            b'p',
-            br#"{"r":"7","k":"ROOM_JOIN","d":{"room":"7"},"u":"amy"}"#,
-        )
-        .expect("presence");
-        let Decoded::Presence(ev) = p else {
-            panic!("not presence")
+        assert!(Decoded::parse("n", b'p', br#"{"r":"7","k":"NOPE","c":1}"#).is_err());
+        assert!(Decoded::parse("n", b'p', br#"{"r":"7","k":"CLOUD_SET","c":1}"#).is_err());
+        assert!(Decoded::parse("n", b'p', br#"{"r":"7","k":"ROOM_JOIN"}"#).is_err());
+    }
+
+    fn presence(body: &[u8]) -> RoomEvent {
+        match Decoded::parse("n", b'p', body).expect("presence") {
+            Decoded::Presence(ev) => ev,
+            other => panic!("not presence: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn presence_goes_through_redis_as_typed_fields_and_the_old_shape_still_decodes() {
+        let ev = RoomEvent {
+            room: Arc::from("7"),
+            user: Some(Arc::from("amy")),
+            body: EventBody::Leave { conn: 42 },
+            gid: None,
         };
-        assert_eq!(
-            (&*ev.room, ev.kind, ev.user.as_deref()),
-            ("7", EventKind::RoomJoin, Some("amy"))
+        // What `presence` writes: kind, room, user, conn; no prebuilt JSON.
+        let written = serde_json::to_string(&PresenceBody {
+            r: "7".into(),
+            k: ev.kind().name().into(),
+            u: Some("amy".into()),
+            c: Some(42),
+            d: None,
+        })
+        .expect("json");
+        assert_eq!(written, r#"{"r":"7","k":"ROOM_LEAVE","u":"amy","c":42}"#);
+        assert_eq!(presence(written.as_bytes()), ev);
+        // The previous version's message (prebuilt `d`) decodes to the same event.
+        let old = presence(
+            br#"{"r":"7","k":"ROOM_LEAVE","d":{"room":"7","user":"amy","conn":42},"u":"amy"}"#,
         );
-        assert!(Decoded::parse("n", b'p', br#"{"r":"7","k":"NOPE","d":{}}"#).is_err());
+        assert_eq!(old, ev);
+        assert_eq!(old.to_json(), r#"{"room":"7","user":"amy","conn":42}"#);
+    }
+
+    #[test]
+    fn renames_and_deletes_carry_the_value_the_script_adds_and_old_messages_decode_without_it() {
+        // As CLOUD_SCRIPT writes them: the node's change JSON with "hv" spliced in.
+        let rename = r#"ep 3 0 0 {"r":"7","o":"r","n":"☁ x","num":false,"nn":"☁ y","nd":"a","c":5,"u":"alice","ts":1,"hv":"n1.50"}"#;
+        let ev = parse_message("b", rename.as_bytes()).expect("rename");
+        assert_eq!(
+            ev.op,
+            RemoteOp::Rename {
+                name: "☁ x".into(),
+                new_name: "☁ y".into(),
+                value: Some(CloudValue::Number("1.50".into())),
+            }
+        );
+        assert_eq!(
+            room_event(&ev).to_json(),
+            r#"{"room":"7","name":"☁ x","new_name":"☁ y","value":1.5,"user":"alice"}"#
+        );
+        let delete = r#"ep 4 0 0 {"r":"7","o":"d","n":"☁ y","num":false,"nd":"a","c":0,"ts":1,"hv":"s\/ \"q\""}"#;
+        let ev = parse_message("b", delete.as_bytes()).expect("delete");
+        assert_eq!(
+            room_event(&ev).to_json(),
+            r#"{"room":"7","name":"☁ y","value":"/ \"q\"","user":null}"#
+        );
+        // The previous version's messages: no value (the subscriber fills in what the
+        // node knows, else null).
+        let old = r#"ep 4 0 0 {"r":"7","o":"d","n":"☁ y","num":false,"nd":"a","c":0,"ts":1}"#;
+        let ev = parse_message("b", old.as_bytes()).expect("old delete");
+        assert_eq!(
+            ev.op,
+            RemoteOp::Delete {
+                name: "☁ y".into(),
+                value: None
+            }
+        );
+        assert_eq!(
+            room_event(&ev).to_json(),
+            r#"{"room":"7","name":"☁ y","value":null,"user":null}"#
+        );
+        let bad = r#"ep 4 0 0 {"r":"7","o":"d","n":"☁ y","nd":"a","c":0,"ts":1,"hv":"x"}"#;
+        assert!(parse_message("b", bad.as_bytes()).is_err());
     }
 
     proptest::proptest! {

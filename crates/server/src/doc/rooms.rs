@@ -16,7 +16,7 @@ use crate::config::DocLimits;
 use crate::doc::replica::{Step, SyncState};
 use crate::doc::socket::SocketChannel;
 use crate::doc::{Access, AccessRules};
-use crate::events::{EventBus, EventKind, RoomEvent};
+use crate::events::{EventBody, EventBus, RoomEvent};
 use crate::metrics::Metrics;
 use crate::store::{apply_records, Store, StoreError, StoreOp, STORE_UNAVAILABLE};
 
@@ -24,17 +24,13 @@ use crate::store::{apply_records, Store, StoreError, StoreOp, STORE_UNAVAILABLE}
 const UNAVAILABLE: &str = "backplane unavailable";
 
 /// The `DOC_UPDATE` event of an update.
-pub(crate) fn update_event(room: &Arc<str>, update: &[u8]) -> RoomEvent {
-    use base64::Engine;
+pub(crate) fn update_event(room: &Arc<str>, update: &Bytes) -> RoomEvent {
     RoomEvent {
         room: room.clone(),
-        kind: EventKind::DocUpdate,
-        data: serde_json::json!({
-            "room": &**room,
-            "update": base64::engine::general_purpose::STANDARD.encode(update),
-            "bytes": update.len(),
-        }),
         user: None,
+        body: EventBody::DocUpdate {
+            update: update.clone(),
+        },
         gid: None,
     }
 }

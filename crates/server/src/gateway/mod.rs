@@ -234,7 +234,7 @@ impl Gateway {
 
     /// Append `ev` to every session that selected it.
     fn publish(&self, ev: &RoomEvent) {
-        let intent = ev.kind.intent();
+        let intent = ev.kind().intent();
         let sessions = self.sessions();
         if let Some(gid) = ev.gid {
             let mut last = self.last_gid.lock().unwrap_or_else(PoisonError::into_inner);
@@ -244,7 +244,7 @@ impl Gateway {
             return;
         }
         // Serialise `d` once for every session.
-        let d = ev.data.to_string();
+        let d = ev.to_json();
         let now = Instant::now();
         let mut dispatched = 0u64;
         for s in sessions.values() {
@@ -253,7 +253,7 @@ impl Gateway {
                 && shard_of(&ev.room, n) == id
                 && !s.expired(now, self.config.resume_window)
             {
-                s.push(ev.kind.name(), &d, self.config.replay_buffer, ev.gid);
+                s.push(ev.kind().name(), &d, self.config.replay_buffer, ev.gid);
                 dispatched += 1;
             }
         }

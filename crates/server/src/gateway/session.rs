@@ -137,7 +137,7 @@ impl Session {
     /// Whether the session selects `ev` (intents and shard).
     pub(crate) fn wants(&self, ev: &RoomEvent) -> bool {
         let [id, n] = self.shard;
-        self.intents.contains(ev.kind.intent()) && shard_of(&ev.room, n) == id
+        self.intents.contains(ev.kind().intent()) && shard_of(&ev.room, n) == id
     }
 
     /// Dispatch the events the previous owner never got to (`events`, in the global
@@ -146,8 +146,8 @@ impl Session {
         let mut st = self.lock();
         for ev in events {
             if ev.gid.is_some_and(|g| g > st.gid) && self.wants(ev) {
-                let d = ev.data.to_string();
-                self.push_locked(&mut st, ev.kind.name(), &d, capacity, ev.gid);
+                let d = ev.to_json();
+                self.push_locked(&mut st, ev.kind().name(), &d, capacity, ev.gid);
             }
         }
         for (gid, t, d) in st.pending.take().unwrap_or_default() {

@@ -14,11 +14,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod redis;
+
 /// Upper bound for anything a test waits for; a hang fails the test instead of blocking CI.
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The IPC port and multicast port, when the config turned IPC on.
+    pub ipc: Option<(u16, u16)>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -27,6 +31,10 @@ impl TestServer {
     pub async fn start(config: Config) -> TestServer {
         let server = Server::bind(config).await.expect("bind");
         let addr = server.local_addr();
+        let ipc = server
+            .ipc_addr()
+            .zip(server.ipc_multicast_addr())
+            .map(|(a, m)| (a.port(), m.port()));
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -38,6 +46,7 @@ impl TestServer {
         });
         TestServer {
             addr,
+            ipc,
             stop: Some(stop),
             task: Some(task),
         }
