@@ -51,18 +51,15 @@ impl SocketChannel {
 /// A read error as the channel reports it: an oversized message is [`ChannelError::TooBig`];
 /// any other edge violation (1002, 1007) is closed here with its code.
 async fn read_error(this: &mut SocketChannel, e: &axum::Error) -> Option<ChannelError> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(tungstenite::Error::Capacity(
-            tungstenite::error::CapacityError::MessageTooLong { size, max_size },
-        )) = err.downcast_ref::<tungstenite::Error>()
-        {
-            return Some(ChannelError::TooBig {
-                size: *size,
-                max: *max_size,
-            });
-        }
-        source = err.source();
+    if let Some(tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+        size,
+        max_size,
+    })) = crate::edge::ws::tungstenite_error(e)
+    {
+        return Some(ChannelError::TooBig {
+            size: *size,
+            max: *max_size,
+        });
     }
     match crate::edge::ws::classify(e) {
         Some(v) => {

@@ -95,10 +95,15 @@ impl Violation {
 /// What a read error means: a [`Violation`] that deserves a close frame, or `None` when the
 /// transport itself failed (reset, EOF) and there is nobody to tell.
 pub(crate) fn classify(e: &axum::Error) -> Option<Violation> {
+    tungstenite_error(e).and_then(classify_tungstenite)
+}
+
+/// The tungstenite error behind an axum WebSocket error, if there is one.
+pub(crate) fn tungstenite_error(e: &axum::Error) -> Option<&tungstenite::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = source {
         if let Some(t) = err.downcast_ref::<tungstenite::Error>() {
-            return classify_tungstenite(t);
+            return Some(t);
         }
         source = err.source();
     }
