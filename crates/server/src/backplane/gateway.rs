@@ -428,7 +428,8 @@ async fn writer(
                 }
             }
         }
-        let mut backoff = Duration::from_millis(50);
+        let backoff = nimbus_proto::backoff::Backoff::new(Duration::from_millis(50), MAX_RETRY);
+        let mut failures = 0;
         let replies = loop {
             let result: Result<Vec<i64>, _> = pipe.query_async(&mut conn).await;
             match result {
@@ -438,9 +439,9 @@ async fn writer(
                     tracing::warn!(%error, jobs = batch.len(), "cannot write gateway sessions to Redis; retrying");
                     tokio::select! {
                         () = stop.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(backoff.ceiling(failures)) => {}
                     }
-                    backoff = (backoff * 2).min(MAX_RETRY);
+                    failures = failures.saturating_add(1);
                 }
             }
         };

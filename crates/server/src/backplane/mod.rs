@@ -839,7 +839,8 @@ pub(crate) static PRESENCE_LUA: Lua = Lua::new(PRESENCE_SCRIPT);
 /// (re)subscription, tells every loaded room to catch up from the stream.
 async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
     use futures_util::StreamExt;
-    let mut backoff = Duration::from_millis(50);
+    let backoff = nimbus_proto::backoff::Backoff::new(Duration::from_millis(50), MAX_BACKOFF);
+    let mut failures = 0;
     loop {
         let subscribed = async {
             let mut pubsub = bp.client.get_async_pubsub().await?;
@@ -852,7 +853,7 @@ async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
         };
         match attempt {
             Ok(Ok(pubsub)) => {
-                backoff = Duration::from_millis(50);
+                failures = 0;
                 bp.metrics.redis_up.set(1);
                 bp.metrics.redis_subscriptions.inc();
                 tracing::info!(node = %bp.node, "subscribed to the Redis backplane");
@@ -900,9 +901,9 @@ async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
         }
         tokio::select! {
             () = bp.stop.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(backoff.ceiling(failures)) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        failures = failures.saturating_add(1);
     }
 }
 
