@@ -533,6 +533,31 @@ pub struct Ready {
     /// Guilds (always empty on nimbus).
     #[serde(default)]
     pub guilds: Vec<Value>,
+    /// The application (`{"id", "flags"}` on nimbus).
+    #[serde(default)]
+    pub application: Value,
+    /// The intents the session was identified with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intents: Option<u64>,
+}
+
+impl Hello {
+    /// The op 10 payload.
+    pub fn payload(self) -> Payload {
+        // A struct of one integer always serialises.
+        Payload::new(
+            OpCode::Hello,
+            serde_json::to_value(self).unwrap_or_default(),
+        )
+    }
+}
+
+impl Ready {
+    /// The READY `d` as JSON text.
+    pub fn to_json(&self) -> String {
+        // Strings, integers and `Value`s always serialise.
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// The token without its `Bot ` prefix.

@@ -213,7 +213,7 @@ impl Driver {
         if let Some(l) = st.limiter.as_mut() {
             l.heartbeat(Instant::now());
         }
-        json!({"op": 1, "d": st.seq})
+        json!({"op": nimbus_proto::gateway::OpCode::Heartbeat.code(), "d": st.seq})
     }
 
     /// Serve one connection; returns how it ended, whether it reached READY/RESUMED,

@@ -167,10 +167,10 @@ impl Conn {
 
     async fn run(&mut self, ws: &mut WebSocket, shutdown: &CancellationToken) -> End {
         let interval = self.cfg().heartbeat_interval;
-        let hello = Payload::new(
-            OpCode::Hello,
-            json!({ "heartbeat_interval": u64::try_from(interval.as_millis()).unwrap_or(u64::MAX) }),
-        );
+        let hello = nimbus_proto::gateway::Hello {
+            heartbeat_interval: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+        }
+        .payload();
         if let Err(e) = self.send(ws, &hello).await {
             return e;
         }
@@ -432,20 +432,20 @@ impl Conn {
             [shard_id, num_shards],
             self.gw.hub.backplane.clone(),
         );
-        let ready = json!({
-            "v": API_VERSION,
-            "user": {"id": "0", "username": "nimbus", "discriminator": "0", "bot": true},
-            "guilds": [],
-            "session_id": session_id,
-            "resume_gateway_url": self.url,
-            "shard": [shard_id, num_shards],
-            "application": {"id": "0", "flags": 0},
-            "intents": intents.0,
-        });
+        let ready = nimbus_proto::gateway::Ready {
+            v: API_VERSION,
+            session_id: session_id.to_string(),
+            resume_gateway_url: self.url.to_string(),
+            shard: Some([shard_id, num_shards]),
+            user: json!({"id": "0", "username": "nimbus", "discriminator": "0", "bot": true}),
+            guilds: Vec::new(),
+            application: json!({"id": "0", "flags": 0}),
+            intents: Some(intents.0),
+        };
         let rx = session.subscribe();
         // READY is sequence 1, buffered like any dispatch; registered with the session map
         // locked, so no event can precede it.
-        self.gw.start(session.clone(), self.id, &ready.to_string());
+        self.gw.start(session.clone(), self.id, &ready.to_json());
         tracing::debug!(conn = self.id, session = %session_id, shard_id, num_shards, intents = intents.0, "identified");
         self.session = Some((session, rx));
         self.cursor = 0;
