@@ -42,6 +42,7 @@ for t in "${targets[@]}"; do
     cmd="nice -n $NICE cargo fuzz run -s $SANITIZER ${BUILD_ARGS:+$BUILD_ARGS }$t -- ${args[*]}"
     [ -n "${ASAN_OPTIONS:-}" ] && cmd="ASAN_OPTIONS=$ASAN_OPTIONS $cmd"
     start=$(date +%s)
+    touch "logs/$t.stamp"
     # With -jobs=1 libFuzzer runs the fuzzing in one child process that logs to fuzz-0.log.
     rm -f fuzz-0.log
     nice -n "$NICE" "$bin_dir/$t" "${args[@]}" "corpus/$t" >"logs/$t.parent.log" 2>&1
@@ -52,7 +53,8 @@ for t in "${targets[@]}"; do
     runs=${runs:-?}
     rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "logs/$t.log" | tail -1 | grep -o '[0-9]*$')
     rate=${rate:-?}
-    found=$(find "artifacts/$t" -type f | wc -l)
+    # Only this run's artifacts (older ones may be kept for reference).
+    found=$(find "artifacts/$t" -type f -newer "logs/$t.stamp" | wc -l)
     crashes=$found
     if [ $rc -ne 0 ] || [ "$found" -ne 0 ] || grep -q '^==[0-9]*== ERROR\|^SUMMARY:\|panicked at' "logs/$t.log"; then
         crashes="$found artifact(s), exit $rc: see fuzz/logs/$t.log"
