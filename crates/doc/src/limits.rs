@@ -4,8 +4,8 @@
 //! Over-rate clients are paced, not refused: a frame is always processed whole and its
 //! messages are debited from the bucket, which may go into debt; while it is in debt the
 //! connection is not read from (TCP pushes back on the client). A client that stays in debt
-//! for longer than [`RateLimit::abuse_after`] (or whose debt alone would take that long to
-//! repay) is closed with 1008.
+//! for longer than [`ServeOptions::rate_abuse_after`](crate::ServeOptions::rate_abuse_after)
+//! (or whose debt alone would take that long to repay) is closed with 1008.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

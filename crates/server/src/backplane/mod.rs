@@ -85,7 +85,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 ///
 /// For a rename or a delete the script adds the variable's value as the state hash holds
 /// it (the renamed variable's value, the deleted one's old value) to the change JSON as
-/// `"hv"` (a JSON string: the `n`/`s`-prefixed text of [`encode_value`]), so every node
+/// `"hv"` (a JSON string: the `n`/`s`-prefixed text of `encode_value`), so every node
 /// builds the same event as a single node would.
 pub const CLOUD_SCRIPT: &str = r#"
 local op, name = ARGV[1], ARGV[2]
@@ -138,7 +138,7 @@ return seq
 "#;
 
 /// The script that records one presence event (`ROOM_JOIN`/`ROOM_LEAVE`) in the global
-/// order. KEYS: events. ARGV: body JSON ([`PresenceBody`]), events length, channel.
+/// order. KEYS: events. ARGV: body JSON (`PresenceBody`), events length, channel.
 pub const PRESENCE_SCRIPT: &str = r"
 local gid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'm', 'p ' .. ARGV[1])
 redis.call('PUBLISH', ARGV[3], gid .. ' p ' .. ARGV[1])
