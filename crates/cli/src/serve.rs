@@ -14,17 +14,38 @@ pub struct ServeCmd {
     /// TOML file with settings (keys as the long flags, with `_`).
     #[arg(long, env = "NIMBUS_CONFIG")]
     config: Option<PathBuf>,
+    /// Log lines on stderr: `text` (colours only when stderr is a terminal) or `json` (one
+    /// object per line, for log collectors). The level comes from `NIMBUS_LOG`.
+    #[arg(long, env = "NIMBUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(flatten)]
     settings: Settings,
 }
 
+/// How `nimbus serve` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields`, `span`s.
+    Json,
+}
+
+/// Install the global subscriber: level from `NIMBUS_LOG` (default `info`), to stderr.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
+}
+
 pub fn run(cmd: ServeCmd) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cmd.log_format);
     // Each client holds a descriptor: the default soft limit (often 1024) would lock out
     // every new client long before memory runs out.
     nimbus_server::edge::raise_fd_limit();
