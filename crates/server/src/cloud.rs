@@ -4,6 +4,8 @@
 //! the server's shutdown signal. Incoming lines are parsed with the IO-free
 //! codec in `nimbus_proto::cloud`, validated, and sent to the room actor.
 
+pub mod settings;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use crate::edge::EdgeConfig;
 use crate::hub::{Hub, RoomHandle};
 use crate::outbox::{Item, Outbox};
 use crate::room::{JoinError, RoomCmd, Subscriber};
+pub use settings::{CloudLimits, CloudSettings};
 
 /// Close code for an internal failure (the room could not be loaded).
 const INTERNAL_ERROR: u16 = 1011;

@@ -12,6 +12,8 @@
 //! | `doc.get` | `room` | the document room as JSON (root name → string, object or array); `null` for an unknown room |
 //! | `doc.rooms` | — | loaded document room names, sorted |
 
+mod settings;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +24,7 @@ use serde_json::{json, Map, Value};
 use crate::doc::DocRooms;
 use crate::events::json_value;
 use crate::hub::Hub;
+pub use settings::{IpcConfig, IpcSettings};
 
 fn text<'a>(req: &'a Request, key: &str) -> Result<&'a str, RouteError> {
     req.get(key)

@@ -9,9 +9,11 @@
 pub mod access;
 mod replica;
 pub mod rooms;
+pub mod settings;
 mod socket;
 
 pub use access::{validate_room_name, Access, AccessRules, Denied, TokenRule};
 pub(crate) use rooms::update_event;
 pub use rooms::{DocRooms, JoinError};
+pub use settings::{DocLimits, DocSettings};
 pub(crate) use socket::SocketChannel;

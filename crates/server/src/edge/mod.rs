@@ -25,20 +25,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
-/// A setting of the edge out of range (the config layer reports it with its key).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid setting {key}: {reason}")]
-pub struct InvalidSetting {
-    /// The setting.
-    pub key: &'static str,
-    /// Why.
-    pub reason: String,
-}
+pub use crate::config::InvalidSetting;
+use crate::config::{nonzero, nonzero_millis};
 
 /// The edge's settings (flags, `NIMBUS_*` environment, and the `[edge]` table of the
 /// config file). Durations are in milliseconds.
-#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[derive(Debug, Default, Clone, clap::Args, Deserialize, merge::Merge)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[merge(strategy = merge::option::overwrite_none)]
 pub struct EdgeSettings {
     /// Open connections per client address (IPv6: per /64); more are refused with 429 [default: 512].
     #[arg(long, env = "NIMBUS_MAX_CONNS_PER_IP")]
@@ -69,25 +63,6 @@ pub struct EdgeSettings {
     /// reverse proxy on the same host every client arrives from loopback [default: false].
     #[arg(long, env = "NIMBUS_LIMIT_LOOPBACK")]
     pub limit_loopback: Option<bool>,
-}
-
-impl EdgeSettings {
-    /// Layer two sets of settings: every value of `self` wins over `lower`'s.
-    pub fn merge(self, lower: EdgeSettings) -> EdgeSettings {
-        EdgeSettings {
-            max_conns_per_ip: self.max_conns_per_ip.or(lower.max_conns_per_ip),
-            new_conns_per_ip_per_sec: self
-                .new_conns_per_ip_per_sec
-                .or(lower.new_conns_per_ip_per_sec),
-            new_conns_per_ip_burst: self.new_conns_per_ip_burst.or(lower.new_conns_per_ip_burst),
-            header_timeout_ms: self.header_timeout_ms.or(lower.header_timeout_ms),
-            write_timeout_ms: self.write_timeout_ms.or(lower.write_timeout_ms),
-            outbox_bytes: self.outbox_bytes.or(lower.outbox_bytes),
-            sets_per_sec: self.sets_per_sec.or(lower.sets_per_sec),
-            sets_burst: self.sets_burst.or(lower.sets_burst),
-            limit_loopback: self.limit_loopback.or(lower.limit_loopback),
-        }
-    }
 }
 
 /// The edge's resolved bounds.
@@ -129,29 +104,11 @@ impl Default for EdgeConfig {
     }
 }
 
-fn nonzero<T: PartialEq + Default>(
-    key: &'static str,
-    v: Option<T>,
-    d: T,
-) -> Result<T, InvalidSetting> {
-    match v {
-        Some(x) if x == T::default() => Err(InvalidSetting {
-            key,
-            reason: "must be at least 1".into(),
-        }),
-        Some(x) => Ok(x),
-        None => Ok(d),
-    }
-}
-
 impl EdgeConfig {
     /// Fill in defaults and check ranges.
     pub fn from_settings(s: &EdgeSettings) -> Result<EdgeConfig, InvalidSetting> {
         let d = EdgeConfig::default();
-        let ms = |key, v: Option<u64>, d: Duration| {
-            let d = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-            nonzero(key, v, d).map(Duration::from_millis)
-        };
+        let ms = nonzero_millis;
         Ok(EdgeConfig {
             max_conns_per_ip: nonzero("max_conns_per_ip", s.max_conns_per_ip, d.max_conns_per_ip)?,
             new_conns_per_ip_per_sec: nonzero(

@@ -20,6 +20,7 @@
 mod conn;
 mod limiter;
 mod session;
+mod settings;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -44,6 +45,7 @@ use crate::hub::Hub;
 use limiter::IdentifyLimiter;
 pub use limiter::SessionStartLimit;
 use session::Session;
+pub use settings::GatewaySettings;
 
 /// A bot token the gateway accepts, and the intents it may use.
 #[derive(Clone, PartialEq, Eq)]

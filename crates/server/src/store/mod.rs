@@ -23,6 +23,7 @@
 mod doc;
 mod failing;
 mod memory;
+mod settings;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ use tokio::sync::oneshot;
 pub use doc::{apply_records, compact, Applied, DocLog};
 pub use failing::{FailSwitch, FailingBackend};
 pub use memory::MemoryBackend;
+pub use settings::{StoreConfig, StoreSettings};
 pub use sqlite::SqliteBackend;
 
 /// The close reason of a client whose change was refused because the store cannot write.
