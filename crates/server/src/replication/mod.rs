@@ -30,6 +30,11 @@ mod in_process;
 pub(crate) use follow::{Follower, Step};
 pub use in_process::InProcess;
 
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
 /// A change a room asks for (names and values already validated by the connection).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
