@@ -47,12 +47,24 @@ impl CloudReplication for RedisReplication {
     }
 
     /// The room's Redis stream from `from` on (trimmed to about [`super::LOG_MAX_LEN`]).
+    /// The lag gauge follows the newest change read, as it follows those delivered by the
+    /// subscription.
     fn changes_since<'a>(
         &'a self,
         room: &'a str,
         from: u64,
     ) -> BoxFuture<'a, Result<Vec<OrderedChange>, ReplicationError>> {
-        Box::pin(async move { self.bp.read_log(room, from).await.map_err(backplane) })
+        Box::pin(async move {
+            let changes = self.bp.read_log(room, from).await.map_err(backplane)?;
+            if let Some(last) = changes.last() {
+                let lag = super::now_ms().saturating_sub(last.ts);
+                self.bp
+                    .metrics
+                    .redis_lag_ms
+                    .set(i64::try_from(lag).unwrap_or(i64::MAX));
+            }
+            Ok(changes)
+        })
     }
 
     /// Queued for the writer (waits while its queue is full); `CLOUD_SCRIPT` checks the
