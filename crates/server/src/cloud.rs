@@ -208,8 +208,7 @@ impl Conn {
                                 self.hub.metrics.edge.violation("outbox_bytes");
                                 return End::Cut(code.code(), "send queue full: client too slow".into());
                             }
-                            CloseCode::Unavailable if self.hub.backplane.is_some() => "backplane unavailable",
-                            CloseCode::Unavailable => crate::store::STORE_UNAVAILABLE,
+                            CloseCode::Unavailable => self.hub.replication.unavailable_reason(),
                             _ => "removed by the server operator",
                         };
                         return End::Close(code.code(), reason.into());

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use futures_util::future::BoxFuture;
 use nimbus_proto::cloud::CloudValue;
 use tokio::sync::{mpsc, oneshot};
 
@@ -11,6 +12,7 @@ use crate::backplane::RedisBackplane;
 use crate::config::CloudLimits;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
+use crate::replication::{CloudReplication, Feed, OrderedChange, Variables};
 use crate::room::{JoinError, Room, RoomCmd, Subscriber};
 use crate::store::Store;
 
@@ -65,36 +67,50 @@ pub struct Hub {
     pub metrics: Arc<Metrics>,
     /// Room events (cloud changes, joins, leaves) for listeners such as the gateway.
     pub events: Arc<EventBus>,
-    /// The Redis backplane (`--redis`): when set, cloud rooms take their order and
-    /// state from Redis instead of the local store.
+    /// What orders and keeps the cloud rooms' changes (in process, or Redis), chosen by
+    /// the composition root (`Server::bind`).
+    pub replication: Arc<dyn CloudReplication>,
+    /// The Redis backplane (`--redis`), for the document rooms and gateway sessions that
+    /// still use it directly; cloud rooms go through [`Hub::replication`] only.
     pub backplane: Option<Arc<RedisBackplane>>,
 }
 
 impl Hub {
-    /// A hub with no rooms.
-    pub fn new(store: Store, limits: Arc<CloudLimits>, metrics: Arc<Metrics>) -> Hub {
-        Hub {
+    /// A hub with no rooms whose cloud rooms replicate through `replication` (the hub
+    /// subscribes to it: changes made elsewhere reach its loaded rooms). `events` is the
+    /// bus `replication` publishes on.
+    pub fn new(
+        store: Store,
+        limits: Arc<CloudLimits>,
+        metrics: Arc<Metrics>,
+        events: Arc<EventBus>,
+        replication: Arc<dyn CloudReplication>,
+    ) -> Arc<Hub> {
+        Hub::with_backplane(store, limits, metrics, events, replication, None)
+    }
+
+    /// Like [`Hub::new`], keeping a handle to the Redis `backplane` for the document
+    /// rooms and gateway sessions.
+    pub fn with_backplane(
+        store: Store,
+        limits: Arc<CloudLimits>,
+        metrics: Arc<Metrics>,
+        events: Arc<EventBus>,
+        replication: Arc<dyn CloudReplication>,
+        backplane: Option<Arc<RedisBackplane>>,
+    ) -> Arc<Hub> {
+        let hub = Arc::new(Hub {
             rooms: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             store,
             limits,
             metrics,
-            events: Arc::new(EventBus::default()),
-            backplane: None,
-        }
-    }
-
-    /// A hub whose cloud rooms share state through `backplane` (starts its subscription).
-    pub fn with_backplane(
-        store: Store,
-        limits: Arc<CloudLimits>,
-        metrics: Arc<Metrics>,
-        backplane: Arc<RedisBackplane>,
-    ) -> Arc<Hub> {
-        let mut hub = Hub::new(store, limits, metrics);
-        hub.backplane = Some(backplane.clone());
-        let hub = Arc::new(hub);
-        backplane.start(&hub);
+            events,
+            replication: replication.clone(),
+            backplane,
+        });
+        let feed: Arc<dyn Feed> = hub.clone();
+        replication.subscribe(Arc::downgrade(&feed));
         hub
     }
 
@@ -188,7 +204,7 @@ impl Hub {
         value
             .validate(self.limits.profile, self.limits.max_value_len)
             .map_err(|e| AdminError::Invalid(e.to_string()))?;
-        if self.backplane.is_none() && !self.store.can_write() {
+        if !self.replication.can_commit() {
             self.metrics.store.refused("api");
             return Err(AdminError::StoreUnavailable);
         }
@@ -213,7 +229,7 @@ impl Hub {
         room: &str,
         name: &str,
     ) -> Result<bool, AdminError> {
-        if self.backplane.is_none() && !self.store.can_write() {
+        if !self.replication.can_commit() {
             self.metrics.store.refused("api");
             return Err(AdminError::StoreUnavailable);
         }
@@ -262,17 +278,39 @@ impl Hub {
                 }
             }
         }
-        if let Some(bp) = &self.backplane {
-            let snap = bp
-                .load(key)
-                .await
-                .map_err(|e| crate::store::StoreError::Backplane(e.to_string()))?;
-            let vars = snap.vars;
-            return Ok(
-                (!vars.is_empty()).then(|| vars.into_iter().map(|v| (v.name, v.value)).collect())
-            );
-        }
-        let vars = self.store.load(key).await?;
+        let vars = self.replication.load(key).await?.vars;
         Ok((!vars.is_empty()).then(|| vars.into_iter().map(|v| (v.name, v.value)).collect()))
+    }
+}
+
+/// Changes ordered elsewhere reach the loaded rooms through the hub.
+impl Feed for Hub {
+    fn changed(&self, change: OrderedChange) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(room) = self.get(&change.room) {
+                room.send(RoomCmd::Replicated(Box::new(change))).await;
+            }
+        })
+    }
+
+    fn resync_all(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for key in self.room_keys() {
+                if let Some(room) = self.get(&key) {
+                    room.send(RoomCmd::Resync).await;
+                }
+            }
+        })
+    }
+
+    fn variables<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Option<Variables>> {
+        Box::pin(async move {
+            let handle = self.get(room)?;
+            let (reply, rx) = oneshot::channel();
+            if !handle.send(RoomCmd::Snapshot { reply }).await {
+                return None;
+            }
+            rx.await.ok()
+        })
     }
 }

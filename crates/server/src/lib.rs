@@ -4,6 +4,9 @@
 //! Layout (see `docs/architecture.md`):
 //! - [`config`]: settings from flags, environment and file;
 //! - [`hub`] and [`room`]: room registry and the per-room actor;
+//! - [`replication`]: the seam a cloud room orders and keeps its changes through
+//!   ([`replication::InProcess`] on one node, `backplane::cloud::RedisReplication` with
+//!   `--redis`);
 //! - [`outbox`]: each connection's bounded, last-writer-wins send queue;
 //! - [`cloud`]: the WebSocket connection task;
 //! - [`store`]: persistence (SQLite, group commit; cloud variables and document logs);
@@ -27,6 +30,7 @@ pub mod hub;
 mod ipc_routes;
 pub mod metrics;
 pub mod outbox;
+pub mod replication;
 pub mod room;
 mod server;
 pub mod store;

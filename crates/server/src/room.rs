@@ -1,24 +1,26 @@
 //! The room actor: one task owns a room's variables and subscribers.
 //!
-//! Every change to a room goes through its command channel, so changes are
-//! totally ordered (each gets the next [`Room::offset`]) and nothing on the hot
+//! Every change to a room goes through its command channel and then through the room's
+//! [`CloudReplication`], which puts it in the room's order; the room applies ordered
+//! changes (its own and those made elsewhere) on one path, in sequence order
+//! ([`Follower`]), so every change gets the next [`Room::offset`] and nothing on the hot
 //! path takes a lock shared with other rooms.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
-use nimbus_proto::cloud::{encode_set, validate_name, CloseCode, CloudValue};
+use nimbus_proto::cloud::{encode_set, CloseCode, CloudValue};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backplane::{
-    CloudOp, RedisBackplane, RemoteEvent, RemoteOp, Snapshot, Write, WriteReply,
-};
 use crate::config::CloudLimits;
 use crate::events::{EventBody, RoomEvent};
 use crate::hub::{Hub, SERVER_SENDER};
 use crate::outbox::{Outbox, Pushed};
-use crate::store::{StoreOp, StoredVar};
+use crate::replication::{
+    Change, CloudReplication, Committed, Follower, OrderedChange, OrderedOp, Proposal, Reply,
+    RoomState, RoomView, Step,
+};
 
 /// A connection as a room sees it.
 #[derive(Debug, Clone)]
@@ -102,9 +104,10 @@ pub enum RoomCmd {
         /// Result.
         reply: oneshot::Sender<Vec<(Arc<str>, CloudValue)>>,
     },
-    /// A change of the room's Redis stream (`--redis`), applied in sequence order.
-    Remote(Box<RemoteEvent>),
-    /// Catch up with Redis (after the backplane subscription was re-established).
+    /// A change ordered elsewhere (delivered by the replication's subscription),
+    /// applied in sequence order.
+    Replicated(Box<OrderedChange>),
+    /// Catch up with the replication (after its subscription was re-established).
     Resync,
 }
 
@@ -119,6 +122,8 @@ pub struct Room {
     id: u64,
     hub: Arc<Hub>,
     limits: Arc<CloudLimits>,
+    /// Orders the room's changes and keeps them (in process, or Redis).
+    repl: Arc<dyn CloudReplication>,
     vars: HashMap<Arc<str>, Var>,
     /// Each variable's last fanned-out `set` line, shared by every queue that holds it, so a
     /// join costs the joiner references, not a copy of the room. Written by `fan_out`,
@@ -126,49 +131,59 @@ pub struct Room {
     lines: HashMap<Arc<str>, Utf8Bytes>,
     next_pos: i64,
     subs: Vec<Subscriber>,
-    offset: u64,
-    /// The room's epoch in Redis (`--redis` only; "" otherwise).
-    epoch: Arc<str>,
+    /// The room's place in its order (epoch, offset).
+    follow: Follower,
+}
+
+impl RoomView for Room {
+    fn seq(&self) -> u64 {
+        self.follow.applied()
+    }
+
+    fn next_pos(&self) -> i64 {
+        self.next_pos
+    }
+
+    fn count(&self) -> usize {
+        self.vars.len()
+    }
+
+    fn var(&self, name: &str) -> Option<(Arc<str>, &CloudValue, i64)> {
+        self.vars
+            .get_key_value(name)
+            .map(|(k, v)| (k.clone(), &v.value, v.pos))
+    }
 }
 
 impl Room {
     pub(crate) fn new(key: Arc<str>, id: u64, hub: Arc<Hub>) -> Room {
         let limits = hub.limits.clone();
+        let repl = hub.replication.clone();
         Room {
             key,
             id,
             hub,
             limits,
+            repl,
             vars: HashMap::new(),
             lines: HashMap::new(),
             next_pos: 0,
             subs: Vec::new(),
-            offset: 0,
-            epoch: Arc::from(""),
+            follow: Follower::default(),
         }
     }
 
     /// Offset of the last accepted change (0 before any).
     pub fn offset(&self) -> u64 {
-        self.offset
+        self.follow.applied()
     }
 
     /// The actor: load, then serve commands until idle for `room_idle`.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
-        let loaded = match self.hub.backplane.clone() {
-            None => self.hub.store.load(&self.key).await,
-            Some(bp) => match bp.load(&self.key).await {
-                Ok(snap) => {
-                    self.epoch = snap.epoch;
-                    self.offset = snap.seq;
-                    Ok(snap.vars)
-                }
-                Err(e) => Err(crate::store::StoreError::Backplane(e.to_string())),
-            },
-        };
-        match loaded {
-            Ok(vars) => {
-                for v in vars {
+        match self.repl.load(&self.key).await {
+            Ok(state) => {
+                self.follow.reset(state.epoch, state.seq);
+                for v in state.vars {
                     self.next_pos = self.next_pos.max(v.pos + 1);
                     self.vars.insert(
                         v.name,
@@ -220,17 +235,6 @@ impl Room {
     }
 
     async fn handle(&mut self, cmd: RoomCmd) {
-        let cmd = match self.hub.backplane.clone() {
-            None => cmd,
-            Some(bp) => match self.handle_shared(&bp, cmd).await {
-                Some(cmd) => cmd,
-                None => return,
-            },
-        };
-        self.handle_local(cmd);
-    }
-
-    fn handle_local(&mut self, cmd: RoomCmd) {
         match cmd {
             RoomCmd::Join { sub, reply } => {
                 let _ = reply.send(self.join(sub));
@@ -242,9 +246,17 @@ impl Room {
                 }
             }
             RoomCmd::Set { from, name, value } => {
-                if !self.store_refuses(Some(from)) {
-                    self.set(from, name, value);
-                }
+                let outbox = self
+                    .subs
+                    .iter()
+                    .find(|s| s.id == from)
+                    .map(|s| s.outbox.clone());
+                let name = match self.vars.get_key_value(name.as_str()) {
+                    Some((k, _)) => k.clone(),
+                    None => Arc::from(name),
+                };
+                self.commit(from, Change::Set { name, value }, Reply::Sender(outbox))
+                    .await;
             }
             RoomCmd::Rename {
                 from,
@@ -252,55 +264,103 @@ impl Room {
                 new_name,
                 reply,
             } => {
-                // Refused: the reply is dropped (the asker answers "store unavailable").
-                if !self.store_refuses(None) {
-                    let _ = reply.send(self.rename(from, &name, new_name));
-                }
+                let change = Change::Rename { name, new_name };
+                self.commit(from, change, Reply::Accepted(reply)).await;
             }
             RoomCmd::Delete { from, name, reply } => {
-                if self.store_refuses(None) {
-                    return;
-                }
-                let old = self.vars.remove_entry(name.as_str());
-                self.lines.remove(name.as_str());
-                let removed = old.is_some();
-                if let Some((name, old)) = old {
-                    self.offset += 1;
-                    self.emit(from, || EventBody::CloudDelete {
-                        name: name.clone(),
-                        value: Some(old.value),
-                    });
-                    self.hub.store.apply(StoreOp::Delete {
-                        room: self.key.clone(),
-                        name,
-                    });
-                }
-                let _ = reply.send(removed);
+                self.commit(from, Change::Delete { name }, Reply::Accepted(reply))
+                    .await;
             }
             RoomCmd::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot());
             }
             RoomCmd::Kick { user, reply } => self.kick(&user, reply),
-            // Only sent when a backplane is configured.
-            RoomCmd::Remote(_) | RoomCmd::Resync => {}
+            RoomCmd::Replicated(change) => self.on_ordered(*change).await,
+            RoomCmd::Resync => self.catch_up().await,
         }
     }
 
-    /// While the store cannot write, a change is refused instead of being fanned out as if
-    /// it were durable (`docs/security.md`, "Store failures"): the client that sent it is
-    /// closed with 1011 "store unavailable" and reconnects with its backoff; a change from
-    /// the HTTP/IPC API is dropped (the hub answers those callers first). Changes accepted
-    /// before the failure stay in the store's retried batch.
-    fn store_refuses(&self, from: Option<u64>) -> bool {
-        if self.hub.store.can_write() {
-            return false;
+    /// Propose a change; apply it at once when the replication ordered it now.
+    async fn commit(&mut self, from: u64, change: Change, reply: Reply) {
+        let proposal = Proposal {
+            room: self.key.clone(),
+            change,
+            from,
+            user: self.user_of(from),
+            max_vars: self.limits.max_variables_per_room,
+            reply,
+        };
+        let repl = self.repl.clone();
+        if let Committed::Now(change) = repl.commit(&*self, proposal).await {
+            self.on_ordered(change).await;
         }
-        self.hub.metrics.store.refused("cloud");
-        if let Some(sub) = from.and_then(|from| self.subs.iter().find(|s| s.id == from)) {
-            tracing::info!(room = %self.key, conn = sub.id, user = %sub.user, "change refused: the store cannot write; closing the sender (1011)");
-            sub.outbox.close(CloseCode::Unavailable);
+    }
+
+    /// An ordered change: apply it if it is the next one, else catch up.
+    async fn on_ordered(&mut self, change: OrderedChange) {
+        match self.follow.on_change(&change.epoch, change.seq) {
+            Step::Apply => self.apply(change),
+            Step::Ignore => {}
+            Step::Fill => self.catch_up().await,
         }
-        true
+    }
+
+    /// Apply what the room missed: the replication's changes since the offset when they
+    /// follow it, else its whole state.
+    async fn catch_up(&mut self) {
+        self.hub.metrics.redis_resyncs.inc();
+        let from = self.follow.applied() + 1;
+        if let Ok(changes) = self.repl.changes_since(&self.key, from).await {
+            let mut complete = !changes.is_empty();
+            for change in changes {
+                if !self.follow.on_filled(&change.epoch, change.seq) {
+                    complete = false;
+                    break;
+                }
+                self.apply(change);
+            }
+            if complete {
+                return;
+            }
+        }
+        match self.repl.load(&self.key).await {
+            Ok(state) => self.reset_to(state),
+            Err(error) => {
+                tracing::warn!(room = %self.key, %error, "cannot catch up; will retry on the next change");
+            }
+        }
+    }
+
+    /// Apply one ordered change (the follower has counted it: it is the room's offset).
+    fn apply(&mut self, change: OrderedChange) {
+        let from = change.local_conn.unwrap_or(SERVER_SENDER);
+        match change.op {
+            OrderedOp::Set { name, value, pos } => {
+                let key = match self.vars.get_key_value(&*name) {
+                    Some((k, _)) => k.clone(),
+                    None => name,
+                };
+                // The replication publishes the room event.
+                self.fan_out(from, &key, &value);
+                match self.vars.get_mut(&key) {
+                    Some(v) => v.value = value,
+                    None => {
+                        self.next_pos = self.next_pos.max(pos + 1);
+                        self.vars.insert(key, Var { value, pos });
+                    }
+                }
+            }
+            OrderedOp::Rename { name, new_name, .. } => {
+                self.lines.remove(&*name);
+                if let Some(var) = self.vars.remove(&*name) {
+                    self.vars.insert(new_name, var);
+                }
+            }
+            OrderedOp::Delete { name, .. } => {
+                self.lines.remove(&*name);
+                self.vars.remove(&*name);
+            }
+        }
     }
 
     fn kick(&mut self, user: &str, reply: oneshot::Sender<usize>) {
@@ -328,19 +388,6 @@ impl Room {
             .map(|s| Arc::from(s.user.as_str()))
     }
 
-    /// Publish the event of a change by connection `from`; `body` is built only when
-    /// someone listens.
-    fn emit(&self, from: u64, body: impl FnOnce() -> EventBody) {
-        if self.hub.events.is_active() {
-            self.hub.events.publish(&RoomEvent {
-                room: self.key.clone(),
-                user: self.user_of(from),
-                body: body(),
-                gid: None,
-            });
-        }
-    }
-
     /// A client joined (`joined`) or left.
     fn emit_member(&self, joined: bool, sub: &Subscriber) {
         let conn = sub.id;
@@ -354,13 +401,9 @@ impl Room {
             },
             gid: None,
         };
-        if let Some(bp) = &self.hub.backplane {
-            // Presence joins the global order through Redis (the gateway of every node
-            // dispatches it from the subscription).
-            bp.presence(&ev());
-        } else if self.hub.events.is_active() {
-            self.hub.events.publish(&ev());
-        }
+        // With Redis, presence joins the global order (the gateway of every node
+        // dispatches it from the subscription).
+        self.repl.presence(&ev);
     }
 
     fn snapshot(&self) -> Vec<(Arc<str>, CloudValue)> {
@@ -409,56 +452,6 @@ impl Room {
         Ok(())
     }
 
-    fn set(&mut self, from: u64, name: String, value: CloudValue) {
-        let key: Arc<str> = match self.vars.get_key_value(name.as_str()) {
-            Some((k, _)) => k.clone(),
-            None => {
-                if self.vars.len() >= self.limits.max_variables_per_room {
-                    self.hub.metrics.dropped_set("too_many_variables");
-                    tracing::debug!(room = %self.key, %name, "set dropped: variable limit reached");
-                    return;
-                }
-                Arc::from(name)
-            }
-        };
-        self.offset += 1;
-        self.fan_out(from, &key, &value);
-        self.emit(from, || {
-            let (name, value) = (key.clone(), value.clone());
-            if self.vars.contains_key(&key) {
-                EventBody::CloudSet { name, value }
-            } else {
-                EventBody::CloudCreate { name, value }
-            }
-        });
-        let pos = match self.vars.get_mut(&key) {
-            Some(v) => {
-                v.value = value.clone();
-                v.pos
-            }
-            None => {
-                let pos = self.next_pos;
-                self.next_pos += 1;
-                self.vars.insert(
-                    key.clone(),
-                    Var {
-                        value: value.clone(),
-                        pos,
-                    },
-                );
-                pos
-            }
-        };
-        self.hub.store.apply(StoreOp::Put {
-            room: self.key.clone(),
-            var: StoredVar {
-                name: key,
-                value,
-                pos,
-            },
-        });
-    }
-
     /// Queue `key = value` to every subscriber but `from`; cut those that stay full.
     fn fan_out(&mut self, from: u64, key: &Arc<str>, value: &CloudValue) {
         let line = Utf8Bytes::from(encode_set(key, value));
@@ -499,192 +492,9 @@ impl Room {
         }
     }
 
-    fn rename(&mut self, from: u64, name: &str, new_name: String) -> bool {
-        if self.vars.contains_key(new_name.as_str())
-            || validate_name(&new_name, self.limits.max_name_len).is_err()
-        {
-            return false;
-        }
-        let Some((old, var)) = self.vars.remove_entry(name) else {
-            return false;
-        };
-        let new: Arc<str> = Arc::from(new_name);
-        self.emit(from, || EventBody::CloudRename {
-            name: old.clone(),
-            new_name: new.clone(),
-            value: Some(var.value.clone()),
-        });
-        self.lines.remove(&old);
-        self.vars.insert(new.clone(), var);
-        self.offset += 1;
-        self.hub.store.apply(StoreOp::Rename {
-            room: self.key.clone(),
-            name: old,
-            new_name: new,
-        });
-        true
-    }
-}
-
-/// With `--redis`: a change goes to Redis first and is applied when it comes back
-/// on the subscription, in the room's sequence order (see [`crate::backplane`]).
-impl Room {
-    /// Take the commands that work differently with a backplane; give back the others.
-    async fn handle_shared(&mut self, bp: &Arc<RedisBackplane>, cmd: RoomCmd) -> Option<RoomCmd> {
-        let max_vars = self.limits.max_variables_per_room;
-        let write = match cmd {
-            RoomCmd::Set { from, name, value } => {
-                let (user, outbox) = match self.subs.iter().find(|s| s.id == from) {
-                    Some(s) => (Some(Arc::from(s.user.as_str())), Some(s.outbox.clone())),
-                    None => (None, None),
-                };
-                let name = match self.vars.get_key_value(name.as_str()) {
-                    Some((k, _)) => k.clone(),
-                    None => Arc::from(name),
-                };
-                Write {
-                    room: self.key.clone(),
-                    op: CloudOp::Set { name, value },
-                    from,
-                    user,
-                    max_vars,
-                    reply: WriteReply::Sender(outbox),
-                }
-            }
-            RoomCmd::Rename {
-                from,
-                name,
-                new_name,
-                reply,
-            } => {
-                if validate_name(&new_name, self.limits.max_name_len).is_err() {
-                    let _ = reply.send(false);
-                    return None;
-                }
-                Write {
-                    room: self.key.clone(),
-                    op: CloudOp::Rename { name, new_name },
-                    from,
-                    user: self.user_of(from),
-                    max_vars,
-                    reply: WriteReply::Accepted(reply),
-                }
-            }
-            RoomCmd::Delete { from, name, reply } => Write {
-                room: self.key.clone(),
-                op: CloudOp::Delete { name },
-                from,
-                user: self.user_of(from),
-                max_vars,
-                reply: WriteReply::Accepted(reply),
-            },
-            RoomCmd::Remote(ev) => {
-                self.on_remote(*ev).await;
-                return None;
-            }
-            RoomCmd::Resync => {
-                self.catch_up().await;
-                return None;
-            }
-            other => return Some(other),
-        };
-        if let Err(error) = bp.write(write).await {
-            tracing::warn!(room = %self.key, %error, "change not written");
-        }
-        None
-    }
-
-    /// A change from the subscription: apply it if it is the next one, else catch up.
-    async fn on_remote(&mut self, ev: RemoteEvent) {
-        if ev.epoch == self.epoch {
-            if ev.seq <= self.offset {
-                return;
-            }
-            if ev.seq == self.offset + 1 {
-                self.apply_remote(ev);
-                return;
-            }
-        } else if self.offset == 0 && ev.seq == 1 {
-            self.epoch = ev.epoch.clone();
-            self.apply_remote(ev);
-            return;
-        }
-        self.catch_up().await;
-    }
-
-    /// Apply what the room missed: from its Redis stream when that reaches back far
-    /// enough in the same epoch, else from the state hash.
-    async fn catch_up(&mut self) {
-        let Some(bp) = self.hub.backplane.clone() else {
-            return;
-        };
-        self.hub.metrics.redis_resyncs.inc();
-        if let Ok(events) = bp.read_log(&self.key, self.offset + 1).await {
-            let mut complete = !events.is_empty();
-            for ev in events {
-                let fits =
-                    ev.seq == self.offset + 1 && (ev.epoch == self.epoch || self.offset == 0);
-                if !fits {
-                    complete = false;
-                    break;
-                }
-                self.epoch = ev.epoch.clone();
-                self.apply_remote(ev);
-            }
-            if complete {
-                return;
-            }
-        }
-        match bp.load(&self.key).await {
-            Ok(snap) => self.reset_to(snap),
-            Err(error) => {
-                tracing::warn!(room = %self.key, %error, "cannot catch up with Redis; will retry on the next change");
-            }
-        }
-    }
-
-    /// Apply one change of the room's stream (its sequence is the next offset).
-    fn apply_remote(&mut self, ev: RemoteEvent) {
-        self.offset = ev.seq;
-        let lag = crate::backplane::now_ms().saturating_sub(ev.ts);
-        self.hub
-            .metrics
-            .redis_lag_ms
-            .set(i64::try_from(lag).unwrap_or(i64::MAX));
-        let from = ev.local_conn.unwrap_or(SERVER_SENDER);
-        match ev.op {
-            RemoteOp::Set { name, value, pos } => {
-                let key = match self.vars.get_key_value(&*name) {
-                    Some((k, _)) => k.clone(),
-                    None => name,
-                };
-                // The subscription publishes the room event (for every room, loaded or not).
-                self.fan_out(from, &key, &value);
-                match self.vars.get_mut(&key) {
-                    Some(v) => v.value = value,
-                    None => {
-                        self.next_pos = self.next_pos.max(pos + 1);
-                        self.vars.insert(key, Var { value, pos });
-                    }
-                }
-            }
-            RemoteOp::Rename { name, new_name, .. } => {
-                self.lines.remove(&*name);
-                if let Some(var) = self.vars.remove(&*name) {
-                    self.vars.insert(new_name, var);
-                }
-            }
-            RemoteOp::Delete { name, .. } => {
-                self.lines.remove(&*name);
-                self.vars.remove(&*name);
-            }
-        }
-    }
-
-    /// Replace the room's state by Redis's; subscribers get every value that changed.
-    fn reset_to(&mut self, snap: Snapshot) {
-        self.epoch = snap.epoch;
-        self.offset = snap.seq;
+    /// Replace the room's state by the replication's; subscribers get every value that changed.
+    fn reset_to(&mut self, snap: RoomState) {
+        self.follow.reset(snap.epoch, snap.seq);
         let names: std::collections::HashSet<Arc<str>> =
             snap.vars.iter().map(|v| v.name.clone()).collect();
         // The cloud protocol has no "deleted" message: a vanished variable just stops.

@@ -10,13 +10,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backplane::cloud::RedisReplication;
 use crate::backplane::RedisBackplane;
 use crate::config::Config;
 use crate::doc::DocRooms;
+use crate::events::EventBus;
 use crate::gateway::Gateway;
 use crate::http::{router, App};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::replication::{CloudReplication, InProcess};
 use crate::store::{Store, StoreError};
 
 /// How long shutdown waits for connections to send their close frames.
@@ -94,17 +97,33 @@ impl Server {
         let mut metrics = Metrics::new();
         metrics.register_doc_bounds(config.doc.stats.clone());
         let metrics = Arc::new(metrics);
-        let hub = match &config.redis {
-            None => Arc::new(Hub::new(
-                store.clone(),
-                Arc::new(config.cloud),
-                metrics.clone(),
-            )),
+        // The composition root: cloud rooms replicate in process, or through Redis.
+        let events = Arc::new(EventBus::default());
+        let max_name_len = config.cloud.max_name_len;
+        let (replication, backplane): (Arc<dyn CloudReplication>, _) = match &config.redis {
+            None => (
+                Arc::new(InProcess::new(
+                    store.clone(),
+                    events.clone(),
+                    metrics.clone(),
+                    max_name_len,
+                )),
+                None,
+            ),
             Some(url) => {
                 let bp = RedisBackplane::connect(url, metrics.clone()).await?;
-                Hub::with_backplane(store.clone(), Arc::new(config.cloud), metrics.clone(), bp)
+                let repl = RedisReplication::new(bp.clone(), events.clone(), max_name_len);
+                (Arc::new(repl), Some(bp))
             }
         };
+        let hub = Hub::with_backplane(
+            store.clone(),
+            Arc::new(config.cloud),
+            metrics.clone(),
+            events,
+            replication,
+            backplane,
+        );
         let docs = Arc::new(DocRooms::with_backplane(
             store,
             Arc::new(config.doc),

@@ -1,7 +1,9 @@
 //! The Redis backplane: several nodes share cloud rooms through one Redis.
 //!
-//! Chosen at startup (`--redis URL`); without it nothing here runs and the room
-//! actor keeps its in-process path. See `docs/operations.md` for the design:
+//! Chosen at startup (`--redis URL`); without it nothing here runs and cloud rooms
+//! replicate with [`crate::replication::InProcess`]. Cloud rooms reach this code only
+//! through [`cloud::RedisReplication`], their [`crate::replication::CloudReplication`].
+//! See `docs/operations.md` for the design:
 //!
 //! - **One writer of the order: Redis.** A node never applies a cloud change of
 //!   its own. The room actor hands it to this node's writer task, which runs
@@ -32,16 +34,15 @@ use nimbus_proto::cloud::{CloseCode, CloudValue};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{EventBody, RoomEvent};
-use crate::hub::Hub;
+use crate::events::{EventBody, EventBus, RoomEvent};
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
-use crate::room::RoomCmd;
+use crate::replication::{Change as CloudChange, Feed, OrderedChange, OrderedOp, Reply, RoomState};
 use crate::store::StoredVar;
 
+pub mod cloud;
 pub mod doc;
 pub mod gateway;
 
@@ -189,46 +190,13 @@ impl Keys {
     }
 }
 
-/// A cloud change as the writer sends it to Redis.
-#[derive(Debug)]
-pub enum CloudOp {
-    /// Set (or create) a variable.
-    Set {
-        /// Name.
-        name: Arc<str>,
-        /// Value.
-        value: CloudValue,
-    },
-    /// Rename a variable.
-    Rename {
-        /// Current name.
-        name: String,
-        /// New name.
-        new_name: String,
-    },
-    /// Delete a variable.
-    Delete {
-        /// Name.
-        name: String,
-    },
-}
-
-/// What to tell the origin once Redis answered.
-#[derive(Debug)]
-pub enum WriteReply {
-    /// A client's set: close this outbox with 1011 when the write failed.
-    Sender(Option<Arc<Outbox>>),
-    /// A rename/delete: whether Redis accepted it.
-    Accepted(oneshot::Sender<bool>),
-}
-
 /// One change queued for the writer.
 #[derive(Debug)]
 pub struct Write {
     /// Room key.
     pub room: Arc<str>,
     /// The change.
-    pub op: CloudOp,
+    pub op: CloudChange,
     /// Sender's connection id (not echoed to it).
     pub from: u64,
     /// Sender's username.
@@ -236,7 +204,7 @@ pub struct Write {
     /// The room's variable limit.
     pub max_vars: usize,
     /// Who to answer.
-    pub reply: WriteReply,
+    pub reply: Reply,
 }
 
 /// The change part of a message, as JSON (written by nimbus, read by every node).
@@ -291,68 +259,6 @@ struct PresenceBody {
     /// written.
     #[serde(default, skip_serializing)]
     d: Option<serde_json::Value>,
-}
-
-/// An applied change of a remote (or local, echoed) origin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RemoteOp {
-    /// A variable was set.
-    Set {
-        /// Name.
-        name: Arc<str>,
-        /// Value.
-        value: CloudValue,
-        /// Its insertion position.
-        pos: i64,
-    },
-    /// A variable was renamed.
-    Rename {
-        /// Old name.
-        name: Arc<str>,
-        /// New name.
-        new_name: Arc<str>,
-        /// Its value (`None` in a message of a node of the previous version).
-        value: Option<CloudValue>,
-    },
-    /// A variable was deleted.
-    Delete {
-        /// Name.
-        name: Arc<str>,
-        /// The value it had (`None` in a message of a node of the previous version).
-        value: Option<CloudValue>,
-    },
-}
-
-/// One change of a room's totally ordered stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteEvent {
-    /// Room key.
-    pub room: Arc<str>,
-    /// The room's epoch: changes when Redis lost the room and restarted its sequence.
-    pub epoch: Arc<str>,
-    /// Sequence number in the room (1, 2, ...).
-    pub seq: u64,
-    /// The change.
-    pub op: RemoteOp,
-    /// The origin connection, when it is on this node (so it is not echoed).
-    pub local_conn: Option<u64>,
-    /// A set that created its variable.
-    pub created: bool,
-    /// Origin username.
-    pub user: Option<Arc<str>>,
-    /// Origin wall clock, ms since the Unix epoch.
-    pub ts: u64,
-}
-
-/// A room's state as stored in Redis.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    /// Epoch ("" for a room never written).
-    pub epoch: Arc<str>,
-    /// Sequence number of the last change the state covers.
-    pub seq: u64,
-    /// Variables, in insertion order.
-    pub vars: Vec<StoredVar>,
 }
 
 fn encode_value(value: &CloudValue) -> String {
@@ -453,9 +359,10 @@ impl RedisBackplane {
         &self.node
     }
 
-    /// Start the subscription task, which hands every change to its loaded room.
-    pub(crate) fn start(self: &Arc<Self>, hub: &Arc<Hub>) {
-        tokio::spawn(subscriber(self.clone(), Arc::downgrade(hub)));
+    /// Start the subscription task: it publishes every event on `events` and hands every
+    /// cloud change to `feed` (until `feed` is dropped).
+    pub(crate) fn start(self: &Arc<Self>, feed: std::sync::Weak<dyn Feed>, events: Arc<EventBus>) {
+        tokio::spawn(subscriber(self.clone(), feed, events));
     }
 
     /// Stop the writer and the subscription.
@@ -501,7 +408,7 @@ impl RedisBackplane {
     }
 
     /// A room's state: epoch, sequence and variables, read atomically.
-    pub async fn load(&self, room: &str) -> Result<Snapshot, BackplaneError> {
+    pub async fn load(&self, room: &str) -> Result<RoomState, BackplaneError> {
         let keys = Keys::new(room);
         let mut conn = self.conn.clone();
         type Raw = (
@@ -530,7 +437,7 @@ impl RedisBackplane {
             });
         }
         out.sort_by_key(|v| v.pos);
-        Ok(Snapshot {
+        Ok(RoomState {
             epoch: Arc::from(epoch.unwrap_or_default()),
             seq: seq.unwrap_or(0),
             vars: out,
@@ -542,7 +449,7 @@ impl RedisBackplane {
         &self,
         room: &str,
         from: u64,
-    ) -> Result<Vec<RemoteEvent>, BackplaneError> {
+    ) -> Result<Vec<OrderedChange>, BackplaneError> {
         let keys = Keys::new(room);
         let mut conn = self.conn.clone();
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
@@ -563,14 +470,14 @@ impl RedisBackplane {
         Ok(out)
     }
 
-    fn parse(&self, msg: &[u8]) -> Result<RemoteEvent, BackplaneError> {
+    fn parse(&self, msg: &[u8]) -> Result<OrderedChange, BackplaneError> {
         parse_message(&self.node, msg)
     }
 }
 
 /// Parse `EPOCH SEQ POS CREATED CHANGE-JSON` as written by [`CLOUD_SCRIPT`]; `node` is this node's
 /// id (a change of this node's origin remembers its sender so it is not echoed).
-fn parse_message(node: &str, msg: &[u8]) -> Result<RemoteEvent, BackplaneError> {
+fn parse_message(node: &str, msg: &[u8]) -> Result<OrderedChange, BackplaneError> {
     let bad = |what: &str| BackplaneError::Malformed(what.to_owned());
     let text = std::str::from_utf8(msg).map_err(|_| bad("message is not UTF-8"))?;
     let mut parts = text.splitn(5, ' ');
@@ -598,7 +505,7 @@ fn parse_message(node: &str, msg: &[u8]) -> Result<RemoteEvent, BackplaneError> 
     let op = match change.o.as_str() {
         "s" => {
             let text = change.v.ok_or_else(|| bad("set without value"))?;
-            RemoteOp::Set {
+            OrderedOp::Set {
                 name: Arc::from(change.n),
                 value: if change.num {
                     CloudValue::Number(text)
@@ -608,18 +515,18 @@ fn parse_message(node: &str, msg: &[u8]) -> Result<RemoteEvent, BackplaneError> 
                 pos,
             }
         }
-        "r" => RemoteOp::Rename {
+        "r" => OrderedOp::Rename {
             name: Arc::from(change.n),
             new_name: Arc::from(change.nn.ok_or_else(|| bad("rename without new name"))?),
             value,
         },
-        "d" => RemoteOp::Delete {
+        "d" => OrderedOp::Delete {
             name: Arc::from(change.n),
             value,
         },
         other => return Err(BackplaneError::Malformed(format!("op {other:?}"))),
     };
-    Ok(RemoteEvent {
+    Ok(OrderedChange {
         room: Arc::from(change.r),
         epoch: Arc::from(epoch),
         seq,
@@ -706,11 +613,11 @@ async fn writer(
                     metrics.redis_write_failures.inc();
                     match job {
                         Job::Cloud(w) => match w.reply {
-                            WriteReply::Sender(Some(outbox)) => {
+                            Reply::Sender(Some(outbox)) => {
                                 outbox.close(CloseCode::Unavailable);
                             }
-                            WriteReply::Sender(None) => {}
-                            WriteReply::Accepted(reply) => {
+                            Reply::Sender(None) => {}
+                            Reply::Accepted(reply) => {
                                 let _ = reply.send(false);
                             }
                         },
@@ -730,12 +637,12 @@ fn cloud_written(w: Write, reply: Option<redis::Value>, metrics: &Metrics) {
         metrics.redis_writes.inc();
     }
     match w.reply {
-        WriteReply::Sender(_) if !accepted => {
+        Reply::Sender(_) if !accepted => {
             metrics.dropped_set("too_many_variables");
             tracing::debug!(room = %w.room, "set refused by Redis: variable limit reached");
         }
-        WriteReply::Sender(_) => {}
-        WriteReply::Accepted(reply) => {
+        Reply::Sender(_) => {}
+        Reply::Accepted(reply) => {
             let _ = reply.send(accepted);
         }
     }
@@ -758,7 +665,7 @@ fn invocation(node: &str, w: &Write, pipe: &mut redis::Pipeline) {
         hv: None,
     };
     let arg = match &w.op {
-        CloudOp::Set { name, value } => {
+        CloudChange::Set { name, value } => {
             let (text, num) = match value {
                 CloudValue::Number(n) => (n.clone(), true),
                 CloudValue::String(s) => (s.clone(), false),
@@ -769,13 +676,13 @@ fn invocation(node: &str, w: &Write, pipe: &mut redis::Pipeline) {
             change.num = num;
             encode_value(value)
         }
-        CloudOp::Rename { name, new_name } => {
+        CloudChange::Rename { name, new_name } => {
             change.o = "r".into();
             change.n = name.clone();
             change.nn = Some(new_name.clone());
             new_name.clone()
         }
-        CloudOp::Delete { name } => {
+        CloudChange::Delete { name } => {
             change.o = "d".into();
             change.n = name.clone();
             String::new()
@@ -837,7 +744,11 @@ pub(crate) static PRESENCE_LUA: Lua = Lua::new(PRESENCE_SCRIPT);
 
 /// The subscription task: hands every change to its loaded room; after every
 /// (re)subscription, tells every loaded room to catch up from the stream.
-async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
+async fn subscriber(
+    bp: Arc<RedisBackplane>,
+    feed: std::sync::Weak<dyn Feed>,
+    events: Arc<EventBus>,
+) {
     use futures_util::StreamExt;
     let backoff = nimbus_proto::backoff::Backoff::new(Duration::from_millis(50), MAX_BACKOFF);
     let mut failures = 0;
@@ -857,9 +768,9 @@ async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
                 bp.metrics.redis_up.set(1);
                 bp.metrics.redis_subscriptions.inc();
                 tracing::info!(node = %bp.node, "subscribed to the Redis backplane");
-                let Some(h) = hub.upgrade() else { return };
-                resync_all(&h).await;
-                drop(h);
+                let Some(f) = feed.upgrade() else { return };
+                f.resync_all().await;
+                drop(f);
                 if let Some(docs) = bp.docs() {
                     docs.resync_all();
                 }
@@ -881,9 +792,9 @@ async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
                         }
                     };
                     let Some(msg) = msg else { break };
-                    let Some(h) = hub.upgrade() else { return };
+                    let Some(f) = feed.upgrade() else { return };
                     bp.metrics.redis_events.inc();
-                    if let Err(error) = bp.on_event(&h, msg.get_payload_bytes()).await {
+                    if let Err(error) = bp.on_event(&*f, &events, msg.get_payload_bytes()).await {
                         tracing::warn!(%error, "dropping a malformed backplane message");
                     }
                 }
@@ -911,7 +822,7 @@ async fn subscriber(bp: Arc<RedisBackplane>, hub: std::sync::Weak<Hub>) {
 #[derive(Debug)]
 pub(crate) enum Decoded {
     /// A cloud change.
-    Cloud(RemoteEvent),
+    Cloud(OrderedChange),
     /// A document update.
     Doc(doc::DocMessage),
     /// A presence event.
@@ -967,19 +878,26 @@ impl Decoded {
 impl RedisBackplane {
     /// Handle one message of the subscription: publish it on the event bus (every room,
     /// loaded here or not, in the global order) and hand it to its loaded room.
-    async fn on_event(&self, hub: &Arc<Hub>, payload: &[u8]) -> Result<(), BackplaneError> {
+    async fn on_event(
+        &self,
+        feed: &dyn Feed,
+        events: &EventBus,
+        payload: &[u8],
+    ) -> Result<(), BackplaneError> {
         let (gid, kind, body) = split_event(payload)?;
         let decoded = Decoded::parse(&self.node, kind, body)?;
-        if hub.events.is_active() {
+        if events.is_active() {
             let mut ev = decoded.room_event(gid);
-            fill_unknown_value(hub, &mut ev).await;
-            hub.events.publish(&ev);
+            fill_unknown_value(feed, &mut ev).await;
+            events.publish(&ev);
         }
         match decoded {
             Decoded::Cloud(event) => {
-                if let Some(room) = hub.get(&event.room) {
-                    room.send(RoomCmd::Remote(Box::new(event))).await;
-                }
+                let lag = now_ms().saturating_sub(event.ts);
+                self.metrics
+                    .redis_lag_ms
+                    .set(i64::try_from(lag).unwrap_or(i64::MAX));
+                feed.changed(event).await;
             }
             Decoded::Doc(m) => {
                 if let Some(docs) = self.docs() {
@@ -996,9 +914,9 @@ impl RedisBackplane {
 /// room's cloud changes (loaded on this node or not), in the room's order, so the gateway
 /// of every node sees all rooms. The same event as a single node's room builds: rename and
 /// delete carry the value from Redis (see [`CLOUD_SCRIPT`]).
-fn room_event(ev: &RemoteEvent) -> RoomEvent {
+fn room_event(ev: &OrderedChange) -> RoomEvent {
     let body = match &ev.op {
-        RemoteOp::Set { name, value, .. } => {
+        OrderedOp::Set { name, value, .. } => {
             let (name, value) = (name.clone(), value.clone());
             if ev.created {
                 EventBody::CloudCreate { name, value }
@@ -1006,7 +924,7 @@ fn room_event(ev: &RemoteEvent) -> RoomEvent {
                 EventBody::CloudSet { name, value }
             }
         }
-        RemoteOp::Rename {
+        OrderedOp::Rename {
             name,
             new_name,
             value,
@@ -1015,7 +933,7 @@ fn room_event(ev: &RemoteEvent) -> RoomEvent {
             new_name: new_name.clone(),
             value: value.clone(),
         },
-        RemoteOp::Delete { name, value } => EventBody::CloudDelete {
+        OrderedOp::Delete { name, value } => EventBody::CloudDelete {
             name: name.clone(),
             value: value.clone(),
         },
@@ -1031,7 +949,7 @@ fn room_event(ev: &RemoteEvent) -> RoomEvent {
 /// A rename/delete published by a node of the previous version carries no value: take
 /// the value this node's copy of the room holds (the change is not applied to it yet: the
 /// room gets it after this), if the room is loaded here; else the event says `null`.
-async fn fill_unknown_value(hub: &Arc<Hub>, ev: &mut RoomEvent) {
+async fn fill_unknown_value(feed: &dyn Feed, ev: &mut RoomEvent) {
     let (EventBody::CloudRename {
         name, value: None, ..
     }
@@ -1039,14 +957,8 @@ async fn fill_unknown_value(hub: &Arc<Hub>, ev: &mut RoomEvent) {
     else {
         return;
     };
-    let Some(room) = hub.get(&ev.room) else {
-        return;
-    };
-    let (reply, rx) = oneshot::channel();
-    if !room.send(RoomCmd::Snapshot { reply }).await {
-        return;
-    }
-    let Ok(Ok(vars)) = tokio::time::timeout(RESPONSE_TIMEOUT, rx).await else {
+    let Ok(Some(vars)) = tokio::time::timeout(RESPONSE_TIMEOUT, feed.variables(&ev.room)).await
+    else {
         return;
     };
     let known = vars.into_iter().find(|(n, _)| n == name).map(|(_, v)| v);
@@ -1054,14 +966,6 @@ async fn fill_unknown_value(hub: &Arc<Hub>, ev: &mut RoomEvent) {
         &mut ev.body
     {
         *value = known;
-    }
-}
-
-async fn resync_all(hub: &Arc<Hub>) {
-    for key in hub.room_keys() {
-        if let Some(room) = hub.get(&key) {
-            room.send(RoomCmd::Resync).await;
-        }
     }
 }
 
@@ -1081,7 +985,7 @@ mod tests {
         assert_eq!(ev.user.as_deref(), Some("sam"));
         assert_eq!(
             ev.op,
-            RemoteOp::Set {
+            OrderedOp::Set {
                 name: "a b".into(),
                 value: CloudValue::Number("1.50".into()),
                 pos: 2,
@@ -1171,7 +1075,7 @@ mod tests {
         let ev = parse_message("b", rename.as_bytes()).expect("rename");
         assert_eq!(
             ev.op,
-            RemoteOp::Rename {
+            OrderedOp::Rename {
                 name: "☁ x".into(),
                 new_name: "☁ y".into(),
                 value: Some(CloudValue::Number("1.50".into())),
@@ -1193,7 +1097,7 @@ mod tests {
         let ev = parse_message("b", old.as_bytes()).expect("old delete");
         assert_eq!(
             ev.op,
-            RemoteOp::Delete {
+            OrderedOp::Delete {
                 name: "☁ y".into(),
                 value: None
             }
