@@ -38,7 +38,7 @@ const CUT_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1)
 
 /// The largest frame the cloud wire sends: a chunk, or one line of the longest name and
 /// value (JSON escaping can take 6 bytes per character).
-pub(crate) fn max_frame_out(limits: &crate::config::CloudLimits) -> usize {
+pub(crate) fn max_frame_out(limits: &settings::CloudLimits) -> usize {
     FRAME_CHUNK.max(
         limits
             .max_name_len

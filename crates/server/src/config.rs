@@ -33,6 +33,7 @@ pub use crate::doc::settings::{DocLimits, DocSettings};
 pub use crate::edge::{EdgeConfig, EdgeSettings};
 pub use crate::gateway::{GatewayConfig, GatewaySettings};
 pub use crate::ipc_routes::{IpcConfig, IpcSettings};
+pub use crate::setting::InvalidSetting;
 pub use crate::store::{StoreConfig, StoreSettings};
 
 /// A configuration problem found at startup.
@@ -75,17 +76,6 @@ pub enum ConfigError {
     },
 }
 
-/// A setting out of range, found by the section that owns it (the config layer reports
-/// it as [`ConfigError::Invalid`]).
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("invalid setting {key}: {reason}")]
-pub struct InvalidSetting {
-    /// The setting (its file key).
-    pub key: &'static str,
-    /// Why.
-    pub reason: String,
-}
-
 impl From<InvalidSetting> for ConfigError {
     fn from(e: InvalidSetting) -> Self {
         ConfigError::Invalid {
@@ -93,37 +83,6 @@ impl From<InvalidSetting> for ConfigError {
             reason: e.reason,
         }
     }
-}
-
-/// `v`, or `default` when unset; zero is refused.
-pub(crate) fn nonzero<T: PartialEq + Default>(
-    key: &'static str,
-    v: Option<T>,
-    default: T,
-) -> Result<T, InvalidSetting> {
-    match v {
-        Some(x) if x == T::default() => Err(InvalidSetting {
-            key,
-            reason: "must be at least 1".into(),
-        }),
-        Some(x) => Ok(x),
-        None => Ok(default),
-    }
-}
-
-/// A duration in milliseconds, or `default` when unset.
-pub(crate) fn millis(v: Option<u64>, default: Duration) -> Duration {
-    v.map(Duration::from_millis).unwrap_or(default)
-}
-
-/// A duration in milliseconds, or `default` when unset; zero is refused.
-pub(crate) fn nonzero_millis(
-    key: &'static str,
-    v: Option<u64>,
-    default: Duration,
-) -> Result<Duration, InvalidSetting> {
-    let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
-    nonzero(key, v, default).map(Duration::from_millis)
 }
 
 /// Every setting of `nimbus serve`: the composition of the sections each subsystem owns.

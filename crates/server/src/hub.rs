@@ -9,7 +9,7 @@ use nimbus_proto::cloud::CloudValue;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backplane::RedisBackplane;
-use crate::config::CloudLimits;
+use crate::cloud::settings::CloudLimits;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::replication::{CloudReplication, Feed, OrderedChange, Variables};

@@ -2,7 +2,8 @@
 //! Discord-v10-style gateway of room events, and IPC routes.
 //!
 //! Layout (see `docs/architecture.md`):
-//! - [`config`]: settings from flags, environment and file;
+//! - [`config`]: settings from flags, environment and file (each subsystem's section
+//!   reports errors with [`setting::InvalidSetting`]);
 //! - [`hub`] and [`room`]: room registry and the per-room actor;
 //! - [`replication`]: the seam a cloud room orders and keeps its changes through
 //!   ([`replication::InProcess`] on one node, `backplane::cloud::RedisReplication` with
@@ -33,6 +34,7 @@ pub mod outbox;
 pub mod replication;
 pub mod room;
 mod server;
+pub mod setting;
 pub mod store;
 
 pub use config::{CloudLimits, Config, ConfigError, DocLimits, IpcConfig, Settings};

@@ -13,7 +13,7 @@ use axum::extract::ws::Utf8Bytes;
 use nimbus_proto::cloud::{encode_set, CloseCode, CloudValue};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::CloudLimits;
+use crate::cloud::settings::CloudLimits;
 use crate::events::{EventBody, RoomEvent};
 use crate::hub::{Hub, SERVER_SENDER};
 use crate::outbox::{Outbox, Pushed};

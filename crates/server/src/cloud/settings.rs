@@ -7,7 +7,7 @@ use std::time::Duration;
 use nimbus_proto::cloud::ValueProfile;
 use serde::Deserialize;
 
-use crate::config::{millis, nonzero, nonzero_millis, InvalidSetting};
+use crate::setting::{millis, nonzero, nonzero_millis, InvalidSetting};
 
 /// The cloud protocol's settings, each optional so that flags, environment and file can be
 /// layered. Durations are in milliseconds.

@@ -12,8 +12,8 @@ use nimbus_doc::{HookError, Refusal, Room, RoomHooks, RoomManager};
 
 use crate::backplane::doc::{DocMessage, DocWrite};
 use crate::backplane::{BackplaneError, RedisBackplane};
-use crate::config::DocLimits;
 use crate::doc::replica::{Step, SyncState};
+use crate::doc::settings::DocLimits;
 use crate::doc::socket::SocketChannel;
 use crate::doc::{Access, AccessRules};
 use crate::events::{EventBody, EventBus, RoomEvent};

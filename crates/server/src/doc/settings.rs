@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{nonzero, nonzero_millis, InvalidSetting};
+use crate::setting::{nonzero, nonzero_millis, InvalidSetting};
 
 /// Document rooms' settings, each optional so that flags, environment and file can be
 /// layered. Durations are in milliseconds.

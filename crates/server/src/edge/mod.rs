@@ -25,8 +25,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
-pub use crate::config::InvalidSetting;
-use crate::config::{nonzero, nonzero_millis};
+pub use crate::setting::InvalidSetting;
+use crate::setting::{nonzero, nonzero_millis};
 
 /// The edge's settings (flags, `NIMBUS_*` environment, and the `[edge]` table of the
 /// config file). Durations are in milliseconds.

@@ -139,7 +139,7 @@ impl Default for GatewayConfig {
             session_start_limit: 1000,
             drain_grace: Duration::from_secs(2),
             max_dispatch_bytes: GatewayConfig::dispatch_bound(
-                crate::config::DocLimits::default().max_message_bytes,
+                crate::doc::settings::DocLimits::default().max_message_bytes,
             ),
         }
     }

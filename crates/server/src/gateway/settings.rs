@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::{GatewayConfig, GatewayToken};
-use crate::config::{millis, nonzero, nonzero_millis, InvalidSetting};
+use crate::setting::{millis, nonzero, nonzero_millis, InvalidSetting};
 
 /// The gateway's settings, each optional so that flags, environment and file can be
 /// layered. Durations are in milliseconds.

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::config::InvalidSetting;
+use crate::setting::InvalidSetting;
 
 /// The IPC routes' settings, each optional so that flags, environment and file can be
 /// layered.

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::fake::{Fake, Proposed};
 use super::{Change, CloudReplication, InProcess};
-use crate::config::CloudLimits;
+use crate::cloud::settings::CloudLimits;
 use crate::events::EventBus;
 use crate::hub::Hub;
 use crate::metrics::Metrics;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{millis, InvalidSetting};
+use crate::setting::{millis, InvalidSetting};
 
 /// The store's settings, each optional so that flags, environment and file can be layered.
 #[derive(Debug, Default, Clone, clap::Args, Deserialize, merge::Merge)]
