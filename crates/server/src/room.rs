@@ -3,7 +3,7 @@
 //! Every change to a room goes through its command channel and then through the room's
 //! [`CloudReplication`], which puts it in the room's order; the room applies ordered
 //! changes (its own and those made elsewhere) on one path, in sequence order
-//! ([`Follower`]), so every change gets the next [`Room::offset`] and nothing on the hot
+//! (`replication::Follower`), so every change gets the next [`Room::offset`] and nothing on the hot
 //! path takes a lock shared with other rooms.
 
 use std::collections::HashMap;

@@ -2,7 +2,7 @@
 //!
 //! A room actor never decides on its own where a change goes: it hands every change to its
 //! [`CloudReplication`] and applies the changes the replication puts in order, all through
-//! one path ([`Follower`] says whether a change is the next one). Two implementations:
+//! one path (`Follower` says whether a change is the next one). Two implementations:
 //!
 //! - [`InProcess`]: a single node. The room is the authority: a change is checked against
 //!   the room's own state, takes the next place in the room's order at once and goes to the
