@@ -13,11 +13,10 @@ use crate::cloud::settings::CloudLimits;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::replication::{CloudReplication, Feed, OrderedChange, Variables};
-use crate::room::{JoinError, Room, RoomCmd, Subscriber};
+use crate::room::{JoinError, Room, RoomCmd, RoomContext, Subscriber};
 use crate::store::Store;
 
-/// The sender id of changes made by the server itself (no connection has id 0).
-pub const SERVER_SENDER: u64 = 0;
+pub use crate::room::SERVER_SENDER;
 
 /// Why an operator action (IPC route, HTTP API) failed.
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +142,21 @@ impl Hub {
         rooms.insert(key.clone(), handle.clone());
         self.metrics.rooms.set(rooms.len() as i64);
         drop(rooms);
-        tokio::spawn(Room::new(key, id, self.clone()).run(rx));
+        let ctx = RoomContext {
+            limits: self.limits.clone(),
+            replication: self.replication.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let hub = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut rx = rx;
+            let mut room = Room::new(key.clone(), ctx);
+            let why = room.serve(&mut rx).await;
+            if let Some(hub) = hub.upgrade() {
+                hub.release(&key, id);
+            }
+            room.drain(rx, why).await;
+        });
         Ok(handle)
     }
 
@@ -175,8 +188,8 @@ impl Hub {
         Err(JoinError::Unavailable)
     }
 
-    /// Called by a room actor that is unloading.
-    pub(crate) fn release(&self, key: &str, id: u64) {
+    /// Unregister room `key` if it is still the instance `id` (its actor stopped serving).
+    fn release(&self, key: &str, id: u64) {
         let mut rooms = self.rooms();
         if rooms.get(key).is_some_and(|h| h.id == id) {
             rooms.remove(key);

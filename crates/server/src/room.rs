@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cloud::settings::CloudLimits;
 use crate::events::{EventBody, RoomEvent};
-use crate::hub::{Hub, SERVER_SENDER};
+use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Pushed};
 use crate::replication::{
     Change, CloudReplication, Committed, Follower, OrderedChange, OrderedOp, Proposal, Reply,
@@ -116,11 +116,35 @@ struct Var {
     pos: i64,
 }
 
+/// The sender id of changes made by the server itself (no connection has id 0).
+pub const SERVER_SENDER: u64 = 0;
+
+/// What a room needs from whoever runs it: its limits, the replication that orders its
+/// changes, and the metrics it counts in. The room holds no pointer back to its registry:
+/// the task that runs it (`Hub`) unregisters it when [`Room::serve`] returns.
+#[derive(Clone)]
+pub struct RoomContext {
+    /// Cloud limits and policies.
+    pub limits: Arc<CloudLimits>,
+    /// Orders the room's changes and keeps them (in process, or Redis).
+    pub replication: Arc<dyn CloudReplication>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why [`Room::serve`] returned: the room is to be unregistered, then drained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unload {
+    /// Its state could not be loaded: joins racing in are refused as unavailable.
+    LoadFailed,
+    /// Idle (or every handle dropped): joins racing in retry on a fresh room.
+    Idle,
+}
+
 /// A room's state, owned by its actor task.
 pub struct Room {
     key: Arc<str>,
-    id: u64,
-    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
     limits: Arc<CloudLimits>,
     /// Orders the room's changes and keeps them (in process, or Redis).
     repl: Arc<dyn CloudReplication>,
@@ -156,15 +180,12 @@ impl RoomView for Room {
 }
 
 impl Room {
-    pub(crate) fn new(key: Arc<str>, id: u64, hub: Arc<Hub>) -> Room {
-        let limits = hub.limits.clone();
-        let repl = hub.replication.clone();
+    pub(crate) fn new(key: Arc<str>, ctx: RoomContext) -> Room {
         Room {
             key,
-            id,
-            hub,
-            limits,
-            repl,
+            metrics: ctx.metrics,
+            limits: ctx.limits,
+            repl: ctx.replication,
             vars: HashMap::new(),
             lines: HashMap::new(),
             next_pos: 0,
@@ -178,8 +199,11 @@ impl Room {
         self.follow.applied()
     }
 
-    /// The actor: load, then serve commands until idle for `room_idle`.
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
+    /// The actor: load, then serve commands until idle for `room_idle`. Returns why it
+    /// stopped, with `rx` still open: the caller unregisters the room, then calls
+    /// [`Room::drain`] (in that order, so a join that finds the closed room retries on a
+    /// fresh one instead of spinning on this one).
+    pub(crate) async fn serve(&mut self, rx: &mut mpsc::Receiver<RoomCmd>) -> Unload {
         match self.repl.load(&self.key).await {
             Ok(state) => {
                 self.follow.reset(state.epoch, state.seq);
@@ -196,14 +220,7 @@ impl Room {
             }
             Err(e) => {
                 tracing::error!(room = %self.key, error = %e, "cannot load room");
-                self.hub.release(&self.key, self.id);
-                rx.close();
-                while let Some(cmd) = rx.recv().await {
-                    if let RoomCmd::Join { reply, .. } = cmd {
-                        let _ = reply.send(Err(JoinError::Unavailable));
-                    }
-                }
-                return;
+                return Unload::LoadFailed;
             }
         }
         loop {
@@ -217,18 +234,25 @@ impl Room {
             };
             match cmd {
                 Some(cmd) => self.handle(cmd).await,
-                None => break,
+                None => return Unload::Idle,
             }
         }
-        // Idle (or every handle dropped): leave the hub, then refuse whatever raced in.
-        self.hub.release(&self.key, self.id);
+    }
+
+    /// After [`Room::serve`] and the unregistering: refuse the joins that raced in, handle
+    /// every other command already queued.
+    pub(crate) async fn drain(mut self, mut rx: mpsc::Receiver<RoomCmd>, why: Unload) {
         rx.close();
         while let Some(cmd) = rx.recv().await {
-            match cmd {
-                RoomCmd::Join { reply, .. } => {
+            match (cmd, why) {
+                (RoomCmd::Join { reply, .. }, Unload::LoadFailed) => {
+                    let _ = reply.send(Err(JoinError::Unavailable));
+                }
+                (RoomCmd::Join { reply, .. }, Unload::Idle) => {
                     let _ = reply.send(Err(JoinError::Retry));
                 }
-                other => self.handle(other).await,
+                (_, Unload::LoadFailed) => {}
+                (other, Unload::Idle) => self.handle(other).await,
             }
         }
         tracing::debug!(room = %self.key, "room unloaded");
@@ -308,7 +332,7 @@ impl Room {
     /// Apply what the room missed: the replication's changes since the offset when they
     /// follow it, else its whole state.
     async fn catch_up(&mut self) {
-        self.hub.metrics.redis_resyncs.inc();
+        self.metrics.redis_resyncs.inc();
         let from = self.follow.applied() + 1;
         if let Ok(changes) = self.repl.changes_since(&self.key, from).await {
             let mut complete = !changes.is_empty();
@@ -457,7 +481,7 @@ impl Room {
         let line = Utf8Bytes::from(encode_set(key, value));
         self.lines.insert(key.clone(), line.clone());
         let (cap, coalesce) = (self.limits.outbox_capacity, self.limits.coalesce_after);
-        let metrics = &self.hub.metrics;
+        let metrics = &self.metrics;
         // Ids of subscribers cut in this fan-out (rare; no allocation unless it happens).
         let mut cut: Vec<u64> = Vec::new();
         let mut delivered = 0u64;

@@ -357,6 +357,27 @@ async fn an_idle_room_unloads_and_reloads_its_values_from_the_store() {
 }
 
 #[tokio::test]
+async fn joins_racing_a_room_that_unloads_land_on_a_fresh_room_with_its_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // The room unloads as soon as it is empty: every join below races an unload.
+    cfg.cloud.room_idle = std::time::Duration::from_millis(1);
+    let srv = TestServer::start(cfg).await;
+    for i in 0..40u32 {
+        let mut c = Client::join(&srv.url(), "13", "racer").await;
+        if i > 0 {
+            // The value written by the previous (now unloaded) room instance.
+            let want = format!("{}\n", set_line("n", &(i - 1).to_string()));
+            assert_eq!(c.frame().await, want, "join {i}");
+        }
+        c.set("n", &i.to_string()).await;
+        drop(c);
+        tokio::time::sleep(std::time::Duration::from_millis(i as u64 % 3)).await;
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn a_send_interval_keeps_every_update_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
