@@ -34,6 +34,11 @@ pub(crate) struct App {
 }
 
 pub(crate) fn router(app: App) -> Router {
+    let gateway = crate::gateway::RouteState {
+        gateway: app.gateway.clone(),
+        shutdown: app.shutdown.clone(),
+        tracker: app.tracker.clone(),
+    };
     Router::new()
         .route("/", get(upgrade))
         .route("/doc/{*room}", get(doc_upgrade))
@@ -42,8 +47,8 @@ pub(crate) fn router(app: App) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/rooms/{id}/variables", get(variables))
         .route("/api/docs/{*room}", get(doc_json))
-        .merge(crate::gateway::routes())
         .with_state(app)
+        .merge(crate::gateway::routes(gateway))
 }
 
 /// An error answered before any WebSocket upgrade: status and a JSON `{"error": ...}` body.

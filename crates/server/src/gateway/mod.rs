@@ -37,9 +37,10 @@ use nimbus_proto::gateway::{
     parse_connect_query, shard_of, strip_bot_prefix, Intents, MAX_PAYLOAD_BYTES,
 };
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::events::{Interest, RoomEvent};
-use crate::http::App;
 use crate::hub::Hub;
 
 use limiter::IdentifyLimiter;
@@ -329,12 +330,25 @@ impl Gateway {
     }
 }
 
+/// What the gateway's HTTP routes need (their own state: the gateway does not know the
+/// server's router).
+#[derive(Clone)]
+pub(crate) struct RouteState {
+    /// The gateway, when at least one token is configured (else the routes answer 404).
+    pub gateway: Option<Arc<Gateway>>,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks, for a graceful shutdown.
+    pub tracker: TaskTracker,
+}
+
 /// `/gateway`, `/gateway/` (WebSocket) and `GET /gateway/bot`.
-pub(crate) fn routes() -> Router<App> {
+pub(crate) fn routes(state: RouteState) -> Router {
     Router::new()
         .route("/gateway", get(upgrade))
         .route("/gateway/", get(upgrade))
         .route("/gateway/bot", get(bot))
+        .with_state(state)
 }
 
 /// The `ws://host/gateway` URL clients reached us at (for READY and `/gateway/bot`).
@@ -354,7 +368,7 @@ fn public_url(headers: &HeaderMap) -> String {
 }
 
 async fn upgrade(
-    State(app): State<App>,
+    State(app): State<RouteState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -395,7 +409,7 @@ async fn upgrade(
     };
     let bad_version = params.version.is_some_and(|v| v != 10);
     let url = public_url(&headers);
-    let App {
+    let RouteState {
         shutdown, tracker, ..
     } = app;
     // Frames up to 64 KiB are read and answered with 4002 when over 4096 bytes; larger
@@ -422,7 +436,7 @@ async fn upgrade(
     })
 }
 
-async fn bot(State(app): State<App>, headers: HeaderMap) -> Response {
+async fn bot(State(app): State<RouteState>, headers: HeaderMap) -> Response {
     let Some(gw) = app.gateway.clone() else {
         return (StatusCode::NOT_FOUND, "gateway disabled\n").into_response();
     };
