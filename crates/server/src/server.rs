@@ -11,9 +11,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backplane::cloud::RedisReplication;
+use crate::backplane::doc::RedisDocs;
 use crate::backplane::gateway::RedisSessionLog;
 use crate::backplane::RedisBackplane;
 use crate::config::Config;
+use crate::doc::replication::{DocReplication, LocalDocs};
 use crate::doc::DocRooms;
 use crate::events::EventBus;
 use crate::gateway::log::SessionLog;
@@ -127,12 +129,16 @@ impl Server {
             events,
             replication,
         );
-        let docs = Arc::new(DocRooms::with_backplane(
+        // Document rooms keep their updates in the store, or in Redis (shared).
+        let doc_replication: Arc<dyn DocReplication> = match &backplane {
+            None => Arc::new(LocalDocs::new(store.clone(), hub.events.clone())),
+            Some(bp) => Arc::new(RedisDocs::new(bp.clone())),
+        };
+        let docs = Arc::new(DocRooms::with_replication(
             store,
             Arc::new(config.doc),
             metrics,
-            hub.events.clone(),
-            backplane.clone(),
+            doc_replication,
         ));
         docs.attach();
         let ipc = match config.ipc {
