@@ -8,7 +8,6 @@ use futures_util::future::BoxFuture;
 use nimbus_proto::cloud::CloudValue;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backplane::RedisBackplane;
 use crate::cloud::settings::CloudLimits;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
@@ -69,9 +68,6 @@ pub struct Hub {
     /// What orders and keeps the cloud rooms' changes (in process, or Redis), chosen by
     /// the composition root (`Server::bind`).
     pub replication: Arc<dyn CloudReplication>,
-    /// The Redis backplane (`--redis`), for the document rooms and gateway sessions that
-    /// still use it directly; cloud rooms go through [`Hub::replication`] only.
-    pub backplane: Option<Arc<RedisBackplane>>,
 }
 
 impl Hub {
@@ -85,19 +81,6 @@ impl Hub {
         events: Arc<EventBus>,
         replication: Arc<dyn CloudReplication>,
     ) -> Arc<Hub> {
-        Hub::with_backplane(store, limits, metrics, events, replication, None)
-    }
-
-    /// Like [`Hub::new`], keeping a handle to the Redis `backplane` for the document
-    /// rooms and gateway sessions.
-    pub fn with_backplane(
-        store: Store,
-        limits: Arc<CloudLimits>,
-        metrics: Arc<Metrics>,
-        events: Arc<EventBus>,
-        replication: Arc<dyn CloudReplication>,
-        backplane: Option<Arc<RedisBackplane>>,
-    ) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             rooms: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -106,7 +89,6 @@ impl Hub {
             metrics,
             events,
             replication: replication.clone(),
-            backplane,
         });
         let feed: Arc<dyn Feed> = hub.clone();
         replication.subscribe(Arc::downgrade(&feed));

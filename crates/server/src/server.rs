@@ -11,10 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backplane::cloud::RedisReplication;
+use crate::backplane::doc::RedisDocs;
+use crate::backplane::gateway::RedisSessionLog;
 use crate::backplane::RedisBackplane;
 use crate::config::Config;
+use crate::doc::replication::{DocReplication, LocalDocs};
 use crate::doc::DocRooms;
 use crate::events::EventBus;
+use crate::gateway::log::SessionLog;
 use crate::gateway::Gateway;
 use crate::http::{router, App};
 use crate::hub::Hub;
@@ -69,6 +73,8 @@ pub struct Server {
     docs: Arc<DocRooms>,
     ipc: Option<nimbus_ipc::Server>,
     gateway: Option<Arc<Gateway>>,
+    /// With `--redis`: stopped at shutdown.
+    backplane: Option<Arc<RedisBackplane>>,
     edge: crate::edge::EdgeConfig,
 }
 
@@ -116,20 +122,23 @@ impl Server {
                 (Arc::new(repl), Some(bp))
             }
         };
-        let hub = Hub::with_backplane(
+        let hub = Hub::new(
             store.clone(),
             Arc::new(config.cloud),
             metrics.clone(),
             events,
             replication,
-            backplane,
         );
-        let docs = Arc::new(DocRooms::with_backplane(
+        // Document rooms keep their updates in the store, or in Redis (shared).
+        let doc_replication: Arc<dyn DocReplication> = match &backplane {
+            None => Arc::new(LocalDocs::new(store.clone(), hub.events.clone())),
+            Some(bp) => Arc::new(RedisDocs::new(bp.clone())),
+        };
+        let docs = Arc::new(DocRooms::with_replication(
             store,
             Arc::new(config.doc),
             metrics,
-            hub.events.clone(),
-            hub.backplane.clone(),
+            doc_replication,
         ));
         docs.attach();
         let ipc = match config.ipc {
@@ -143,10 +152,15 @@ impl Server {
             }
             None => None,
         };
+        // Gateway sessions live in memory, or in Redis (resumable on any node).
+        let session_log: Arc<dyn SessionLog> = match &backplane {
+            None => crate::gateway::log::in_memory(),
+            Some(bp) => Arc::new(RedisSessionLog::new(bp.clone())),
+        };
         let gateway = config
             .gateway
             .enabled()
-            .then(|| Gateway::new(hub.clone(), config.gateway.clone()));
+            .then(|| Gateway::with_log(hub.clone(), config.gateway.clone(), session_log));
         Ok(Server {
             listener,
             addr,
@@ -154,6 +168,7 @@ impl Server {
             docs,
             ipc,
             gateway,
+            backplane,
             edge,
         })
     }
@@ -228,7 +243,7 @@ impl Server {
         {
             tracing::warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
         }
-        if let Some(bp) = &self.hub.backplane {
+        if let Some(bp) = &self.backplane {
             bp.shutdown();
         }
         // Changes accepted before the store failed are retried until here: say how many

@@ -14,12 +14,17 @@
 //! grow past [`COMPACT_AFTER`] entries folds it into the snapshot ([`COMPACT_SCRIPT`]:
 //! accepted only if it covers more than the current one, then `XTRIM MINID`).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 pub use nimbus_proto::backplane::DocMessage;
 
 use super::{BackplaneError, Lua, RedisBackplane, EVENTS_CHANNEL, EVENTS_MAX_LEN, EVENTS_STREAM};
+pub use crate::doc::replication::DocState;
+use crate::doc::replication::{DocFeed, DocReplication, OnFailure};
+use crate::replication::ReplicationError;
 use crate::store::{compact, DocLog};
 
 /// Stream entries after which a node compacts a room's log into its snapshot.
@@ -89,7 +94,7 @@ pub struct DocWrite {
     /// The Yjs v1 update.
     pub update: Bytes,
     /// Called when Redis could not be written (the room then closes its clients).
-    pub on_failure: Arc<dyn Fn() + Send + Sync>,
+    pub on_failure: OnFailure,
 }
 
 impl std::fmt::Debug for DocWrite {
@@ -107,15 +112,63 @@ impl DocWrite {
     }
 }
 
-/// A room's document as stored in Redis, read atomically.
-#[derive(Debug, Clone, Default)]
-pub struct DocState {
-    /// Epoch ("" for a room never written).
-    pub epoch: Arc<str>,
-    /// Sequence number of the last update the state covers.
-    pub seq: u64,
-    /// Snapshot and the updates after it.
-    pub log: DocLog,
+/// The document rooms' [`DocReplication`] with `--redis`: updates are appended to the
+/// room's stream in Redis and shared with every node (see the module docs); they come
+/// back, with their `DOC_UPDATE` event, through the subscription.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisDocs {
+    bp: Arc<RedisBackplane>,
+}
+
+impl RedisDocs {
+    /// The document rooms of `bp`.
+    pub(crate) fn new(bp: Arc<RedisBackplane>) -> RedisDocs {
+        RedisDocs { bp }
+    }
+}
+
+impl DocReplication for RedisDocs {
+    fn unavailable_reason(&self) -> &'static str {
+        "backplane unavailable"
+    }
+
+    /// Set at load ([`DocReplication::loaded`]); the room adds what it appends.
+    fn size(&self, _room: &str) -> Arc<AtomicUsize> {
+        Arc::new(AtomicUsize::new(0))
+    }
+
+    fn load<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<DocState, ReplicationError>> {
+        Box::pin(async move {
+            self.bp
+                .load_doc(room)
+                .await
+                .map_err(|e| ReplicationError::Backplane(e.to_string()))
+        })
+    }
+
+    fn loaded(&self, size: &AtomicUsize, log: &DocLog) {
+        size.store(log.bytes(), Ordering::Relaxed);
+    }
+
+    fn can_write(&self) -> bool {
+        true
+    }
+
+    /// Every node's gateway gets it from the subscription, in the global order.
+    fn append(&self, room: Arc<str>, update: &Bytes, on_failure: &dyn Fn() -> OnFailure) {
+        self.bp.write_doc(DocWrite {
+            room,
+            update: update.clone(),
+            on_failure: on_failure(),
+        });
+    }
+
+    /// Redis holds every update already; the node that sees the log grow compacts it.
+    fn emptied(&self, _room: &str) {}
+
+    fn subscribe(&self, feed: Weak<dyn DocFeed>) {
+        self.bp.attach_docs(feed);
+    }
 }
 
 /// Append the script call for one update to `pipe`.

@@ -23,6 +23,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BackplaneError, Decoded, Lua, RedisBackplane, StreamId, EVENTS_STREAM};
 use crate::events::RoomEvent;
+use crate::gateway::log::{Dispatch, Durable, Found, SessionLog, TakenOver, TakeoverError};
 use crate::metrics::Metrics;
 
 /// Appends dispatches to a session's log if this node still owns the session.
@@ -80,14 +82,6 @@ pub(crate) fn token_hash(token: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Told what became of a session's writes.
-pub(crate) trait Durable: Send + Sync {
-    /// Dispatches up to `seq` are in Redis.
-    fn persisted(&self, seq: u64);
-    /// Another node owns the session now.
-    fn lost(&self);
-}
-
 /// One write of the gateway writer.
 pub(crate) enum GwJob {
     /// A new session's metadata (before its READY).
@@ -116,6 +110,76 @@ type Unstarted = (
     CancellationToken,
 );
 
+/// The gateway's [`SessionLog`] with `--redis`: sessions kept in Redis (see the module
+/// docs), so that any node can resume them.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisSessionLog {
+    bp: Arc<RedisBackplane>,
+}
+
+impl RedisSessionLog {
+    /// The session log of `bp`.
+    pub(crate) fn new(bp: Arc<RedisBackplane>) -> RedisSessionLog {
+        RedisSessionLog { bp }
+    }
+}
+
+impl SessionLog for RedisSessionLog {
+    fn start(&self, replay_buffer: usize, resume_window: Duration) {
+        self.bp.gateway.start(replay_buffer, resume_window);
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn opened(&self, sid: &str, token: &str, intents: u64, shard: [u64; 2]) {
+        self.bp.gateway.send(GwJob::Meta {
+            sid: sid.to_owned(),
+            token_hash: token_hash(token),
+            intents,
+            shard,
+        });
+    }
+
+    /// Queued for the writer: the session hears once it is in Redis.
+    fn append(&self, d: Dispatch<'_>) -> bool {
+        self.bp.gateway.send(GwJob::Dispatch {
+            sid: d.sid.to_owned(),
+            seq: d.seq,
+            gid: d.gid,
+            text: d.text.clone(),
+            session: d.session.clone(),
+        });
+        false
+    }
+
+    fn touch(&self, sid: &str) {
+        self.bp.gateway.send(GwJob::Touch {
+            sid: sid.to_owned(),
+        });
+    }
+
+    fn take_over<'a>(
+        &'a self,
+        sid: &'a str,
+        token: &'a str,
+        seq: u64,
+    ) -> BoxFuture<'a, Result<Found, TakeoverError>> {
+        Box::pin(async move {
+            let taken = self.bp.gateway.take_over(sid, token, seq).await?;
+            Ok(Found::TakenOver(taken))
+        })
+    }
+
+    fn events_after(
+        &self,
+        after: StreamId,
+    ) -> BoxFuture<'_, Result<Option<Vec<RoomEvent>>, TakeoverError>> {
+        Box::pin(async move { Ok(self.bp.events_after(after).await?) })
+    }
+}
+
 /// The session part of the backplane (see the module docs).
 pub(crate) struct GatewayStore {
     node: String,
@@ -124,39 +188,15 @@ pub(crate) struct GatewayStore {
     rx: std::sync::Mutex<Option<Unstarted>>,
 }
 
-/// A session as taken over from Redis.
-#[derive(Debug)]
-pub(crate) struct TakenOver {
-    /// Intents.
-    pub intents: u64,
-    /// `[shard_id, shard_n]`.
-    pub shard: [u64; 2],
-    /// Logged dispatches after the client's seq: `(seq, payload, gid)`.
-    pub replay: Vec<(u64, Arc<str>, StreamId)>,
-    /// The last logged sequence and its event's global id.
-    pub last: (u64, StreamId),
-}
-
-/// Why a session could not be taken over.
-#[derive(Debug)]
-pub(crate) enum TakeoverError {
-    /// Unknown or expired session, other token, or the events after `seq` are gone.
-    Invalid,
-    /// `seq` beyond what was ever sent.
-    FutureSeq,
-    /// Redis failed.
-    Backplane(BackplaneError),
-}
-
 impl From<BackplaneError> for TakeoverError {
     fn from(e: BackplaneError) -> Self {
-        TakeoverError::Backplane(e)
+        TakeoverError::Unavailable(e.to_string())
     }
 }
 
 impl From<redis::RedisError> for TakeoverError {
     fn from(e: redis::RedisError) -> Self {
-        TakeoverError::Backplane(e.into())
+        BackplaneError::from(e).into()
     }
 }
 

@@ -37,6 +37,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::doc::replication::DocFeed;
 use crate::events::{EventBody, EventBus, RoomEvent};
 use crate::metrics::Metrics;
 use crate::replication::{Change as CloudChange, Feed, OrderedChange, OrderedOp, Reply, RoomState};
@@ -296,7 +297,7 @@ pub struct RedisBackplane {
     /// Document rooms being compacted by this node.
     compacting: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
     /// The document rooms of this node (set once they exist).
-    docs: std::sync::OnceLock<std::sync::Weak<crate::doc::DocRooms>>,
+    docs: std::sync::OnceLock<std::sync::Weak<dyn DocFeed>>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 }
@@ -399,11 +400,11 @@ impl RedisBackplane {
     }
 
     /// Let the subscription hand document updates to `docs`.
-    pub(crate) fn attach_docs(&self, docs: &Arc<crate::doc::DocRooms>) {
-        let _ = self.docs.set(Arc::downgrade(docs));
+    pub(crate) fn attach_docs(&self, docs: std::sync::Weak<dyn DocFeed>) {
+        let _ = self.docs.set(docs);
     }
 
-    fn docs(&self) -> Option<Arc<crate::doc::DocRooms>> {
+    fn docs(&self) -> Option<Arc<dyn DocFeed>> {
         self.docs.get().and_then(std::sync::Weak::upgrade)
     }
 
@@ -901,7 +902,7 @@ impl RedisBackplane {
             }
             Decoded::Doc(m) => {
                 if let Some(docs) = self.docs() {
-                    docs.on_replicated(m);
+                    docs.replicated(m);
                 }
             }
             Decoded::Presence(_) => {}

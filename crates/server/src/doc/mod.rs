@@ -8,12 +8,13 @@
 
 pub mod access;
 mod replica;
+pub(crate) mod replication;
 pub mod rooms;
 pub mod settings;
 mod socket;
 
 pub use access::{validate_room_name, Access, AccessRules, Denied, TokenRule};
-pub(crate) use rooms::update_event;
+pub(crate) use replication::update_event;
 pub use rooms::{DocRooms, JoinError};
 pub use settings::{DocLimits, DocSettings};
 pub(crate) use socket::SocketChannel;

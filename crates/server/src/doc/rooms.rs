@@ -1,5 +1,6 @@
 //! [`DocRooms`]: the document rooms of a server, each a `nimbus_doc::Room` whose hooks
-//! persist to the [`Store`] and enforce the size limit.
+//! keep their updates through the node's `DocReplication` (the local [`Store`], or
+//! Redis) and enforce the size limit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,32 +11,17 @@ use futures_util::future::BoxFuture;
 use nimbus_doc::yrs::{ReadTxn, Transact};
 use nimbus_doc::{HookError, Refusal, Room, RoomHooks, RoomManager};
 
-use crate::backplane::doc::{DocMessage, DocWrite};
-use crate::backplane::{BackplaneError, RedisBackplane};
 use crate::doc::replica::{Step, SyncState};
+use crate::doc::replication::{DocFeed, DocMessage, DocReplication, LocalDocs, OnFailure};
 use crate::doc::settings::DocLimits;
 use crate::doc::socket::SocketChannel;
 use crate::doc::{Access, AccessRules};
-use crate::events::{EventBody, EventBus, RoomEvent};
+use crate::events::EventBus;
 use crate::metrics::Metrics;
-use crate::store::{apply_records, Store, StoreError, StoreOp, STORE_UNAVAILABLE};
+use crate::replication::ReplicationError;
+use crate::store::{apply_records, Store, StoreError, STORE_UNAVAILABLE};
 
-/// The close reason of document clients when Redis could not be written or lost the room.
-const UNAVAILABLE: &str = "backplane unavailable";
-
-/// The `DOC_UPDATE` event of an update.
-pub(crate) fn update_event(room: &Arc<str>, update: &Bytes) -> RoomEvent {
-    RoomEvent {
-        room: room.clone(),
-        user: None,
-        body: EventBody::DocUpdate {
-            update: update.clone(),
-        },
-        gid: None,
-    }
-}
-
-/// The rooms loaded on this node that follow Redis, by id.
+/// The rooms loaded on this node (they follow their replication's order), by id.
 type Replicas = Arc<Mutex<HashMap<String, Arc<Persisted>>>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -44,23 +30,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The hooks of one persisted document room.
 struct Persisted {
-    store: Store,
-    /// With `--redis`: the room is stored in Redis and shared with the other nodes.
-    backplane: Option<Arc<RedisBackplane>>,
+    /// Where the room's updates are kept (the store, or Redis shared with other nodes).
+    repl: Arc<dyn DocReplication>,
     replicas: Replicas,
-    /// How far this copy follows the room's sequence in Redis.
+    /// How far this copy follows the room's sequence (in Redis; in process it stays at 0).
     sync: Mutex<SyncState>,
-    /// A reload from Redis is under way.
+    /// A reload from the replication is under way.
     resyncing: AtomicBool,
     /// These hooks (the registry of followed rooms holds them).
     me: std::sync::Weak<Persisted>,
-    events: Arc<EventBus>,
     limits: Arc<DocLimits>,
     metrics: Arc<Metrics>,
     /// The document's size for `max_doc_bytes`: the stored bytes (snapshot + appended
-    /// updates). Without a backplane the store's writer sets it at load and moves it to the
-    /// merged size at each compaction ([`Store::doc_size`]); the room adds what it appends,
-    /// so it is the encoded size of the last compaction plus the bytes appended since.
+    /// updates), from [`DocReplication::size`]: in process the store's writer sets it at
+    /// load and moves it to the merged size at each compaction ([`Store::doc_size`]); the
+    /// room adds what it appends, so it is the encoded size of the last compaction plus the
+    /// bytes appended since.
     size: Arc<AtomicUsize>,
     /// The load hook's own transaction (the stored state) reaches `updated` like any other,
     /// first in order: it is already stored and must not be appended again.
@@ -73,33 +58,19 @@ impl RoomHooks for Persisted {
             // The close reason is public and stable; the cause is logged only.
             let failed = |e: &dyn std::fmt::Display| {
                 tracing::error!(room = room.id(), error = %e, "cannot load document");
-                HookError::new(if self.backplane.is_some() {
-                    UNAVAILABLE
-                } else {
-                    STORE_UNAVAILABLE
-                })
+                HookError::new(self.repl.unavailable_reason())
             };
-            let mut redis_seq = None;
-            let log = match &self.backplane {
-                None => self
-                    .store
-                    .load_doc(room.id())
-                    .await
-                    .map_err(|e| failed(&e))?,
-                Some(bp) => {
-                    // Registered first: updates arriving while it loads are applied too.
-                    self.register(room);
-                    let state = match bp.load_doc(room.id()).await {
-                        Ok(state) => state,
-                        Err(e) => {
-                            self.unregister(room);
-                            return Err(failed(&e));
-                        }
-                    };
-                    redis_seq = Some((state.epoch, state.seq));
-                    state.log
+            // Registered first: updates arriving (from elsewhere) while it loads are
+            // applied too.
+            self.register(room);
+            let state = match self.repl.load(room.id()).await {
+                Ok(state) => state,
+                Err(e) => {
+                    self.unregister(room);
+                    return Err(failed(&e));
                 }
             };
+            let log = state.log;
             let before = room.doc().transact().state_vector();
             let applied = apply_records(room.id(), room.doc(), log.records());
             // A transaction that changed the document fires exactly one update event.
@@ -110,14 +81,9 @@ impl RoomHooks for Persisted {
                     .doc_corrupt_records
                     .inc_by(applied.skipped as u64);
             }
-            if self.backplane.is_some() {
-                // Without a backplane the store's writer has set it (see `size`).
-                self.size.store(log.bytes(), Ordering::Relaxed);
-            }
-            if let Some((epoch, seq)) = redis_seq {
-                let step = lock(&self.sync).loaded(&epoch, seq);
-                self.follow(room, step);
-            }
+            self.repl.loaded(&self.size, &log);
+            let step = lock(&self.sync).loaded(&state.epoch, state.seq);
+            self.follow(room, step);
             tracing::debug!(
                 room = room.id(),
                 records = applied.applied,
@@ -129,7 +95,7 @@ impl RoomHooks for Persisted {
     }
 
     fn check_update(&self, room: &Room, update: &[u8]) -> Result<(), Refusal> {
-        if self.backplane.is_none() && !self.store.can_write() {
+        if !self.repl.can_write() {
             // Not applied, not fanned out: the client keeps the update and sends it again
             // when it reconnects (y-websocket resyncs), once the store writes again.
             self.metrics.store.refused("doc");
@@ -164,29 +130,18 @@ impl RoomHooks for Persisted {
         self.metrics.doc_updates.inc();
         self.metrics.doc_update_bytes.inc_by(update.len() as u64);
         let key: Arc<str> = Arc::from(room.id());
-        if let Some(bp) = &self.backplane {
-            // Every node's gateway gets it from the subscription, in the global order.
+        let on_failure = || -> OnFailure {
             let (closing, me) = (room.clone(), self.me.clone());
-            bp.write_doc(DocWrite {
-                room: key,
-                update: update.clone(),
-                on_failure: Arc::new(move || {
-                    // Its clients re-send the update when they reconnect (to any node).
-                    if let Some(me) = me.upgrade() {
-                        me.unregister(&closing);
-                    }
-                    closing.close_with(1011, UNAVAILABLE);
-                }),
-            });
-            return;
-        }
-        if self.events.is_active() {
-            self.events.publish(&update_event(&key, update));
-        }
-        self.store.apply(StoreOp::DocAppend {
-            room: key,
-            update: update.clone(),
-        });
+            let reason = self.repl.unavailable_reason();
+            Arc::new(move || {
+                // Its clients re-send the update when they reconnect (to any node).
+                if let Some(me) = me.upgrade() {
+                    me.unregister(&closing);
+                }
+                closing.close_with(1011, reason);
+            })
+        };
+        self.repl.append(key, update, &on_failure);
     }
 
     fn replicated(&self, _room: &Room, update: &Bytes) {
@@ -194,15 +149,8 @@ impl RoomHooks for Persisted {
     }
 
     fn emptied<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, ()> {
-        if self.backplane.is_some() {
-            // Redis holds every update already; the node that sees the log grow compacts it.
-            self.unregister(room);
-            return Box::pin(async {});
-        }
-        // Every append is already queued; an idle room gets its log folded into a snapshot.
-        self.store.apply(StoreOp::DocCompact {
-            room: Arc::from(room.id()),
-        });
+        self.unregister(room);
+        self.repl.emptied(room.id());
         Box::pin(async {})
     }
 }
@@ -236,16 +184,14 @@ impl Persisted {
                     "Redis lost the document room: closing its clients"
                 );
                 self.unregister(room);
-                room.close_with(1011, UNAVAILABLE);
+                room.close_with(1011, self.repl.unavailable_reason());
             }
         }
     }
 
-    /// Reload the room from Redis and apply what this copy misses (idempotent).
+    /// Reload the room from its replication and apply what this copy misses (idempotent).
     fn resync(&self, room: &Room) {
-        let Some(bp) = self.backplane.clone() else {
-            return;
-        };
+        let repl = self.repl.clone();
         if self.resyncing.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -256,14 +202,14 @@ impl Persisted {
         };
         let room = room.clone();
         tokio::spawn(async move {
-            let result: Result<(), BackplaneError> = async {
-                let state = bp.load_doc(room.id()).await?;
+            let result: Result<(), ReplicationError> = async {
+                let state = repl.load(room.id()).await?;
                 let id = room.id().to_owned();
                 let bytes = state.log.bytes();
                 let log = state.log;
                 let merged = tokio::task::spawn_blocking(move || crate::store::compact(&id, &log))
                     .await
-                    .map_err(|e| BackplaneError::Malformed(format!("merge task: {e}")))?;
+                    .map_err(|e| ReplicationError::Backplane(format!("merge task: {e}")))?;
                 if let Err(error) = room.apply_replicated(&merged) {
                     tracing::error!(room = room.id(), %error, "cannot apply the document from Redis");
                 }
@@ -301,7 +247,8 @@ pub struct DocRooms {
     pub limits: Arc<DocLimits>,
     access: AccessRules,
     metrics: Arc<Metrics>,
-    backplane: Option<Arc<RedisBackplane>>,
+    /// Where the rooms' updates are kept (chosen by the composition root).
+    repl: Arc<dyn DocReplication>,
     replicas: Replicas,
 }
 
@@ -322,38 +269,32 @@ impl DocRooms {
         metrics: Arc<Metrics>,
         events: Arc<EventBus>,
     ) -> DocRooms {
-        DocRooms::with_backplane(store, limits, metrics, events, None)
+        let local = Arc::new(LocalDocs::new(store.clone(), events));
+        DocRooms::with_replication(store, limits, metrics, local)
     }
 
-    /// Like [`DocRooms::new`]; with a `backplane` the rooms are stored in Redis and shared
-    /// with every node connected to it (see `crate::backplane::doc`), and `DOC_UPDATE`
-    /// events come from its subscription. Call [`DocRooms::attach`] on the `Arc` then.
-    pub fn with_backplane(
+    /// Like [`DocRooms::new`], with the rooms' updates kept by `repl` (with Redis: shared
+    /// with every node connected to it, see `crate::backplane::doc`, and `DOC_UPDATE`
+    /// events come from its subscription). Call [`DocRooms::attach`] on the `Arc` then.
+    pub(crate) fn with_replication(
         store: Store,
         limits: Arc<DocLimits>,
         metrics: Arc<Metrics>,
-        events: Arc<EventBus>,
-        backplane: Option<Arc<RedisBackplane>>,
+        repl: Arc<dyn DocReplication>,
     ) -> DocRooms {
-        let (s, l, m) = (store.clone(), limits.clone(), metrics.clone());
+        let (l, m) = (limits.clone(), metrics.clone());
         let replicas = Replicas::default();
-        let (bp, reg) = (backplane.clone(), replicas.clone());
+        let (r, reg) = (repl.clone(), replicas.clone());
         let manager = RoomManager::new(move |id: &str| {
-            let size = match &bp {
-                None => s.doc_size(id),
-                Some(_) => Arc::new(AtomicUsize::new(0)),
-            };
             let hooks = Arc::new_cyclic(|me| Persisted {
-                store: s.clone(),
-                backplane: bp.clone(),
+                repl: r.clone(),
                 replicas: reg.clone(),
                 sync: Mutex::new(SyncState::loading()),
                 resyncing: AtomicBool::new(false),
                 me: me.clone(),
-                events: events.clone(),
                 limits: l.clone(),
                 metrics: m.clone(),
-                size,
+                size: r.size(id),
                 skip_loaded: AtomicBool::new(false),
             });
             Room::with_options(id, hooks, l.room_options())
@@ -364,20 +305,21 @@ impl DocRooms {
             access: AccessRules::new(limits.tokens.clone()),
             limits,
             metrics,
-            backplane,
+            repl,
             replicas,
         }
     }
 
-    /// Let the backplane's subscription reach these rooms (with a backplane).
+    /// Let the replication's subscription reach these rooms (updates made elsewhere).
     pub fn attach(self: &Arc<Self>) {
-        if let Some(bp) = &self.backplane {
-            bp.attach_docs(self);
-        }
+        let feed: Arc<dyn DocFeed> = self.clone();
+        self.repl.subscribe(Arc::downgrade(&feed));
     }
+}
 
+impl DocFeed for DocRooms {
     /// An update of a room arrived from Redis (any node's, this one's included).
-    pub(crate) fn on_replicated(&self, m: DocMessage) {
+    fn replicated(&self, m: DocMessage) {
         let Some(hooks) = lock(&self.replicas).get(&*m.room).cloned() else {
             return;
         };
@@ -394,7 +336,7 @@ impl DocRooms {
     }
 
     /// Catch every followed room up with Redis (after the subscription was re-established).
-    pub(crate) fn resync_all(&self) {
+    fn resync_all(&self) {
         let followed: Vec<_> = lock(&self.replicas)
             .iter()
             .map(|(id, h)| (id.clone(), h.clone()))
@@ -405,7 +347,9 @@ impl DocRooms {
             }
         }
     }
+}
 
+impl DocRooms {
     /// The token rules.
     pub fn access(&self) -> &AccessRules {
         &self.access
@@ -472,15 +416,7 @@ impl DocRooms {
         if let Some(live) = self.manager.get(room) {
             return Ok(Some(nimbus_doc::doc_to_json(live.doc())));
         }
-        let log = match &self.backplane {
-            None => self.store.load_doc(room).await?,
-            Some(bp) => {
-                bp.load_doc(room)
-                    .await
-                    .map_err(|e| StoreError::Backplane(e.to_string()))?
-                    .log
-            }
-        };
+        let log = self.repl.load(room).await?.log;
         if log.is_empty() {
             return Ok(None);
         }

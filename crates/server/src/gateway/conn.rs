@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::log::{Durable, Found, TakeoverError};
 use super::session::{Buffered, ResumeError, Session};
 use super::Gateway;
-use crate::backplane::gateway::TakeoverError;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -353,10 +353,9 @@ impl Conn {
             OpCode::Heartbeat => {
                 self.last_heartbeat = now;
                 self.asked_heartbeat = false;
-                if let (Some(bp), Some((s, _))) = (&self.gw.hub.backplane, &self.session) {
-                    // Keeps the session's keys in Redis for another resume window.
-                    bp.gateway
-                        .send(crate::backplane::gateway::GwJob::Touch { sid: s.id.clone() });
+                if let Some((s, _)) = &self.session {
+                    // Keeps the session in a shared log for another resume window.
+                    self.gw.log.touch(&s.id);
                 }
                 self.send(ws, &Payload::new(OpCode::HeartbeatAck, Value::Null))
                     .await
@@ -430,7 +429,7 @@ impl Conn {
             token,
             intents,
             [shard_id, num_shards],
-            self.gw.hub.backplane.clone(),
+            self.gw.log.clone(),
         );
         let ready = nimbus_proto::gateway::Ready {
             v: API_VERSION,
@@ -465,22 +464,19 @@ impl Conn {
         if self.cfg().check_token(&r.token).is_none() {
             return Err(close(CloseCode::AuthenticationFailed));
         }
-        let session = match &self.gw.hub.backplane {
-            None => self.gw.get(&r.session_id),
-            Some(bp) => match self.take_over(bp.clone(), &r).await {
-                Ok(s) => Some(s),
-                Err(TakeoverError::FutureSeq) => {
-                    return Err(End::Close(
-                        CloseCode::InvalidSeq,
-                        format!("seq {} was never sent", r.seq),
-                    ))
-                }
-                Err(TakeoverError::Invalid) => None,
-                Err(TakeoverError::Backplane(error)) => {
-                    tracing::warn!(%error, "cannot resume a session: Redis unavailable");
-                    None
-                }
-            },
+        let session = match self.take_over(&r).await {
+            Ok(s) => s,
+            Err(TakeoverError::FutureSeq) => {
+                return Err(End::Close(
+                    CloseCode::InvalidSeq,
+                    format!("seq {} was never sent", r.seq),
+                ))
+            }
+            Err(TakeoverError::Invalid) => None,
+            Err(error @ TakeoverError::Unavailable(_)) => {
+                tracing::warn!(%error, "cannot resume a session");
+                None
+            }
         };
         let Some(session) = session else {
             return self.invalid_session(ws).await;
@@ -510,27 +506,28 @@ impl Conn {
 }
 
 impl Conn {
-    /// With a backplane, every Resume takes the session over from Redis (wherever it ran
-    /// before, this node included): Redis names one owner, so two nodes never extend the
-    /// same session.
-    async fn take_over(
-        &self,
-        bp: Arc<crate::backplane::RedisBackplane>,
-        r: &Resume,
-    ) -> Result<Arc<Session>, TakeoverError> {
+    /// The session a Resume names: in this node's registry when sessions live in memory;
+    /// with a shared log, every Resume takes the session over from it (wherever it ran
+    /// before, this node included): the log names one owner, so two nodes never extend
+    /// the same session.
+    async fn take_over(&self, r: &Resume) -> Result<Option<Arc<Session>>, TakeoverError> {
         let token = nimbus_proto::gateway::strip_bot_prefix(&r.token).to_owned();
-        let taken = bp.gateway.take_over(&r.session_id, &token, r.seq).await?;
+        let log = self.gw.log.clone();
+        let taken = match log.take_over(&r.session_id, &token, r.seq).await? {
+            Found::Here => return Ok(self.gw.get(&r.session_id)),
+            Found::TakenOver(taken) => taken,
+        };
         let from = taken.last.1;
-        let session = Session::taken_over(r.session_id.clone(), token, bp.clone(), taken);
+        let session = Session::taken_over(r.session_id.clone(), token, log.clone(), taken);
         // Registered before reading the global stream: live events wait in the session.
         if let Some(old) = self.gw.replace(session.clone()) {
-            crate::backplane::gateway::Durable::lost(&*old);
+            Durable::lost(&*old);
         }
-        match bp.events_after(from).await {
+        match log.events_after(from).await {
             Ok(Some(events)) => {
                 session.catch_up(&events, self.cfg().replay_buffer);
-                tracing::debug!(session = %r.session_id, rebuilt = events.len(), gid = %session.gid(), "session taken over from Redis");
-                Ok(session)
+                tracing::debug!(session = %r.session_id, rebuilt = events.len(), gid = %session.gid(), "session taken over from the shared log");
+                Ok(Some(session))
             }
             Ok(None) => {
                 self.gw.remove(&r.session_id);
@@ -538,7 +535,7 @@ impl Conn {
             }
             Err(e) => {
                 self.gw.remove(&r.session_id);
-                Err(TakeoverError::Backplane(e))
+                Err(e)
             }
         }
     }

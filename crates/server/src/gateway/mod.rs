@@ -19,6 +19,7 @@
 
 mod conn;
 mod limiter;
+pub(crate) mod log;
 mod session;
 mod settings;
 
@@ -45,6 +46,7 @@ use crate::hub::Hub;
 
 use limiter::IdentifyLimiter;
 pub use limiter::SessionStartLimit;
+use log::SessionLog;
 use session::Session;
 pub use settings::GatewaySettings;
 
@@ -176,17 +178,29 @@ pub struct Gateway {
     hub: Arc<Hub>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     limiter: IdentifyLimiter,
+    /// Where the sessions' dispatches are kept (in memory, or shared through Redis).
+    log: Arc<dyn SessionLog>,
     /// On while there is at least one session: with none, rooms build no events. Always
-    /// on with a backplane (the global position must be followed even without sessions).
+    /// on with a shared log (the global position must be followed even without sessions).
     interest: std::sync::OnceLock<Interest>,
-    /// With a backplane: the global id of the last event seen (updated with the session
+    /// With a shared log: the global id of the last event seen (updated with the session
     /// map locked, so a new session starts exactly after it).
-    last_gid: Mutex<crate::backplane::StreamId>,
+    last_gid: Mutex<nimbus_proto::backplane::StreamId>,
 }
 
 impl Gateway {
-    /// A gateway listening on `hub`'s event bus.
+    /// A gateway listening on `hub`'s event bus; its sessions live in this node's memory.
     pub fn new(hub: Arc<Hub>, config: GatewayConfig) -> Arc<Gateway> {
+        Gateway::with_log(hub, config, log::in_memory())
+    }
+
+    /// Like [`Gateway::new`], with the sessions' dispatches kept by `log` (chosen by the
+    /// composition root).
+    pub(crate) fn with_log(
+        hub: Arc<Hub>,
+        config: GatewayConfig,
+        log: Arc<dyn SessionLog>,
+    ) -> Arc<Gateway> {
         let gw = Arc::new(Gateway {
             limiter: IdentifyLimiter::new(
                 config.max_concurrency,
@@ -196,13 +210,12 @@ impl Gateway {
             config,
             hub: hub.clone(),
             sessions: Mutex::new(HashMap::new()),
+            log,
             interest: std::sync::OnceLock::new(),
             last_gid: Mutex::default(),
         });
-        if let Some(bp) = &gw.hub.backplane {
-            bp.gateway
-                .start(gw.config.replay_buffer, gw.config.resume_window);
-        }
+        gw.log
+            .start(gw.config.replay_buffer, gw.config.resume_window);
         let weak: Weak<Gateway> = Arc::downgrade(&gw);
         let (_, interest) = hub
             .events
@@ -211,7 +224,7 @@ impl Gateway {
                     gw.publish(ev);
                 }
             }));
-        interest.set(gw.hub.backplane.is_some());
+        interest.set(gw.log.shared());
         let _ = gw.interest.set(interest);
         gw
     }
@@ -264,19 +277,12 @@ impl Gateway {
     }
 
     /// Register a new session and append its READY, with the session map locked so that
-    /// it receives exactly the events after the current one. With a backplane its
-    /// metadata is written to Redis first.
+    /// it receives exactly the events after the current one. The log hears of it
+    /// first.
     fn start(&self, s: Arc<Session>, conn: u64, ready: &str) {
         let sessions = self.sessions();
         let gid = *self.last_gid.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(bp) = &self.hub.backplane {
-            bp.gateway.send(crate::backplane::gateway::GwJob::Meta {
-                sid: s.id.clone(),
-                token_hash: crate::backplane::gateway::token_hash(&s.token),
-                intents: s.intents.0,
-                shard: s.shard,
-            });
-        }
+        self.log.opened(&s.id, &s.token, s.intents.0, s.shard);
         s.ready(conn, ready, self.config.replay_buffer, gid);
         self.insert_locked(sessions, s);
     }
@@ -306,7 +312,7 @@ impl Gateway {
     /// the session map locked, so the switch never lags behind an insert).
     fn sessions_changed(&self, n: usize) {
         if let Some(i) = self.interest.get() {
-            i.set(n > 0 || self.hub.backplane.is_some());
+            i.set(n > 0 || self.log.shared());
         }
         self.hub.metrics.gateway_sessions.set(n as i64);
     }

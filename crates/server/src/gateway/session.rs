@@ -8,8 +8,9 @@ use nimbus_proto::gateway::{shard_of, Intents};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::backplane::gateway::{Durable, GwJob, TakenOver};
-use crate::backplane::{RedisBackplane, StreamId};
+use nimbus_proto::backplane::StreamId;
+
+use super::log::{Dispatch, Durable, SessionLog, TakenOver};
 use crate::events::RoomEvent;
 
 /// One buffered dispatch: its sequence and its encoded payload.
@@ -29,10 +30,10 @@ pub(crate) struct State {
     pub owner: Option<u64>,
     /// When the last connection detached (`None` while attached).
     pub detached_at: Option<Instant>,
-    /// Dispatches up to here may be sent: with a backplane, those written to Redis;
-    /// without, all of them.
+    /// Dispatches up to here may be sent: those the session log holds (in memory: all of
+    /// them).
     pub durable: u64,
-    /// The global id of the last event dispatched (with a backplane).
+    /// The global id of the last event dispatched (with a shared log).
     pub gid: StreamId,
     /// While a session taken over from another node catches up: live events wait here.
     pending: Option<Vec<(StreamId, &'static str, Arc<str>)>>,
@@ -50,9 +51,10 @@ pub(crate) struct Session {
     state: Mutex<State>,
     /// Bumped (to `last`) on every push; connections wait on it.
     changed: watch::Sender<u64>,
-    /// With a backplane: where dispatches are written before they are sent.
-    store: Option<Arc<RedisBackplane>>,
-    me: Weak<Session>,
+    /// Where dispatches are kept before they are sent.
+    log: Arc<dyn SessionLog>,
+    /// Itself, as the log tells it what became of its dispatches.
+    me: Weak<dyn Durable>,
 }
 
 /// Why a resume is refused.
@@ -74,9 +76,9 @@ impl Session {
         token: String,
         intents: Intents,
         shard: [u64; 2],
-        store: Option<Arc<RedisBackplane>>,
+        log: Arc<dyn SessionLog>,
     ) -> Arc<Session> {
-        Self::with_state(id, token, intents, shard, store, |_| {})
+        Self::with_state(id, token, intents, shard, log, |_| {})
     }
 
     fn with_state(
@@ -84,7 +86,7 @@ impl Session {
         token: String,
         intents: Intents,
         shard: [u64; 2],
-        store: Option<Arc<RedisBackplane>>,
+        log: Arc<dyn SessionLog>,
         init: impl FnOnce(&mut State),
     ) -> Arc<Session> {
         let mut state = State {
@@ -98,29 +100,29 @@ impl Session {
             lost: false,
         };
         init(&mut state);
-        Arc::new_cyclic(|me| Session {
+        Arc::new_cyclic(|me: &Weak<Session>| Session {
             id,
             token,
             intents,
             shard,
             changed: watch::Sender::new(state.last),
             state: Mutex::new(state),
-            store,
-            me: me.clone(),
+            log,
+            me: me.clone() as Weak<dyn Durable>,
         })
     }
 
-    /// A session taken over from another node (see `crate::backplane::gateway`): the
+    /// A session taken over from a shared [`SessionLog`]: the
     /// logged dispatches after the client's seq are its buffer; live events wait until
     /// [`Session::catch_up`] ran.
     pub(crate) fn taken_over(
         id: String,
         token: String,
-        store: Arc<RedisBackplane>,
+        log: Arc<dyn SessionLog>,
         t: TakenOver,
     ) -> Arc<Session> {
         let intents = Intents(t.intents);
-        Self::with_state(id, token, intents, t.shard, Some(store), |st| {
+        Self::with_state(id, token, intents, t.shard, log, |st| {
             st.last = t.last.0;
             st.durable = t.last.0;
             st.gid = t.last.1;
@@ -216,18 +218,15 @@ impl Session {
         if let Some(g) = gid {
             st.gid = st.gid.max(g);
         }
-        match &self.store {
-            Some(bp) => {
-                let me: Weak<dyn Durable> = self.me.clone();
-                bp.gateway.send(GwJob::Dispatch {
-                    sid: self.id.clone(),
-                    seq,
-                    gid: st.gid,
-                    text: text.clone(),
-                    session: me,
-                });
-            }
-            None => st.durable = seq,
+        let durable = self.log.append(Dispatch {
+            sid: &self.id,
+            seq,
+            gid: st.gid,
+            text: &text,
+            session: &self.me,
+        });
+        if durable {
+            st.durable = seq;
         }
         st.buf.push_back(Buffered { seq, text });
         while st.buf.len() > capacity.max(1) {
@@ -262,7 +261,7 @@ impl Session {
     }
 
     /// Attach the identifying connection and append READY (sequence 1); `gid`: the
-    /// global id of the last event before the session started (with a backplane).
+    /// global id of the last event before the session started (with a shared log).
     pub(crate) fn ready(&self, conn: u64, d: &str, capacity: usize, gid: StreamId) {
         let mut st = self.lock();
         st.owner = Some(conn);
@@ -345,7 +344,13 @@ mod tests {
 
     #[test]
     fn replay_and_gaps() {
-        let s = Session::new("s".into(), "t".into(), Intents::ALL, [0, 1], None);
+        let s = Session::new(
+            "s".into(),
+            "t".into(),
+            Intents::ALL,
+            [0, 1],
+            super::super::log::in_memory(),
+        );
         s.ready(1, "{}", 4, StreamId::default());
         for _ in 0..3 {
             s.push("CLOUD_SET", "{}", 4, None);
@@ -372,7 +377,13 @@ mod tests {
     #[test]
     fn events_at_or_before_the_last_dispatched_gid_are_not_dispatched_again() {
         let g = |ms| Some(StreamId { ms, seq: 0 });
-        let s = Session::new("s".into(), "t".into(), Intents::ALL, [0, 1], None);
+        let s = Session::new(
+            "s".into(),
+            "t".into(),
+            Intents::ALL,
+            [0, 1],
+            super::super::log::in_memory(),
+        );
         s.ready(1, "{}", 8, StreamId { ms: 1, seq: 0 });
         s.push("CLOUD_SET", "{}", 8, g(1));
         s.push("CLOUD_SET", "{}", 8, g(2));
