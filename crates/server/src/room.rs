@@ -121,7 +121,7 @@ pub const SERVER_SENDER: u64 = 0;
 
 /// What a room needs from whoever runs it: its limits, the replication that orders its
 /// changes, and the metrics it counts in. The room holds no pointer back to its registry:
-/// the task that runs it (`Hub`) unregisters it when [`Room::serve`] returns.
+/// the task that runs it (`Hub`) unregisters it when `Room::serve` returns.
 #[derive(Clone)]
 pub struct RoomContext {
     /// Cloud limits and policies.
@@ -132,7 +132,7 @@ pub struct RoomContext {
     pub metrics: Arc<Metrics>,
 }
 
-/// Why [`Room::serve`] returned: the room is to be unregistered, then drained.
+/// Why `Room::serve` returned: the room is to be unregistered, then drained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unload {
     /// Its state could not be loaded: joins racing in are refused as unavailable.
