@@ -19,6 +19,7 @@
 
 mod conn;
 mod limiter;
+pub mod metrics;
 mod session;
 mod settings;
 
@@ -259,7 +260,7 @@ impl Gateway {
                 dispatched += 1;
             }
         }
-        self.hub.metrics.gateway_dispatches.inc_by(dispatched);
+        self.hub.metrics.gateway.dispatches.inc_by(dispatched);
     }
 
     /// Register a new session and append its READY, with the session map locked so that
@@ -307,7 +308,7 @@ impl Gateway {
         if let Some(i) = self.interest.get() {
             i.set(n > 0 || self.hub.backplane.is_some());
         }
-        self.hub.metrics.gateway_sessions.set(n as i64);
+        self.hub.metrics.gateway.sessions.set(n as i64);
     }
 
     fn get(&self, id: &str) -> Option<Arc<Session>> {

@@ -23,6 +23,7 @@
 mod doc;
 mod failing;
 mod memory;
+pub mod metrics;
 mod settings;
 mod sqlite;
 
