@@ -75,6 +75,12 @@ impl Metrics {
         DocMetrics::register_bounds(&mut self.registry, stats);
     }
 
+    /// Expose the store's state (`nimbus_store_*` but the refused writes), read from
+    /// `store` at each scrape.
+    pub(crate) fn register_store(&mut self, store: &crate::store::Store) {
+        StoreMetrics::register_store(&mut self.registry, store.view());
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -94,6 +100,11 @@ mod tests {
     fn exposition() -> Vec<String> {
         let mut metrics = Metrics::new();
         metrics.register_doc_bounds(std::sync::Arc::new(nimbus_doc::ServeStats::default()));
+        let store = crate::store::Store::spawn(
+            crate::store::MemoryBackend::default(),
+            std::time::Duration::from_millis(1),
+        );
+        metrics.register_store(&store);
         metrics.cloud.close(4000);
         metrics.cloud.dropped_set("invalid_name");
         metrics.doc.refused("unauthorized");

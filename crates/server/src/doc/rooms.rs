@@ -429,9 +429,6 @@ impl DocRooms {
         if done > counted {
             self.metrics.doc.compactions.inc_by(done - counted);
         }
-        self.metrics
-            .store
-            .refresh(self.store.health(), stats.running.load(Ordering::Relaxed));
     }
 
     /// Loaded room names, sorted.
