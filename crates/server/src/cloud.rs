@@ -4,6 +4,7 @@
 //! the server's shutdown signal. Incoming lines are parsed with the IO-free
 //! codec in `nimbus_proto::cloud`, validated, and sent to the room actor.
 
+pub mod metrics;
 pub mod settings;
 
 use std::collections::VecDeque;
@@ -90,7 +91,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let metrics = hub.metrics.clone();
-    metrics.clients.inc();
+    metrics.cloud.clients.inc();
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let end = match peer.refuse {
         Some((code, why)) => {
@@ -106,19 +107,19 @@ pub async fn serve(
     };
     match end {
         End::Close(code, reason) => {
-            metrics.close(code);
+            metrics.cloud.close(code);
             tracing::info!(conn = id, peer = ?peer.addr, code, %reason, "closing connection");
             crate::edge::ws::close(&mut ws, code, reason, hub.limits.close_timeout).await;
         }
         End::Cut(code, reason) => {
-            metrics.close(code);
+            metrics.cloud.close(code);
             tracing::info!(conn = id, peer = ?peer.addr, code, %reason, "cutting connection");
             let deadline = hub.limits.close_timeout.min(CUT_CLOSE_TIMEOUT);
             crate::edge::ws::close(&mut ws, code, reason, deadline).await;
         }
         End::Drop => tracing::debug!(conn = id, peer = ?peer.addr, "connection dropped"),
     }
-    metrics.clients.dec();
+    metrics.cloud.clients.dec();
 }
 
 struct Joined {
@@ -140,7 +141,7 @@ impl Conn {
     fn new(id: u64, hub: Arc<Hub>, edge: Arc<EdgeConfig>, shutdown: CancellationToken) -> Conn {
         let outbox = Arc::new(Outbox::new(
             edge.outbox_bytes,
-            hub.metrics.outbox_bytes.clone(),
+            hub.metrics.cloud.outbox_bytes.clone(),
         ));
         let sets = WriteLimit::new(edge.sets_per_sec, edge.sets_burst);
         Conn {
@@ -221,7 +222,7 @@ impl Conn {
                         return End::Drop;
                     }
                     if awaiting_pong {
-                        self.hub.metrics.keepalive_timeouts.inc();
+                        self.hub.metrics.cloud.keepalive_timeouts.inc();
                         return End::Drop;
                     }
                     awaiting_pong = true;
@@ -288,7 +289,7 @@ impl Conn {
                 Err(_) => {
                     self.hub.metrics.edge.write_timeouts.inc();
                     self.hub.metrics.edge.violation("write_timeout");
-                    self.hub.metrics.slow_consumers.inc();
+                    self.hub.metrics.cloud.slow_consumers.inc();
                     return Err(End::Cut(
                         CloseCode::SlowConsumer.code(),
                         "write stalled: client too slow".into(),
@@ -307,7 +308,7 @@ impl Conn {
             let Some(joined) = &self.joined else {
                 match msg {
                     Ok(ClientMessage::Handshake(h)) => {
-                        self.hub.metrics.messages.handshake.inc();
+                        self.hub.metrics.cloud.messages.handshake.inc();
                         self.handshake(&h).await?;
                     }
                     Ok(_) => return Err(protocol_error("the first message must be a handshake")),
@@ -319,7 +320,7 @@ impl Conn {
             let msg = match msg {
                 Ok(m) => m,
                 Err(e) => {
-                    self.hub.metrics.malformed_lines.inc();
+                    self.hub.metrics.cloud.malformed_lines.inc();
                     tracing::debug!(conn = self.id, error = %e, "malformed line dropped");
                     continue;
                 }
@@ -379,20 +380,20 @@ impl Conn {
         let is_create = matches!(msg, ClientMessage::Create { .. });
         match msg {
             ClientMessage::Handshake(_) => {
-                metrics.messages.handshake.inc();
+                metrics.cloud.messages.handshake.inc();
                 Err(protocol_error("already handshaken"))
             }
             ClientMessage::Set { name, value } | ClientMessage::Create { name, value } => {
                 if is_create {
-                    metrics.messages.create.inc();
+                    metrics.cloud.messages.create.inc();
                 } else {
-                    metrics.messages.set.inc();
+                    metrics.cloud.messages.set.inc();
                 }
                 match self.sets.check() {
                     Verdict::Allow => {}
                     Verdict::Drop => {
                         metrics.edge.rate_limited.inc();
-                        metrics.dropped_set("rate_limited");
+                        metrics.cloud.dropped_set("rate_limited");
                         return Ok(());
                     }
                     Verdict::Close => {
@@ -404,16 +405,16 @@ impl Conn {
                     }
                 }
                 let (Ok(name), Ok(value)) = (name, value) else {
-                    metrics.dropped_set("bad_field");
+                    metrics.cloud.dropped_set("bad_field");
                     return Ok(());
                 };
                 if let Err(e) = validate_name(&name, limits.max_name_len) {
-                    metrics.dropped_set("invalid_name");
+                    metrics.cloud.dropped_set("invalid_name");
                     tracing::debug!(conn = self.id, error = %e, "set dropped");
                     return Ok(());
                 }
                 if let Err(e) = value.validate(limits.profile, limits.max_value_len) {
-                    metrics.dropped_set("invalid_value");
+                    metrics.cloud.dropped_set("invalid_value");
                     tracing::debug!(conn = self.id, error = %e, "set dropped");
                     return Ok(());
                 }
@@ -430,7 +431,7 @@ impl Conn {
                 Ok(())
             }
             ClientMessage::Rename { name, new_name } => {
-                metrics.messages.rename.inc();
+                metrics.cloud.messages.rename.inc();
                 if !limits.allow_rename {
                     return Ok(());
                 }
@@ -454,7 +455,7 @@ impl Conn {
                 }
             }
             ClientMessage::Delete { name } => {
-                metrics.messages.delete.inc();
+                metrics.cloud.messages.delete.inc();
                 if !limits.allow_delete {
                     return Ok(());
                 }
@@ -475,7 +476,7 @@ impl Conn {
                 }
             }
             ClientMessage::Unknown { method } => {
-                metrics.messages.other.inc();
+                metrics.cloud.messages.other.inc();
                 Err(protocol_error(format!("unknown method {method:?}")))
             }
         }

@@ -76,13 +76,13 @@ fn doc_access(
     headers: &HeaderMap,
 ) -> Result<Access, (StatusCode, String)> {
     validate_room_name(room).map_err(|e| {
-        docs.metrics().doc_refused("bad_room_name");
+        docs.metrics().doc.refused("bad_room_name");
         (StatusCode::BAD_REQUEST, e)
     })?;
     docs.access()
         .check(room, doc_token(query, headers).as_deref())
         .map_err(|e| {
-            docs.metrics().doc_refused("unauthorized");
+            docs.metrics().doc.refused("unauthorized");
             (StatusCode::UNAUTHORIZED, e.to_string())
         })
 }
@@ -100,7 +100,7 @@ async fn doc_upgrade(
         Err((status, why)) => return refusal(status, why),
     };
     if let Err(e) = app.docs.admit(&room) {
-        app.docs.metrics().doc_refused("too_many_rooms");
+        app.docs.metrics().doc.refused("too_many_rooms");
         return refusal(StatusCode::SERVICE_UNAVAILABLE, e);
     }
     let App {

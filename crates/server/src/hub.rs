@@ -122,7 +122,7 @@ impl Hub {
         let (tx, rx) = mpsc::channel(ROOM_QUEUE);
         let handle = RoomHandle { id, tx };
         rooms.insert(key.clone(), handle.clone());
-        self.metrics.rooms.set(rooms.len() as i64);
+        self.metrics.cloud.rooms.set(rooms.len() as i64);
         drop(rooms);
         let ctx = RoomContext {
             limits: self.limits.clone(),
@@ -176,7 +176,7 @@ impl Hub {
         if rooms.get(key).is_some_and(|h| h.id == id) {
             rooms.remove(key);
         }
-        self.metrics.rooms.set(rooms.len() as i64);
+        self.metrics.cloud.rooms.set(rooms.len() as i64);
     }
 
     /// Keys of the loaded rooms, sorted.

@@ -332,7 +332,7 @@ impl Room {
     /// Apply what the room missed: the replication's changes since the offset when they
     /// follow it, else its whole state.
     async fn catch_up(&mut self) {
-        self.metrics.redis_resyncs.inc();
+        self.metrics.backplane.resyncs.inc();
         let from = self.follow.applied() + 1;
         if let Ok(changes) = self.repl.changes_since(&self.key, from).await {
             let mut complete = !changes.is_empty();
@@ -490,17 +490,17 @@ impl Room {
                 Pushed::Queued => delivered += 1,
                 Pushed::Replaced => {
                     delivered += 1;
-                    metrics.coalesced.inc();
+                    metrics.cloud.coalesced.inc();
                 }
                 Pushed::Overflow => {
                     cut.push(s.id);
-                    metrics.slow_consumers.inc();
+                    metrics.cloud.slow_consumers.inc();
                     tracing::info!(room = %self.key, conn = s.id, user = %s.user, "slow consumer cut (1008)");
                 }
                 Pushed::Closed => {}
             }
         }
-        metrics.deliveries.inc_by(delivered);
+        metrics.cloud.deliveries.inc_by(delivered);
         if !cut.is_empty() {
             let mut gone = Vec::new();
             self.subs.retain(|s| {

@@ -102,6 +102,7 @@ impl Server {
         let edge = config.edge.clone();
         let mut metrics = Metrics::new();
         metrics.register_doc_bounds(config.doc.stats.clone());
+        metrics.register_store(&store);
         let metrics = Arc::new(metrics);
         // The composition root: cloud rooms replicate in process, or through Redis.
         let events = Arc::new(EventBus::default());

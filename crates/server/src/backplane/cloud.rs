@@ -60,7 +60,8 @@ impl CloudReplication for RedisReplication {
                 let lag = super::now_ms().saturating_sub(last.ts);
                 self.bp
                     .metrics
-                    .redis_lag_ms
+                    .backplane
+                    .lag_ms
                     .set(i64::try_from(lag).unwrap_or(i64::MAX));
             }
             Ok(changes)

@@ -198,7 +198,7 @@ impl RedisBackplane {
     /// is full).
     pub(crate) fn write_doc(&self, w: DocWrite) {
         if let Err(e) = self.writes.try_send(super::Job::Doc(w)) {
-            self.metrics.redis_write_failures.inc();
+            self.metrics.backplane.write_failures.inc();
             if let tokio::sync::mpsc::error::TrySendError::Full(super::Job::Doc(w))
             | tokio::sync::mpsc::error::TrySendError::Closed(super::Job::Doc(w)) = e
             {
@@ -222,7 +222,7 @@ impl RedisBackplane {
             tokio::spawn(async move {
                 match bp.compact_doc(&room).await {
                     Ok(true) => {
-                        bp.metrics.doc_compactions.inc();
+                        bp.metrics.doc.compactions.inc();
                     }
                     Ok(false) => {}
                     Err(error) => {

@@ -475,7 +475,7 @@ async fn writer(
             match result {
                 Ok(r) => break r,
                 Err(error) => {
-                    metrics.redis_up.set(0);
+                    metrics.backplane.up.set(0);
                     tracing::warn!(%error, jobs = batch.len(), "cannot write gateway sessions to Redis; retrying");
                     tokio::select! {
                         () = stop.cancelled() => return,

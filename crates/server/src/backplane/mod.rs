@@ -46,6 +46,7 @@ use crate::store::StoredVar;
 pub mod cloud;
 pub mod doc;
 pub mod gateway;
+pub mod metrics;
 
 /// The pub/sub channel every node subscribes to: every room event of every room, as
 /// `GID KIND BODY` (see [`EVENTS_STREAM`]).
@@ -324,7 +325,7 @@ impl RedisBackplane {
         let node = format!("{:016x}", rand::random::<u64>());
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let stop = CancellationToken::new();
-        metrics.redis_up.set(1);
+        metrics.backplane.up.set(1);
         tracing::info!(%node, "connected to the Redis backplane");
         let bp = Arc::new_cyclic(|weak| {
             tokio::spawn(writer(
@@ -395,7 +396,7 @@ impl RedisBackplane {
         };
         let body = serde_json::to_string(&body).unwrap_or_default();
         if self.writes.try_send(Job::Presence(body)).is_err() {
-            self.metrics.redis_write_failures.inc();
+            self.metrics.backplane.write_failures.inc();
         }
     }
 
@@ -590,28 +591,28 @@ async fn writer(
         let result: Result<Vec<redis::Value>, _> = pipe.query_async(&mut conn).await;
         match result {
             Ok(replies) => {
-                metrics.redis_up.set(1);
+                metrics.backplane.up.set(1);
                 let replies = replies.into_iter().map(Some).chain(std::iter::repeat(None));
                 for (job, reply) in batch.drain(..).zip(replies) {
                     match job {
                         Job::Cloud(w) => cloud_written(w, reply, &metrics),
                         Job::Doc(w) => {
-                            metrics.redis_writes.inc();
+                            metrics.backplane.writes.inc();
                             if let Some(bp) = bp.upgrade() {
                                 bp.doc_written(&w, reply);
                             }
                         }
                         Job::Presence(_) => {
-                            metrics.redis_writes.inc();
+                            metrics.backplane.writes.inc();
                         }
                     }
                 }
             }
             Err(error) => {
-                metrics.redis_up.set(0);
+                metrics.backplane.up.set(0);
                 tracing::warn!(%error, changes = batch.len(), "cannot write to Redis; closing the senders with 1011");
                 for job in batch.drain(..) {
-                    metrics.redis_write_failures.inc();
+                    metrics.backplane.write_failures.inc();
                     match job {
                         Job::Cloud(w) => match w.reply {
                             Reply::Sender(Some(outbox)) => {
@@ -635,11 +636,11 @@ async fn writer(
 fn cloud_written(w: Write, reply: Option<redis::Value>, metrics: &Metrics) {
     let accepted = matches!(reply, Some(redis::Value::Int(seq)) if seq > 0);
     if accepted {
-        metrics.redis_writes.inc();
+        metrics.backplane.writes.inc();
     }
     match w.reply {
         Reply::Sender(_) if !accepted => {
-            metrics.dropped_set("too_many_variables");
+            metrics.cloud.dropped_set("too_many_variables");
             tracing::debug!(room = %w.room, "set refused by Redis: variable limit reached");
         }
         Reply::Sender(_) => {}
@@ -766,8 +767,8 @@ async fn subscriber(
         match attempt {
             Ok(Ok(pubsub)) => {
                 failures = 0;
-                bp.metrics.redis_up.set(1);
-                bp.metrics.redis_subscriptions.inc();
+                bp.metrics.backplane.up.set(1);
+                bp.metrics.backplane.subscriptions.inc();
                 tracing::info!(node = %bp.node, "subscribed to the Redis backplane");
                 let Some(f) = feed.upgrade() else { return };
                 f.resync_all().await;
@@ -794,20 +795,20 @@ async fn subscriber(
                     };
                     let Some(msg) = msg else { break };
                     let Some(f) = feed.upgrade() else { return };
-                    bp.metrics.redis_events.inc();
+                    bp.metrics.backplane.events.inc();
                     if let Err(error) = bp.on_event(&*f, &events, msg.get_payload_bytes()).await {
                         tracing::warn!(%error, "dropping a malformed backplane message");
                     }
                 }
-                bp.metrics.redis_up.set(0);
+                bp.metrics.backplane.up.set(0);
                 tracing::warn!(node = %bp.node, "lost the Redis subscription; reconnecting");
             }
             Ok(Err(error)) => {
-                bp.metrics.redis_up.set(0);
+                bp.metrics.backplane.up.set(0);
                 tracing::warn!(%error, "cannot subscribe to Redis; retrying");
             }
             Err(_) => {
-                bp.metrics.redis_up.set(0);
+                bp.metrics.backplane.up.set(0);
                 tracing::warn!("subscribing to Redis timed out; retrying");
             }
         }
@@ -896,7 +897,8 @@ impl RedisBackplane {
             Decoded::Cloud(event) => {
                 let lag = now_ms().saturating_sub(event.ts);
                 self.metrics
-                    .redis_lag_ms
+                    .backplane
+                    .lag_ms
                     .set(i64::try_from(lag).unwrap_or(i64::MAX));
                 feed.changed(event).await;
             }

@@ -7,6 +7,7 @@
 //! - `socket`: an axum WebSocket as a `nimbus_doc::Channel` (keepalive, shutdown).
 
 pub mod access;
+pub mod metrics;
 mod replica;
 pub(crate) mod replication;
 pub mod rooms;

@@ -78,7 +78,8 @@ impl RoomHooks for Persisted {
             self.skip_loaded.store(changed, Ordering::Relaxed);
             if applied.skipped > 0 {
                 self.metrics
-                    .doc_corrupt_records
+                    .doc
+                    .corrupt_records
                     .inc_by(applied.skipped as u64);
             }
             self.repl.loaded(&self.size, &log);
@@ -108,7 +109,7 @@ impl RoomHooks for Persisted {
         let size = self.size.load(Ordering::Relaxed);
         let max = self.limits.max_doc_bytes;
         if size.saturating_add(update.len()) > max {
-            self.metrics.doc_refused("doc_too_large");
+            self.metrics.doc.refused("doc_too_large");
             // The client applied the update locally; its next update would depend on it
             // and fail with 1007, so the connection is closed now with a clear code.
             return Err(Refusal::closing(
@@ -127,8 +128,8 @@ impl RoomHooks for Persisted {
             return;
         }
         self.size.fetch_add(update.len(), Ordering::Relaxed);
-        self.metrics.doc_updates.inc();
-        self.metrics.doc_update_bytes.inc_by(update.len() as u64);
+        self.metrics.doc.updates.inc();
+        self.metrics.doc.update_bytes.inc_by(update.len() as u64);
         let key: Arc<str> = Arc::from(room.id());
         let on_failure = || -> OnFailure {
             let (closing, me) = (room.clone(), self.me.clone());
@@ -195,7 +196,7 @@ impl Persisted {
         if self.resyncing.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.metrics.redis_resyncs.inc();
+        self.metrics.backplane.resyncs.inc();
         let Some(me) = lock(&self.replicas).get(room.id()).cloned() else {
             self.resyncing.store(false, Ordering::Release);
             return;
@@ -363,17 +364,15 @@ impl DocRooms {
     /// Bring the gauges and the store's counters up to date (before `/metrics` is encoded).
     pub fn refresh_metrics(&self) {
         self.metrics
-            .doc_rooms
+            .doc
+            .rooms
             .set(self.manager.room_ids().len() as i64);
         let stats = self.store.doc_stats();
         let done = stats.compactions.load(Ordering::Relaxed);
-        let counted = self.metrics.doc_compactions.get();
+        let counted = self.metrics.doc.compactions.get();
         if done > counted {
-            self.metrics.doc_compactions.inc_by(done - counted);
+            self.metrics.doc.compactions.inc_by(done - counted);
         }
-        self.metrics
-            .store
-            .refresh(self.store.health(), stats.running.load(Ordering::Relaxed));
     }
 
     /// Loaded room names, sorted.
@@ -386,14 +385,14 @@ impl DocRooms {
     /// Serve one client in `room` until it leaves.
     pub(crate) async fn serve(&self, room: &str, channel: SocketChannel, access: Access) {
         let opts = self.limits.serve_options(access == Access::ReadOnly);
-        self.metrics.doc_clients.inc();
+        self.metrics.doc.clients.inc();
         let result = self.manager.serve(room, channel, opts).await;
-        self.metrics.doc_clients.dec();
+        self.metrics.doc.clients.dec();
         match result {
             Ok(()) => tracing::debug!(%room, "document client left"),
             Err(e) => {
                 if let Some(code) = e.close_code() {
-                    self.metrics.doc_close(code);
+                    self.metrics.doc.close(code);
                 }
                 tracing::info!(%room, error = %e, "document client closed");
             }

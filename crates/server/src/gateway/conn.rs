@@ -64,7 +64,7 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let metrics = gw.hub.metrics.clone();
-    metrics.gateway_connections.inc();
+    metrics.gateway.connections.inc();
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let mut conn = Conn {
         id,
@@ -98,7 +98,7 @@ pub(crate) async fn serve(
         }
     }
     if let End::Close(code, reason) = end {
-        metrics.gateway_close(code.code());
+        metrics.gateway.close(code.code());
         tracing::debug!(conn = id, code = code.code(), %reason, "gateway close");
         if matches!(code, CloseCode::NotAuthenticated | CloseCode::InvalidSeq) {
             // The client must identify anew: the session (if any) is gone.
@@ -109,7 +109,7 @@ pub(crate) async fn serve(
         crate::edge::ws::close(&mut ws, code.code(), reason, gw.hub.limits.close_timeout).await;
     } else if let End::Edge(v) = &end {
         metrics.edge.violation(v.label());
-        metrics.gateway_close(v.code());
+        metrics.gateway.close(v.code());
         tracing::info!(
             conn = id,
             code = v.code(),
@@ -118,7 +118,7 @@ pub(crate) async fn serve(
         );
         crate::edge::ws::close(&mut ws, v.code(), v.reason(), gw.hub.limits.close_timeout).await;
     }
-    metrics.gateway_connections.dec();
+    metrics.gateway.connections.dec();
 }
 
 /// Compress `input` as one sync-flushed chunk of the connection's zlib stream (it ends
@@ -211,7 +211,7 @@ impl Conn {
                     }
                     let since = now.duration_since(self.last_heartbeat);
                     if since >= interval.mul_f64(1.5) {
-                        self.gw.hub.metrics.gateway_heartbeat_timeouts.inc();
+                        self.gw.hub.metrics.gateway.heartbeat_timeouts.inc();
                         return End::Close(CloseCode::UnknownError, "heartbeat timed out".into());
                     }
                     if since >= interval.mul_f64(1.25) && !self.asked_heartbeat {
@@ -414,7 +414,7 @@ impl Conn {
             return Err(close(CloseCode::DisallowedIntents));
         }
         if !self.gw.limiter.try_identify(shard_id, Instant::now()) {
-            self.gw.hub.metrics.gateway_invalid_sessions.inc();
+            self.gw.hub.metrics.gateway.invalid_sessions.inc();
             return self
                 .send(
                     ws,
@@ -452,7 +452,7 @@ impl Conn {
     }
 
     async fn invalid_session(&mut self, ws: &mut WebSocket) -> Result<(), End> {
-        self.gw.hub.metrics.gateway_invalid_sessions.inc();
+        self.gw.hub.metrics.gateway.invalid_sessions.inc();
         self.send(
             ws,
             &Payload::new(OpCode::InvalidSession, Value::Bool(false)),
@@ -487,7 +487,7 @@ impl Conn {
         let rx = session.subscribe();
         match session.resume(self.id, r.seq, self.cfg().replay_buffer) {
             Ok(cursor) => {
-                self.gw.hub.metrics.gateway_resumes.inc();
+                self.gw.hub.metrics.gateway.resumes.inc();
                 tracing::debug!(conn = self.id, session = %session.id, seq = r.seq, "resumed");
                 self.cursor = cursor;
                 self.session = Some((session, rx));

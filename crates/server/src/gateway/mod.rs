@@ -20,6 +20,7 @@
 mod conn;
 mod limiter;
 pub(crate) mod log;
+pub mod metrics;
 mod session;
 mod settings;
 
@@ -273,7 +274,7 @@ impl Gateway {
                 dispatched += 1;
             }
         }
-        self.hub.metrics.gateway_dispatches.inc_by(dispatched);
+        self.hub.metrics.gateway.dispatches.inc_by(dispatched);
     }
 
     /// Register a new session and append its READY, with the session map locked so that
@@ -314,7 +315,7 @@ impl Gateway {
         if let Some(i) = self.interest.get() {
             i.set(n > 0 || self.log.shared());
         }
-        self.hub.metrics.gateway_sessions.set(n as i64);
+        self.hub.metrics.gateway.sessions.set(n as i64);
     }
 
     fn get(&self, id: &str) -> Option<Arc<Session>> {

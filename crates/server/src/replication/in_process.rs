@@ -72,7 +72,7 @@ impl InProcess {
                     Some((name, _, pos)) => (name, pos, false),
                     None => {
                         if view.count() >= p.max_vars {
-                            self.metrics.dropped_set("too_many_variables");
+                            self.metrics.cloud.dropped_set("too_many_variables");
                             tracing::debug!(room = %p.room, %name, "set dropped: variable limit reached");
                             return Err(Refusal::Rules);
                         }

@@ -23,6 +23,7 @@
 mod doc;
 mod failing;
 mod memory;
+pub mod metrics;
 mod settings;
 mod sqlite;
 
@@ -400,6 +401,29 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// What `/metrics` reads of a store: its health and document statistics, without keeping
+/// its writer running (see [`Store::view`]).
+#[derive(Clone)]
+pub(crate) struct StoreView(Arc<Shared>);
+
+impl StoreView {
+    /// See [`Store::health`].
+    pub(crate) fn health(&self) -> &StoreHealth {
+        &self.0.health
+    }
+
+    /// See [`Store::doc_stats`].
+    pub(crate) fn doc_stats(&self) -> &DocStoreStats {
+        &self.0.stats
+    }
+}
+
+impl std::fmt::Debug for StoreView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreView")
+    }
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Store")
@@ -454,6 +478,11 @@ impl Store {
             _stop: Arc::new(StopOnDrop(shared.clone())),
             shared,
         }
+    }
+
+    /// A view of the store's health and statistics that does not keep the writer running.
+    pub(crate) fn view(&self) -> StoreView {
+        StoreView(self.shared.clone())
     }
 
     /// Queue a change (never blocks on IO). It is committed within one flush window.
