@@ -13,8 +13,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${RUNS:-3}"
 SHAPES=("$@"); [[ ${#SHAPES[@]} -gt 0 ]] || SHAPES=(idle fanout oneroom)
+# SERVER_BIN: the nimbus binary to serve (default: this checkout's release build); the load
+# generator is always this checkout's, so two servers are compared under the same load
+# (bench/compare.sh interleaves two builds).
 cargo build --release -q -p nimbus
 BIN=target/release/nimbus
+SERVER_BIN="${SERVER_BIN:-$BIN}"
 PORT="${SERVER_PORT:-19990}"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r), load: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -26,7 +30,7 @@ start_server() {
     else
         # The generator's publishers send thousands of sets/s each: lift the per-connection
         # set rate (an abuse bound, docs/security.md), as TurboWarp's server has none.
-        taskset -c 0 "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" --room-idle-ms 600000 \
+        taskset -c 0 "$SERVER_BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" --room-idle-ms 600000 \
             --sets-per-sec 100000000 --sets-burst 100000000 ${SERVER_ARGS:-} >/dev/null 2>&1 &
     fi
     SPID=$!
