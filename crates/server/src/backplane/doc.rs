@@ -34,33 +34,13 @@ pub const COMPACT_AFTER: u64 = 1000;
 ///
 /// KEYS: seq, epoch, log, snap, snapseq, events. ARGV: epoch candidate, node, connection,
 /// room, update, events length, channel. Returns `{seq, log length}`.
-pub const DOC_SCRIPT: &str = r"
-local seq = redis.call('INCR', KEYS[1])
-if seq == 1 then
-  redis.call('SET', KEYS[2], ARGV[1])
-  redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
-end
-local epoch = redis.call('GET', KEYS[2]) or ARGV[1]
-redis.call('XADD', KEYS[3], seq .. '-0', 'u', ARGV[5])
-local body = epoch .. ' ' .. seq .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. #ARGV[4] .. ' ' .. ARGV[4] .. ARGV[5]
-local gid = redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', 'm', 'd ' .. body)
-redis.call('PUBLISH', ARGV[7], gid .. ' d ' .. body)
-return {seq, redis.call('XLEN', KEYS[3])}
-";
+pub const DOC_SCRIPT: &str = include_str!("lua/doc.lua");
 
 /// The script that replaces a room's snapshot by a newer one and trims the log it covers.
 ///
 /// KEYS: epoch, snap, snapseq, log. ARGV: epoch, covered sequence, snapshot. Returns 1
 /// when accepted, 0 when the epoch changed or a snapshot covering as much exists.
-pub const COMPACT_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local covered = tonumber(ARGV[2])
-if covered <= tonumber(redis.call('GET', KEYS[3]) or '0') then return 0 end
-redis.call('SET', KEYS[2], ARGV[3])
-redis.call('SET', KEYS[3], covered)
-redis.call('XTRIM', KEYS[4], 'MINID', (covered + 1) .. '-0')
-return 1
-";
+pub const COMPACT_SCRIPT: &str = include_str!("lua/doc_compact.lua");
 
 pub(crate) static DOC_LUA: Lua = Lua::new(DOC_SCRIPT);
 static COMPACT_LUA: Lua = Lua::new(COMPACT_SCRIPT);

@@ -38,26 +38,13 @@ use crate::metrics::Metrics;
 ///
 /// KEYS: meta, log. ARGV: node, log length, ttl ms, then `seq, gid, payload` per dispatch,
 /// in order. Returns 1, or 0 when another node took the session over.
-pub const GW_SCRIPT: &str = r"
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-for i = 4, #ARGV, 3 do
-  redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], ARGV[i] .. '-0', 't', ARGV[i + 2], 'g', ARGV[i + 1])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return 1
-";
+pub const GW_SCRIPT: &str = include_str!("lua/gateway.lua");
 
 /// Takes a session over for this node.
 ///
 /// KEYS: meta. ARGV: node, token hash. Returns `{intents, shard_id, shard_n}`, -1 for an
 /// unknown (or expired) session, -2 for another token.
-pub const TAKEOVER_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return -2 end
-redis.call('HSET', KEYS[1], 'owner', ARGV[1])
-return redis.call('HMGET', KEYS[1], 'intents', 'shard_id', 'shard_n')
-";
+pub const TAKEOVER_SCRIPT: &str = include_str!("lua/gateway_takeover.lua");
 
 static GW_LUA: Lua = Lua::new(GW_SCRIPT);
 static TAKEOVER_LUA: Lua = Lua::new(TAKEOVER_SCRIPT);

@@ -46,7 +46,13 @@ use crate::store::StoredVar;
 pub mod cloud;
 pub mod doc;
 pub mod gateway;
+mod keys;
+mod lua;
 pub mod metrics;
+
+use keys::Keys;
+pub(crate) use lua::{Lua, CLOUD_LUA, PRESENCE_LUA};
+pub use lua::{CLOUD_SCRIPT, PRESENCE_SCRIPT};
 
 /// The pub/sub channel every node subscribes to: every room event of every room, as
 /// `GID KIND BODY` (see [`EVENTS_STREAM`]).
@@ -79,75 +85,6 @@ const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest pause between two attempts to resubscribe.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// The script that accepts one cloud change (see the module docs).
-///
-/// KEYS: seq, epoch, vars, pos, npos, log, events. ARGV: op (`s`, `r`, `d`), name,
-/// value (set) or new name (rename), max variables, epoch candidate, change
-/// JSON, log length, channel, events length. Returns the change's sequence number, or -1 when
-/// the change is refused (variable limit, unknown name, name taken).
-///
-/// For a rename or a delete the script adds the variable's value as the state hash holds
-/// it (the renamed variable's value, the deleted one's old value) to the change JSON as
-/// `"hv"` (a JSON string: the `n`/`s`-prefixed text of `encode_value`), so every node
-/// builds the same event as a single node would.
-pub const CLOUD_SCRIPT: &str = r#"
-local op, name = ARGV[1], ARGV[2]
-local exists = redis.call('HEXISTS', KEYS[3], name)
-local pos = 0
-local created = 0
-local hv = false
-if op == 's' then
-  if exists == 0 then
-    created = 1
-    if redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[4]) then return -1 end
-    pos = redis.call('INCR', KEYS[5]) - 1
-    redis.call('HSET', KEYS[4], name, pos)
-  else
-    pos = redis.call('HGET', KEYS[4], name)
-  end
-  redis.call('HSET', KEYS[3], name, ARGV[3])
-elseif op == 'd' then
-  if exists == 0 then return -1 end
-  hv = redis.call('HGET', KEYS[3], name)
-  redis.call('HDEL', KEYS[3], name)
-  redis.call('HDEL', KEYS[4], name)
-elseif op == 'r' then
-  if exists == 0 or redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then return -1 end
-  local v = redis.call('HGET', KEYS[3], name)
-  hv = v
-  pos = redis.call('HGET', KEYS[4], name)
-  redis.call('HDEL', KEYS[3], name)
-  redis.call('HDEL', KEYS[4], name)
-  redis.call('HSET', KEYS[3], ARGV[3], v)
-  redis.call('HSET', KEYS[4], ARGV[3], pos)
-else
-  return redis.error_reply('unknown op')
-end
-local seq = redis.call('INCR', KEYS[1])
-if seq == 1 then
-  redis.call('SET', KEYS[2], ARGV[5])
-  redis.call('DEL', KEYS[6])
-end
-local epoch = redis.call('GET', KEYS[2]) or ARGV[5]
-local change = ARGV[6]
-if hv then
-  change = string.sub(change, 1, -2) .. ',"hv":' .. cjson.encode(hv) .. '}'
-end
-local msg = epoch .. ' ' .. seq .. ' ' .. pos .. ' ' .. created .. ' ' .. change
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], seq .. '-0', 'm', msg)
-local gid = redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', 'm', 'c ' .. msg)
-redis.call('PUBLISH', ARGV[8], gid .. ' c ' .. msg)
-return seq
-"#;
-
-/// The script that records one presence event (`ROOM_JOIN`/`ROOM_LEAVE`) in the global
-/// order. KEYS: events. ARGV: body JSON (`PresenceBody`), events length, channel.
-pub const PRESENCE_SCRIPT: &str = r"
-local gid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'm', 'p ' .. ARGV[1])
-redis.call('PUBLISH', ARGV[3], gid .. ' p ' .. ARGV[1])
-return 1
-";
-
 /// A backplane failure.
 #[derive(Debug, Error)]
 pub enum BackplaneError {
@@ -163,33 +100,6 @@ pub enum BackplaneError {
     /// The writer task has stopped.
     #[error("the backplane writer has stopped")]
     Stopped,
-}
-
-/// Redis key names of one cloud room.
-struct Keys {
-    seq: String,
-    epoch: String,
-    vars: String,
-    pos: String,
-    npos: String,
-    log: String,
-    events: &'static str,
-}
-
-impl Keys {
-    fn new(room: &str) -> Keys {
-        // The room in a hash tag keeps a room's keys in one slot (Redis Cluster).
-        let k = |what: &str| format!("nimbus:cloud:{{{room}}}:{what}");
-        Keys {
-            seq: k("seq"),
-            epoch: k("epoch"),
-            vars: k("vars"),
-            pos: k("pos"),
-            npos: k("npos"),
-            log: k("log"),
-            events: EVENTS_STREAM,
-        }
-    }
 }
 
 /// One change queued for the writer.
@@ -714,35 +624,6 @@ fn invocation(node: &str, w: &Write, pipe: &mut redis::Pipeline) {
         .arg(EVENTS_CHANNEL)
         .arg(EVENTS_MAX_LEN);
 }
-
-/// A Lua script and its SHA1 (computed on first use), for `EVALSHA`.
-pub(crate) struct Lua {
-    text: &'static str,
-    sha: std::sync::OnceLock<String>,
-}
-
-impl Lua {
-    const fn new(text: &'static str) -> Lua {
-        Lua {
-            text,
-            sha: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// The script's text (for `SCRIPT LOAD`).
-    pub(crate) fn text(&self) -> &'static str {
-        self.text
-    }
-
-    /// The script's SHA1.
-    pub(crate) fn sha(&self) -> &str {
-        self.sha
-            .get_or_init(|| redis::Script::new(self.text).get_hash().to_owned())
-    }
-}
-
-pub(crate) static CLOUD_LUA: Lua = Lua::new(CLOUD_SCRIPT);
-pub(crate) static PRESENCE_LUA: Lua = Lua::new(PRESENCE_SCRIPT);
 
 /// The subscription task: hands every change to its loaded room; after every
 /// (re)subscription, tells every loaded room to catch up from the stream.

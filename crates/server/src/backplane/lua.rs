@@ -1,0 +1,48 @@
+//! The backplane's Lua scripts (their text in `lua/*.lua`) and the SHA1 each is called
+//! by (`EVALSHA`, loaded with `SCRIPT LOAD` when Redis does not know it).
+
+/// The script that accepts one cloud change (see the module docs).
+///
+/// KEYS: seq, epoch, vars, pos, npos, log, events. ARGV: op (`s`, `r`, `d`), name,
+/// value (set) or new name (rename), max variables, epoch candidate, change
+/// JSON, log length, channel, events length. Returns the change's sequence number, or -1 when
+/// the change is refused (variable limit, unknown name, name taken).
+///
+/// For a rename or a delete the script adds the variable's value as the state hash holds
+/// it (the renamed variable's value, the deleted one's old value) to the change JSON as
+/// `"hv"` (a JSON string: the `n`/`s`-prefixed text of `encode_value`), so every node
+/// builds the same event as a single node would.
+pub const CLOUD_SCRIPT: &str = include_str!("lua/cloud.lua");
+
+/// The script that records one presence event (`ROOM_JOIN`/`ROOM_LEAVE`) in the global
+/// order. KEYS: events. ARGV: body JSON (`PresenceBody`), events length, channel.
+pub const PRESENCE_SCRIPT: &str = include_str!("lua/presence.lua");
+
+/// A Lua script and its SHA1 (computed on first use), for `EVALSHA`.
+pub(crate) struct Lua {
+    text: &'static str,
+    sha: std::sync::OnceLock<String>,
+}
+
+impl Lua {
+    pub(crate) const fn new(text: &'static str) -> Lua {
+        Lua {
+            text,
+            sha: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The script's text (for `SCRIPT LOAD`).
+    pub(crate) fn text(&self) -> &'static str {
+        self.text
+    }
+
+    /// The script's SHA1.
+    pub(crate) fn sha(&self) -> &str {
+        self.sha
+            .get_or_init(|| redis::Script::new(self.text).get_hash().to_owned())
+    }
+}
+
+pub(crate) static CLOUD_LUA: Lua = Lua::new(CLOUD_SCRIPT);
+pub(crate) static PRESENCE_LUA: Lua = Lua::new(PRESENCE_SCRIPT);
