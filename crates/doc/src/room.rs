@@ -727,11 +727,14 @@ impl Room {
     /// Apply an update (validated first, see the [`update`] module).
     fn apply_checked(&self, conn: Option<u64>, bytes: &[u8]) -> Result<(), ApplyError> {
         let mut validator = lock(&self.inner.validator);
-        if self.inner.options.validate_updates {
+        let parsed = if self.inner.options.validate_updates {
             let backlog = std::mem::take(&mut *lock(&self.inner.backlog));
             validator.check(&self.inner.doc, backlog, bytes)?;
-        }
-        let parsed = update::decode_update(bytes)?;
+            // `check` screened these bytes already: decode them again without the screen.
+            update::decode_trusted(bytes)?
+        } else {
+            update::decode_update(bytes)?
+        };
         let origin = match conn {
             Some(conn) => {
                 let mut origin = CONN_ORIGIN_PREFIX.to_vec();
