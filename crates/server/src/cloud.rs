@@ -4,8 +4,7 @@
 //! the server's shutdown signal. Incoming lines are parsed with the IO-free
 //! codec in `nimbus_proto::cloud`, validated, and sent to the room actor.
 
-pub mod metrics;
-pub mod settings;
+pub use nimbus_core::cloud::{metrics, settings};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::edge::rate::{Verdict, WriteLimit};
 use crate::edge::ws::{Guard, Violation};
-use crate::edge::EdgeConfig;
+use crate::edge::{EdgeConfig, EdgeMetrics};
 use crate::hub::{Hub, RoomHandle};
 use crate::outbox::{Item, Outbox};
 use crate::room::{JoinError, RoomCmd, Subscriber};
@@ -86,12 +85,12 @@ fn store_unavailable() -> End {
 pub async fn serve(
     mut ws: WebSocket,
     hub: Arc<Hub>,
-    edge: Arc<EdgeConfig>,
+    (edge, edge_metrics): (Arc<EdgeConfig>, Arc<EdgeMetrics>),
     peer: Peer,
     shutdown: CancellationToken,
 ) {
     let metrics = hub.metrics.clone();
-    metrics.cloud.clients.inc();
+    metrics.clients.inc();
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let end = match peer.refuse {
         Some((code, why)) => {
@@ -100,26 +99,26 @@ pub async fn serve(
             End::Close(code.code(), why.to_owned())
         }
         None => {
-            Conn::new(id, hub.clone(), edge, shutdown)
+            Conn::new(id, hub.clone(), (edge, edge_metrics), shutdown)
                 .run(&mut ws)
                 .await
         }
     };
     match end {
         End::Close(code, reason) => {
-            metrics.cloud.close(code);
+            metrics.close(code);
             tracing::info!(conn = id, peer = ?peer.addr, code, %reason, "closing connection");
             crate::edge::ws::close(&mut ws, code, reason, hub.limits.close_timeout).await;
         }
         End::Cut(code, reason) => {
-            metrics.cloud.close(code);
+            metrics.close(code);
             tracing::info!(conn = id, peer = ?peer.addr, code, %reason, "cutting connection");
             let deadline = hub.limits.close_timeout.min(CUT_CLOSE_TIMEOUT);
             crate::edge::ws::close(&mut ws, code, reason, deadline).await;
         }
         End::Drop => tracing::debug!(conn = id, peer = ?peer.addr, "connection dropped"),
     }
-    metrics.cloud.clients.dec();
+    metrics.clients.dec();
 }
 
 struct Joined {
@@ -130,6 +129,7 @@ struct Conn {
     id: u64,
     hub: Arc<Hub>,
     edge: Arc<EdgeConfig>,
+    edge_metrics: Arc<EdgeMetrics>,
     shutdown: CancellationToken,
     outbox: Arc<Outbox>,
     joined: Option<Joined>,
@@ -138,16 +138,22 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(id: u64, hub: Arc<Hub>, edge: Arc<EdgeConfig>, shutdown: CancellationToken) -> Conn {
+    fn new(
+        id: u64,
+        hub: Arc<Hub>,
+        (edge, edge_metrics): (Arc<EdgeConfig>, Arc<EdgeMetrics>),
+        shutdown: CancellationToken,
+    ) -> Conn {
         let outbox = Arc::new(Outbox::new(
             edge.outbox_bytes,
-            hub.metrics.cloud.outbox_bytes.clone(),
+            hub.metrics.outbox_bytes.clone(),
         ));
         let sets = WriteLimit::new(edge.sets_per_sec, edge.sets_burst);
         Conn {
             id,
             hub,
             edge,
+            edge_metrics,
             shutdown,
             outbox,
             joined: None,
@@ -157,7 +163,7 @@ impl Conn {
     }
 
     fn violation(&self, v: &Violation) -> End {
-        self.hub.metrics.edge.violation(v.label());
+        self.edge_metrics.violation(v.label());
         End::Close(v.code(), v.reason())
     }
 
@@ -206,7 +212,7 @@ impl Conn {
                     if let Some(code) = closed {
                         let reason = match code {
                             CloseCode::SlowConsumer => {
-                                self.hub.metrics.edge.violation("outbox_bytes");
+                                self.edge_metrics.violation("outbox_bytes");
                                 return End::Cut(code.code(), "send queue full: client too slow".into());
                             }
                             CloseCode::Unavailable => self.hub.replication.unavailable_reason(),
@@ -222,7 +228,7 @@ impl Conn {
                         return End::Drop;
                     }
                     if awaiting_pong {
-                        self.hub.metrics.cloud.keepalive_timeouts.inc();
+                        self.hub.metrics.keepalive_timeouts.inc();
                         return End::Drop;
                     }
                     awaiting_pong = true;
@@ -267,29 +273,33 @@ impl Conn {
         one_per_frame: bool,
     ) -> Result<(), End> {
         let deadline = self.edge.write_timeout;
-        let mut frame = String::new();
+        let mut frame = Vec::new();
         while !pending.is_empty() {
             let msg = if one_per_frame || pending.len() == 1 {
-                pending.pop_front().map(|i| i.text)
+                pending.pop_front().map(|i| i.text.into_bytes())
             } else {
                 frame.clear();
                 while let Some(item) = pending.front() {
                     if !frame.is_empty() && frame.len() + item.text.len() > FRAME_CHUNK {
                         break;
                     }
-                    frame.push_str(item.text.as_str());
+                    frame.extend_from_slice(item.text.as_bytes());
                     pending.pop_front();
                 }
-                Some(Utf8Bytes::from(std::mem::take(&mut frame)))
+                Some(bytes::Bytes::from(std::mem::take(&mut frame)))
             };
-            let Some(text) = msg else { break };
+            let Some(bytes) = msg else { break };
+            // A `Line` is UTF-8 by construction, and lines joined stay UTF-8.
+            let Ok(text) = Utf8Bytes::try_from(bytes) else {
+                continue;
+            };
             match tokio::time::timeout(deadline, ws.send(Message::Text(text))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(End::Drop),
                 Err(_) => {
-                    self.hub.metrics.edge.write_timeouts.inc();
-                    self.hub.metrics.edge.violation("write_timeout");
-                    self.hub.metrics.cloud.slow_consumers.inc();
+                    self.edge_metrics.write_timeouts.inc();
+                    self.edge_metrics.violation("write_timeout");
+                    self.hub.metrics.slow_consumers.inc();
                     return Err(End::Cut(
                         CloseCode::SlowConsumer.code(),
                         "write stalled: client too slow".into(),
@@ -308,7 +318,7 @@ impl Conn {
             let Some(joined) = &self.joined else {
                 match msg {
                     Ok(ClientMessage::Handshake(h)) => {
-                        self.hub.metrics.cloud.messages.handshake.inc();
+                        self.hub.metrics.messages.handshake.inc();
                         self.handshake(&h).await?;
                     }
                     Ok(_) => return Err(protocol_error("the first message must be a handshake")),
@@ -320,7 +330,7 @@ impl Conn {
             let msg = match msg {
                 Ok(m) => m,
                 Err(e) => {
-                    self.hub.metrics.cloud.malformed_lines.inc();
+                    self.hub.metrics.malformed_lines.inc();
                     tracing::debug!(conn = self.id, error = %e, "malformed line dropped");
                     continue;
                 }
@@ -380,24 +390,24 @@ impl Conn {
         let is_create = matches!(msg, ClientMessage::Create { .. });
         match msg {
             ClientMessage::Handshake(_) => {
-                metrics.cloud.messages.handshake.inc();
+                metrics.messages.handshake.inc();
                 Err(protocol_error("already handshaken"))
             }
             ClientMessage::Set { name, value } | ClientMessage::Create { name, value } => {
                 if is_create {
-                    metrics.cloud.messages.create.inc();
+                    metrics.messages.create.inc();
                 } else {
-                    metrics.cloud.messages.set.inc();
+                    metrics.messages.set.inc();
                 }
                 match self.sets.check() {
                     Verdict::Allow => {}
                     Verdict::Drop => {
-                        metrics.edge.rate_limited.inc();
-                        metrics.cloud.dropped_set("rate_limited");
+                        self.edge_metrics.rate_limited.inc();
+                        metrics.dropped_set("rate_limited");
                         return Ok(());
                     }
                     Verdict::Close => {
-                        metrics.edge.violation("set_rate");
+                        self.edge_metrics.violation("set_rate");
                         return Err(End::Close(
                             CloseCode::SlowConsumer.code(),
                             "too many sets: slow down".into(),
@@ -405,16 +415,16 @@ impl Conn {
                     }
                 }
                 let (Ok(name), Ok(value)) = (name, value) else {
-                    metrics.cloud.dropped_set("bad_field");
+                    metrics.dropped_set("bad_field");
                     return Ok(());
                 };
                 if let Err(e) = validate_name(&name, limits.max_name_len) {
-                    metrics.cloud.dropped_set("invalid_name");
+                    metrics.dropped_set("invalid_name");
                     tracing::debug!(conn = self.id, error = %e, "set dropped");
                     return Ok(());
                 }
                 if let Err(e) = value.validate(limits.profile, limits.max_value_len) {
-                    metrics.cloud.dropped_set("invalid_value");
+                    metrics.dropped_set("invalid_value");
                     tracing::debug!(conn = self.id, error = %e, "set dropped");
                     return Ok(());
                 }
@@ -431,7 +441,7 @@ impl Conn {
                 Ok(())
             }
             ClientMessage::Rename { name, new_name } => {
-                metrics.cloud.messages.rename.inc();
+                metrics.messages.rename.inc();
                 if !limits.allow_rename {
                     return Ok(());
                 }
@@ -455,7 +465,7 @@ impl Conn {
                 }
             }
             ClientMessage::Delete { name } => {
-                metrics.cloud.messages.delete.inc();
+                metrics.messages.delete.inc();
                 if !limits.allow_delete {
                     return Ok(());
                 }
@@ -476,7 +486,7 @@ impl Conn {
                 }
             }
             ClientMessage::Unknown { method } => {
-                metrics.cloud.messages.other.inc();
+                metrics.messages.other.inc();
                 Err(protocol_error(format!("unknown method {method:?}")))
             }
         }

@@ -287,12 +287,16 @@ impl Config {
     pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
         let store = StoreConfig::from_settings(&s.store)?;
         let doc = DocLimits::from_settings(&s.doc)?;
+        let cloud = CloudLimits::from_settings(&s.cloud)?;
+        let mut gateway = GatewayConfig::from_settings(&s.gateway, doc.max_message_bytes)?;
+        // One close timeout for every wire.
+        gateway.close_timeout = cloud.close_timeout;
         Ok(Config {
             listen: s.listen.unwrap_or(Config::DEFAULT_LISTEN),
             data_dir: store.data_dir,
             flush_interval: store.flush_interval,
-            cloud: CloudLimits::from_settings(&s.cloud)?,
-            gateway: GatewayConfig::from_settings(&s.gateway, doc.max_message_bytes)?,
+            cloud,
+            gateway,
             doc,
             ipc: IpcConfig::from_settings(&s.ipc)?,
             redis: s.backplane.redis_url(),

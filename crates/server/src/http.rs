@@ -31,6 +31,8 @@ pub(crate) struct App {
     pub tracker: TaskTracker,
     /// The edge's bounds.
     pub edge: Arc<crate::edge::EdgeConfig>,
+    /// Every subsystem's metrics (`/metrics`; the sockets count edge violations).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub(crate) fn router(app: App) -> Router {
@@ -38,6 +40,7 @@ pub(crate) fn router(app: App) -> Router {
         gateway: app.gateway.clone(),
         shutdown: app.shutdown.clone(),
         tracker: app.tracker.clone(),
+        edge: app.metrics.edge.clone(),
     };
     Router::new()
         .route("/", get(upgrade))
@@ -76,13 +79,13 @@ fn doc_access(
     headers: &HeaderMap,
 ) -> Result<Access, (StatusCode, String)> {
     validate_room_name(room).map_err(|e| {
-        docs.metrics().doc.refused("bad_room_name");
+        docs.metrics().refused("bad_room_name");
         (StatusCode::BAD_REQUEST, e)
     })?;
     docs.access()
         .check(room, doc_token(query, headers).as_deref())
         .map_err(|e| {
-            docs.metrics().doc.refused("unauthorized");
+            docs.metrics().refused("unauthorized");
             (StatusCode::UNAUTHORIZED, e.to_string())
         })
 }
@@ -100,7 +103,7 @@ async fn doc_upgrade(
         Err((status, why)) => return refusal(status, why),
     };
     if let Err(e) = app.docs.admit(&room) {
-        app.docs.metrics().doc.refused("too_many_rooms");
+        app.docs.metrics().refused("too_many_rooms");
         return refusal(StatusCode::SERVICE_UNAVAILABLE, e);
     }
     let App {
@@ -108,6 +111,7 @@ async fn doc_upgrade(
         docs,
         shutdown,
         tracker,
+        metrics,
         ..
     } = app;
     let bounds = crate::edge::ws::Bounds {
@@ -127,7 +131,7 @@ async fn doc_upgrade(
                 shutdown,
                 limits.ping_interval,
                 limits.close_timeout,
-                hub.metrics.edge.clone(),
+                metrics.edge.clone(),
             );
             docs.serve(&room, channel, access).await;
         })
@@ -213,6 +217,7 @@ async fn upgrade(
         edge,
         shutdown,
         tracker,
+        metrics,
         ..
     } = app.clone();
     let bounds = crate::edge::ws::Bounds {
@@ -223,7 +228,13 @@ async fn upgrade(
         max_outgoing: cloud::max_frame_out(limits),
     };
     crate::edge::ws::configure(ws, bounds).on_upgrade(move |socket| {
-        tracker.track_future(cloud::serve(socket, hub, edge, peer, shutdown))
+        tracker.track_future(cloud::serve(
+            socket,
+            hub,
+            (edge, metrics.edge.clone()),
+            peer,
+            shutdown,
+        ))
     })
 }
 
@@ -267,7 +278,7 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        app.hub.metrics.encode(),
+        app.metrics.encode(),
     )
 }
 

@@ -53,9 +53,9 @@ pub(crate) fn register(server: &nimbus_ipc::Server, hub: Arc<Hub>, docs: Arc<Doc
         async move {
             Ok(json!({
                 "rooms": h.room_count(),
-                "clients": h.metrics.cloud.clients.get(),
+                "clients": h.metrics.clients.get(),
                 "doc_rooms": d.room_ids().len(),
-                "doc_clients": h.metrics.doc.clients.get(),
+                "doc_clients": d.metrics().clients.get(),
                 "uptime_s": started.elapsed().as_secs(),
             }))
         }

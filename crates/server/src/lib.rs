@@ -14,28 +14,24 @@
 //! - [`doc`]: Yjs document rooms at `/doc/{room}` (tokens, persistence, limits);
 //! - [`events`]: the room event bus (cloud changes, joins, leaves);
 //! - [`gateway`]: the Discord-v10-style gateway at `/gateway` (room events as dispatches);
-//! - [`backplane`]: the Redis backplane (`--redis`): cloud and document rooms and gateway
-//!   sessions shared by several nodes;
+//! - the Redis backplane (`--redis`) is the `nimbus-redis` crate: cloud and document rooms
+//!   and gateway sessions shared by several nodes;
 //! - [`metrics`]: Prometheus metrics.
 #![forbid(unsafe_code)]
 
-pub mod backplane;
 pub mod cloud;
 pub mod config;
 pub mod doc;
 pub mod edge;
-pub mod events;
 pub mod gateway;
 mod http;
-pub mod hub;
 mod ipc_routes;
 pub mod metrics;
-pub mod outbox;
-pub mod replication;
-pub mod room;
 mod server;
-pub mod setting;
 pub mod store;
+
+// The core's modules under their old paths (the server is their composition root).
+pub use nimbus_core::{events, hub, outbox, replication, room, setting};
 
 pub use config::{CloudLimits, Config, ConfigError, DocLimits, IpcConfig, Settings};
 pub use gateway::{GatewayConfig, GatewayToken};

@@ -5,39 +5,44 @@
 //!
 //! | field | type | series |
 //! | --- | --- | --- |
-//! | `cloud` | [`CloudMetrics`] (`cloud/metrics.rs`) | `nimbus_cloud_*` |
-//! | `doc` | [`DocMetrics`] (`doc/metrics.rs`) | `nimbus_doc_*` |
-//! | `gateway` | [`GatewayMetrics`] (`gateway/metrics.rs`) | `nimbus_gateway_*` |
-//! | `backplane` | [`BackplaneMetrics`] (`backplane/metrics.rs`) | `nimbus_redis_*` |
-//! | `store` | [`StoreMetrics`] (`store/metrics.rs`) | `nimbus_store_*` |
+//! | `cloud` | [`CloudMetrics`] (`nimbus-core`) | `nimbus_cloud_*` |
+//! | `doc` | [`DocMetrics`] (`nimbus-core`) | `nimbus_doc_*` |
+//! | `gateway` | [`GatewayMetrics`] (`nimbus-core`) | `nimbus_gateway_*` |
+//! | `backplane` | [`BackplaneMetrics`] (`nimbus-redis`) | `nimbus_redis_*` |
+//! | `replication` | [`ReplicationMetrics`] (`nimbus-core`) | `nimbus_redis_resyncs` |
+//! | `store` | [`StoreMetrics`] (`nimbus-core`) | `nimbus_store_*` |
 //! | `edge` | [`EdgeMetrics`] (`edge/mod.rs`) | `nimbus_edge_*` |
 
 use std::sync::Arc;
 
+use nimbus_core::cloud::CloudMetrics;
+use nimbus_core::doc::metrics::DocMetrics;
+use nimbus_core::gateway::metrics::GatewayMetrics;
+use nimbus_core::replication::ReplicationMetrics;
+use nimbus_core::store::metrics::StoreMetrics;
+use nimbus_redis::metrics::BackplaneMetrics;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 
-use crate::backplane::metrics::BackplaneMetrics;
-use crate::cloud::metrics::CloudMetrics;
-use crate::doc::metrics::DocMetrics;
 use crate::edge::EdgeMetrics;
-use crate::gateway::metrics::GatewayMetrics;
-use crate::store::metrics::StoreMetrics;
 
-/// Every subsystem's metrics, registered in one registry.
+/// Every subsystem's metrics, registered in one registry. Each subsystem is handed only
+/// the parts it counts into (see `Server::bind`).
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     /// Cloud connections and rooms (`nimbus_cloud_*`).
-    pub cloud: CloudMetrics,
+    pub cloud: Arc<CloudMetrics>,
     /// Document rooms (`nimbus_doc_*`).
-    pub doc: DocMetrics,
+    pub doc: Arc<DocMetrics>,
     /// The gateway (`nimbus_gateway_*`).
-    pub gateway: GatewayMetrics,
+    pub gateway: Arc<GatewayMetrics>,
     /// The Redis backplane (`nimbus_redis_*`).
-    pub backplane: BackplaneMetrics,
+    pub backplane: Arc<BackplaneMetrics>,
+    /// Catch-ups of a replicated order (`nimbus_redis_resyncs`).
+    pub replication: ReplicationMetrics,
     /// The store's state (`nimbus_store_*`).
-    pub store: StoreMetrics,
+    pub store: Arc<StoreMetrics>,
     /// The edge (`nimbus_edge_*`).
     pub edge: Arc<EdgeMetrics>,
 }
@@ -52,11 +57,12 @@ impl Metrics {
     /// Create every subsystem's metrics and register them.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("nimbus");
-        let gateway = GatewayMetrics::register(&mut registry);
-        let cloud = CloudMetrics::register(&mut registry);
-        let doc = DocMetrics::register(&mut registry);
-        let backplane = BackplaneMetrics::register(&mut registry);
-        let store = StoreMetrics::register(&mut registry);
+        let gateway = Arc::new(GatewayMetrics::register(&mut registry));
+        let cloud = Arc::new(CloudMetrics::register(&mut registry));
+        let doc = Arc::new(DocMetrics::register(&mut registry));
+        let backplane = Arc::new(BackplaneMetrics::register(&mut registry));
+        let replication = ReplicationMetrics::register(&mut registry);
+        let store = Arc::new(StoreMetrics::register(&mut registry));
         let edge = Arc::new(EdgeMetrics::default());
         edge.register(&mut registry);
         Metrics {
@@ -65,6 +71,7 @@ impl Metrics {
             doc,
             gateway,
             backplane,
+            replication,
             store,
             edge,
         }

@@ -10,12 +10,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backplane::cloud::RedisReplication;
-use crate::backplane::doc::RedisDocs;
-use crate::backplane::gateway::RedisSessionLog;
-use crate::backplane::RedisBackplane;
+use nimbus_redis::cloud::RedisReplication;
+use nimbus_redis::doc::RedisDocs;
+use nimbus_redis::gateway::RedisSessionLog;
+use nimbus_redis::RedisBackplane;
+
 use crate::config::Config;
 use crate::doc::replication::{DocReplication, LocalDocs};
+use crate::doc::rooms::DocRoomsMetrics;
 use crate::doc::DocRooms;
 use crate::events::EventBus;
 use crate::gateway::log::SessionLog;
@@ -24,6 +26,7 @@ use crate::http::{router, App};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::replication::{CloudReplication, InProcess};
+use crate::room::RoomContext;
 use crate::store::{Store, StoreError};
 
 /// How long shutdown waits for connections to send their close frames.
@@ -48,7 +51,7 @@ pub enum ServerError {
     Ipc(#[from] nimbus_ipc::ServerError),
     /// The Redis backplane could not be reached at startup.
     #[error("redis backplane: {0}")]
-    Backplane(#[from] crate::backplane::BackplaneError),
+    Backplane(#[from] nimbus_redis::BackplaneError),
     /// The accept loop failed.
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
@@ -76,12 +79,14 @@ pub struct Server {
     /// With `--redis`: stopped at shutdown.
     backplane: Option<Arc<RedisBackplane>>,
     edge: crate::edge::EdgeConfig,
+    /// Every subsystem's metrics (served at `/metrics`).
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
     /// Open the store and bind the listener (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let store = Store::open_sqlite(
+        let store = crate::store::open_store(
             &config.data_dir,
             config.flush_interval,
             config.doc.compaction,
@@ -112,33 +117,43 @@ impl Server {
                 Arc::new(InProcess::new(
                     store.clone(),
                     events.clone(),
-                    metrics.clone(),
+                    (metrics.cloud.clone(), metrics.store.clone()),
                     max_name_len,
                 )),
                 None,
             ),
             Some(url) => {
-                let bp = RedisBackplane::connect(url, metrics.clone()).await?;
+                let counted = nimbus_redis::metrics::Metrics {
+                    backplane: metrics.backplane.clone(),
+                    cloud: metrics.cloud.clone(),
+                    doc: metrics.doc.clone(),
+                };
+                let bp = RedisBackplane::connect(url, Arc::new(counted)).await?;
                 let repl = RedisReplication::new(bp.clone(), events.clone(), max_name_len);
                 (Arc::new(repl), Some(bp))
             }
         };
-        let hub = Hub::new(
-            store.clone(),
-            Arc::new(config.cloud),
-            metrics.clone(),
-            events,
+        let rooms = RoomContext {
+            limits: Arc::new(config.cloud),
             replication,
-        );
+            metrics: metrics.cloud.clone(),
+            replication_metrics: metrics.replication.clone(),
+        };
+        let hub = Hub::new(store.clone(), rooms, metrics.store.clone(), events);
         // Document rooms keep their updates in the store, or in Redis (shared).
         let doc_replication: Arc<dyn DocReplication> = match &backplane {
             None => Arc::new(LocalDocs::new(store.clone(), hub.events.clone())),
             Some(bp) => Arc::new(RedisDocs::new(bp.clone())),
         };
+        let doc_metrics = DocRoomsMetrics {
+            doc: metrics.doc.clone(),
+            store: metrics.store.clone(),
+            replication: metrics.replication.clone(),
+        };
         let docs = Arc::new(DocRooms::with_replication(
             store,
             Arc::new(config.doc),
-            metrics,
+            doc_metrics,
             doc_replication,
         ));
         docs.attach();
@@ -158,10 +173,14 @@ impl Server {
             None => crate::gateway::log::in_memory(),
             Some(bp) => Arc::new(RedisSessionLog::new(bp.clone())),
         };
-        let gateway = config
-            .gateway
-            .enabled()
-            .then(|| Gateway::with_log(hub.clone(), config.gateway.clone(), session_log));
+        let gateway = config.gateway.enabled().then(|| {
+            Gateway::new(
+                &hub.events,
+                metrics.gateway.clone(),
+                config.gateway.clone(),
+                session_log,
+            )
+        });
         Ok(Server {
             listener,
             addr,
@@ -171,6 +190,7 @@ impl Server {
             gateway,
             backplane,
             edge,
+            metrics,
         })
     }
 
@@ -211,16 +231,16 @@ impl Server {
             shutdown: token.clone(),
             tracker: tracker.clone(),
             edge: Arc::new(self.edge.clone()),
+            metrics: self.metrics.clone(),
         };
         let stop = CancellationToken::new();
-        let admission =
-            crate::edge::accept::Admission::new(&self.edge, self.hub.metrics.edge.clone());
+        let admission = crate::edge::accept::Admission::new(&self.edge, self.metrics.edge.clone());
         let serving = crate::edge::accept::serve(
             self.listener,
             router(app),
             self.edge.clone(),
             admission,
-            self.hub.metrics.edge.clone(),
+            self.metrics.edge.clone(),
             stop.clone(),
         );
         tokio::pin!(serving);

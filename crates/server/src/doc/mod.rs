@@ -1,21 +1,10 @@
-//! Document (Yjs) rooms of `nimbus serve`, at `/doc/{room}` (see `docs/protocols/doc.md`).
+//! Document (Yjs) rooms at `/doc/{room}` (see `docs/protocols/doc.md`): the rooms and
+//! their rules are [`nimbus_core::doc`]; this module adds the socket.
 //!
-//! - [`access`]: room-name rules and per-room tokens;
-//! - [`rooms`]: the rooms, each a `nimbus_doc::Room` persisted in the store (or, with
-//!   `--redis`, in Redis and shared with the other nodes);
-//! - `replica`: how far a node's copy of a room follows the room's sequence in Redis;
 //! - `socket`: an axum WebSocket as a `nimbus_doc::Channel` (keepalive, shutdown).
 
-pub mod access;
-pub mod metrics;
-mod replica;
-pub(crate) mod replication;
-pub mod rooms;
-pub mod settings;
+pub use nimbus_core::doc::*;
+
 mod socket;
 
-pub use access::{validate_room_name, Access, AccessRules, Denied, TokenRule};
-pub(crate) use replication::update_event;
-pub use rooms::{DocRooms, JoinError};
-pub use settings::{DocLimits, DocSettings};
 pub(crate) use socket::SocketChannel;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::log::{Durable, Found, TakeoverError};
 use super::session::{Buffered, ResumeError, Session};
 use super::Gateway;
+use crate::edge::EdgeMetrics;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -62,9 +63,10 @@ pub(crate) async fn serve(
     bad_version: bool,
     compress: bool,
     shutdown: CancellationToken,
+    edge: Arc<EdgeMetrics>,
 ) {
-    let metrics = gw.hub.metrics.clone();
-    metrics.gateway.connections.inc();
+    let metrics = gw.metrics();
+    metrics.connections.inc();
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let mut conn = Conn {
         id,
@@ -98,7 +100,7 @@ pub(crate) async fn serve(
         }
     }
     if let End::Close(code, reason) = end {
-        metrics.gateway.close(code.code());
+        metrics.close(code.code());
         tracing::debug!(conn = id, code = code.code(), %reason, "gateway close");
         if matches!(code, CloseCode::NotAuthenticated | CloseCode::InvalidSeq) {
             // The client must identify anew: the session (if any) is gone.
@@ -106,19 +108,19 @@ pub(crate) async fn serve(
                 gw.remove(&s.id);
             }
         }
-        crate::edge::ws::close(&mut ws, code.code(), reason, gw.hub.limits.close_timeout).await;
+        crate::edge::ws::close(&mut ws, code.code(), reason, gw.config().close_timeout).await;
     } else if let End::Edge(v) = &end {
-        metrics.edge.violation(v.label());
-        metrics.gateway.close(v.code());
+        edge.violation(v.label());
+        metrics.close(v.code());
         tracing::info!(
             conn = id,
             code = v.code(),
             bound = v.label(),
             "gateway connection closed by an edge bound"
         );
-        crate::edge::ws::close(&mut ws, v.code(), v.reason(), gw.hub.limits.close_timeout).await;
+        crate::edge::ws::close(&mut ws, v.code(), v.reason(), gw.config().close_timeout).await;
     }
-    metrics.gateway.connections.dec();
+    metrics.connections.dec();
 }
 
 /// Compress `input` as one sync-flushed chunk of the connection's zlib stream (it ends
@@ -162,7 +164,7 @@ impl Conn {
     }
 
     fn cfg(&self) -> &super::GatewayConfig {
-        &self.gw.config
+        self.gw.config()
     }
 
     async fn run(&mut self, ws: &mut WebSocket, shutdown: &CancellationToken) -> End {
@@ -211,7 +213,7 @@ impl Conn {
                     }
                     let since = now.duration_since(self.last_heartbeat);
                     if since >= interval.mul_f64(1.5) {
-                        self.gw.hub.metrics.gateway.heartbeat_timeouts.inc();
+                        self.gw.metrics().heartbeat_timeouts.inc();
                         return End::Close(CloseCode::UnknownError, "heartbeat timed out".into());
                     }
                     if since >= interval.mul_f64(1.25) && !self.asked_heartbeat {
@@ -355,7 +357,7 @@ impl Conn {
                 self.asked_heartbeat = false;
                 if let Some((s, _)) = &self.session {
                     // Keeps the session in a shared log for another resume window.
-                    self.gw.log.touch(&s.id);
+                    self.gw.log().touch(&s.id);
                 }
                 self.send(ws, &Payload::new(OpCode::HeartbeatAck, Value::Null))
                     .await
@@ -413,8 +415,8 @@ impl Conn {
         if intents.0 & !allowed.0 != 0 {
             return Err(close(CloseCode::DisallowedIntents));
         }
-        if !self.gw.limiter.try_identify(shard_id, Instant::now()) {
-            self.gw.hub.metrics.gateway.invalid_sessions.inc();
+        if !self.gw.try_identify(shard_id) {
+            self.gw.metrics().invalid_sessions.inc();
             return self
                 .send(
                     ws,
@@ -429,7 +431,7 @@ impl Conn {
             token,
             intents,
             [shard_id, num_shards],
-            self.gw.log.clone(),
+            self.gw.log().clone(),
         );
         let ready = nimbus_proto::gateway::Ready {
             v: API_VERSION,
@@ -452,7 +454,7 @@ impl Conn {
     }
 
     async fn invalid_session(&mut self, ws: &mut WebSocket) -> Result<(), End> {
-        self.gw.hub.metrics.gateway.invalid_sessions.inc();
+        self.gw.metrics().invalid_sessions.inc();
         self.send(
             ws,
             &Payload::new(OpCode::InvalidSession, Value::Bool(false)),
@@ -487,7 +489,7 @@ impl Conn {
         let rx = session.subscribe();
         match session.resume(self.id, r.seq, self.cfg().replay_buffer) {
             Ok(cursor) => {
-                self.gw.hub.metrics.gateway.resumes.inc();
+                self.gw.metrics().resumes.inc();
                 tracing::debug!(conn = self.id, session = %session.id, seq = r.seq, "resumed");
                 self.cursor = cursor;
                 self.session = Some((session, rx));
@@ -512,7 +514,7 @@ impl Conn {
     /// the same session.
     async fn take_over(&self, r: &Resume) -> Result<Option<Arc<Session>>, TakeoverError> {
         let token = nimbus_proto::gateway::strip_bot_prefix(&r.token).to_owned();
-        let log = self.gw.log.clone();
+        let log = self.gw.log().clone();
         let taken = match log.take_over(&r.session_id, &token, r.seq).await? {
             Found::Here => return Ok(self.gw.get(&r.session_id)),
             Found::TakenOver(taken) => taken,

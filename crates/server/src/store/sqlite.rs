@@ -6,7 +6,11 @@ use std::sync::Arc;
 use nimbus_proto::cloud::CloudValue;
 use rusqlite::{params, Connection};
 
-use super::{Backend, DocLog, StoreError, StoreOp, StoredVar};
+use std::time::Duration;
+
+use nimbus_core::store::{
+    Backend, CompactionPolicy, DocLog, Store, StoreError, StoreOp, StoredVar,
+};
 
 /// A SQLite database file holding every room's variables.
 #[derive(Debug)]
@@ -40,7 +44,7 @@ impl SqliteBackend {
     /// writable (a write lock is taken once), so a read-only file fails here, not at the
     /// first commit.
     pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
-        let opened = (|| {
+        let opened = (|| -> rusqlite::Result<Connection> {
             let conn = Connection::open(path)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -52,14 +56,15 @@ impl SqliteBackend {
             Ok(conn) => Ok(SqliteBackend { conn }),
             Err(source) => Err(StoreError::Open {
                 path: path.into(),
-                source,
+                source: Box::new(source),
             }),
         }
     }
 }
 
-impl Backend for SqliteBackend {
-    fn load(&mut self, room: &str) -> Result<Vec<StoredVar>, StoreError> {
+/// The backend's operations in SQLite's own error type; [`Backend`] maps it once.
+impl SqliteBackend {
+    fn sql_load(&mut self, room: &str) -> rusqlite::Result<Vec<StoredVar>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT name, value, is_num, pos FROM cloud_vars WHERE room = ?1 ORDER BY pos",
         )?;
@@ -76,10 +81,10 @@ impl Backend for SqliteBackend {
                 pos: row.get(3)?,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows.collect()
     }
 
-    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+    fn sql_commit(&mut self, ops: &[StoreOp]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut put = tx.prepare_cached(
@@ -125,7 +130,7 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
-    fn load_doc(&mut self, room: &str) -> Result<DocLog, StoreError> {
+    fn sql_load_doc(&mut self, room: &str) -> rusqlite::Result<DocLog> {
         let snapshot = self
             .conn
             .prepare_cached("SELECT data FROM doc_snapshots WHERE room = ?1")?
@@ -140,12 +145,12 @@ impl Backend for SqliteBackend {
         Ok(DocLog { snapshot, updates })
     }
 
-    fn replace_doc(
+    fn sql_replace_doc(
         &mut self,
         room: &str,
         snapshot: &[u8],
         covered: usize,
-    ) -> Result<(), StoreError> {
+    ) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO doc_snapshots (room, data) VALUES (?1, ?2)
@@ -162,9 +167,62 @@ impl Backend for SqliteBackend {
     }
 }
 
+impl Backend for SqliteBackend {
+    fn load(&mut self, room: &str) -> Result<Vec<StoredVar>, StoreError> {
+        self.sql_load(room).map_err(sqlite_error)
+    }
+
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        self.sql_commit(ops).map_err(sqlite_error)
+    }
+
+    fn load_doc(&mut self, room: &str) -> Result<DocLog, StoreError> {
+        self.sql_load_doc(room).map_err(sqlite_error)
+    }
+
+    fn replace_doc(
+        &mut self,
+        room: &str,
+        snapshot: &[u8],
+        covered: usize,
+    ) -> Result<(), StoreError> {
+        self.sql_replace_doc(room, snapshot, covered)
+            .map_err(sqlite_error)
+    }
+}
+
+fn sqlite_error(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend {
+        backend: "sqlite",
+        source: Box::new(e),
+    }
+}
+
+/// Open the SQLite store at `data_dir/nimbus.sqlite3`. Errors name the path and the cause
+/// (a directory that cannot be created or written, a file that is not a database).
+pub fn open_store(
+    data_dir: &Path,
+    flush: Duration,
+    policy: CompactionPolicy,
+) -> Result<Store, StoreError> {
+    let dir_error = |source| StoreError::DataDir {
+        path: data_dir.into(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(dir_error)?;
+    // SQLite only says "unable to open database file"; find out why first.
+    let probe = data_dir.join(".nimbus-write-probe");
+    std::fs::write(&probe, b"").map_err(dir_error)?;
+    let _ = std::fs::remove_file(&probe);
+    let backend = SqliteBackend::open(&data_dir.join("nimbus.sqlite3"))?;
+    Ok(Store::spawn_with(backend, flush, policy))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nimbus_core::store::testing::{text_of, text_updates};
+    use nimbus_core::store::{compact, StoreOp};
 
     #[test]
     fn values_keep_type_and_order_across_reopen() {
@@ -209,5 +267,54 @@ mod tests {
             ]
         );
         assert!(db.load("2").expect("load").is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_explicit_compaction_folds_the_whole_log_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let (expected, updates) = text_updates(30);
+        {
+            let store = Store::spawn(SqliteBackend::open(&path).expect("open"), Duration::ZERO);
+            for u in updates {
+                store.apply(StoreOp::DocAppend {
+                    room: "r".into(),
+                    update: u,
+                });
+            }
+            store.apply(StoreOp::DocCompact { room: "r".into() });
+            store.flush().await.expect("flush");
+            store.settle().await.expect("settle");
+        }
+        let mut db = SqliteBackend::open(&path).expect("reopen");
+        let log = db.load_doc("r").expect("load");
+        assert!(log.snapshot.is_some());
+        assert!(log.updates.is_empty());
+        assert_eq!(text_of(&log), expected);
+        assert!(db.load_doc("other").expect("load").is_empty());
+    }
+
+    #[test]
+    fn replacing_a_log_prefix_keeps_the_later_updates_in_order() {
+        let (expected, updates) = text_updates(20);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut db = SqliteBackend::open(&dir.path().join("db")).expect("open");
+        let ops: Vec<StoreOp> = updates
+            .iter()
+            .map(|u| StoreOp::DocAppend {
+                room: "r".into(),
+                update: u.clone(),
+            })
+            .collect();
+        db.commit(&ops).expect("commit");
+        let prefix = DocLog {
+            snapshot: None,
+            updates: updates[..12].iter().map(|u| u.to_vec()).collect(),
+        };
+        db.replace_doc("r", &compact("r", &prefix), 12)
+            .expect("replace");
+        let log = db.load_doc("r").expect("load");
+        assert_eq!(log.updates.len(), 8);
+        assert_eq!(text_of(&log), expected);
     }
 }

@@ -1,0 +1,439 @@
+//! [`DocRooms`]: the document rooms of a server, each a `nimbus_doc::Room` whose hooks
+//! keep their updates through the node's `DocReplication` (the local [`Store`], or
+//! Redis) and enforce the size limit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use nimbus_doc::yrs::{ReadTxn, Transact};
+use nimbus_doc::{HookError, Refusal, Room, RoomHooks, RoomManager};
+
+use crate::doc::metrics::DocMetrics;
+use crate::doc::replica::{Step, SyncState};
+use crate::doc::replication::{DocFeed, DocMessage, DocReplication, LocalDocs, OnFailure};
+use crate::doc::settings::DocLimits;
+use crate::doc::{Access, AccessRules};
+use crate::events::EventBus;
+use crate::replication::ReplicationError;
+use crate::replication::ReplicationMetrics;
+use crate::store::metrics::StoreMetrics;
+use crate::store::{apply_records, Store, StoreError, STORE_UNAVAILABLE};
+
+/// The rooms loaded on this node (they follow their replication's order), by id.
+type Replicas = Arc<Mutex<HashMap<String, Arc<Persisted>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The hooks of one persisted document room.
+struct Persisted {
+    /// Where the room's updates are kept (the store, or Redis shared with other nodes).
+    repl: Arc<dyn DocReplication>,
+    replicas: Replicas,
+    /// How far this copy follows the room's sequence (in Redis; in process it stays at 0).
+    sync: Mutex<SyncState>,
+    /// A reload from the replication is under way.
+    resyncing: AtomicBool,
+    /// These hooks (the registry of followed rooms holds them).
+    me: std::sync::Weak<Persisted>,
+    limits: Arc<DocLimits>,
+    metrics: DocRoomsMetrics,
+    /// The document's size for `max_doc_bytes`: the stored bytes (snapshot + appended
+    /// updates), from [`DocReplication::size`]: in process the store's writer sets it at
+    /// load and moves it to the merged size at each compaction ([`Store::doc_size`]); the
+    /// room adds what it appends, so it is the encoded size of the last compaction plus the
+    /// bytes appended since.
+    size: Arc<AtomicUsize>,
+    /// The load hook's own transaction (the stored state) reaches `updated` like any other,
+    /// first in order: it is already stored and must not be appended again.
+    skip_loaded: AtomicBool,
+}
+
+impl RoomHooks for Persisted {
+    fn load<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, Result<(), HookError>> {
+        Box::pin(async move {
+            // The close reason is public and stable; the cause is logged only.
+            let failed = |e: &dyn std::fmt::Display| {
+                tracing::error!(room = room.id(), error = %e, "cannot load document");
+                HookError::new(self.repl.unavailable_reason())
+            };
+            // Registered first: updates arriving (from elsewhere) while it loads are
+            // applied too.
+            self.register(room);
+            let state = match self.repl.load(room.id()).await {
+                Ok(state) => state,
+                Err(e) => {
+                    self.unregister(room);
+                    return Err(failed(&e));
+                }
+            };
+            let log = state.log;
+            let before = room.doc().transact().state_vector();
+            let applied = apply_records(room.id(), room.doc(), log.records());
+            // A transaction that changed the document fires exactly one update event.
+            let changed = room.doc().transact().state_vector() != before;
+            self.skip_loaded.store(changed, Ordering::Relaxed);
+            if applied.skipped > 0 {
+                self.metrics
+                    .doc
+                    .corrupt_records
+                    .inc_by(applied.skipped as u64);
+            }
+            self.repl.loaded(&self.size, &log);
+            let step = lock(&self.sync).loaded(&state.epoch, state.seq);
+            self.follow(room, step);
+            tracing::debug!(
+                room = room.id(),
+                records = applied.applied,
+                bytes = log.bytes(),
+                "document loaded"
+            );
+            Ok(())
+        })
+    }
+
+    fn check_update(&self, room: &Room, update: &[u8]) -> Result<(), Refusal> {
+        if !self.repl.can_write() {
+            // Not applied, not fanned out: the client keeps the update and sends it again
+            // when it reconnects (y-websocket resyncs), once the store writes again.
+            self.metrics.store.refused("doc");
+            tracing::info!(
+                room = room.id(),
+                "document update refused: the store cannot write; closing the client (1011)"
+            );
+            return Err(Refusal::closing(1011, STORE_UNAVAILABLE));
+        }
+        let size = self.size.load(Ordering::Relaxed);
+        let max = self.limits.max_doc_bytes;
+        if size.saturating_add(update.len()) > max {
+            self.metrics.doc.refused("doc_too_large");
+            // The client applied the update locally; its next update would depend on it
+            // and fail with 1007, so the connection is closed now with a clear code.
+            return Err(Refusal::closing(
+                1009,
+                format!(
+                    "document too large: {size} bytes + {} would exceed the limit of {max}",
+                    update.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn updated(&self, room: &Room, update: &Bytes) {
+        if self.skip_loaded.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        self.size.fetch_add(update.len(), Ordering::Relaxed);
+        self.metrics.doc.updates.inc();
+        self.metrics.doc.update_bytes.inc_by(update.len() as u64);
+        let key: Arc<str> = Arc::from(room.id());
+        let on_failure = || -> OnFailure {
+            let (closing, me) = (room.clone(), self.me.clone());
+            let reason = self.repl.unavailable_reason();
+            Arc::new(move || {
+                // Its clients re-send the update when they reconnect (to any node).
+                if let Some(me) = me.upgrade() {
+                    me.unregister(&closing);
+                }
+                closing.close_with(1011, reason);
+            })
+        };
+        self.repl.append(key, update, &on_failure);
+    }
+
+    fn replicated(&self, _room: &Room, update: &Bytes) {
+        self.size.fetch_add(update.len(), Ordering::Relaxed);
+    }
+
+    fn emptied<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, ()> {
+        self.unregister(room);
+        self.repl.emptied(room.id());
+        Box::pin(async {})
+    }
+}
+
+impl Persisted {
+    fn register(&self, room: &Room) {
+        if let Some(me) = self.me.upgrade() {
+            lock(&self.replicas).insert(room.id().to_owned(), me);
+        }
+    }
+
+    fn unregister(&self, room: &Room) {
+        let mut replicas = lock(&self.replicas);
+        if replicas
+            .get(room.id())
+            .is_some_and(|me| std::ptr::eq(Arc::as_ptr(me), self))
+        {
+            replicas.remove(room.id());
+        }
+    }
+
+    /// Act on a step of the room's sync state.
+    fn follow(&self, room: &Room, step: Step) {
+        match step {
+            Step::Done => {}
+            Step::CatchUp => self.resync(room),
+            Step::Reset => {
+                // Clients hold the state Redis lost: they re-send it when they reconnect.
+                tracing::warn!(
+                    room = room.id(),
+                    "Redis lost the document room: closing its clients"
+                );
+                self.unregister(room);
+                room.close_with(1011, self.repl.unavailable_reason());
+            }
+        }
+    }
+
+    /// Reload the room from its replication and apply what this copy misses (idempotent).
+    fn resync(&self, room: &Room) {
+        let repl = self.repl.clone();
+        if self.resyncing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.metrics.replication.resyncs.inc();
+        let Some(me) = lock(&self.replicas).get(room.id()).cloned() else {
+            self.resyncing.store(false, Ordering::Release);
+            return;
+        };
+        let room = room.clone();
+        tokio::spawn(async move {
+            let result: Result<(), ReplicationError> = async {
+                let state = repl.load(room.id()).await?;
+                let id = room.id().to_owned();
+                let bytes = state.log.bytes();
+                let log = state.log;
+                let merged = tokio::task::spawn_blocking(move || crate::store::compact(&id, &log))
+                    .await
+                    .map_err(|e| ReplicationError::Backplane(format!("merge task: {e}")))?;
+                if let Err(error) = room.apply_replicated(&merged) {
+                    tracing::error!(room = room.id(), %error, "cannot apply the document from Redis");
+                }
+                me.size.fetch_max(bytes, Ordering::Relaxed);
+                let step = lock(&me.sync).loaded(&state.epoch, state.seq);
+                me.resyncing.store(false, Ordering::Release);
+                me.follow(&room, step);
+                Ok(())
+            }
+            .await;
+            if let Err(error) = result {
+                me.resyncing.store(false, Ordering::Release);
+                tracing::warn!(room = room.id(), %error, "cannot catch up with Redis; retried on the next update or resubscription");
+            }
+        });
+    }
+}
+
+/// Why a client could not join a document room.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The server holds `doc_max_rooms` rooms and this one is not loaded.
+    #[error("the server has too many document rooms loaded")]
+    TooManyRooms,
+    /// Loading the room failed.
+    #[error(transparent)]
+    Load(#[from] HookError),
+}
+
+/// The metrics document rooms count into: their own, refusals while the store cannot
+/// write, catch-ups of an order kept elsewhere.
+#[derive(Debug, Clone)]
+pub struct DocRoomsMetrics {
+    /// `nimbus_doc_*`.
+    pub doc: Arc<DocMetrics>,
+    /// `nimbus_store_refused` (label `doc`).
+    pub store: Arc<StoreMetrics>,
+    /// `nimbus_redis_resyncs`.
+    pub replication: ReplicationMetrics,
+}
+
+/// Every document room of a server.
+pub struct DocRooms {
+    manager: RoomManager,
+    store: Store,
+    /// Limits and policies.
+    pub limits: Arc<DocLimits>,
+    access: AccessRules,
+    metrics: DocRoomsMetrics,
+    /// Where the rooms' updates are kept (chosen by the composition root).
+    repl: Arc<dyn DocReplication>,
+    replicas: Replicas,
+}
+
+impl std::fmt::Debug for DocRooms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocRooms")
+            .field("rooms", &self.manager.room_ids().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DocRooms {
+    /// Document rooms persisted in `store`; every applied update is published on `events`
+    /// as `DOC_UPDATE`.
+    pub fn new(
+        store: Store,
+        limits: Arc<DocLimits>,
+        metrics: DocRoomsMetrics,
+        events: Arc<EventBus>,
+    ) -> DocRooms {
+        let local = Arc::new(LocalDocs::new(store.clone(), events));
+        DocRooms::with_replication(store, limits, metrics, local)
+    }
+
+    /// Like [`DocRooms::new`], with the rooms' updates kept by `repl` (with Redis: shared
+    /// with every node connected to it, see `nimbus_redis::doc`, and `DOC_UPDATE`
+    /// events come from its subscription). Call [`DocRooms::attach`] on the `Arc` then.
+    pub fn with_replication(
+        store: Store,
+        limits: Arc<DocLimits>,
+        metrics: DocRoomsMetrics,
+        repl: Arc<dyn DocReplication>,
+    ) -> DocRooms {
+        let (l, m) = (limits.clone(), metrics.clone());
+        let replicas = Replicas::default();
+        let (r, reg) = (repl.clone(), replicas.clone());
+        let manager = RoomManager::new(move |id: &str| {
+            let hooks = Arc::new_cyclic(|me| Persisted {
+                repl: r.clone(),
+                replicas: reg.clone(),
+                sync: Mutex::new(SyncState::loading()),
+                resyncing: AtomicBool::new(false),
+                me: me.clone(),
+                limits: l.clone(),
+                metrics: m.clone(),
+                size: r.size(id),
+                skip_loaded: AtomicBool::new(false),
+            });
+            Room::with_options(id, hooks, l.room_options())
+        });
+        DocRooms {
+            manager,
+            store,
+            access: AccessRules::new(limits.tokens.clone()),
+            limits,
+            metrics,
+            repl,
+            replicas,
+        }
+    }
+
+    /// Let the replication's subscription reach these rooms (updates made elsewhere).
+    pub fn attach(self: &Arc<Self>) {
+        let feed: Arc<dyn DocFeed> = self.clone();
+        self.repl.subscribe(Arc::downgrade(&feed));
+    }
+}
+
+impl DocFeed for DocRooms {
+    /// An update of a room arrived from Redis (any node's, this one's included).
+    fn replicated(&self, m: DocMessage) {
+        let Some(hooks) = lock(&self.replicas).get(&*m.room).cloned() else {
+            return;
+        };
+        let Some(room) = self.manager.get(&m.room) else {
+            return;
+        };
+        if !m.local {
+            if let Err(error) = room.apply_replicated(&m.update) {
+                tracing::error!(room = %m.room, %error, "cannot apply a document update from Redis");
+            }
+        }
+        let step = lock(&hooks.sync).on_update(&m.epoch, m.seq);
+        hooks.follow(&room, step);
+    }
+
+    /// Catch every followed room up with Redis (after the subscription was re-established).
+    fn resync_all(&self) {
+        let followed: Vec<_> = lock(&self.replicas)
+            .iter()
+            .map(|(id, h)| (id.clone(), h.clone()))
+            .collect();
+        for (id, hooks) in followed {
+            if let Some(room) = self.manager.get(&id) {
+                hooks.resync(&room);
+            }
+        }
+    }
+}
+
+impl DocRooms {
+    /// The token rules.
+    pub fn access(&self) -> &AccessRules {
+        &self.access
+    }
+
+    /// The document rooms' metrics.
+    pub fn metrics(&self) -> &DocMetrics {
+        &self.metrics.doc
+    }
+
+    /// Bring the gauges and the store's counters up to date (before `/metrics` is encoded).
+    pub fn refresh_metrics(&self) {
+        self.metrics
+            .doc
+            .rooms
+            .set(self.manager.room_ids().len() as i64);
+        let stats = self.store.doc_stats();
+        let done = stats.compactions.load(Ordering::Relaxed);
+        let counted = self.metrics.doc.compactions.get();
+        if done > counted {
+            self.metrics.doc.compactions.inc_by(done - counted);
+        }
+    }
+
+    /// Loaded room names, sorted.
+    pub fn room_ids(&self) -> Vec<String> {
+        let mut ids = self.manager.room_ids();
+        ids.sort();
+        ids
+    }
+
+    /// Serve one client in `room` until it leaves.
+    pub async fn serve(&self, room: &str, channel: impl nimbus_doc::Channel, access: Access) {
+        let opts = self.limits.serve_options(access == Access::ReadOnly);
+        self.metrics.doc.clients.inc();
+        let result = self.manager.serve(room, channel, opts).await;
+        self.metrics.doc.clients.dec();
+        match result {
+            Ok(()) => tracing::debug!(%room, "document client left"),
+            Err(e) => {
+                if let Some(code) = e.close_code() {
+                    self.metrics.doc.close(code);
+                }
+                tracing::info!(%room, error = %e, "document client closed");
+            }
+        }
+    }
+
+    /// May a client open `room` now? (Refuses a new room beyond `doc_max_rooms`.)
+    pub fn admit(&self, room: &str) -> Result<(), JoinError> {
+        if self.manager.get(room).is_none()
+            && self.manager.room_ids().len() >= self.limits.max_rooms
+        {
+            return Err(JoinError::TooManyRooms);
+        }
+        Ok(())
+    }
+
+    /// The document of `room` as JSON (its live state when loaded, else the stored one);
+    /// `None` when nothing is stored for it.
+    pub async fn to_json(&self, room: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        if let Some(live) = self.manager.get(room) {
+            return Ok(Some(nimbus_doc::doc_to_json(live.doc())));
+        }
+        let log = self.repl.load(room).await?.log;
+        if log.is_empty() {
+            return Ok(None);
+        }
+        let doc = nimbus_doc::yrs::Doc::new();
+        apply_records(room, &doc, log.records());
+        Ok(Some(nimbus_doc::doc_to_json(&doc)))
+    }
+}

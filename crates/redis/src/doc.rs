@@ -1,0 +1,295 @@
+//! Document (Yjs) rooms through the Redis backplane.
+//!
+//! Yjs updates commute and applying one twice changes nothing, so, unlike cloud rooms,
+//! a node applies its clients' updates at once and Redis only has to hold the complete
+//! set: every update is appended to the room's stream under the room's next sequence
+//! number ([`DOC_SCRIPT`]) and published; every other node applies it as it arrives.
+//! The sequence numbers let a node notice that it missed some (a gap) and catch up by
+//! reloading the room from Redis (the compacted snapshot plus the stream after it),
+//! which is idempotent.
+//!
+//! Keys of room `R` (the room in a hash tag, one Redis Cluster slot):
+//! `nimbus:doc:{R}:seq`, `:epoch`, `:log` (stream, entry `SEQ-0`, field `u` = the
+//! update), `:snap` (the merged state up to `:snapseq`). A node that sees a room's log
+//! grow past [`COMPACT_AFTER`] entries folds it into the snapshot ([`COMPACT_SCRIPT`]:
+//! accepted only if it covers more than the current one, then `XTRIM MINID`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+pub use nimbus_proto::backplane::DocMessage;
+
+use super::{BackplaneError, Lua, RedisBackplane, EVENTS_CHANNEL, EVENTS_MAX_LEN, EVENTS_STREAM};
+pub use nimbus_core::doc::replication::DocState;
+use nimbus_core::doc::replication::{DocFeed, DocReplication, OnFailure};
+use nimbus_core::replication::ReplicationError;
+use nimbus_core::store::{compact, DocLog};
+
+/// Stream entries after which a node compacts a room's log into its snapshot.
+pub const COMPACT_AFTER: u64 = 1000;
+
+/// The script that records one document update.
+///
+/// KEYS: seq, epoch, log, snap, snapseq, events. ARGV: epoch candidate, node, connection,
+/// room, update, events length, channel. Returns `{seq, log length}`.
+pub const DOC_SCRIPT: &str = include_str!("lua/doc.lua");
+
+/// The script that replaces a room's snapshot by a newer one and trims the log it covers.
+///
+/// KEYS: epoch, snap, snapseq, log. ARGV: epoch, covered sequence, snapshot. Returns 1
+/// when accepted, 0 when the epoch changed or a snapshot covering as much exists.
+pub const COMPACT_SCRIPT: &str = include_str!("lua/doc_compact.lua");
+
+pub(crate) static DOC_LUA: Lua = Lua::new(DOC_SCRIPT);
+static COMPACT_LUA: Lua = Lua::new(COMPACT_SCRIPT);
+
+/// Redis key names of one document room.
+struct Keys {
+    seq: String,
+    epoch: String,
+    log: String,
+    snap: String,
+    snapseq: String,
+}
+
+impl Keys {
+    fn new(room: &str) -> Keys {
+        let k = |what: &str| format!("nimbus:doc:{{{room}}}:{what}");
+        Keys {
+            seq: k("seq"),
+            epoch: k("epoch"),
+            log: k("log"),
+            snap: k("snap"),
+            snapseq: k("snapseq"),
+        }
+    }
+}
+
+/// A document update queued for Redis.
+pub struct DocWrite {
+    /// Room.
+    pub room: Arc<str>,
+    /// The Yjs v1 update.
+    pub update: Bytes,
+    /// Called when Redis could not be written (the room then closes its clients).
+    pub on_failure: OnFailure,
+}
+
+impl std::fmt::Debug for DocWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocWrite")
+            .field("room", &self.room)
+            .field("bytes", &self.update.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DocWrite {
+    pub(crate) fn failed(&self) {
+        (self.on_failure)();
+    }
+}
+
+/// The document rooms' [`DocReplication`] with `--redis`: updates are appended to the
+/// room's stream in Redis and shared with every node (see the module docs); they come
+/// back, with their `DOC_UPDATE` event, through the subscription.
+#[derive(Debug, Clone)]
+pub struct RedisDocs {
+    bp: Arc<RedisBackplane>,
+}
+
+impl RedisDocs {
+    /// The document rooms of `bp`.
+    pub fn new(bp: Arc<RedisBackplane>) -> RedisDocs {
+        RedisDocs { bp }
+    }
+}
+
+impl DocReplication for RedisDocs {
+    fn unavailable_reason(&self) -> &'static str {
+        "backplane unavailable"
+    }
+
+    /// Set at load ([`DocReplication::loaded`]); the room adds what it appends.
+    fn size(&self, _room: &str) -> Arc<AtomicUsize> {
+        Arc::new(AtomicUsize::new(0))
+    }
+
+    fn load<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<DocState, ReplicationError>> {
+        Box::pin(async move {
+            self.bp
+                .load_doc(room)
+                .await
+                .map_err(|e| ReplicationError::Backplane(e.to_string()))
+        })
+    }
+
+    fn loaded(&self, size: &AtomicUsize, log: &DocLog) {
+        size.store(log.bytes(), Ordering::Relaxed);
+    }
+
+    fn can_write(&self) -> bool {
+        true
+    }
+
+    /// Every node's gateway gets it from the subscription, in the global order.
+    fn append(&self, room: Arc<str>, update: &Bytes, on_failure: &dyn Fn() -> OnFailure) {
+        self.bp.write_doc(DocWrite {
+            room,
+            update: update.clone(),
+            on_failure: on_failure(),
+        });
+    }
+
+    /// Redis holds every update already; the node that sees the log grow compacts it.
+    fn emptied(&self, _room: &str) {}
+
+    fn subscribe(&self, feed: Weak<dyn DocFeed>) {
+        self.bp.attach_docs(feed);
+    }
+}
+
+/// Append the script call for one update to `pipe`.
+pub(crate) fn invocation(node: &str, w: &DocWrite, pipe: &mut redis::Pipeline) {
+    let keys = Keys::new(&w.room);
+    let epoch = format!("{node}-{:x}", super::now_ms());
+    pipe.cmd("EVALSHA")
+        .arg(DOC_LUA.sha())
+        .arg(6)
+        .arg(&keys.seq)
+        .arg(&keys.epoch)
+        .arg(&keys.log)
+        .arg(&keys.snap)
+        .arg(&keys.snapseq)
+        .arg(EVENTS_STREAM)
+        .arg(epoch)
+        .arg(node)
+        .arg(0)
+        .arg(&*w.room)
+        .arg(&w.update[..])
+        .arg(EVENTS_MAX_LEN)
+        .arg(EVENTS_CHANNEL);
+}
+
+impl RedisBackplane {
+    /// Queue a document update (dropped, and `on_failure` called, when the writer's queue
+    /// is full).
+    pub(crate) fn write_doc(&self, w: DocWrite) {
+        if let Err(e) = self.writes.try_send(super::Job::Doc(w)) {
+            self.metrics.backplane.write_failures.inc();
+            if let tokio::sync::mpsc::error::TrySendError::Full(super::Job::Doc(w))
+            | tokio::sync::mpsc::error::TrySendError::Closed(super::Job::Doc(w)) = e
+            {
+                w.failed();
+            }
+        }
+    }
+
+    /// Redis answered a document write: compact the room's log when it grew long.
+    pub(crate) fn doc_written(self: &Arc<Self>, w: &DocWrite, reply: Option<redis::Value>) {
+        let len = match reply {
+            Some(redis::Value::Array(v)) => match v.get(1) {
+                Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+                _ => 0,
+            },
+            _ => 0,
+        };
+        if len > COMPACT_AFTER && self.compacting_start(&w.room) {
+            let bp = self.clone();
+            let room = w.room.clone();
+            tokio::spawn(async move {
+                match bp.compact_doc(&room).await {
+                    Ok(true) => {
+                        bp.metrics.doc.compactions.inc();
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(%room, %error, "document compaction in Redis failed")
+                    }
+                }
+                bp.compacting_end(&room);
+            });
+        }
+    }
+
+    fn compacting_start(&self, room: &Arc<str>) -> bool {
+        self.compacting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(room.clone())
+    }
+
+    fn compacting_end(&self, room: &str) {
+        self.compacting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(room);
+    }
+
+    /// A room's document (epoch, sequence, snapshot and the updates after it), read
+    /// atomically.
+    pub async fn load_doc(&self, room: &str) -> Result<DocState, BackplaneError> {
+        let keys = Keys::new(room);
+        let mut conn = self.conn.clone();
+        type Raw = (
+            Option<String>,
+            Option<u64>,
+            Option<Vec<u8>>,
+            redis::streams::StreamRangeReply,
+        );
+        let (epoch, seq, snapshot, log): Raw = redis::pipe()
+            .atomic()
+            .get(&keys.epoch)
+            .get(&keys.seq)
+            .get(&keys.snap)
+            .cmd("XRANGE")
+            .arg(&keys.log)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await?;
+        let mut updates = Vec::with_capacity(log.ids.len());
+        for entry in log.ids {
+            let u: Vec<u8> = entry
+                .get("u")
+                .ok_or_else(|| BackplaneError::Malformed(format!("document entry {}", entry.id)))?;
+            updates.push(u);
+        }
+        Ok(DocState {
+            epoch: Arc::from(epoch.unwrap_or_default()),
+            seq: seq.unwrap_or(0),
+            log: DocLog { snapshot, updates },
+        })
+    }
+
+    /// Fold a room's log into its snapshot. Returns whether Redis took the new snapshot.
+    async fn compact_doc(&self, room: &str) -> Result<bool, BackplaneError> {
+        let state = self.load_doc(room).await?;
+        if state.log.updates.is_empty() {
+            return Ok(false);
+        }
+        let name = room.to_owned();
+        let log = state.log;
+        let snapshot = tokio::task::spawn_blocking(move || compact(&name, &log))
+            .await
+            .map_err(|e| BackplaneError::Malformed(format!("compaction task: {e}")))?;
+        let keys = Keys::new(room);
+        let mut conn = self.conn.clone();
+        let accepted: i64 = redis::cmd("EVAL")
+            .arg(COMPACT_LUA.text())
+            .arg(4)
+            .arg(&keys.epoch)
+            .arg(&keys.snap)
+            .arg(&keys.snapseq)
+            .arg(&keys.log)
+            .arg(&*state.epoch)
+            .arg(state.seq)
+            .arg(snapshot)
+            .query_async(&mut conn)
+            .await?;
+        tracing::debug!(%room, covered = state.seq, accepted, "document log compacted in Redis");
+        Ok(accepted == 1)
+    }
+}
