@@ -22,13 +22,15 @@
 //! use nimbus_auth::{AuthConfig, Capability, Verifier};
 //!
 //! let config = AuthConfig {
-//!     hs256_secrets: vec!["k1:an-example-secret-of-32-bytes-or-more".parse().unwrap()],
+//!     hs256_secrets: vec!["k1:an-example-secret-of-32-bytes-or-more".parse()?],
 //!     ..AuthConfig::default()
 //! };
-//! let verifier = Verifier::from_config(&config).unwrap();
-//! let err = verifier.verify("not-a-token", SystemTime::now()).unwrap_err();
-//! assert_eq!(err.reason(), "malformed_token");
-//! # let _ = Capability::Doc;
+//! let verifier = Verifier::from_config(&config)?;
+//! match verifier.verify("not-a-token", SystemTime::now()) {
+//!     Ok(id) => println!("{} may write notes/a: {:?}", id.sub(), id.access(Capability::Doc, "notes/a")),
+//!     Err(e) => assert_eq!(e.reason(), "malformed_token"),
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod claims;
