@@ -14,6 +14,7 @@
 //! | [`IpcSettings`] | `Option<`[`IpcConfig`]`>` | `ipc_routes` |
 //! | [`BackplaneSettings`] | `Config::redis` | here (the backplane's) |
 //! | [`EdgeSettings`] | [`EdgeConfig`] (the `[edge]` table) | `edge` |
+//! | [`AuthSettings`] | [`AuthSetup`] | `auth` |
 //!
 //! [`Settings`] is their composition (plus `listen`): clap and serde flatten each section,
 //! so flags, `NIMBUS_*` names and file keys stay flat. [`Settings::merge`] applies the
@@ -28,6 +29,7 @@ use serde::de::{Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use crate::auth::{AuthSettings, AuthSetup};
 pub use crate::cloud::settings::{CloudLimits, CloudSettings};
 pub use crate::doc::settings::{DocLimits, DocSettings};
 pub use crate::edge::{EdgeConfig, EdgeSettings};
@@ -95,6 +97,11 @@ pub struct Settings {
     #[arg(long, env = "NIMBUS_LISTEN")]
     #[merge(strategy = merge::option::overwrite_none)]
     pub listen: Option<SocketAddr>,
+    /// Log filter, e.g. `info` or `nimbus_server=debug,info` (re-read on SIGHUP from the
+    /// config file) [default: info].
+    #[arg(long, env = "NIMBUS_LOG")]
+    #[merge(strategy = merge::option::overwrite_none)]
+    pub log: Option<String>,
     /// The embedded store.
     #[command(flatten)]
     #[serde(flatten)]
@@ -119,6 +126,10 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(flatten)]
     pub backplane: BackplaneSettings,
+    /// Signed tokens.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub auth: AuthSettings,
     /// Per-connection bounds of the edge (the `[edge]` table of the file).
     #[command(flatten)]
     #[serde(default)]
@@ -257,6 +268,11 @@ pub struct Config {
     pub redis: Option<String>,
     /// Per-connection bounds of the edge (`docs/security.md`).
     pub edge: EdgeConfig,
+    /// Signed tokens and the cloud identity policy.
+    pub auth: AuthSetup,
+    /// The log filter (`NIMBUS_LOG` syntax), when set; the binary applies it (and again on
+    /// SIGHUP).
+    pub log: Option<String>,
 }
 
 impl Config {
@@ -278,6 +294,8 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             redis: None,
             edge: EdgeConfig::default(),
+            auth: AuthSetup::default(),
+            log: None,
         }
     }
 }
@@ -301,6 +319,8 @@ impl Config {
             ipc: IpcConfig::from_settings(&s.ipc)?,
             redis: s.backplane.redis_url(),
             edge: EdgeConfig::from_settings(&s.edge)?,
+            auth: AuthSetup::from_settings(&s.auth)?,
+            log: s.log,
         })
     }
 }

@@ -1,13 +1,12 @@
 //! The HTTP side of `nimbus serve`: WebSocket upgrade at `/`, `/metrics`,
 //! `/healthz` and the JSON API.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,8 +15,9 @@ use nimbus_proto::cloud::CloseCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Grant, Refusal};
 use crate::cloud::{self, Peer};
-use crate::doc::{validate_room_name, Access, DocRooms, SocketChannel};
+use crate::doc::{validate_room_name, DocRooms, SocketChannel};
 use crate::hub::Hub;
 
 /// Shared state of the HTTP handlers.
@@ -33,6 +33,8 @@ pub(crate) struct App {
     pub edge: Arc<crate::edge::EdgeConfig>,
     /// Every subsystem's metrics (`/metrics`; the sockets count edge violations).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Who clients are (static and signed tokens).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 pub(crate) fn router(app: App) -> Router {
@@ -60,46 +62,45 @@ fn refusal(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// The token a document client presents: `?token=` or `Authorization: Bearer`.
-fn doc_token(query: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
-    query.get("token").cloned().or_else(|| {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_owned())
-    })
-}
-
-/// Name and token checks shared by the document endpoints.
-fn doc_access(
-    docs: &DocRooms,
-    room: &str,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
-) -> Result<Access, (StatusCode, String)> {
+/// Name and token checks shared by the document endpoints (`docs/security.md`, "Tokens").
+fn doc_access(app: &App, room: &str, parts: &Parts) -> Result<Grant, (StatusCode, String)> {
+    let docs = &app.docs;
     validate_room_name(room).map_err(|e| {
         docs.metrics().refused("bad_room_name");
         (StatusCode::BAD_REQUEST, e)
     })?;
-    docs.access()
-        .check(room, doc_token(query, headers).as_deref())
-        .map_err(|e| {
-            docs.metrics().refused("unauthorized");
-            (StatusCode::UNAUTHORIZED, e.to_string())
-        })
+    let refused = |r: Refusal| {
+        docs.metrics().refused("unauthorized");
+        (r.status, r.reason)
+    };
+    let (presented, _) = app.auth.present(parts, false).map_err(refused)?;
+    app.auth
+        .doc(docs.access(), room, &presented)
+        .map_err(refused)
+}
+
+/// The HTTP API's check: `write` needs a read-write grant (`docs/security.md`, "Tokens").
+pub(crate) fn api_access(
+    app: &App,
+    room: &str,
+    parts: &Parts,
+    write: bool,
+) -> Result<(), Response> {
+    let check = app
+        .auth
+        .present(parts, false)
+        .and_then(|(presented, _)| app.auth.api(&presented, room, write));
+    check.map_err(|r| refusal(r.status, r.reason))
 }
 
 async fn doc_upgrade(
     State(app): State<App>,
     Path(room): Path<String>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    headers: HeaderMap,
+    parts: Parts,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let query = query.map(|Query(q)| q).unwrap_or_default();
-    let access = match doc_access(&app.docs, &room, &query, &headers) {
-        Ok(a) => a,
+    let grant = match doc_access(&app, &room, &parts) {
+        Ok(g) => g,
         Err((status, why)) => return refusal(status, why),
     };
     if let Err(e) = app.docs.admit(&room) {
@@ -132,20 +133,15 @@ async fn doc_upgrade(
                 limits.ping_interval,
                 limits.close_timeout,
                 metrics.edge.clone(),
-            );
-            docs.serve(&room, channel, access).await;
+            )
+            .expire_at(crate::auth::deadline(grant.expires));
+            docs.serve(&room, channel, grant.access).await;
         })
     })
 }
 
-async fn doc_json(
-    State(app): State<App>,
-    Path(room): Path<String>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    headers: HeaderMap,
-) -> Response {
-    let query = query.map(|Query(q)| q).unwrap_or_default();
-    if let Err((status, why)) = doc_access(&app.docs, &room, &query, &headers) {
+async fn doc_json(State(app): State<App>, Path(room): Path<String>, parts: Parts) -> Response {
+    if let Err((status, why)) = doc_access(&app, &room, &parts) {
         return refusal(status, why);
     }
     match app.docs.to_json(&room).await {
@@ -282,7 +278,10 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
     )
 }
 
-async fn variables(State(app): State<App>, Path(id): Path<String>) -> Response {
+async fn variables(State(app): State<App>, Path(id): Path<String>, parts: Parts) -> Response {
+    if let Err(refused) = api_access(&app, &id, &parts, false) {
+        return refused;
+    }
     match app.hub.variables(&id).await {
         Ok(Some(vars)) => {
             let mut body = String::from("{");

@@ -16,9 +16,11 @@
 //! - [`gateway`]: the Discord-v10-style gateway at `/gateway` (room events as dispatches);
 //! - the Redis backplane (`--redis`) is the `nimbus-redis` crate: cloud and document rooms
 //!   and gateway sessions shared by several nodes;
+//! - [`auth`]: who a client is: static and signed tokens, checked before the upgrade;
 //! - [`metrics`]: Prometheus metrics.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cloud;
 pub mod config;
 pub mod doc;

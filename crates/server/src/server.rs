@@ -15,6 +15,7 @@ use nimbus_redis::doc::RedisDocs;
 use nimbus_redis::gateway::RedisSessionLog;
 use nimbus_redis::RedisBackplane;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::doc::replication::{DocReplication, LocalDocs};
 use crate::doc::rooms::DocRoomsMetrics;
@@ -35,6 +36,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A server failure.
 #[derive(Debug, Error)]
 pub enum ServerError {
+    /// The signing keys could not be loaded (a JWKS file that cannot be read or parsed).
+    #[error("signing keys: {0}")]
+    Keys(#[from] nimbus_auth::KeyError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -81,6 +85,8 @@ pub struct Server {
     edge: crate::edge::EdgeConfig,
     /// Every subsystem's metrics (served at `/metrics`).
     metrics: Arc<Metrics>,
+    /// Who clients are (static and signed tokens); reloaded on SIGHUP.
+    auth: Arc<Auth>,
 }
 
 impl Server {
@@ -105,6 +111,7 @@ impl Server {
                 })?;
         let addr = listener.local_addr()?;
         let edge = config.edge.clone();
+        let auth = Arc::new(Auth::new(&config.auth)?);
         let mut metrics = Metrics::new();
         metrics.register_doc_bounds(config.doc.stats.clone());
         metrics.register_store(&store);
@@ -191,6 +198,7 @@ impl Server {
             backplane,
             edge,
             metrics,
+            auth,
         })
     }
 
@@ -232,6 +240,7 @@ impl Server {
             tracker: tracker.clone(),
             edge: Arc::new(self.edge.clone()),
             metrics: self.metrics.clone(),
+            auth: self.auth.clone(),
         };
         let stop = CancellationToken::new();
         let admission = crate::edge::accept::Admission::new(&self.edge, self.metrics.edge.clone());

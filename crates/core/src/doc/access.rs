@@ -105,6 +105,11 @@ impl AccessRules {
         AccessRules { rules }
     }
 
+    /// Whether a rule names `room` (or every room): then it needs a static token.
+    pub fn governs(&self, room: &str) -> bool {
+        self.rules.iter().any(|r| r.room == room || r.room == "*")
+    }
+
     /// The access `token` gives to `room`.
     pub fn check(&self, room: &str, token: Option<&str>) -> Result<Access, Denied> {
         let mut matching = self

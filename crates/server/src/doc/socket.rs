@@ -23,6 +23,8 @@ pub(crate) struct SocketChannel {
     closed: bool,
     guard: crate::edge::ws::Guard,
     metrics: std::sync::Arc<crate::edge::EdgeMetrics>,
+    /// When the client's signed token expires: closed then (4401).
+    expires: Option<Instant>,
 }
 
 impl SocketChannel {
@@ -44,7 +46,14 @@ impl SocketChannel {
             closed: false,
             guard: crate::edge::ws::Guard::default(),
             metrics,
+            expires: None,
         }
+    }
+
+    /// Close the connection at `at` (when its signed token expires).
+    pub(crate) fn expire_at(mut self, at: Option<Instant>) -> SocketChannel {
+        self.expires = at;
+        self
     }
 }
 
@@ -96,9 +105,21 @@ impl Channel for SocketChannel {
             return None;
         }
         loop {
+            let expires = self.expires;
+            let expiry = async move {
+                match expires {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = self.shutdown.cancelled() => {
                     self.close(GOING_AWAY, "server shutting down").await;
+                    return None;
+                }
+                () = expiry => {
+                    tracing::info!("document client's token expired: closed");
+                    self.close(crate::auth::TOKEN_EXPIRED, crate::auth::TOKEN_EXPIRED_REASON).await;
                     return None;
                 }
                 _ = self.keepalive.tick() => {
