@@ -327,3 +327,36 @@ async fn start_refuses_an_invalid_endpoint_naming_its_index_and_field() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_408_is_retried_and_a_redirect_is_a_permanent_failure() {
+    let (rx, url) = receiver(Mode::FailFirst(1, 408), &secrets()).await;
+    let (hooks, _registry) = start(vec![config(&url)]);
+    hooks.publish(event("e1", "r", "CLOUD_SET", "{}"));
+    wait_for("the event", || rx.events().len() == 1).await;
+    assert_eq!(rx.requests().len(), 2);
+
+    let (rx, url) = receiver(Mode::Always(302), &secrets()).await;
+    let (hooks, registry) = start(vec![config(&url)]);
+    hooks.publish(event("e1", "r", "CLOUD_SET", "{}"));
+    let dropped = r#"nimbus_webhook_dropped_events_total{endpoint="0",reason="permanent"}"#;
+    wait_for("dropped", || metric(&registry, dropped) == 1.0).await;
+    assert_eq!(rx.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn shutdown_sends_lingering_events_at_once_and_reports_nothing_left() {
+    let (rx, url) = receiver(Mode::FailFirst(0, 200), &secrets()).await;
+    let mut cfg = config(&url);
+    cfg.linger = Duration::from_secs(3600);
+    let (hooks, _registry) = start(vec![cfg]);
+    for i in 0..3 {
+        hooks.publish(event(format!("e{i}"), "r", "CLOUD_SET", "{}"));
+    }
+    // Nothing is sent yet: the first event lingers for an hour.
+    assert_eq!(hooks.queue_depth(0).map(|(n, _)| n), Some(3));
+    let report = bounded("shutdown", hooks.shutdown(soon())).await;
+    assert_eq!(report.undelivered, 0);
+    assert_eq!(rx.events().len(), 3);
+    assert_eq!(rx.requests().len(), 1);
+}
