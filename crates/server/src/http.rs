@@ -85,12 +85,12 @@ pub(crate) fn api_access(
     room: &str,
     parts: &Parts,
     write: bool,
-) -> Result<(), Response> {
+) -> Result<(), Box<Response>> {
     let check = app
         .auth
         .present(parts, false)
         .and_then(|(presented, _)| app.auth.api(&presented, room, write));
-    check.map_err(|r| refusal(r.status, r.reason))
+    check.map_err(|r| Box::new(refusal(r.status, r.reason)))
 }
 
 async fn doc_upgrade(
@@ -280,7 +280,7 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
 
 async fn variables(State(app): State<App>, Path(id): Path<String>, parts: Parts) -> Response {
     if let Err(refused) = api_access(&app, &id, &parts, false) {
-        return refused;
+        return *refused;
     }
     match app.hub.variables(&id).await {
         Ok(Some(vars)) => {

@@ -87,9 +87,9 @@ impl AuthSetup {
     pub fn from_settings(s: &AuthSettings) -> Result<AuthSetup, InvalidSetting> {
         let mut secrets = Vec::new();
         for spec in s.token_secret.iter().flatten() {
-            let secret: Hs256Secret = spec.parse().map_err(|e| InvalidSetting {
+            let secret: Hs256Secret = spec.parse().map_err(|e: String| InvalidSetting {
                 key: "token_secret",
-                reason: format!("{e}"),
+                reason: e.to_string(),
             })?;
             secrets.push(secret);
         }
