@@ -90,6 +90,10 @@ make_venv "$VWIRE" "$DOC/requirements-wire.txt"
 say "python venv $VPYCRDT (pycrdt-websocket)"
 make_venv "$VPYCRDT" "$DOC/requirements-pycrdt.txt"
 "$VPYCRDT/bin/python" -m pip freeze --disable-pip-version-check | grep -Ei '^(pycrdt|pycrdt.websocket|httpx-ws)==' | sed 's/^/  /'
+VTOKENS="$HERE/.venv-tokens"
+say "python venv $VTOKENS (PyJWT, for the signed-token check)"
+make_venv "$VTOKENS" "$HERE/requirements-tokens.txt"
+"$VTOKENS/bin/python" -m pip freeze --disable-pip-version-check | grep -Ei '^(pyjwt|cryptography)==' | sed 's/^/  /'
 
 # ------------------------------------------------------------------ nimbus binary
 if [[ -n "${NIMBUS_BIN:-}" ]]; then
@@ -420,9 +424,93 @@ check_nimbus_cluster() {
     [[ -z "$RUST_WHY" ]] || { SKIP_WHY="js, wire, py converged across nodes; the Rust client was left out: $RUST_WHY"; return 77; }
 }
 
+# Signed tokens (issue "Identity"): a second nimbus with an HS256 secret and a JWKS file
+# (Ed25519 + RSA keys), tokens minted by PyJWT (tests/interop/tokens/mint.py). y-websocket
+# and wire-websocket clients connect with ?token=; every refusal answers its documented status
+# before the upgrade; a SIGHUP that rotates the JWKS keeps a connected client connected and
+# refuses the retired key from then on.
+check_nimbus_signed_tokens() {
+    local keys="$WORK/keys" port data="$WORK/nimbus-tokens" conf="$WORK/tokens.toml" pid log
+    local secret="interop-hs-secret-0123456789abcdef" room="notes/t-$$-$RANDOM" p=() bad=0
+    mint() { "$VTOKENS/bin/python" "$HERE/tokens/mint.py" "$@"; }
+    mint keys "$keys" || return 1
+    cp "$keys/jwks-1.json" "$keys/jwks.json"
+    printf 'token_secret = ["hs-1:%s"]\ntoken_jwks = "%s"\ntoken_leeway_s = 0\n' "$secret" "$keys/jwks.json" >"$conf"
+    port="$(free_port)"; log="$WORK/server-nimbus-tokens.log"; mkdir -p "$data"
+    echo "\$ nimbus serve --listen 127.0.0.1:$port --data-dir $data --config $conf"
+    NO_COLOR=1 "$NIMBUS_BIN" serve --listen "127.0.0.1:$port" --data-dir "$data" --config "$conf" >"$log" 2>&1 &
+    pid=$!; PIDS+=("$pid")
+    wait_http "$port" "$pid" healthz || { tail -5 "$log"; return 1; }
+    local url="ws://127.0.0.1:$port/doc"
+    local hs ed rs
+    hs="$(mint token --alg HS256 --secret "$secret" --kid hs-1 --sub js --grant 'doc:rw:notes/*')"
+    ed="$(mint token --alg EdDSA --key "$keys/ed-1.pem" --kid ed-1 --sub wire --grant 'doc:rw:notes/*')"
+    rs="$(mint token --alg RS256 --key "$keys/rsa-1.pem" --kid rsa-1 --sub py --grant 'doc:rw:*')"
+    # 1. the third-party clients with ?token=: HS256 (y-websocket), EdDSA (wire-websocket)
+    agent js "$url" "$room" "$LOGS/$CHECK-js" --edit --expect js,wire --token "$hs" & p+=("js=$!")
+    agent wire "$url" "$room" "$LOGS/$CHECK-wire" --edit --expect js,wire --token "$ed" & p+=("wire=$!")
+    wait_all "${p[@]}" || return 1
+    # shellcheck disable=SC2046
+    compare --expect js,wire $(docs_of js wire) || return 1
+    # 2. refusals, before any upgrade (status and reason)
+    upgrade() {  # TOKEN PATH -> "STATUS BODY"
+        "$PY" - "$port" "$2" "$1" <<'PYEOF'
+import http.client, sys, urllib.parse
+port, path, token = sys.argv[1], sys.argv[2], sys.argv[3]
+q = ("?token=" + urllib.parse.quote(token, safe="")) if token else ""
+c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=10)
+c.request("GET", path + q, headers={"Connection": "Upgrade", "Upgrade": "websocket",
+          "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+r = c.getresponse()
+print(r.status, r.read().decode(errors="replace").strip())
+PYEOF
+    }
+    expect_refusal() {  # NAME TOKEN PATH STATUS REASON
+        local got; got="$(upgrade "$2" "$3")"
+        if [[ "$got" == "$4 "*"$5"* ]]; then echo "  refused as documented: $1 -> $got"
+        else echo "  FAIL $1: got '$got', want '$4 ... $5'"; bad=1; fi
+    }
+    local wrong tampered
+    wrong="$(mint token --alg HS256 --secret "not-the-configured-secret-0123456789" --kid hs-1 --grant 'doc:rw:*')"
+    tampered="${hs%.*}.$(printf 'A%.0s' {1..43})"
+    expect_refusal expired "$(mint token --alg HS256 --secret "$secret" --kid hs-1 --grant 'doc:rw:*' --exp -60)" "/doc/notes/x" 401 token_expired
+    expect_refusal not-yet-valid "$(mint token --alg EdDSA --key "$keys/ed-1.pem" --kid ed-1 --grant 'doc:rw:*' --nbf 300)" "/doc/notes/x" 401 token_not_yet_valid
+    expect_refusal wrong-key "$wrong" "/doc/notes/x" 401 bad_signature
+    expect_refusal tampered "$tampered" "/doc/notes/x" 401 bad_signature
+    expect_refusal wrong-room "$hs" "/doc/secret/x" 403 room_not_granted
+    expect_refusal no-token "" "/doc/notes/x" 401 token_required
+    [[ "$(upgrade "$rs" "/doc/anything")" == 101* ]] || { echo "  FAIL RS256 token not accepted"; bad=1; }
+    # 3. read-only: its edit never reaches the room
+    local ro
+    ro="$(mint token --alg HS256 --secret "$secret" --kid hs-1 --sub reader --grant 'doc:ro:notes/*')"
+    agent js-ro "$url" "$room" "$LOGS/$CHECK-js-ro" --edit --token "$ro" --linger 1 || true
+    agent js-check "$url" "$room" "$LOGS/$CHECK-js-check" --token "$hs" || return 1
+    if grep -q 'js-ro' "$LOGS/$CHECK-js-check.out"; then echo "  FAIL a read-only edit reached the room"; bad=1
+    else echo "  read-only token: its edit was refused (the room has no js-ro contribution)"; fi
+    # 4. SIGHUP: ed-1 rotated out for ed-2; a client connected with an ed-1 token stays
+    local room2="notes/rot-$$-$RANDOM" old new
+    old="$(mint token --alg EdDSA --key "$keys/ed-1.pem" --kid ed-1 --sub old --grant 'doc:rw:notes/*')"
+    new="$(mint token --alg EdDSA --key "$keys/ed-2.pem" --kid ed-2 --sub new --grant 'doc:rw:notes/*')"
+    [[ "$(upgrade "$new" "/doc/notes/x")" == 401*unknown_key* ]] || { echo "  FAIL ed-2 accepted before the rotation"; bad=1; }
+    p=()
+    agent js-old "$url" "$room2" "$LOGS/$CHECK-js-old" --edit --expect js-old,js-new --token "$old" & p+=("js-old=$!")
+    for _ in $(seq 100); do grep -qs synced "$LOGS/$CHECK-js-old.out" "$LOGS/$CHECK-js-old.err" && break; sleep 0.1; done
+    cp "$keys/jwks-2.json" "$keys/jwks.json"
+    echo "\$ kill -HUP $pid   (jwks: ed-1 out, ed-2 in)"
+    kill -HUP "$pid"
+    for _ in $(seq 50); do grep -q 'configuration reloaded' "$log" && break; sleep 0.1; done
+    grep -q 'configuration reloaded' "$log" || { echo "  FAIL no reload logged"; return 1; }
+    agent js-new "$url" "$room2" "$LOGS/$CHECK-js-new" --edit --expect js-old,js-new --token "$new" & p+=("js-new=$!")
+    wait_all "${p[@]}" || { echo "  FAIL the client connected before the rotation did not see the edit after it"; return 1; }
+    echo "  after SIGHUP: the ed-1 client stayed connected and received the ed-2 client's edit"
+    expect_refusal retired-key "$old" "/doc/notes/x" 401 unknown_key
+    stop_pid "$pid"
+    return $bad
+}
+
 ALL_CHECKS=(yws-three-clients yws-rust-and-js yws-rust-then-wire yws-awareness
     nimbus-four-clients nimbus-late-joiner nimbus-restart nimbus-rust-then-wire nimbus-awareness
-    nimbus-cluster)
+    nimbus-cluster nimbus-signed-tokens)
 if [[ $# -gt 0 ]]; then CHECKS=("$@"); else CHECKS=("${ALL_CHECKS[@]}"); fi
 
 say "start @y/websocket-server (reference server)"

@@ -15,7 +15,7 @@ pub struct ServeCmd {
     #[arg(long, env = "NIMBUS_CONFIG")]
     config: Option<PathBuf>,
     /// Log lines on stderr: `text` (colours only when stderr is a terminal) or `json` (one
-    /// object per line, for log collectors). The level comes from `NIMBUS_LOG`.
+    /// object per line, for log collectors). The level is `--log` / `NIMBUS_LOG` / `log`.
     #[arg(long, env = "NIMBUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(flatten)]
@@ -31,29 +31,50 @@ pub enum LogFormat {
     Json,
 }
 
-/// Install the global subscriber: level from `NIMBUS_LOG` (default `info`), to stderr.
-fn init_logging(format: LogFormat) {
+/// The log filter of a running server: replaced on SIGHUP.
+type LogHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// Install the global subscriber: level from `log` (flag `--log`, `NIMBUS_LOG`, file key
+/// `log`; default `info`), to stderr. A filter that does not parse is an error.
+fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<LogHandle> {
     use std::io::IsTerminal;
-    let filter = EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().with_current_span(false).init(),
-    }
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter = log_filter(level)?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => fmt.json().with_current_span(false).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .context("cannot install the logger")?;
+    Ok(handle)
+}
+
+fn log_filter(level: &str) -> anyhow::Result<EnvFilter> {
+    EnvFilter::try_new(level).with_context(|| format!("invalid log filter {level:?}"))
 }
 
 pub fn run(cmd: ServeCmd) -> anyhow::Result<()> {
-    init_logging(cmd.log_format);
+    // Flags and environment are fixed for the process; the file is re-read on SIGHUP.
+    let (flags, path) = (cmd.settings, cmd.config);
+    let read = move || -> anyhow::Result<Config> {
+        let file = match &path {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        Ok(Config::from_settings(flags.clone().merge(file))?)
+    };
+    let config = read()?;
+    let log = init_logging(cmd.log_format, &config.log)?;
     // Each client holds a descriptor: the default soft limit (often 1024) would lock out
     // every new client long before memory runs out.
     nimbus_server::edge::raise_fd_limit();
-    let file = match &cmd.config {
-        Some(path) => Settings::from_file(path)?,
-        None => Settings::default(),
-    };
-    let config = Config::from_settings(cmd.settings.merge(file))?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
@@ -65,9 +86,50 @@ pub fn run(cmd: ServeCmd) -> anyhow::Result<()> {
             server.local_addr(),
             data_dir.display()
         );
+        let reloader = server.reloader();
+        let reload = move || -> anyhow::Result<()> {
+            let config = read()?;
+            let filter = log_filter(&config.log)?;
+            reloader.apply(&config)?;
+            log.reload(filter)
+                .context("cannot replace the log filter")?;
+            Ok(())
+        };
+        tokio::spawn(reload_on_sighup(reload));
         server.run_until(shutdown_signal()).await?;
         anyhow::Ok(())
     })
+}
+
+/// Reload on every SIGHUP: keys, static tokens, the cloud identity policy and the log
+/// filter. A config that does not parse (or keys that do not load) is refused, logged, and
+/// the running config stays.
+async fn reload_on_sighup(reload: impl Fn() -> anyhow::Result<()>) {
+    #[cfg(unix)]
+    {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: no live reload");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match reload() {
+                Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
+                Err(e) => {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "SIGHUP: reload refused, the running configuration stays"
+                    )
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reload;
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use nimbus_proto::cloud::{
-    parse_client_line, split_frame, validate_name, ClientMessage, CloseCode, Handshake,
+    parse_client_line, split_frame, validate_name, validate_username, ClientMessage, CloseCode,
+    Handshake,
 };
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,7 @@ use crate::edge::{EdgeConfig, EdgeMetrics};
 use crate::hub::{Hub, RoomHandle};
 use crate::outbox::{Item, Outbox};
 use crate::room::{JoinError, RoomCmd, Subscriber};
+use nimbus_auth::{Capability, Identity, Mode};
 pub use settings::{CloudLimits, CloudSettings};
 
 /// Close code for an internal failure (the room could not be loaded).
@@ -55,6 +57,9 @@ pub struct Peer {
     pub addr: Option<std::net::SocketAddr>,
     /// A policy refusal decided from the headers (4005, 4006), with its explanation.
     pub refuse: Option<(CloseCode, &'static str)>,
+    /// With `--cloud-auth required`: the signed token's identity (its `sub` is the
+    /// username; its `cloud` grant says which projects, read-write or read-only).
+    pub identity: Option<Box<Identity>>,
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -81,12 +86,16 @@ fn store_unavailable() -> End {
     )
 }
 
+/// Close code of a signed-token client whose `cloud` grant does not name the project it
+/// asked for in its handshake (`docs/security.md`, "Tokens").
+pub const ROOM_NOT_GRANTED: u16 = 4403;
+
 /// Serve one upgraded WebSocket until it closes.
 pub async fn serve(
     mut ws: WebSocket,
     hub: Arc<Hub>,
     (edge, edge_metrics): (Arc<EdgeConfig>, Arc<EdgeMetrics>),
-    peer: Peer,
+    mut peer: Peer,
     shutdown: CancellationToken,
 ) {
     let metrics = hub.metrics.clone();
@@ -99,9 +108,10 @@ pub async fn serve(
             End::Close(code.code(), why.to_owned())
         }
         None => {
-            Conn::new(id, hub.clone(), (edge, edge_metrics), shutdown)
-                .run(&mut ws)
-                .await
+            let mut conn = Conn::new(id, hub.clone(), (edge, edge_metrics), shutdown);
+            conn.identity = peer.identity.take();
+            conn.expires = crate::auth::deadline(conn.identity.as_ref().map(|i| i.expires_at()));
+            conn.run(&mut ws).await
         }
     };
     match end {
@@ -135,6 +145,12 @@ struct Conn {
     joined: Option<Joined>,
     guard: Guard,
     sets: WriteLimit,
+    /// A signed token's identity (`--cloud-auth required`), until the handshake uses it.
+    identity: Option<Box<Identity>>,
+    /// Its grant for the joined project is read-only: changes are dropped.
+    read_only: bool,
+    /// When its token expires (then 4401).
+    expires: Option<tokio::time::Instant>,
 }
 
 impl Conn {
@@ -159,6 +175,9 @@ impl Conn {
             joined: None,
             guard: Guard::default(),
             sets,
+            identity: None,
+            read_only: false,
+            expires: None,
         }
     }
 
@@ -181,8 +200,12 @@ impl Conn {
         // One timer serves both the handshake deadline and the keepalive, to keep
         // an idle connection small.
         let handshake_deadline = tokio::time::Instant::now() + limits.handshake_timeout;
-        let timer =
-            tokio::time::sleep_until(handshake_deadline.min(tokio::time::Instant::now() + period));
+        // A token's expiry shares it too.
+        let expires = self.expires;
+        let soonest = |t: tokio::time::Instant| expires.map_or(t, |at| t.min(at));
+        let timer = tokio::time::sleep_until(soonest(
+            handshake_deadline.min(tokio::time::Instant::now() + period),
+        ));
         tokio::pin!(timer);
         let mut awaiting_pong = false;
         let mut pending: VecDeque<Item> = VecDeque::new();
@@ -223,6 +246,12 @@ impl Conn {
                 }
                 () = &mut timer => {
                     let now = tokio::time::Instant::now();
+                    if expires.is_some_and(|at| now >= at) {
+                        return End::Close(
+                            crate::auth::TOKEN_EXPIRED,
+                            crate::auth::TOKEN_EXPIRED_REASON.into(),
+                        );
+                    }
                     if self.joined.is_none() && now >= handshake_deadline {
                         tracing::debug!(conn = self.id, "no handshake in time");
                         return End::Drop;
@@ -237,7 +266,7 @@ impl Conn {
                     }
                     let next = now + period;
                     let next = if self.joined.is_none() { next.min(handshake_deadline) } else { next };
-                    timer.as_mut().reset(next);
+                    timer.as_mut().reset(soonest(next));
                 }
                 msg = ws.recv() => match msg {
                     Some(Ok(m)) if self.guard.check(&m).is_err() => {
@@ -351,12 +380,27 @@ impl Conn {
                 "project unavailable".into(),
             ));
         }
-        let user = h
-            .user(limits.max_username_len)
-            .map_err(|e| End::Close(CloseCode::Username.code(), e.to_string()))?;
+        let user = match self.identity.take() {
+            // The token's `sub` is the username, whatever the handshake says; its grant
+            // must name the project.
+            Some(identity) => {
+                let mode = identity
+                    .access(Capability::Cloud, room)
+                    .ok_or_else(|| End::Close(ROOM_NOT_GRANTED, "room_not_granted".into()))?;
+                self.read_only = mode == Mode::ReadOnly;
+                let sub = identity.sub();
+                validate_username(sub, limits.max_username_len)
+                    .map_err(|e| End::Close(CloseCode::Username.code(), e.to_string()))?;
+                sub.to_owned()
+            }
+            None => h
+                .user(limits.max_username_len)
+                .map_err(|e| End::Close(CloseCode::Username.code(), e.to_string()))?
+                .to_owned(),
+        };
         let sub = Subscriber {
             id: self.id,
-            user: user.to_owned(),
+            user: user.clone(),
             outbox: self.outbox.clone(),
         };
         match self.hub.join(room, sub).await {
@@ -398,6 +442,10 @@ impl Conn {
                     metrics.messages.create.inc();
                 } else {
                     metrics.messages.set.inc();
+                }
+                if self.read_only {
+                    metrics.dropped_set("read_only");
+                    return Ok(());
                 }
                 match self.sets.check() {
                     Verdict::Allow => {}
@@ -442,7 +490,7 @@ impl Conn {
             }
             ClientMessage::Rename { name, new_name } => {
                 metrics.messages.rename.inc();
-                if !limits.allow_rename {
+                if !limits.allow_rename || self.read_only {
                     return Ok(());
                 }
                 let (Ok(name), Ok(new_name)) = (name, new_name) else {
@@ -466,7 +514,7 @@ impl Conn {
             }
             ClientMessage::Delete { name } => {
                 metrics.messages.delete.inc();
-                if !limits.allow_delete {
+                if !limits.allow_delete || self.read_only {
                     return Ok(());
                 }
                 let Ok(name) = name else {

@@ -270,12 +270,14 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// Signed tokens and the cloud identity policy.
     pub auth: AuthSetup,
-    /// The log filter (`NIMBUS_LOG` syntax), when set; the binary applies it (and again on
-    /// SIGHUP).
-    pub log: Option<String>,
+    /// The log filter (`NIMBUS_LOG` syntax); the binary applies it (and again on SIGHUP).
+    pub log: String,
 }
 
 impl Config {
+    /// The default log filter.
+    pub const DEFAULT_LOG: &'static str = "info";
+
     /// The default of `listen`.
     pub const DEFAULT_LISTEN: SocketAddr =
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9080));
@@ -295,7 +297,7 @@ impl Default for Config {
             redis: None,
             edge: EdgeConfig::default(),
             auth: AuthSetup::default(),
-            log: None,
+            log: Config::DEFAULT_LOG.into(),
         }
     }
 }
@@ -320,7 +322,7 @@ impl Config {
             redis: s.backplane.redis_url(),
             edge: EdgeConfig::from_settings(&s.edge)?,
             auth: AuthSetup::from_settings(&s.auth)?,
-            log: s.log,
+            log: s.log.unwrap_or_else(|| Config::DEFAULT_LOG.into()),
         })
     }
 }
@@ -470,9 +472,13 @@ mod tests {
             let id = arg.get_id().as_str();
             let value = match id {
                 "listen" => "\"127.0.0.1:1\"".to_string(),
-                "data_dir" | "ipc_host" | "ipc_secret" | "redis" => "\"x\"".into(),
+                "data_dir" | "ipc_host" | "ipc_secret" | "redis" | "log" | "token_jwks"
+                | "token_issuer" | "token_audience" | "token_cookie" => "\"x\"".into(),
+                "cloud_auth" => "\"off\"".into(),
                 "value_profile" => "\"scratch\"".into(),
-                "blocked_rooms" | "gateway_token" => "[\"x\"]".into(),
+                "blocked_rooms" | "gateway_token" | "token_secret" | "api_token" => {
+                    "[\"x\"]".into()
+                }
                 "doc_tokens" => "[\"x:rw:y\"]".into(),
                 _ if arg.get_long().is_some_and(|l| {
                     [

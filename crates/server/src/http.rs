@@ -15,7 +15,7 @@ use nimbus_proto::cloud::CloseCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Grant, Refusal};
+use crate::auth::{CloudAuth, Grant, Refusal};
 use crate::cloud::{self, Peer};
 use crate::doc::{validate_room_name, DocRooms, SocketChannel};
 use crate::hub::Hub;
@@ -43,6 +43,7 @@ pub(crate) fn router(app: App) -> Router {
         shutdown: app.shutdown.clone(),
         tracker: app.tracker.clone(),
         edge: app.metrics.edge.clone(),
+        auth: app.auth.clone(),
     };
     Router::new()
         .route("/", get(upgrade))
@@ -75,7 +76,7 @@ fn doc_access(app: &App, room: &str, parts: &Parts) -> Result<Grant, (StatusCode
     };
     let (presented, _) = app.auth.present(parts, false).map_err(refused)?;
     app.auth
-        .doc(docs.access(), room, &presented)
+        .doc(&docs.access(), room, &presented)
         .map_err(refused)
 }
 
@@ -191,22 +192,42 @@ fn refuse(headers: &HeaderMap, hub: &Hub) -> Option<(CloseCode, &'static str)> {
 async fn upgrade(
     State(app): State<App>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    parts: Parts,
     mut ws: WebSocketUpgrade,
 ) -> Response {
+    let headers = &parts.headers;
     let limits = &app.hub.limits;
-    // Echo the first offered subprotocol: Chromium fails a handshake that selects none.
-    let first = headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').map(str::trim).find(|p| !p.is_empty()))
-        .and_then(|p| HeaderValue::from_str(p).ok());
+    // With `--cloud-auth required`: a signed token, before the upgrade (401 otherwise).
+    let (identity, token_protocol) = if app.auth.cloud_auth() == CloudAuth::Off {
+        (None, None)
+    } else {
+        match app
+            .auth
+            .present(&parts, true)
+            .and_then(|(presented, protocol)| Ok((app.auth.cloud(presented)?, protocol)))
+        {
+            Ok(found) => found,
+            Err(r) => return refusal(r.status, r.reason),
+        }
+    };
+    // Echo the subprotocol that carried the token, else the first offered one: Chromium
+    // fails a handshake that selects none.
+    let first = token_protocol
+        .or_else(|| {
+            headers
+                .get(header::SEC_WEBSOCKET_PROTOCOL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').map(str::trim).find(|p| !p.is_empty()))
+                .map(str::to_owned)
+        })
+        .and_then(|p| HeaderValue::from_str(&p).ok());
     if let Some(p) = first {
         ws.set_selected_protocol(p);
     }
     let peer = Peer {
         addr: Some(addr),
-        refuse: refuse(&headers, &app.hub),
+        refuse: refuse(headers, &app.hub),
+        identity,
     };
     let App {
         hub,

@@ -37,4 +37,4 @@ pub use nimbus_core::{events, hub, outbox, replication, room, setting};
 
 pub use config::{CloudLimits, Config, ConfigError, DocLimits, IpcConfig, Settings};
 pub use gateway::{GatewayConfig, GatewayToken};
-pub use server::{Server, ServerError};
+pub use server::{Reloader, Server, ServerError};

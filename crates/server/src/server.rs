@@ -89,7 +89,39 @@ pub struct Server {
     auth: Arc<Auth>,
 }
 
+/// What a running server takes from a new config on SIGHUP: the signing keys and the cloud
+/// identity policy, and the static tokens of documents, the gateway and the API. Connections
+/// already admitted stay. Everything else (listen address, limits, Redis) needs a restart.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    auth: Arc<Auth>,
+    docs: Arc<DocRooms>,
+    gateway: Option<Arc<Gateway>>,
+}
+
+impl Reloader {
+    /// Apply `config`. Keys that do not load refuse the whole reload: nothing changes.
+    pub fn apply(&self, config: &Config) -> Result<(), ServerError> {
+        self.auth.reload(&config.auth)?;
+        self.docs
+            .set_access(crate::doc::AccessRules::new(config.doc.tokens.clone()));
+        if let Some(gw) = &self.gateway {
+            gw.set_tokens(config.gateway.tokens.clone());
+        }
+        Ok(())
+    }
+}
+
 impl Server {
+    /// The handle that applies a reloaded config (SIGHUP) to this server.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            auth: self.auth.clone(),
+            docs: self.docs.clone(),
+            gateway: self.gateway.clone(),
+        }
+    }
+
     /// Open the store and bind the listener (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let store = crate::store::open_store(
@@ -180,7 +212,8 @@ impl Server {
             None => crate::gateway::log::in_memory(),
             Some(bp) => Arc::new(RedisSessionLog::new(bp.clone())),
         };
-        let gateway = config.gateway.enabled().then(|| {
+        // Served with static tokens, or with signing keys (signed tokens identify).
+        let gateway = (config.gateway.enabled() || config.auth.keys.is_some()).then(|| {
             Gateway::new(
                 &hub.events,
                 metrics.gateway.clone(),

@@ -21,7 +21,7 @@ import os
 import random
 import sys
 import time
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import anyio
 from pycrdt import Array, Doc, Map, Text
@@ -98,6 +98,9 @@ async def run_wire(doc_out: list) -> None:
 
     u = urlsplit(ARGS.url)
     path = (u.path.strip("/") + "/" + ARGS.room).lstrip("/")
+    if ARGS.token:
+        # wire-websocket puts the id after the host: the query rides along (?token=)
+        path += "?token=" + quote(ARGS.token, safe="")
     # wire-websocket builds f"{host}:{port}/{id}" and wants an http:// host
     async with AsyncWebSocketClient(id=path, host=f"http://{u.hostname}", port=u.port) as client:
         await client.synchronized.wait()
@@ -149,6 +152,7 @@ def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--lib", choices=["wire", "pycrdt"], required=True)
     p.add_argument("--url", required=True)
+    p.add_argument("--token", default="", help="?token= for the server (wire only)")
     p.add_argument("--room", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--edit", action="store_true")

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -259,7 +259,8 @@ pub struct DocRooms {
     store: Store,
     /// Limits and policies.
     pub limits: Arc<DocLimits>,
-    access: AccessRules,
+    /// The static token rules (swapped whole by [`DocRooms::set_access`]).
+    access: RwLock<Arc<AccessRules>>,
     metrics: DocRoomsMetrics,
     /// Where the rooms' updates are kept (chosen by the composition root).
     repl: Arc<dyn DocReplication>,
@@ -316,7 +317,7 @@ impl DocRooms {
         DocRooms {
             manager,
             store,
-            access: AccessRules::new(limits.tokens.clone()),
+            access: RwLock::new(Arc::new(AccessRules::new(limits.tokens.clone()))),
             limits,
             metrics,
             repl,
@@ -365,8 +366,17 @@ impl DocFeed for DocRooms {
 
 impl DocRooms {
     /// The token rules.
-    pub fn access(&self) -> &AccessRules {
-        &self.access
+    pub fn access(&self) -> Arc<AccessRules> {
+        self.access
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replace the static token rules (a config reload); connections already admitted
+    /// keep their access.
+    pub fn set_access(&self, rules: AccessRules) {
+        *self.access.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(rules);
     }
 
     /// The document rooms' metrics.

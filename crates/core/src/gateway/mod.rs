@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use nimbus_proto::gateway::{shard_of, strip_bot_prefix, Intents};
+use nimbus_proto::gateway::{strip_bot_prefix, Intents};
 use tokio::time::Instant;
 
 use crate::events::{EventBus, Interest, RoomEvent};
@@ -36,7 +36,7 @@ use limiter::IdentifyLimiter;
 pub use limiter::SessionStartLimit;
 use log::SessionLog;
 pub use metrics::GatewayMetrics;
-pub use session::Session;
+pub use session::{RoomFilter, Session};
 pub use settings::GatewaySettings;
 
 /// A bot token the gateway accepts, and the intents it may use.
@@ -175,6 +175,9 @@ pub struct Gateway {
     /// On while there is at least one session: with none, rooms build no events. Always
     /// on with a shared log (the global position must be followed even without sessions).
     interest: std::sync::OnceLock<Interest>,
+    /// The static tokens (swapped whole by [`Gateway::set_tokens`]; `config.tokens` is
+    /// what it started with).
+    tokens: std::sync::RwLock<Arc<GatewayConfig>>,
     /// With a shared log: the global id of the last event seen (updated with the session
     /// map locked, so a new session starts exactly after it).
     last_gid: Mutex<nimbus_proto::backplane::StreamId>,
@@ -195,6 +198,7 @@ impl Gateway {
                 config.identify_window,
                 config.session_start_limit,
             ),
+            tokens: std::sync::RwLock::new(Arc::new(config.clone())),
             config,
             metrics,
             sessions: Mutex::new(HashMap::new()),
@@ -222,6 +226,26 @@ impl Gateway {
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The intents static token `token` (with or without `Bot `) may use, `None` if unknown
+    /// (the current tokens: [`Gateway::set_tokens`] replaces them).
+    pub fn check_token(&self, token: &str) -> Option<Intents> {
+        let tokens = self
+            .tokens
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        tokens.check_token(token)
+    }
+
+    /// Replace the static tokens (a config reload); sessions already identified stay.
+    pub fn set_tokens(&self, tokens: Vec<GatewayToken>) {
+        let config = GatewayConfig {
+            tokens,
+            ..self.config.clone()
+        };
+        *self.tokens.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
     }
 
     /// Its metrics (`nimbus_gateway_*`).
@@ -252,7 +276,6 @@ impl Gateway {
 
     /// Append `ev` to every session that selected it.
     fn publish(&self, ev: &RoomEvent) {
-        let intent = ev.kind().intent();
         let sessions = self.sessions();
         if let Some(gid) = ev.gid {
             let mut last = self.last_gid.lock().unwrap_or_else(PoisonError::into_inner);
@@ -266,11 +289,7 @@ impl Gateway {
         let now = Instant::now();
         let mut dispatched = 0u64;
         for s in sessions.values() {
-            let [id, n] = s.shard;
-            if s.intents.contains(intent)
-                && shard_of(&ev.room, n) == id
-                && !s.expired(now, self.config.resume_window)
-            {
+            if s.wants(ev) && !s.expired(now, self.config.resume_window) {
                 s.push(ev.kind().name(), &d, self.config.replay_buffer, ev.gid);
                 dispatched += 1;
             }

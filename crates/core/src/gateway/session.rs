@@ -1,7 +1,7 @@
 //! A gateway session: its filter, sequence counter and bounded replay buffer.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use nimbus_proto::gateway::{shard_of, Intents};
@@ -62,7 +62,21 @@ pub struct Session {
     log: Arc<dyn SessionLog>,
     /// Itself, as the log tells it what became of its dispatches.
     me: Weak<dyn Durable>,
+    /// The rooms whose events it may receive (a signed token's grant); unset: every room.
+    rooms: OnceLock<Rooms>,
 }
+
+/// A session's room grant (see [`Session::restrict_rooms`]).
+struct Rooms(RoomFilter);
+
+impl std::fmt::Debug for Rooms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rooms(<filter>)")
+    }
+}
+
+/// Which rooms a session may receive events of (`true`: this room).
+pub type RoomFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Why a resume is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +132,7 @@ impl Session {
             state: Mutex::new(state),
             log,
             me: me.clone() as Weak<dyn Durable>,
+            rooms: OnceLock::new(),
         })
     }
 
@@ -145,10 +160,18 @@ impl Session {
         })
     }
 
-    /// Whether the session selects `ev` (intents and shard).
+    /// Limit the session to the rooms `filter` admits (set once, before the session is
+    /// registered, so no event of another room is ever buffered).
+    pub fn restrict_rooms(&self, filter: RoomFilter) {
+        let _ = self.rooms.set(Rooms(filter));
+    }
+
+    /// Whether the session selects `ev` (intents, shard and its rooms).
     pub fn wants(&self, ev: &RoomEvent) -> bool {
         let [id, n] = self.shard;
-        self.intents.contains(ev.kind().intent()) && shard_of(&ev.room, n) == id
+        self.intents.contains(ev.kind().intent())
+            && shard_of(&ev.room, n) == id
+            && self.rooms.get().is_none_or(|admits| (admits.0)(&ev.room))
     }
 
     /// Dispatch the events the previous owner never got to (`events`, in the global

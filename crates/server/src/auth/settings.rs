@@ -64,7 +64,12 @@ pub struct AuthSettings {
     pub api_token: Option<Vec<String>>,
     /// Cloud identity: `off` (the handshake's user) or `required` (a signed token's `sub`)
     /// [default: off].
-    #[arg(long, env = "NIMBUS_CLOUD_AUTH", value_enum)]
+    #[arg(
+        long,
+        env = "NIMBUS_CLOUD_AUTH",
+        value_enum,
+        hide_possible_values = true
+    )]
     pub cloud_auth: Option<CloudAuth>,
 }
 

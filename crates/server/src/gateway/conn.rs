@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::log::{Durable, Found, TakeoverError};
 use super::session::{Buffered, ResumeError, Session};
-use super::Gateway;
+use super::{Gateway, RoomFilter};
+use crate::auth::Auth;
 use crate::edge::EdgeMetrics;
+use nimbus_auth::Capability;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -53,6 +55,17 @@ struct Conn {
     zlib: Option<flate2::Compress>,
     /// The edge's control-frame budget.
     guard: crate::edge::ws::Guard,
+    /// Static and signed tokens.
+    auth: Arc<Auth>,
+    /// When the signed token it identified or resumed with expires (then 4004).
+    expires: Option<Instant>,
+}
+
+/// What a gateway token allows: its intents, and with a signed token its rooms and expiry.
+struct Allowed {
+    intents: Intents,
+    rooms: Option<RoomFilter>,
+    expires: Option<Instant>,
 }
 
 /// Serve one upgraded gateway WebSocket until it closes.
@@ -63,7 +76,7 @@ pub(crate) async fn serve(
     bad_version: bool,
     compress: bool,
     shutdown: CancellationToken,
-    edge: Arc<EdgeMetrics>,
+    (edge, auth): (Arc<EdgeMetrics>, Arc<Auth>),
 ) {
     let metrics = gw.metrics();
     metrics.connections.inc();
@@ -79,6 +92,8 @@ pub(crate) async fn serve(
         asked_heartbeat: false,
         zlib: compress.then(|| flate2::Compress::new(flate2::Compression::fast(), true)),
         guard: crate::edge::ws::Guard::default(),
+        auth,
+        expires: None,
     };
     let end = if bad_version {
         close(CloseCode::InvalidApiVersion)
@@ -190,9 +205,19 @@ impl Conn {
                 self.heartbeat_deadline(interval)
             };
             timer.as_mut().reset(deadline);
+            let expires = self.expires;
+            let expiry = async move {
+                match expires {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return self.drain(ws).await,
+                () = expiry => {
+                    return End::Close(CloseCode::AuthenticationFailed, "token expired".into());
+                }
                 ok = async {
                     match &mut self.session {
                         Some((_, rx)) => rx.changed().await.is_ok(),
@@ -401,10 +426,36 @@ impl Conn {
         }
     }
 
+    /// What `token` (with or without `Bot `) allows: a signed token's grant, or a static
+    /// token's intents; `None`: refused (4004).
+    fn check_token(&self, token: &str) -> Option<Allowed> {
+        let bare = nimbus_proto::gateway::strip_bot_prefix(token);
+        match self.auth.verify(bare) {
+            Some(Ok(identity)) => {
+                let rooms = identity.rooms(Capability::Gateway).clone();
+                Some(Allowed {
+                    intents: Intents(identity.gateway_intents()),
+                    rooms: Some(Arc::new(move |room: &str| rooms.contains(room))),
+                    expires: crate::auth::deadline(Some(identity.expires_at())),
+                })
+            }
+            Some(Err(e)) => {
+                tracing::debug!(conn = self.id, reason = e.reason(), "gateway token refused");
+                None
+            }
+            None => self.gw.check_token(token).map(|intents| Allowed {
+                intents,
+                rooms: None,
+                expires: None,
+            }),
+        }
+    }
+
     async fn identify(&mut self, ws: &mut WebSocket, id: Identify) -> Result<(), End> {
-        let Some(allowed) = self.cfg().check_token(&id.token) else {
+        let Some(granted) = self.check_token(&id.token) else {
             return Err(close(CloseCode::AuthenticationFailed));
         };
+        let allowed = granted.intents;
         let [shard_id, num_shards] = id.shard.unwrap_or([0, 1]);
         if num_shards < 1 || shard_id >= num_shards {
             return Err(close(CloseCode::InvalidShard));
@@ -433,6 +484,10 @@ impl Conn {
             [shard_id, num_shards],
             self.gw.log().clone(),
         );
+        if let Some(rooms) = granted.rooms {
+            session.restrict_rooms(rooms);
+        }
+        self.expires = granted.expires;
         let ready = nimbus_proto::gateway::Ready {
             v: API_VERSION,
             session_id: session_id.to_string(),
@@ -463,10 +518,10 @@ impl Conn {
     }
 
     async fn resume(&mut self, ws: &mut WebSocket, r: Resume) -> Result<(), End> {
-        if self.cfg().check_token(&r.token).is_none() {
+        let Some(granted) = self.check_token(&r.token) else {
             return Err(close(CloseCode::AuthenticationFailed));
-        }
-        let session = match self.take_over(&r).await {
+        };
+        let session = match self.take_over(&r, granted.rooms.clone()).await {
             Ok(s) => s,
             Err(TakeoverError::FutureSeq) => {
                 return Err(End::Close(
@@ -486,6 +541,7 @@ impl Conn {
         if session.token != nimbus_proto::gateway::strip_bot_prefix(&r.token) {
             return self.invalid_session(ws).await;
         }
+        self.expires = granted.expires;
         let rx = session.subscribe();
         match session.resume(self.id, r.seq, self.cfg().replay_buffer) {
             Ok(cursor) => {
@@ -512,7 +568,14 @@ impl Conn {
     /// with a shared log, every Resume takes the session over from it (wherever it ran
     /// before, this node included): the log names one owner, so two nodes never extend
     /// the same session.
-    async fn take_over(&self, r: &Resume) -> Result<Option<Arc<Session>>, TakeoverError> {
+    ///
+    /// `rooms` is the resuming token's room grant: a session rebuilt here gets it before it
+    /// is registered (one found here has it since its Identify, with the same token).
+    async fn take_over(
+        &self,
+        r: &Resume,
+        rooms: Option<RoomFilter>,
+    ) -> Result<Option<Arc<Session>>, TakeoverError> {
         let token = nimbus_proto::gateway::strip_bot_prefix(&r.token).to_owned();
         let log = self.gw.log().clone();
         let taken = match log.take_over(&r.session_id, &token, r.seq).await? {
@@ -521,6 +584,9 @@ impl Conn {
         };
         let from = taken.last.1;
         let session = Session::taken_over(r.session_id.clone(), token, log.clone(), taken);
+        if let Some(rooms) = rooms {
+            session.restrict_rooms(rooms);
+        }
         // Registered before reading the global stream: live events wait in the session.
         if let Some(old) = self.gw.replace(session.clone()) {
             Durable::lost(&*old);

@@ -33,6 +33,8 @@ pub(crate) struct RouteState {
     pub tracker: TaskTracker,
     /// The edge's metrics (violations of the socket bounds).
     pub edge: Arc<EdgeMetrics>,
+    /// Static and signed tokens.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// `/gateway`, `/gateway/` (WebSocket) and `GET /gateway/bot`.
@@ -106,6 +108,7 @@ async fn upgrade(
         shutdown,
         tracker,
         edge,
+        auth,
         ..
     } = app;
     // Frames up to 64 KiB are read and answered with 4002 when over 4096 bytes; larger
@@ -128,7 +131,7 @@ async fn upgrade(
             bad_version,
             compress,
             shutdown,
-            edge,
+            (edge, auth),
         ))
     })
 }
@@ -141,7 +144,14 @@ async fn bot(State(app): State<RouteState>, headers: HeaderMap) -> Response {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if gw.config().check_token(auth).is_none() {
+    let admitted = match app
+        .auth
+        .verify(nimbus_proto::gateway::strip_bot_prefix(auth))
+    {
+        Some(verdict) => verdict.is_ok(),
+        None => gw.check_token(auth).is_some(),
+    };
+    if !admitted {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::CONTENT_TYPE, "application/json")],
