@@ -32,4 +32,4 @@ mod server;
 pub use client::ClientSession;
 pub use error::{IpcError, RouteError, ServerError};
 pub use request::Request;
-pub use server::{IpcEvent, IpcStats, Server, ServerBuilder};
+pub use server::{Credential, IpcEvent, IpcStats, Server, ServerBuilder};

@@ -77,6 +77,18 @@ pub struct ServerBuilder {
     ping_per_second: NonZeroU32,
     max_reply: usize,
     close_timeout: Duration,
+    credential: Option<Credential>,
+}
+
+/// A second kind of credential a request may carry in place of the shared secret (e.g. a
+/// signed token): `true` accepts it. See [`ServerBuilder::also_accept`].
+#[derive(Clone)]
+pub struct Credential(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(<check>)")
+    }
 }
 
 /// The write buffer may hold one reply of `max_reply` bytes plus this much: the frame header,
@@ -105,6 +117,7 @@ impl Default for ServerBuilder {
             ping_per_second: NonZeroU32::MIN,
             max_reply: 16 << 20,
             close_timeout: Duration::from_secs(1),
+            credential: None,
         }
     }
 }
@@ -123,6 +136,13 @@ impl ServerBuilder {
     /// Shared secret checked on every request.
     pub fn secret_key(mut self, key: impl Into<String>) -> Self {
         self.secret_key = Some(key.into());
+        self
+    }
+    /// Also accept a request whose secret is not the shared one when `check` says so (a
+    /// signed token, for example). With a check, every request needs a credential, even
+    /// without a shared secret; it runs only for values that are not the shared secret.
+    pub fn also_accept(mut self, check: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.credential = Some(Credential(Arc::new(check)));
         self
     }
     /// Enable the multicast port.
@@ -207,7 +227,7 @@ impl ServerBuilder {
     }
     /// Build the server (fails on a non-loopback host without a secret).
     pub fn build(self) -> Result<Server, ServerError> {
-        if self.secret_key.is_none() && !is_loopback(&self.host) {
+        if self.secret_key.is_none() && self.credential.is_none() && !is_loopback(&self.host) {
             return Err(ServerError::InsecureBind(self.host));
         }
         let (events, _) = broadcast::channel(1024);
@@ -705,19 +725,23 @@ impl Inner {
         let _ = self.events.send(ev);
     }
 
-    /// Constant time: compare SHA-256 digests with `subtle`.
+    /// Whether requests need a credential (a shared secret or a [`Credential`] check).
+    fn guarded(&self) -> bool {
+        self.digest.is_some() || self.cfg.credential.is_some()
+    }
+
+    /// The shared secret in constant time (SHA-256 digests compared with `subtle`), else the
+    /// other credential's check.
     fn check_secret(&self, given: &str) -> bool {
-        match &self.digest {
-            None => true,
-            Some(d) => {
-                let g: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-                bool::from(g.ct_eq(d))
-            }
-        }
+        let shared = self.digest.as_ref().is_some_and(|d| {
+            let g: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+            bool::from(g.ct_eq(d))
+        });
+        shared || self.cfg.credential.as_ref().is_some_and(|c| (c.0)(given))
     }
 
     fn auth(&self, a: &Authorization) -> Result<(), ErrorReply> {
-        if self.digest.is_none() {
+        if !self.guarded() {
             return Ok(());
         }
         match a {
@@ -756,9 +780,7 @@ impl Inner {
             Frame::Handshake { authorization } => self.auth(authorization).map_err(|e| e.encode()),
             Frame::Request(r) => self.auth(&r.authorization).map_err(|e| e.encode()),
             Frame::BetterIpc(b) => {
-                if self.digest.is_some()
-                    && !b.secret.as_deref().is_some_and(|s| self.check_secret(s))
-                {
+                if self.guarded() && !b.secret.as_deref().is_some_and(|s| self.check_secret(s)) {
                     Err(BetterReply::Unauthorized.encode())
                 } else {
                     Ok(())

@@ -29,8 +29,8 @@ pub(crate) struct App {
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
-    /// The edge's bounds.
-    pub edge: Arc<crate::edge::EdgeConfig>,
+    /// The edge's bounds (replaced whole by a reload).
+    pub edge: Arc<arc_swap::ArcSwap<crate::edge::EdgeConfig>>,
     /// Every subsystem's metrics (`/metrics`; the sockets count edge violations).
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Who clients are (static and signed tokens).
@@ -248,7 +248,7 @@ async fn upgrade(
         tracker.track_future(cloud::serve(
             socket,
             hub,
-            (edge, metrics.edge.clone()),
+            (edge.load_full(), metrics.edge.clone()),
             peer,
             shutdown,
         ))

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +83,10 @@ pub struct Server {
     gateway: Option<Arc<Gateway>>,
     /// With `--redis`: stopped at shutdown.
     backplane: Option<Arc<RedisBackplane>>,
-    edge: crate::edge::EdgeConfig,
+    /// The edge's bounds, replaced whole by a reload (new connections get the new ones).
+    edge: Arc<ArcSwap<crate::edge::EdgeConfig>>,
+    /// Per-address admission (its limits follow `edge`).
+    admission: Arc<crate::edge::accept::Admission>,
     /// Every subsystem's metrics (served at `/metrics`).
     metrics: Arc<Metrics>,
     /// Who clients are (static and signed tokens); reloaded on SIGHUP.
@@ -90,11 +94,15 @@ pub struct Server {
 }
 
 /// What a running server takes from a new config on SIGHUP: the signing keys and the cloud
-/// identity policy, and the static tokens of documents, the gateway and the API. Connections
-/// already admitted stay. Everything else (listen address, limits, Redis) needs a restart.
+/// identity policy, the static tokens of documents, the gateway and the API, and the edge's
+/// limits (`[edge]`: per-address caps and rates, request-head deadline, send-queue bytes,
+/// write timeout, cloud set rate; new connections get them). Connections already admitted
+/// stay. Everything else (listen address, room limits, Redis) needs a restart.
 #[derive(Debug, Clone)]
 pub struct Reloader {
     auth: Arc<Auth>,
+    edge: Arc<ArcSwap<crate::edge::EdgeConfig>>,
+    admission: Arc<crate::edge::accept::Admission>,
     docs: Arc<DocRooms>,
     gateway: Option<Arc<Gateway>>,
 }
@@ -108,6 +116,8 @@ impl Reloader {
         if let Some(gw) = &self.gateway {
             gw.set_tokens(config.gateway.tokens.clone());
         }
+        self.edge.store(Arc::new(config.edge.clone()));
+        self.admission.set(&config.edge);
         Ok(())
     }
 }
@@ -117,6 +127,8 @@ impl Server {
     pub fn reloader(&self) -> Reloader {
         Reloader {
             auth: self.auth.clone(),
+            edge: self.edge.clone(),
+            admission: self.admission.clone(),
             docs: self.docs.clone(),
             gateway: self.gateway.clone(),
         }
@@ -142,7 +154,7 @@ impl Server {
                     source,
                 })?;
         let addr = listener.local_addr()?;
-        let edge = config.edge.clone();
+        let edge = Arc::new(ArcSwap::from_pointee(config.edge.clone()));
         let auth = Arc::new(Auth::new(&config.auth)?);
         let mut metrics = Metrics::new();
         metrics.register_doc_bounds(config.doc.stats.clone());
@@ -198,8 +210,25 @@ impl Server {
         docs.attach();
         let ipc = match config.ipc {
             Some(c) => {
-                let server =
-                    nimbus_ipc::Server::new(c.host, c.port, c.secret, true, c.multicast_port)?;
+                let mut builder = nimbus_ipc::Server::builder()
+                    .host(c.host)
+                    .port(c.port)
+                    .multicast(true)
+                    .multicast_port(c.multicast_port);
+                if let Some(secret) = c.secret {
+                    builder = builder.secret_key(secret);
+                }
+                if config.auth.keys.is_some() {
+                    // A signed token whose `api` grant covers every room, read-write, may
+                    // call every route (they reach any room).
+                    let auth = auth.clone();
+                    builder = builder.also_accept(move |token| {
+                        matches!(auth.verify(token), Some(Ok(id))
+                            if id.access(nimbus_auth::Capability::Api, "*")
+                                == Some(nimbus_auth::Mode::ReadWrite))
+                    });
+                }
+                let server = builder.build()?;
                 crate::ipc_routes::register(&server, hub.clone(), docs.clone());
                 server.start().await?;
                 tracing::info!(addr = ?server.local_addr(), multicast = ?server.multicast_addr(), "IPC routes listening");
@@ -229,6 +258,7 @@ impl Server {
             ipc,
             gateway,
             backplane,
+            admission: crate::edge::accept::Admission::new(&config.edge, metrics.edge.clone()),
             edge,
             metrics,
             auth,
@@ -271,17 +301,16 @@ impl Server {
             gateway: self.gateway.clone(),
             shutdown: token.clone(),
             tracker: tracker.clone(),
-            edge: Arc::new(self.edge.clone()),
+            edge: self.edge.clone(),
             metrics: self.metrics.clone(),
             auth: self.auth.clone(),
         };
         let stop = CancellationToken::new();
-        let admission = crate::edge::accept::Admission::new(&self.edge, self.metrics.edge.clone());
         let serving = crate::edge::accept::serve(
             self.listener,
             router(app),
             self.edge.clone(),
-            admission,
+            self.admission,
             self.metrics.edge.clone(),
             stop.clone(),
         );

@@ -62,6 +62,7 @@ fn setup(secrets: &[&str], cloud: CloudAuth) -> AuthSetup {
 
 struct Srv {
     addr: std::net::SocketAddr,
+    ipc: Option<u16>,
     reloader: Reloader,
     stop: Option<oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
@@ -76,8 +77,15 @@ impl Srv {
         };
         // One connection per username and room: shows whose name a client got.
         config.cloud.unique_usernames = true;
+        config.ipc = Some(nimbus_server::IpcConfig {
+            host: "127.0.0.1".into(),
+            port: 0,
+            multicast_port: 0,
+            secret: Some("a-shared-ipc-secret".into()),
+        });
         let server = Server::bind(config).await.unwrap();
         let addr = server.local_addr();
+        let ipc = server.ipc_addr().map(|a| a.port());
         let reloader = server.reloader();
         let (stop, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -89,6 +97,7 @@ impl Srv {
         });
         Srv {
             addr,
+            ipc,
             reloader,
             stop: Some(stop),
             _dir: dir,
@@ -505,4 +514,39 @@ async fn keys_rotated_by_a_reload_take_effect_without_dropping_connections() {
     .await
     .unwrap_or(false);
     assert!(answered, "the connection was dropped by the reload");
+}
+
+#[tokio::test]
+async fn an_ipc_client_may_present_a_signed_token_with_an_api_grant_for_every_room() {
+    use nimbus_ipc::{ClientSession, IpcError};
+    let srv = Srv::start(setup(&[&format!("k1:{SECRET_1}")], CloudAuth::Off)).await;
+    let port = srv.ipc.unwrap();
+    let call = |secret: String| async move {
+        let mut s = ClientSession::connect("127.0.0.1", Some(port), 0, Some(secret))
+            .await
+            .unwrap();
+        let r = s.request("stats", json!({})).await;
+        s.close().await;
+        r
+    };
+    assert!(
+        call("a-shared-ipc-secret".into()).await.is_ok(),
+        "the shared secret"
+    );
+    let admin = token("ops", 600, json!({"api": {"rw": ["*"]}}));
+    assert!(call(admin).await.is_ok(), "a signed admin token");
+    for (name, refused) in [
+        (
+            "read-only",
+            token("ops", 600, json!({"api": {"ro": ["*"]}})),
+        ),
+        ("one room", token("ops", 600, json!({"api": {"rw": ["a"]}}))),
+        ("expired", token("ops", -5, json!({"api": {"rw": ["*"]}}))),
+        ("no grant", token("ops", 600, json!({"doc": {"rw": ["*"]}}))),
+    ] {
+        assert!(
+            matches!(call(refused).await, Err(IpcError::Forbidden)),
+            "{name} accepted"
+        );
+    }
 }

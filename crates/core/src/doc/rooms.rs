@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use nimbus_doc::yrs::{ReadTxn, Transact};
@@ -260,7 +261,7 @@ pub struct DocRooms {
     /// Limits and policies.
     pub limits: Arc<DocLimits>,
     /// The static token rules (swapped whole by [`DocRooms::set_access`]).
-    access: RwLock<Arc<AccessRules>>,
+    access: ArcSwap<AccessRules>,
     metrics: DocRoomsMetrics,
     /// Where the rooms' updates are kept (chosen by the composition root).
     repl: Arc<dyn DocReplication>,
@@ -317,7 +318,7 @@ impl DocRooms {
         DocRooms {
             manager,
             store,
-            access: RwLock::new(Arc::new(AccessRules::new(limits.tokens.clone()))),
+            access: ArcSwap::from_pointee(AccessRules::new(limits.tokens.clone())),
             limits,
             metrics,
             repl,
@@ -367,16 +368,13 @@ impl DocFeed for DocRooms {
 impl DocRooms {
     /// The token rules.
     pub fn access(&self) -> Arc<AccessRules> {
-        self.access
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.access.load_full()
     }
 
     /// Replace the static token rules (a config reload); connections already admitted
     /// keep their access.
     pub fn set_access(&self, rules: AccessRules) {
-        *self.access.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(rules);
+        self.access.store(Arc::new(rules));
     }
 
     /// The document rooms' metrics.

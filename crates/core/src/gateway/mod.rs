@@ -177,7 +177,7 @@ pub struct Gateway {
     interest: std::sync::OnceLock<Interest>,
     /// The static tokens (swapped whole by [`Gateway::set_tokens`]; `config.tokens` is
     /// what it started with).
-    tokens: std::sync::RwLock<Arc<GatewayConfig>>,
+    tokens: arc_swap::ArcSwap<GatewayConfig>,
     /// With a shared log: the global id of the last event seen (updated with the session
     /// map locked, so a new session starts exactly after it).
     last_gid: Mutex<nimbus_proto::backplane::StreamId>,
@@ -198,7 +198,7 @@ impl Gateway {
                 config.identify_window,
                 config.session_start_limit,
             ),
-            tokens: std::sync::RwLock::new(Arc::new(config.clone())),
+            tokens: arc_swap::ArcSwap::from_pointee(config.clone()),
             config,
             metrics,
             sessions: Mutex::new(HashMap::new()),
@@ -231,12 +231,7 @@ impl Gateway {
     /// The intents static token `token` (with or without `Bot `) may use, `None` if unknown
     /// (the current tokens: [`Gateway::set_tokens`] replaces them).
     pub fn check_token(&self, token: &str) -> Option<Intents> {
-        let tokens = self
-            .tokens
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        tokens.check_token(token)
+        self.tokens.load().check_token(token)
     }
 
     /// Replace the static tokens (a config reload); sessions already identified stay.
@@ -245,7 +240,7 @@ impl Gateway {
             tokens,
             ..self.config.clone()
         };
-        *self.tokens.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+        self.tokens.store(Arc::new(config));
     }
 
     /// Its metrics (`nimbus_gateway_*`).

@@ -20,9 +20,10 @@
 
 pub mod settings;
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use nimbus_auth::{Capability, ExtractError, Identity, Mode, Sources, TokenError, Verifier};
@@ -96,7 +97,7 @@ struct Current {
 /// The edge's identity checks (one per server; [`Auth::reload`] swaps its keys).
 #[derive(Debug)]
 pub struct Auth {
-    current: RwLock<Arc<Current>>,
+    current: ArcSwap<Current>,
 }
 
 /// Whether `token` has the shape of a JWT (`eyJ` + two dots): then it is verified as a
@@ -109,7 +110,7 @@ impl Auth {
     /// The checks of `setup`; reads the JWKS file. Errors name the file and the cause.
     pub fn new(setup: &AuthSetup) -> Result<Auth, nimbus_auth::KeyError> {
         Ok(Auth {
-            current: RwLock::new(Arc::new(Auth::build(setup)?)),
+            current: ArcSwap::from_pointee(Auth::build(setup)?),
         })
     }
 
@@ -129,16 +130,12 @@ impl Auth {
     /// Replace the keys and the cloud policy (SIGHUP). A setup whose keys do not load is
     /// refused and the old one stays. Connections already admitted are not touched.
     pub fn reload(&self, setup: &AuthSetup) -> Result<(), nimbus_auth::KeyError> {
-        let next = Arc::new(Auth::build(setup)?);
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
+        self.current.store(Arc::new(Auth::build(setup)?));
         Ok(())
     }
 
     fn current(&self) -> Arc<Current> {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.current.load_full()
     }
 
     /// Whether signed tokens are accepted (signing keys are configured).

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -103,34 +104,54 @@ pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
 
 /// Per-address admission: open connections and new connections per second.
 pub(crate) struct Admission {
+    /// The current limits (replaced whole by [`Admission::set`] on a config reload).
+    limits: ArcSwap<Limits>,
+    open: Mutex<HashMap<IpAddr, u32>>,
+    metrics: Arc<EdgeMetrics>,
+}
+
+/// What [`Admission`] checks, from an [`EdgeConfig`].
+struct Limits {
     max_open: u32,
     limit_loopback: bool,
-    open: Mutex<HashMap<IpAddr, u32>>,
     new: DefaultKeyedRateLimiter<IpAddr>,
-    metrics: Arc<EdgeMetrics>,
+}
+
+impl Limits {
+    fn new(cfg: &EdgeConfig) -> Limits {
+        let quota = Quota::per_second(
+            NonZeroU32::new(cfg.new_conns_per_ip_per_sec).unwrap_or(NonZeroU32::MIN),
+        )
+        .allow_burst(NonZeroU32::new(cfg.new_conns_per_ip_burst).unwrap_or(NonZeroU32::MIN));
+        Limits {
+            max_open: cfg.max_conns_per_ip,
+            limit_loopback: cfg.limit_loopback,
+            new: RateLimiter::keyed(quota),
+        }
+    }
 }
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admission")
-            .field("max_open", &self.max_open)
+            .field("max_open", &self.limits.load().max_open)
             .finish_non_exhaustive()
     }
 }
 
 impl Admission {
     pub(crate) fn new(cfg: &EdgeConfig, metrics: Arc<EdgeMetrics>) -> Arc<Admission> {
-        let quota = Quota::per_second(
-            NonZeroU32::new(cfg.new_conns_per_ip_per_sec).unwrap_or(NonZeroU32::MIN),
-        )
-        .allow_burst(NonZeroU32::new(cfg.new_conns_per_ip_burst).unwrap_or(NonZeroU32::MIN));
         Arc::new(Admission {
-            max_open: cfg.max_conns_per_ip,
-            limit_loopback: cfg.limit_loopback,
+            limits: ArcSwap::from_pointee(Limits::new(cfg)),
             open: Mutex::new(HashMap::new()),
-            new: RateLimiter::keyed(quota),
             metrics,
         })
+    }
+
+    /// New limits (a config reload): open connections stay; the new-connection rate starts
+    /// afresh.
+    pub(crate) fn set(&self, cfg: &EdgeConfig) {
+        self.limits.store(Arc::new(Limits::new(cfg)));
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, u32>> {
@@ -141,15 +162,16 @@ impl Admission {
     /// unless `limit_loopback` (a reverse proxy on the same host is one address for all).
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
         let key = client_key(ip);
-        if key.is_loopback() && !self.limit_loopback {
+        let limits = self.limits.load();
+        if key.is_loopback() && !limits.limit_loopback {
             *self.lock().entry(key).or_insert(0) += 1;
         } else {
             let mut open = self.lock();
             let n = open.entry(key).or_insert(0);
-            if *n >= self.max_open {
+            if *n >= limits.max_open {
                 return Err(Refusal::TooMany);
             }
-            if self.new.check_key(&key).is_err() {
+            if limits.new.check_key(&key).is_err() {
                 if *n == 0 {
                     open.remove(&key);
                 }
@@ -166,8 +188,9 @@ impl Admission {
 
     /// Forget rate state of addresses that have been quiet (bounds the limiter's map).
     pub(crate) fn prune(&self) {
-        self.new.retain_recent();
-        self.new.shrink_to_fit();
+        let limits = self.limits.load();
+        limits.new.retain_recent();
+        limits.new.shrink_to_fit();
     }
 
     /// Open connections counted for `ip`'s key.
@@ -273,7 +296,7 @@ async fn refuse(mut tcp: TcpStream, why: Refusal) {
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
-    cfg: EdgeConfig,
+    cfg: Arc<ArcSwap<EdgeConfig>>,
     admission: Arc<Admission>,
     metrics: Arc<EdgeMetrics>,
     stop: CancellationToken,
@@ -331,7 +354,7 @@ pub(crate) async fn serve(
         };
         let router = router.clone();
         let stop = stop.clone();
-        let header_timeout = cfg.header_timeout;
+        let header_timeout = cfg.load().header_timeout;
         conns.spawn(serve_connection(io, addr, router, header_timeout, stop));
     }
     conns.close();
