@@ -148,6 +148,12 @@ pub enum StoreOp {
         /// Document room key.
         room: Arc<str>,
     },
+    /// Remove a document room's log (snapshot and updates); a compaction of it that is
+    /// running is dropped.
+    DocDelete {
+        /// Document room key.
+        room: Arc<str>,
+    },
 }
 
 impl StoreOp {
@@ -158,7 +164,8 @@ impl StoreOp {
             | StoreOp::Rename { room, .. }
             | StoreOp::Delete { room, .. }
             | StoreOp::DocAppend { room, .. }
-            | StoreOp::DocCompact { room } => room,
+            | StoreOp::DocCompact { room }
+            | StoreOp::DocDelete { room } => room,
         }
     }
 }
@@ -585,7 +592,7 @@ impl Batch {
                 }
                 self.puts.insert(key, self.ops.len());
             }
-            StoreOp::DocAppend { .. } | StoreOp::DocCompact { .. } => {}
+            StoreOp::DocAppend { .. } | StoreOp::DocCompact { .. } | StoreOp::DocDelete { .. } => {}
             StoreOp::Rename { room, name, .. } | StoreOp::Delete { room, name } => {
                 // Later puts must not jump over this op.
                 self.puts.remove(&(room.clone(), name.clone()));
@@ -629,7 +636,10 @@ impl Batch {
         let ops: Vec<StoreOp> = self
             .ops
             .iter()
-            .filter(|op| op.room() == room && !matches!(op, StoreOp::DocAppend { .. }))
+            .filter(|op| {
+                op.room() == room
+                    && !matches!(op, StoreOp::DocAppend { .. } | StoreOp::DocDelete { .. })
+            })
             .cloned()
             .collect();
         if ops.is_empty() {
@@ -644,10 +654,12 @@ impl Batch {
     /// `room`'s log as `stored` plus the updates of this batch.
     fn overlay_doc(&self, room: &Arc<str>, mut stored: DocLog) -> DocLog {
         for op in &self.ops {
-            if let StoreOp::DocAppend { room: r, update } = op {
-                if r == room {
+            match op {
+                StoreOp::DocAppend { room: r, update } if r == room => {
                     stored.updates.push(update.to_vec());
                 }
+                StoreOp::DocDelete { room: r } if r == room => stored = DocLog::default(),
+                _ => {}
             }
         }
         stored
@@ -670,6 +682,8 @@ struct Compactor {
     due: Vec<(Arc<str>, bool)>,
     /// Rooms whose compaction runs on the compaction thread; `true`: forget afterwards.
     running: HashMap<Arc<str>, bool>,
+    /// Rooms deleted while their compaction ran: its snapshot is dropped.
+    cancelled: std::collections::HashSet<Arc<str>>,
 }
 
 impl Compactor {
@@ -698,6 +712,13 @@ impl Compactor {
                     }
                 }
                 StoreOp::DocCompact { room } => self.mark_due(room, true),
+                StoreOp::DocDelete { room } => {
+                    self.sizes.remove(room);
+                    self.due.retain(|(r, _)| r != room);
+                    if self.running.contains_key(room) {
+                        self.cancelled.insert(room.clone());
+                    }
+                }
                 _ => {}
             }
         }
@@ -778,6 +799,7 @@ impl<B: Backend> Writer<B> {
                 sizes: HashMap::new(),
                 due: Vec::new(),
                 running: HashMap::new(),
+                cancelled: Default::default(),
             },
             to_compactor,
             settle: Vec::new(),
@@ -1004,6 +1026,11 @@ impl<B: Backend> Writer<B> {
         stats.running.fetch_sub(1, Relaxed);
         let forget = self.compactor.running.remove(&done.room).unwrap_or(false);
         let room = &done.room;
+        if self.compactor.cancelled.remove(room) {
+            // The room was deleted meanwhile: its snapshot must not bring it back.
+            tracing::debug!(%room, "compaction of a deleted document dropped");
+            return;
+        }
         let Some(snapshot) = done.snapshot else {
             return;
         };
