@@ -246,7 +246,7 @@ impl Server {
         let admission = crate::edge::accept::Admission::new(&self.edge, self.metrics.edge.clone());
         let serving = crate::edge::accept::serve(
             self.listener,
-            router(app),
+            router(app.clone()).merge(crate::api::routes(&app).with_state(app)),
             self.edge.clone(),
             admission,
             self.metrics.edge.clone(),
