@@ -1165,6 +1165,39 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_deleted_document_log_is_gone_and_no_compaction_brings_it_back() {
+        let policy = CompactionPolicy {
+            max_updates: 10,
+            max_bytes: usize::MAX,
+        };
+        let store = Store::spawn_with(MemoryBackend::default(), Duration::from_millis(1), policy);
+        let (_, updates) = text_updates(45);
+        for u in updates {
+            store.apply(StoreOp::DocAppend {
+                room: "r".into(),
+                update: u,
+            });
+        }
+        // Queued behind the appends (and whatever compaction they started).
+        store.apply(StoreOp::DocDelete { room: "r".into() });
+        assert!(store.load_doc("r").await.expect("load").is_empty());
+        store.flush().await.expect("flush");
+        store.settle().await.expect("settle");
+        assert!(store.load_doc("r").await.expect("load").is_empty());
+        // The room starts again from nothing.
+        let (expected, updates) = text_updates(3);
+        for u in updates {
+            store.apply(StoreOp::DocAppend {
+                room: "r".into(),
+                update: u,
+            });
+        }
+        let log = store.load_doc("r").await.expect("load");
+        assert_eq!(log.updates.len(), 3);
+        assert_eq!(text_of(&log), expected);
+    }
+
     fn failing_store() -> (Store, Arc<FailSwitch>) {
         let (backend, switch) = FailingBackend::new(MemoryBackend::default());
         (Store::spawn(backend, Duration::from_millis(1)), switch)
