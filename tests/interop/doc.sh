@@ -143,6 +143,8 @@ EOF
 
 NIMBUS_DATA="$WORK/nimbus-data"
 NIMBUS_PORT=""
+# The HTTP API's admin token (its writes need one; the document sockets do not).
+API_TOKEN="interop-api-token-$$-$RANDOM"
 NIMBUS_PID=""
 # start_nimbus LOGNAME: nimbus serve on a free port (reused on restart) with $NIMBUS_DATA.
 start_nimbus() {
@@ -150,9 +152,9 @@ start_nimbus() {
     mkdir -p "$NIMBUS_DATA"
     for attempt in 1 2 3; do
         [[ -n "$NIMBUS_PORT" && $attempt == 1 ]] || NIMBUS_PORT="$(free_port)"
-        echo "\$ nimbus serve --listen 127.0.0.1:$NIMBUS_PORT --data-dir $NIMBUS_DATA"
+        echo "\$ nimbus serve --listen 127.0.0.1:$NIMBUS_PORT --data-dir $NIMBUS_DATA --api-token \$API_TOKEN"
         NO_COLOR=1 NIMBUS_LOG="${NIMBUS_LOG:-info}" "$NIMBUS_BIN" serve --listen "127.0.0.1:$NIMBUS_PORT" \
-            --data-dir "$NIMBUS_DATA" >"$log" 2>&1 &
+            --data-dir "$NIMBUS_DATA" --api-token "$API_TOKEN" >"$log" 2>&1 &
         NIMBUS_PID=$!
         PIDS+=("$NIMBUS_PID")
         if wait_http "$NIMBUS_PORT" "$NIMBUS_PID" healthz; then
@@ -508,9 +510,53 @@ PYEOF
     return $bad
 }
 
+# The HTTP API (docs/integrations.md, "HTTP API") with third-party Yjs code on both sides:
+# (a) GET /api/docs/{room}/update of a room a y-websocket client wrote, loaded into a fresh
+# Yjs document in Node (Y.applyUpdate), equals that client's document; (b) an update made
+# with pycrdt (Python) and POSTed reaches a connected y-websocket client; (c) a malformed POST
+# answers 400 and leaves the room as it was.
+api() { "$PY" "$DOC/api_http.py" "$@"; }
+check_nimbus_http_api() {
+    local room="api-$$-$RANDOM" base="http://127.0.0.1:$NIMBUS_PORT/api/docs" p=() status
+    local url="ws://127.0.0.1:$NIMBUS_PORT/doc"
+    # (a)
+    agent js "$url" "$room" "$LOGS/$CHECK-js" --edit --expect js & p+=("js=$!")
+    wait_all "${p[@]}" || return 1
+    status="$(api GET "$base/$room/update" --token "$API_TOKEN" --out "$WORK/$CHECK-a.bin")"
+    echo "GET /api/docs/$room/update -> $status ($(wc -c <"$WORK/$CHECK-a.bin") bytes)"
+    [[ "$status" == 200 ]] || return 1
+    (cd "$DOC" && node yjs_apply.mjs "$WORK/$CHECK-a.bin") >"$LOGS/$CHECK-get.out" 2>"$LOGS/$CHECK-get.err" \
+        || { cat "$LOGS/$CHECK-get.err"; return 1; }
+    compare --expect js $(docs_of js get) || return 1
+    # (b) a y-websocket client stays connected until pycrdt's contribution arrives.
+    p=()
+    agent js-recv "$url" "$room" "$LOGS/$CHECK-js-recv" --expect js,pyapi & p+=("js-recv=$!")
+    local i
+    for i in $(seq 200); do grep -q synced "$LOGS/$CHECK-js-recv.err" 2>/dev/null && break; sleep 0.1; done
+    grep -q synced "$LOGS/$CHECK-js-recv.err" || { echo "js-recv did not sync"; return 1; }
+    timeout 60 "$VPYCRDT/bin/python" "$DOC/pycrdt_update.py" --name pyapi --out "$WORK/$CHECK-b.bin" || return 1
+    status="$(api POST "$base/$room/update" --token "$API_TOKEN" --body "$WORK/$CHECK-b.bin")"
+    echo "POST /api/docs/$room/update (pycrdt, $(wc -c <"$WORK/$CHECK-b.bin") bytes) -> $status"
+    [[ "$status" == 204 ]] || return 1
+    wait_all "${p[@]}" || return 1
+    api GET "$base/$room/update" --token "$API_TOKEN" --out "$WORK/$CHECK-b2.bin" >/dev/null
+    (cd "$DOC" && node yjs_apply.mjs "$WORK/$CHECK-b2.bin") >"$LOGS/$CHECK-get2.out" 2>"$LOGS/$CHECK-get2.err" \
+        || { cat "$LOGS/$CHECK-get2.err"; return 1; }
+    compare --expect js,pyapi $(docs_of js-recv get2) || return 1
+    # (c)
+    status="$(api POST "$base/$room/update" --token "$API_TOKEN" --body-hex ffffffffff01)"
+    echo "POST /api/docs/$room/update (malformed) -> $status"
+    [[ "$status" == 400 ]] || return 1
+    api GET "$base/$room/update" --token "$API_TOKEN" --out "$WORK/$CHECK-c.bin" >/dev/null
+    cmp -s "$WORK/$CHECK-b2.bin" "$WORK/$CHECK-c.bin" || { echo "the room changed"; return 1; }
+    status="$(api POST "$base/$room/update" --body "$WORK/$CHECK-b.bin")"
+    echo "POST without a token -> $status"
+    [[ "$status" == 401 ]] || return 1
+}
+
 ALL_CHECKS=(yws-three-clients yws-rust-and-js yws-rust-then-wire yws-awareness
     nimbus-four-clients nimbus-late-joiner nimbus-restart nimbus-rust-then-wire nimbus-awareness
-    nimbus-cluster nimbus-signed-tokens)
+    nimbus-cluster nimbus-signed-tokens nimbus-http-api)
 if [[ $# -gt 0 ]]; then CHECKS=("$@"); else CHECKS=("${ALL_CHECKS[@]}"); fi
 
 say "start @y/websocket-server (reference server)"

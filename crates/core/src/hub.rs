@@ -34,6 +34,9 @@ pub enum AdminError {
     /// The store cannot write: the change is refused (`docs/security.md`, "Store failures").
     #[error("store unavailable: changes cannot be stored right now")]
     StoreUnavailable,
+    /// The change would create a variable in a room that holds `max_variables_per_room`.
+    #[error("the room holds the most variables it may hold")]
+    TooManyVariables,
 }
 
 /// Capacity of each room's command channel: a publisher faster than its room
@@ -227,6 +230,65 @@ impl Hub {
         }
     }
 
+    /// Set (or create) a variable as the server, like [`Hub::set_variable`], and wait
+    /// until the room's replication ordered it (in process: applied, stored and sent; with
+    /// Redis: written there, so every node's room applies it): the HTTP API's `PUT`.
+    pub async fn put_variable(
+        self: &Arc<Self>,
+        room: &str,
+        name: &str,
+        value: CloudValue,
+    ) -> Result<(), AdminError> {
+        nimbus_proto::cloud::validate_name(name, self.limits.max_name_len)
+            .map_err(|e| AdminError::Invalid(e.to_string()))?;
+        value
+            .validate(self.limits.profile, self.limits.max_value_len)
+            .map_err(|e| AdminError::Invalid(e.to_string()))?;
+        if !self.replication.can_commit() {
+            self.store_metrics.refused("api");
+            return Err(AdminError::StoreUnavailable);
+        }
+        let handle = self
+            .get_or_create(room)
+            .map_err(|_| AdminError::TooManyRooms)?;
+        let (reply, rx) = oneshot::channel();
+        let cmd = RoomCmd::Put {
+            name: name.to_owned(),
+            value,
+            reply,
+        };
+        if !handle.send(cmd).await {
+            return Err(AdminError::Unavailable);
+        }
+        match rx.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(AdminError::TooManyVariables),
+            // The replication could not keep it (store or backplane unavailable).
+            Err(_) => Err(AdminError::StoreUnavailable),
+        }
+    }
+
+    /// Delete every variable of room `room`, each through the room's normal path (one
+    /// delete after the other, as if a client had sent them: ordered, stored, replicated,
+    /// an event each). `Ok(None)` when the room has no variable; else how many were
+    /// deleted (a variable created while this runs may stay).
+    pub async fn clear_room(self: &Arc<Self>, room: &str) -> Result<Option<usize>, AdminError> {
+        let vars = self
+            .variables(room)
+            .await
+            .map_err(|_| AdminError::StoreUnavailable)?;
+        let Some(vars) = vars.filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        let mut deleted = 0;
+        for (name, _) in vars {
+            if self.delete_variable(room, &name).await? {
+                deleted += 1;
+            }
+        }
+        Ok(Some(deleted))
+    }
+
     /// Delete a variable; `Ok(false)` if the room has no such variable.
     pub async fn delete_variable(
         self: &Arc<Self>,
@@ -249,7 +311,8 @@ impl Hub {
         if !handle.send(cmd).await {
             return Err(AdminError::Unavailable);
         }
-        rx.await.map_err(|_| AdminError::Unavailable)
+        // A dropped reply: the replication could not keep the change.
+        rx.await.map_err(|_| AdminError::StoreUnavailable)
     }
 
     /// Close every connection of `user` (case-insensitive) in a live room with 4002;

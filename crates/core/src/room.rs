@@ -71,6 +71,18 @@ pub enum RoomCmd {
         /// New value.
         value: CloudValue,
     },
+    /// Set (or create) a variable as the server and hear how it ended: `true` once
+    /// ordered, `false` when the room's rules refuse it (the variable limit); the reply is
+    /// dropped when the replication cannot keep it now. Name and value are already
+    /// validated.
+    Put {
+        /// Variable name.
+        name: String,
+        /// New value.
+        value: CloudValue,
+        /// Result.
+        reply: oneshot::Sender<bool>,
+    },
     /// Rename a variable; replies `false` when `name` is unknown or `new_name` taken.
     Rename {
         /// Sender's connection id ([`SERVER_SENDER`] for the API/IPC).
@@ -284,6 +296,15 @@ impl Room {
                     None => Arc::from(name),
                 };
                 self.commit(from, Change::Set { name, value }, Reply::Sender(outbox))
+                    .await;
+            }
+            RoomCmd::Put { name, value, reply } => {
+                let name = match self.vars.get_key_value(name.as_str()) {
+                    Some((k, _)) => k.clone(),
+                    None => Arc::from(name),
+                };
+                let change = Change::Set { name, value };
+                self.commit(SERVER_SENDER, change, Reply::Accepted(reply))
                     .await;
             }
             RoomCmd::Rename {

@@ -23,7 +23,7 @@ pub use nimbus_proto::backplane::DocMessage;
 
 use super::{BackplaneError, Lua, RedisBackplane, EVENTS_CHANNEL, EVENTS_MAX_LEN, EVENTS_STREAM};
 pub use nimbus_core::doc::replication::DocState;
-use nimbus_core::doc::replication::{DocFeed, DocReplication, OnFailure};
+use nimbus_core::doc::replication::{DeleteRefused, DocFeed, DocReplication, OnFailure};
 use nimbus_core::replication::ReplicationError;
 use nimbus_core::store::{compact, DocLog};
 
@@ -145,6 +145,17 @@ impl DocReplication for RedisDocs {
 
     /// Redis holds every update already; the node that sees the log grow compacts it.
     fn emptied(&self, _room: &str) {}
+
+    /// Not supported: every node that has the room loaded holds a copy of it (and its
+    /// clients theirs) that its next update or resync would write back; deleting needs a
+    /// tombstone every node honours first. The HTTP API answers 501.
+    fn delete(&self, _room: &str) -> Result<(), DeleteRefused> {
+        Err(DeleteRefused::Unsupported)
+    }
+
+    fn check_delete(&self) -> Result<(), DeleteRefused> {
+        Err(DeleteRefused::Unsupported)
+    }
 
     fn subscribe(&self, feed: Weak<dyn DocFeed>) {
         self.bp.attach_docs(feed);

@@ -82,9 +82,9 @@ pub(super) async fn writer(
                                 outbox.close(CloseCode::Unavailable);
                             }
                             Reply::Sender(None) => {}
-                            Reply::Accepted(reply) => {
-                                let _ = reply.send(false);
-                            }
+                            // Not refused by the room's rules: unavailable, which the
+                            // asker hears as a dropped reply (`Reply::Accepted`).
+                            Reply::Accepted(reply) => drop(reply),
                         },
                         Job::Doc(w) => w.failed(),
                         Job::Presence(_) => {}

@@ -51,8 +51,6 @@ pub(crate) fn router(app: App) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/rooms/{id}/variables", get(variables))
-        .route("/api/docs/{*room}", get(doc_json))
         .with_state(app)
         .merge(crate::gateway::routes(gateway))
 }
@@ -139,24 +137,6 @@ async fn doc_upgrade(
             docs.serve(&room, channel, grant.access).await;
         })
     })
-}
-
-async fn doc_json(State(app): State<App>, Path(room): Path<String>, parts: Parts) -> Response {
-    if let Err((status, why)) = doc_access(&app, &room, &parts) {
-        return refusal(status, why);
-    }
-    match app.docs.to_json(&room).await {
-        Ok(Some(json)) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            json.to_string() + "\n",
-        )
-            .into_response(),
-        Ok(None) => refusal(StatusCode::NOT_FOUND, "unknown document room"),
-        Err(e) => {
-            tracing::error!(%room, error = %e, "document API failed");
-            refusal(StatusCode::INTERNAL_SERVER_ERROR, "store unavailable")
-        }
-    }
 }
 
 /// Policy checks that only need the upgrade request's headers.
@@ -297,34 +277,4 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
         )],
         app.metrics.encode(),
     )
-}
-
-async fn variables(State(app): State<App>, Path(id): Path<String>, parts: Parts) -> Response {
-    if let Err(refused) = api_access(&app, &id, &parts, false) {
-        return *refused;
-    }
-    match app.hub.variables(&id).await {
-        Ok(Some(vars)) => {
-            let mut body = String::from("{");
-            for (i, (name, value)) in vars.iter().enumerate() {
-                if i > 0 {
-                    body.push(',');
-                }
-                body.push_str(&serde_json::to_string(&**name).unwrap_or_default());
-                body.push(':');
-                value.write_json(&mut body);
-            }
-            body.push('}');
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-        }
-        Ok(None) => (StatusCode::NOT_FOUND, "{\"error\":\"unknown room\"}\n").into_response(),
-        Err(e) => {
-            tracing::error!(room = %id, error = %e, "variables API failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "{\"error\":\"store unavailable\"}\n",
-            )
-                .into_response()
-        }
-    }
 }

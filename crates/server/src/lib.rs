@@ -20,6 +20,7 @@
 //! - [`metrics`]: Prometheus metrics.
 #![forbid(unsafe_code)]
 
+mod api;
 pub mod auth;
 pub mod cloud;
 pub mod config;

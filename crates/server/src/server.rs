@@ -308,7 +308,7 @@ impl Server {
         let stop = CancellationToken::new();
         let serving = crate::edge::accept::serve(
             self.listener,
-            router(app),
+            router(app.clone()).merge(crate::api::routes(&app).with_state(app)),
             self.edge.clone(),
             self.admission,
             self.metrics.edge.clone(),

@@ -18,5 +18,5 @@ pub mod settings;
 
 pub use access::{validate_room_name, Access, AccessRules, Denied, TokenRule};
 pub use replication::update_event;
-pub use rooms::{DocRooms, JoinError};
+pub use rooms::{DeleteError, DocRooms, JoinError, UpdateError, ROOM_DELETED, ROOM_DELETED_REASON};
 pub use settings::{DocLimits, DocSettings};

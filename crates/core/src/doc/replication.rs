@@ -49,6 +49,18 @@ pub fn update_event(room: &Arc<str>, update: &Bytes) -> RoomEvent {
 /// Called when an update could not be kept (the room then closes its clients).
 pub type OnFailure = Arc<dyn Fn() + Send + Sync>;
 
+/// Why [`DocReplication::delete`] did not remove a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeleteRefused {
+    /// The store (or backplane) cannot write now.
+    #[error("store unavailable: changes cannot be stored right now")]
+    Unavailable,
+    /// This replication does not delete rooms (the Redis backplane: other nodes hold
+    /// copies of the room that would bring it back).
+    #[error("deleting a document room is not supported with this replication")]
+    Unsupported,
+}
+
 /// Where a replication delivers document updates made elsewhere (implemented by the
 /// document rooms: they know which rooms are loaded here).
 pub trait DocFeed: Send + Sync + 'static {
@@ -83,6 +95,15 @@ pub trait DocReplication: Send + Sync + std::fmt::Debug + 'static {
 
     /// The room's last client left.
     fn emptied(&self, room: &str);
+
+    /// Remove what is kept of room `room` (its clients have been closed and its updates
+    /// handed to [`DocReplication::append`] already); a load queued after this finds
+    /// nothing.
+    fn delete(&self, room: &str) -> Result<(), DeleteRefused>;
+
+    /// Whether [`DocReplication::delete`] would refuse now (asked before the room's
+    /// clients are closed).
+    fn check_delete(&self) -> Result<(), DeleteRefused>;
 
     /// Start delivering updates made elsewhere to `feed`. An implementation where nothing
     /// happens elsewhere does nothing.
@@ -145,6 +166,23 @@ impl DocReplication for LocalDocs {
         self.store.apply(StoreOp::DocCompact {
             room: Arc::from(room),
         });
+    }
+
+    fn check_delete(&self) -> Result<(), DeleteRefused> {
+        if self.store.can_write() {
+            Ok(())
+        } else {
+            Err(DeleteRefused::Unavailable)
+        }
+    }
+
+    /// Queued behind every append: the log is gone for the next load.
+    fn delete(&self, room: &str) -> Result<(), DeleteRefused> {
+        self.check_delete()?;
+        self.store.apply(StoreOp::DocDelete {
+            room: Arc::from(room),
+        });
+        Ok(())
     }
 
     fn subscribe(&self, _feed: Weak<dyn DocFeed>) {}

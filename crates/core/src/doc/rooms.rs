@@ -242,6 +242,41 @@ pub enum JoinError {
     Load(#[from] HookError),
 }
 
+/// Why the API could not apply an update to a document room ([`DocRooms::apply_update`]).
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// Not a valid v1 update, or one the room refuses (validated in a replica first): the
+    /// room is unchanged.
+    #[error(transparent)]
+    Invalid(#[from] nimbus_doc::ApplyError),
+    /// It would take the document over `max_doc_bytes`.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The store (or backplane) cannot keep it now, or the room could not be loaded.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The server holds `doc_max_rooms` rooms and this one is not loaded.
+    #[error("the server has too many document rooms loaded")]
+    TooManyRooms,
+}
+
+/// Why [`DocRooms::delete`] did not delete a room.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    /// Refused by the replication (store unavailable, or not supported with Redis).
+    #[error(transparent)]
+    Refused(#[from] crate::doc::replication::DeleteRefused),
+    /// Reading the room (does it exist?) failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Close code of the clients of a document room deleted through the API.
+pub const ROOM_DELETED: u16 = 4410;
+
+/// The close reason sent with [`ROOM_DELETED`].
+pub const ROOM_DELETED_REASON: &str = "room deleted";
+
 /// The metrics document rooms count into: their own, refusals while the store cannot
 /// write, catch-ups of an order kept elsewhere.
 #[derive(Debug, Clone)]
@@ -430,10 +465,122 @@ impl DocRooms {
         Ok(())
     }
 
+    /// The loaded room `room`, if it is open. A room that is closing (unloading, or
+    /// deleted) is waited for: once it is closed its updates have reached the replication,
+    /// so a load from there sees them.
+    async fn live(&self, room: &str) -> Option<Room> {
+        let live = self.manager.get(room)?;
+        if live.is_closed() {
+            live.closed().await;
+            return None;
+        }
+        Some(live)
+    }
+
+    /// Apply a v1 update to `room` as a client's update is applied (the HTTP API's
+    /// `POST`): the room is loaded if needed; the size limit and the store's state are
+    /// checked as for a client (`check_update`); the update is validated in the room's
+    /// replica before the room applies it (a refused update leaves the room unchanged);
+    /// then it reaches the room's clients and its hooks keep and share it (store, event
+    /// bus, Redis) exactly like a client's. A room loaded only for this is unloaded again.
+    pub async fn apply_update(&self, room: &str, update: &[u8]) -> Result<(), UpdateError> {
+        self.admit(room).map_err(|_| UpdateError::TooManyRooms)?;
+        let live = loop {
+            let live = self
+                .manager
+                .get_room(room)
+                .await
+                .map_err(|e| UpdateError::Unavailable(e.to_string()))?;
+            if live.is_closed() {
+                // Unloading: wait for it, then load a fresh one.
+                live.closed().await;
+                continue;
+            }
+            break live;
+        };
+        let result = self.apply_to(&live, update);
+        // The update has reached the hooks (persisted, shared) when this returns, even if
+        // the room was unloaded meanwhile.
+        live.flush().await;
+        self.manager.unload_if_empty(room).await;
+        result
+    }
+
+    fn apply_to(&self, live: &Room, update: &[u8]) -> Result<(), UpdateError> {
+        // Decoded and screened first, as a client's update is before `check_update`.
+        nimbus_doc::update::decode_update(update)?;
+        if let Err(refusal) = live.hooks().check_update(live, update) {
+            return Err(match refusal.close {
+                Some(1009) => UpdateError::TooLarge(refusal.reason),
+                _ => UpdateError::Unavailable(refusal.reason),
+            });
+        }
+        live.apply_update(update)?;
+        Ok(())
+    }
+
+    /// The whole document of `room` as one v1 update, and its v1 state vector (its live
+    /// state when loaded, else the stored one); `None` when nothing is stored for it.
+    pub async fn state(&self, room: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        use nimbus_doc::yrs::updates::encoder::Encode;
+        let encode = |doc: &nimbus_doc::yrs::Doc| {
+            let update =
+                nimbus_doc::update::encode_state(doc).ok_or_else(|| StoreError::Backend {
+                    backend: "yrs",
+                    source: "the document could not be encoded".into(),
+                })?;
+            let sv = doc.transact().state_vector().encode_v1();
+            Ok(Some((update, sv)))
+        };
+        if let Some(live) = self.live(room).await {
+            return encode(live.doc());
+        }
+        let log = self.repl.load(room).await?.log;
+        if log.is_empty() {
+            return Ok(None);
+        }
+        let doc = nimbus_doc::yrs::Doc::new();
+        apply_records(room, &doc, log.records());
+        encode(&doc)
+    }
+
+    /// Delete `room`: its connected clients are closed with [`ROOM_DELETED`] (their pending
+    /// updates are kept first), then what is stored of it is removed. `Ok(false)` when
+    /// nothing was loaded or stored. y-websocket clients reconnect by default and send
+    /// their copy again: an application that deletes a room tells its clients to drop it
+    /// (for instance on close code 4410).
+    pub async fn delete(&self, room: &str) -> Result<bool, DeleteError> {
+        // Refused before anything is closed when the replication cannot delete.
+        self.repl.check_delete()?;
+        let live = self.live(room).await;
+        let existed = match &live {
+            Some(_) => true,
+            None => !self
+                .repl
+                .load(room)
+                .await
+                .map_err(StoreError::from)?
+                .log
+                .is_empty(),
+        };
+        if let Some(live) = live {
+            {
+                let mut replicas = lock(&self.replicas);
+                replicas.remove(room);
+            }
+            live.close_with(ROOM_DELETED, ROOM_DELETED_REASON);
+            live.flush().await;
+        }
+        if existed {
+            self.repl.delete(room)?;
+        }
+        Ok(existed)
+    }
+
     /// The document of `room` as JSON (its live state when loaded, else the stored one);
     /// `None` when nothing is stored for it.
     pub async fn to_json(&self, room: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        if let Some(live) = self.manager.get(room) {
+        if let Some(live) = self.live(room).await {
             return Ok(Some(nimbus_doc::doc_to_json(live.doc())));
         }
         let log = self.repl.load(room).await?.log;

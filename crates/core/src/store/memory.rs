@@ -64,6 +64,9 @@ impl Backend for MemoryBackend {
                     log.updates.push(update.to_vec());
                 }
                 StoreOp::DocCompact { .. } => {}
+                StoreOp::DocDelete { room } => {
+                    self.docs.remove(room);
+                }
             }
         }
         Ok(())

@@ -148,6 +148,12 @@ pub enum StoreOp {
         /// Document room key.
         room: Arc<str>,
     },
+    /// Remove a document room's log (snapshot and updates); a compaction of it that is
+    /// running is dropped.
+    DocDelete {
+        /// Document room key.
+        room: Arc<str>,
+    },
 }
 
 impl StoreOp {
@@ -158,7 +164,8 @@ impl StoreOp {
             | StoreOp::Rename { room, .. }
             | StoreOp::Delete { room, .. }
             | StoreOp::DocAppend { room, .. }
-            | StoreOp::DocCompact { room } => room,
+            | StoreOp::DocCompact { room }
+            | StoreOp::DocDelete { room } => room,
         }
     }
 }
@@ -585,7 +592,7 @@ impl Batch {
                 }
                 self.puts.insert(key, self.ops.len());
             }
-            StoreOp::DocAppend { .. } | StoreOp::DocCompact { .. } => {}
+            StoreOp::DocAppend { .. } | StoreOp::DocCompact { .. } | StoreOp::DocDelete { .. } => {}
             StoreOp::Rename { room, name, .. } | StoreOp::Delete { room, name } => {
                 // Later puts must not jump over this op.
                 self.puts.remove(&(room.clone(), name.clone()));
@@ -629,7 +636,10 @@ impl Batch {
         let ops: Vec<StoreOp> = self
             .ops
             .iter()
-            .filter(|op| op.room() == room && !matches!(op, StoreOp::DocAppend { .. }))
+            .filter(|op| {
+                op.room() == room
+                    && !matches!(op, StoreOp::DocAppend { .. } | StoreOp::DocDelete { .. })
+            })
             .cloned()
             .collect();
         if ops.is_empty() {
@@ -644,10 +654,12 @@ impl Batch {
     /// `room`'s log as `stored` plus the updates of this batch.
     fn overlay_doc(&self, room: &Arc<str>, mut stored: DocLog) -> DocLog {
         for op in &self.ops {
-            if let StoreOp::DocAppend { room: r, update } = op {
-                if r == room {
+            match op {
+                StoreOp::DocAppend { room: r, update } if r == room => {
                     stored.updates.push(update.to_vec());
                 }
+                StoreOp::DocDelete { room: r } if r == room => stored = DocLog::default(),
+                _ => {}
             }
         }
         stored
@@ -670,6 +682,8 @@ struct Compactor {
     due: Vec<(Arc<str>, bool)>,
     /// Rooms whose compaction runs on the compaction thread; `true`: forget afterwards.
     running: HashMap<Arc<str>, bool>,
+    /// Rooms deleted while their compaction ran: its snapshot is dropped.
+    cancelled: std::collections::HashSet<Arc<str>>,
 }
 
 impl Compactor {
@@ -698,6 +712,13 @@ impl Compactor {
                     }
                 }
                 StoreOp::DocCompact { room } => self.mark_due(room, true),
+                StoreOp::DocDelete { room } => {
+                    self.sizes.remove(room);
+                    self.due.retain(|(r, _)| r != room);
+                    if self.running.contains_key(room) {
+                        self.cancelled.insert(room.clone());
+                    }
+                }
                 _ => {}
             }
         }
@@ -778,6 +799,7 @@ impl<B: Backend> Writer<B> {
                 sizes: HashMap::new(),
                 due: Vec::new(),
                 running: HashMap::new(),
+                cancelled: Default::default(),
             },
             to_compactor,
             settle: Vec::new(),
@@ -1004,6 +1026,11 @@ impl<B: Backend> Writer<B> {
         stats.running.fetch_sub(1, Relaxed);
         let forget = self.compactor.running.remove(&done.room).unwrap_or(false);
         let room = &done.room;
+        if self.compactor.cancelled.remove(room) {
+            // The room was deleted meanwhile: its snapshot must not bring it back.
+            tracing::debug!(%room, "compaction of a deleted document dropped");
+            return;
+        }
         let Some(snapshot) = done.snapshot else {
             return;
         };
@@ -1136,6 +1163,39 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed)
                 >= 1
         );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_document_log_is_gone_and_no_compaction_brings_it_back() {
+        let policy = CompactionPolicy {
+            max_updates: 10,
+            max_bytes: usize::MAX,
+        };
+        let store = Store::spawn_with(MemoryBackend::default(), Duration::from_millis(1), policy);
+        let (_, updates) = text_updates(45);
+        for u in updates {
+            store.apply(StoreOp::DocAppend {
+                room: "r".into(),
+                update: u,
+            });
+        }
+        // Queued behind the appends (and whatever compaction they started).
+        store.apply(StoreOp::DocDelete { room: "r".into() });
+        assert!(store.load_doc("r").await.expect("load").is_empty());
+        store.flush().await.expect("flush");
+        store.settle().await.expect("settle");
+        assert!(store.load_doc("r").await.expect("load").is_empty());
+        // The room starts again from nothing.
+        let (expected, updates) = text_updates(3);
+        for u in updates {
+            store.apply(StoreOp::DocAppend {
+                room: "r".into(),
+                update: u,
+            });
+        }
+        let log = store.load_doc("r").await.expect("load");
+        assert_eq!(log.updates.len(), 3);
+        assert_eq!(text_of(&log), expected);
     }
 
     fn failing_store() -> (Store, Arc<FailSwitch>) {

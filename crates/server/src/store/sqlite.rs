@@ -123,6 +123,10 @@ impl SqliteBackend {
                         append.execute(params![&**room, &update[..]])?;
                     }
                     StoreOp::DocCompact { .. } => {}
+                    StoreOp::DocDelete { room } => {
+                        tx.execute("DELETE FROM doc_updates WHERE room = ?1", [&**room])?;
+                        tx.execute("DELETE FROM doc_snapshots WHERE room = ?1", [&**room])?;
+                    }
                 }
             }
         }
