@@ -103,7 +103,7 @@ fn doc_check(app: &App, room: &str, parts: &Parts, write: bool) -> Result<(), Bo
     let by_doc = app
         .auth
         .present(parts, false)
-        .and_then(|(presented, _)| app.auth.doc(app.docs.access(), room, &presented));
+        .and_then(|(presented, _)| app.auth.doc(&app.docs.access(), room, &presented));
     match (by_doc, api) {
         (Ok(_), _) => Ok(()),
         (Err(_), Err(refused)) => Err(refused),
