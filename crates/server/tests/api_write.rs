@@ -931,3 +931,29 @@ async fn openapi_json_lists_every_route_served() {
     }
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn writes_to_a_blocked_room_are_refused_with_403_as_the_wire_refuses_its_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = with_auth(dir.path(), false);
+    cfg.cloud.blocked_rooms = vec!["closed".into()];
+    let srv = TestServer::start(cfg).await;
+    for (method, path) in [
+        ("PUT", "/api/rooms/closed/variables/a"),
+        ("DELETE", "/api/rooms/closed/variables/a"),
+        ("DELETE", "/api/rooms/closed"),
+    ] {
+        let (status, body) = http(srv.addr, method, path, Some(ADMIN), b"1").await;
+        assert_eq!(status, 403, "{method} {path}: {}", text_of(&body));
+    }
+    let (status, _) = http(
+        srv.addr,
+        "PUT",
+        "/api/rooms/open/variables/a",
+        Some(ADMIN),
+        b"1",
+    )
+    .await;
+    assert_eq!(status, 204);
+    srv.stop().await;
+}

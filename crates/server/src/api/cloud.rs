@@ -43,8 +43,15 @@ pub(super) fn routes(app: &App) -> Router<App> {
 /// The longest room key, as a handshake's `project_id` (`nimbus_proto::cloud`).
 const MAX_PROJECT_ID_LEN: usize = 999;
 
-/// A room key: 1 to 999 characters, as a handshake's `project_id`.
-fn check_room(id: &str) -> Result<(), Box<Response>> {
+/// A room key: 1 to 999 characters, as a handshake's `project_id`, and not one of
+/// `--blocked-rooms` (403, as the cloud wire closes those with 4004).
+fn check_room(app: &App, id: &str) -> Result<(), Box<Response>> {
+    if app.hub.limits.blocked_rooms.iter().any(|b| b == id) {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "project unavailable",
+        )));
+    }
     let len = id.chars().count();
     if len == 0 || len > MAX_PROJECT_ID_LEN || id.chars().any(char::is_control) {
         return Err(Box::new(error(
@@ -158,7 +165,7 @@ pub(crate) async fn put_variable(
     if let Err(refused) = api_access(&app, &id, &parts, true) {
         return *refused;
     }
-    if let Err(bad) = check_room(&id) {
+    if let Err(bad) = check_room(&app, &id) {
         return *bad;
     }
     let body = match body {
@@ -221,7 +228,7 @@ pub(crate) async fn delete_variable(
     if let Err(refused) = api_access(&app, &id, &parts, true) {
         return *refused;
     }
-    if let Err(bad) = check_room(&id) {
+    if let Err(bad) = check_room(&app, &id) {
         return *bad;
     }
     let name = normalize_name(&name);
@@ -256,7 +263,7 @@ pub(crate) async fn delete_room(
     if let Err(refused) = api_access(&app, &id, &parts, true) {
         return *refused;
     }
-    if let Err(bad) = check_room(&id) {
+    if let Err(bad) = check_room(&app, &id) {
         return *bad;
     }
     match app.hub.clear_room(&id).await {
