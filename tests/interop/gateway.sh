@@ -19,8 +19,8 @@ if [[ -z "$PY" ]]; then echo "gateway interop: scurrypy needs Python >= 3.11" >&
 if [[ ! -x "$VENV/bin/python" ]]; then
     timeout 120 "$PY" -m venv "$VENV"
 fi
-timeout 600 "$VENV/bin/pip" install --disable-pip-version-check -q "scurrypy==$SCURRYPY_VERSION"
-"$VENV/bin/python" -m pip freeze --disable-pip-version-check | grep -Ei '^(scurrypy|websockets)==' | sed 's/^/  /'
+timeout 600 "$VENV/bin/pip" install --disable-pip-version-check -q "scurrypy==$SCURRYPY_VERSION" "PyJWT==2.15.1"
+"$VENV/bin/python" -m pip freeze --disable-pip-version-check | grep -Ei '^(scurrypy|websockets|pyjwt)==' | sed 's/^/  /'
 
 cd "$ROOT"
 timeout 1800 cargo build -q -p nimbus --bin nimbus
@@ -30,12 +30,17 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
 
 TOKEN="interop-token-$$"
+SECRET="gateway-interop-secret-0123456789abcdef"
 P=$(free_port)
-"$NIMBUS" serve --listen "127.0.0.1:$P" --data-dir "$DATA" --gateway-token "$TOKEN" >"$DATA/serve.log" 2>&1 & PIDS+=($!)
+"$NIMBUS" serve --listen "127.0.0.1:$P" --data-dir "$DATA" --gateway-token "$TOKEN" \
+    --token-secret "hs-1:$SECRET" >"$DATA/serve.log" 2>&1 & PIDS+=($!)
 wait_port "$P"
 
 echo "== scurrypy $SCURRYPY_VERSION GatewayClient -> nimbus /gateway"
 timeout 120 "$VENV/bin/python" "$HERE/gateway/scurrypy_client.py" "$P" "$TOKEN" "$NIMBUS" 4242
+
+echo "== scurrypy with a signed token (PyJWT) covering two rooms"
+timeout 120 "$VENV/bin/python" "$HERE/gateway/scurrypy_rooms.py" "$P" "$SECRET" "$NIMBUS"
 
 echo "== nimbus gateway tail -> nimbus /gateway"
 timeout 30 "$NIMBUS" gateway tail --token "Bot $TOKEN" --url "ws://127.0.0.1:$P/gateway" --count 1 >"$DATA/tail.out" &
