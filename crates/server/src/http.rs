@@ -35,6 +35,8 @@ pub(crate) struct App {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Who clients are (static and signed tokens).
     pub auth: Arc<crate::auth::Auth>,
+    /// Cloud history (`GET /logs`).
+    pub history: Arc<dyn nimbus_core::history::HistoryLog>,
 }
 
 pub(crate) fn router(app: App) -> Router {
@@ -44,6 +46,10 @@ pub(crate) fn router(app: App) -> Router {
         tracker: app.tracker.clone(),
         edge: app.metrics.edge.clone(),
     };
+    let history = crate::history::routes(crate::history::RouteState {
+        history: app.history.clone(),
+        auth: app.auth.clone(),
+    });
     Router::new()
         .route("/", get(upgrade))
         .route("/doc/{*room}", get(doc_upgrade))
@@ -54,6 +60,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/docs/{*room}", get(doc_json))
         .with_state(app)
         .merge(crate::gateway::routes(gateway))
+        .merge(history)
 }
 
 /// An error answered before any WebSocket upgrade: status and a JSON `{"error": ...}` body.
