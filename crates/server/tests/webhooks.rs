@@ -432,9 +432,12 @@ async fn with_redis_two_nodes_deliver_each_event_once() {
         .await;
     // A moment for any second copy to arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let s = rx.seen.lock().unwrap();
-    assert_eq!(s.duplicates, 0, "each event once per cluster");
-    assert_eq!(s.bad_signatures, 0);
+    let (duplicates, bad_signatures) = {
+        let s = rx.seen.lock().unwrap();
+        (s.duplicates, s.bad_signatures)
+    };
+    assert_eq!(duplicates, 0, "each event once per cluster");
+    assert_eq!(bad_signatures, 0);
     let mut per_room: HashMap<String, Vec<i64>> = HashMap::new();
     for e in events
         .iter()
@@ -449,7 +452,6 @@ async fn with_redis_two_nodes_deliver_each_event_once() {
     let want: Vec<i64> = (1..=N as i64).collect();
     assert_eq!(per_room["r1"], want);
     assert_eq!(per_room["r2"], want);
-    drop(s);
     drop((a, b));
     for n in nodes {
         n.stop().await;
