@@ -670,6 +670,15 @@ impl Batch {
         self.ops.is_empty()
     }
 
+    /// Accepted changes in the batch (what `pending_ops` and `Unflushed` count): every op
+    /// but history entries, which are best effort.
+    fn changes(&self) -> usize {
+        self.ops
+            .iter()
+            .filter(|op| !matches!(op, StoreOp::HistoryAppend { .. }))
+            .count()
+    }
+
     /// Commit; on success the batch is emptied, on failure it is kept unchanged.
     fn commit(&mut self, backend: &mut impl Backend) -> Result<(), StoreError> {
         if self.ops.is_empty() {
@@ -919,7 +928,7 @@ impl<B: Backend> Writer<B> {
         self.shared
             .health
             .pending_ops
-            .store(self.kept.ops.len(), Relaxed);
+            .store(self.kept.changes(), Relaxed);
         for done in compacted {
             self.replace(done);
         }
@@ -957,7 +966,7 @@ impl<B: Backend> Writer<B> {
                 self.retry_at = Some(Instant::now() + wait);
                 tracing::error!(
                     error = %e,
-                    ops = self.kept.ops.len(),
+                    ops = self.kept.changes(),
                     attempt = self.failures,
                     retry_in_ms = wait.as_millis() as u64,
                     "store commit failed: changes kept for a retry; new changes are refused meanwhile"
@@ -1013,7 +1022,7 @@ impl<B: Backend> Writer<B> {
                     Ok(())
                 } else {
                     Err(StoreError::Unflushed {
-                        ops: self.kept.ops.len(),
+                        ops: self.kept.changes(),
                         reason: self
                             .shared
                             .health
@@ -1150,7 +1159,7 @@ impl<B: Backend> Writer<B> {
         self.shared.health.stopped.store(true, Relaxed);
         if !self.kept.is_empty() {
             tracing::error!(
-                ops = self.kept.ops.len(),
+                ops = self.kept.changes(),
                 "store writer stopped with accepted changes that could not be stored: they are lost"
             );
         }
