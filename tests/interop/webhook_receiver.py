@@ -3,7 +3,8 @@
 
 Every request is verified with the `standardwebhooks` package from PyPI
 (`standardwebhooks.webhooks.Webhook.verify`); a request that fails verification gets 401.
-The first --fail-first verified requests get 500 (to exercise retries). Accepted events
+The first --fail-first verified requests get 500 (to exercise retries); with --hang no
+request is ever answered (a dead receiver). Accepted events
 are de-duplicated by event id and appended to --out as JSON lines
 ({"id","room","type","data","webhook_id"}). On exit a summary is written to --summary:
 {"requests","verified","bad_signatures","failed_on_purpose","accepted","events",
@@ -33,6 +34,7 @@ def main() -> int:
     ap.add_argument("--summary", required=True)
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--expect", type=int, default=0)
+    ap.add_argument("--hang", action="store_true", help="never answer")
     args = ap.parse_args()
 
     wh = Webhook(args.secret)
@@ -64,6 +66,10 @@ def main() -> int:
             self.end_headers()
 
         def do_POST(self) -> None:
+            if args.hang:
+                with lock:
+                    stats["requests"] += 1
+                threading.Event().wait()
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
             headers = {k: v for k, v in self.headers.items()}

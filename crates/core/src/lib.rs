@@ -15,6 +15,10 @@
 //!   [`store::Backend`] trait (in memory here; SQLite in the server);
 //! - [`doc`]: document rooms over [`doc::replication::DocReplication`];
 //! - [`gateway`]: the gateway's session registry over [`gateway::log::SessionLog`];
+//! - [`history`]: each cloud room's recent changes in Scratch's log format, over the
+//!   [`history::HistoryLog`] seam;
+//! - [`lease`]: who delivers cluster-wide side effects (webhooks) once, over the
+//!   [`lease::Leadership`] seam;
 //! - [`cloud`]: the cloud protocol's settings and metrics;
 //! - [`setting`]: the error every subsystem's settings report.
 #![forbid(unsafe_code)]
@@ -23,7 +27,9 @@ pub mod cloud;
 pub mod doc;
 pub mod events;
 pub mod gateway;
+pub mod history;
 pub mod hub;
+pub mod lease;
 pub mod outbox;
 pub mod replication;
 pub mod room;

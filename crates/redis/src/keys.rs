@@ -10,6 +10,8 @@ pub(super) struct Keys {
     pub(super) pos: String,
     pub(super) npos: String,
     pub(super) log: String,
+    /// The room's cloud history: a capped list of messages, newest first.
+    pub(super) hist: String,
     pub(super) events: &'static str,
 }
 
@@ -24,6 +26,7 @@ impl Keys {
             pos: k("pos"),
             npos: k("npos"),
             log: k("log"),
+            hist: k("hist"),
             events: EVENTS_STREAM,
         }
     }

@@ -48,7 +48,9 @@ use nimbus_core::store::StoredVar;
 pub mod cloud;
 pub mod doc;
 pub mod gateway;
+pub mod history;
 mod keys;
+pub mod lease;
 mod lua;
 pub mod metrics;
 mod writer;
@@ -222,6 +224,9 @@ pub struct RedisBackplane {
     pub(crate) gateway: gateway::GatewayStore,
     /// Document rooms being compacted by this node.
     compacting: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
+    /// What cloud rooms keep of their history (set once, before the first change; the
+    /// default otherwise).
+    pub(crate) history: std::sync::OnceLock<nimbus_core::history::Retention>,
     /// The document rooms of this node (set once they exist).
     docs: std::sync::OnceLock<std::sync::Weak<dyn DocFeed>>,
     metrics: Arc<Metrics>,
@@ -273,12 +278,19 @@ impl RedisBackplane {
                 conn,
                 writes: tx,
                 docs: std::sync::OnceLock::new(),
+                history: std::sync::OnceLock::new(),
                 compacting: std::sync::Mutex::default(),
                 metrics,
                 stop,
             }
         });
         Ok(bp)
+    }
+
+    /// Keep each cloud room's history in Redis under `retention` (call before the first
+    /// change; later calls are ignored).
+    pub fn keep_history(&self, retention: nimbus_core::history::Retention) {
+        let _ = self.history.set(retention);
     }
 
     /// This node's id (random per process).

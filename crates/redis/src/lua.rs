@@ -3,9 +3,11 @@
 
 /// The script that accepts one cloud change (see the module docs).
 ///
-/// KEYS: seq, epoch, vars, pos, npos, log, events. ARGV: op (`s`, `r`, `d`), name,
+/// KEYS: seq, epoch, vars, pos, npos, log, events, hist. ARGV: op (`s`, `r`, `d`), name,
 /// value (set) or new name (rename), max variables, epoch candidate, change
-/// JSON, log length, channel, events length. Returns the change's sequence number, or -1 when
+/// JSON, log length, channel, events length, history entries (0: none kept), history age
+/// (ms). An accepted change's message is also pushed on the room's history list (newest
+/// first, trimmed to the entries, expiring after the age). Returns the change's sequence number, or -1 when
 /// the change is refused (variable limit, unknown name, name taken).
 ///
 /// For a rename or a delete the script adds the variable's value as the state hash holds
@@ -46,3 +48,12 @@ impl Lua {
 
 pub(crate) static CLOUD_LUA: Lua = Lua::new(CLOUD_SCRIPT);
 pub(crate) static PRESENCE_LUA: Lua = Lua::new(PRESENCE_SCRIPT);
+
+/// The webhook lease (`lease.rs`): renew it when held (and record the holder's progress),
+/// take it when free (and return the progress its previous holder recorded).
+/// KEYS: lease, progress. ARGV: node, ttl (ms), progress (`""`: unchanged). Returns
+/// `[1, ""]` renewed, `[2, progress]` taken, `[0, ""]` held by another node.
+pub const LEASE_SCRIPT: &str = include_str!("lua/lease.lua");
+
+/// Give the lease up if held (at shutdown). KEYS: lease. ARGV: node.
+pub const RELEASE_SCRIPT: &str = include_str!("lua/release.lua");

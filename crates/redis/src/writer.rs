@@ -31,6 +31,10 @@ pub(super) async fn writer(
         if n == 0 {
             return;
         }
+        let history = bp
+            .upgrade()
+            .and_then(|bp| bp.history.get().copied())
+            .unwrap_or_default();
         let mut pipe = redis::pipe();
         // Loading the scripts in the same pipeline makes EVALSHA safe after a Redis restart.
         for script in [&CLOUD_LUA, &doc::DOC_LUA, &PRESENCE_LUA] {
@@ -38,7 +42,7 @@ pub(super) async fn writer(
         }
         for job in &batch {
             match job {
-                Job::Cloud(w) => invocation(&node, w, &mut pipe),
+                Job::Cloud(w) => invocation(&node, w, history, &mut pipe),
                 Job::Doc(w) => doc::invocation(&node, w, &mut pipe),
                 Job::Presence(body) => {
                     pipe.cmd("EVALSHA")
@@ -114,7 +118,12 @@ fn cloud_written(w: Write, reply: Option<redis::Value>, metrics: &Metrics) {
 }
 
 /// Append the script call for one change to `pipe`.
-fn invocation(node: &str, w: &Write, pipe: &mut redis::Pipeline) {
+fn invocation(
+    node: &str,
+    w: &Write,
+    history: nimbus_core::history::Retention,
+    pipe: &mut redis::Pipeline,
+) {
     let keys = Keys::new(&w.room);
     let mut change = Change {
         r: w.room.to_string(),
@@ -159,7 +168,7 @@ fn invocation(node: &str, w: &Write, pipe: &mut redis::Pipeline) {
     let epoch = format!("{node}-{:x}", now_ms());
     pipe.cmd("EVALSHA")
         .arg(CLOUD_LUA.sha())
-        .arg(7)
+        .arg(8)
         .arg(&keys.seq)
         .arg(&keys.epoch)
         .arg(&keys.vars)
@@ -167,6 +176,7 @@ fn invocation(node: &str, w: &Write, pipe: &mut redis::Pipeline) {
         .arg(&keys.npos)
         .arg(&keys.log)
         .arg(keys.events)
+        .arg(&keys.hist)
         .arg(op)
         .arg(name)
         .arg(arg)
@@ -175,5 +185,11 @@ fn invocation(node: &str, w: &Write, pipe: &mut redis::Pipeline) {
         .arg(change)
         .arg(LOG_MAX_LEN)
         .arg(EVENTS_CHANNEL)
-        .arg(EVENTS_MAX_LEN);
+        .arg(EVENTS_MAX_LEN)
+        .arg(history.max_entries)
+        .arg(
+            u64::try_from(history.max_age.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
 }

@@ -15,6 +15,8 @@
 //! | [`BackplaneSettings`] | `Config::redis` | here (the backplane's) |
 //! | [`EdgeSettings`] | [`EdgeConfig`] (the `[edge]` table) | `edge` |
 //! | [`AuthSettings`] | [`AuthSetup`] | `auth` |
+//! | [`HookSettings`] | [`HooksConfig`] | `hooks` |
+//! | [`HistorySettings`] | [`Retention`] (`Config::history`) | `history` |
 //!
 //! [`Settings`] is their composition (plus `listen`): clap and serde flatten each section,
 //! so flags, `NIMBUS_*` names and file keys stay flat. [`Settings::merge`] applies the
@@ -34,9 +36,12 @@ pub use crate::cloud::settings::{CloudLimits, CloudSettings};
 pub use crate::doc::settings::{DocLimits, DocSettings};
 pub use crate::edge::{EdgeConfig, EdgeSettings};
 pub use crate::gateway::{GatewayConfig, GatewaySettings};
+pub use crate::history::HistorySettings;
+pub use crate::hooks::{HookSettings, HooksConfig};
 pub use crate::ipc_routes::{IpcConfig, IpcSettings};
 pub use crate::setting::InvalidSetting;
 pub use crate::store::{StoreConfig, StoreSettings};
+pub use nimbus_core::history::Retention;
 
 /// A configuration problem found at startup.
 #[derive(Debug, Error)]
@@ -130,6 +135,14 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(flatten)]
     pub auth: AuthSettings,
+    /// Webhooks.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub hooks: HookSettings,
+    /// Cloud history (`GET /logs`).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub history: HistorySettings,
     /// Per-connection bounds of the edge (the `[edge]` table of the file).
     #[command(flatten)]
     #[serde(default)]
@@ -270,6 +283,10 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// Signed tokens and the cloud identity policy.
     pub auth: AuthSetup,
+    /// Webhook receivers and the document-change debounce.
+    pub hooks: HooksConfig,
+    /// What each cloud room keeps of its history.
+    pub history: Retention,
     /// The log filter (`NIMBUS_LOG` syntax); the binary applies it (and again on SIGHUP).
     pub log: String,
 }
@@ -297,6 +314,8 @@ impl Default for Config {
             redis: None,
             edge: EdgeConfig::default(),
             auth: AuthSetup::default(),
+            hooks: HooksConfig::default(),
+            history: Retention::default(),
             log: Config::DEFAULT_LOG.into(),
         }
     }
@@ -322,6 +341,8 @@ impl Config {
             redis: s.backplane.redis_url(),
             edge: EdgeConfig::from_settings(&s.edge)?,
             auth: AuthSetup::from_settings(&s.auth)?,
+            hooks: HooksConfig::from_settings(&s.hooks)?,
+            history: s.history.retention()?,
             log: s.log.unwrap_or_else(|| Config::DEFAULT_LOG.into()),
         })
     }
@@ -475,6 +496,10 @@ mod tests {
                 "data_dir" | "ipc_host" | "ipc_secret" | "redis" | "log" | "token_jwks"
                 | "token_issuer" | "token_audience" | "token_cookie" => "\"x\"".into(),
                 "cloud_auth" => "\"off\"".into(),
+                "webhook" => {
+                    "[\"http://127.0.0.1:9/x#secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]"
+                        .into()
+                }
                 "value_profile" => "\"scratch\"".into(),
                 "blocked_rooms" | "gateway_token" | "token_secret" | "api_token" => {
                     "[\"x\"]".into()
@@ -490,6 +515,7 @@ mod tests {
                         || l.starts_with("allow-")
                         || l.ends_with("-frame")
                         || l == "ipc"
+                        || l == "webhook-doc-snapshot"
                         || l == "limit-loopback"
                 }) =>
                 {
@@ -615,6 +641,7 @@ mod tests {
                 .next()
                 .unwrap_or_default()
                 .trim_end_matches([':', ',']);
+            // `log`'s default is applied by the binary (Config keeps `None`).
             if value == "none" {
                 continue;
             }

@@ -35,6 +35,8 @@ pub(crate) struct App {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Who clients are (static and signed tokens).
     pub auth: Arc<crate::auth::Auth>,
+    /// Cloud history (`GET /logs`).
+    pub history: Arc<dyn nimbus_core::history::HistoryLog>,
 }
 
 pub(crate) fn router(app: App) -> Router {
@@ -45,6 +47,10 @@ pub(crate) fn router(app: App) -> Router {
         edge: app.metrics.edge.clone(),
         auth: app.auth.clone(),
     };
+    let history = crate::history::routes(crate::history::RouteState {
+        history: app.history.clone(),
+        auth: app.auth.clone(),
+    });
     Router::new()
         .route("/", get(upgrade))
         .route("/doc/{*room}", get(doc_upgrade))
@@ -53,6 +59,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/metrics", get(metrics))
         .with_state(app)
         .merge(crate::gateway::routes(gateway))
+        .merge(history)
 }
 
 /// An error answered before any WebSocket upgrade: status and a JSON `{"error": ...}` body.

@@ -16,6 +16,8 @@
 //! - [`gateway`]: the Discord-v10-style gateway at `/gateway` (room events as dispatches);
 //! - the Redis backplane (`--redis`) is the `nimbus-redis` crate: cloud and document rooms
 //!   and gateway sessions shared by several nodes;
+//! - [`hooks`]: room events to webhook receivers (`nimbus-webhook`), once per cluster;
+//! - [`history`]: `GET /logs`, cloud history in Scratch's clouddata log format;
 //! - [`auth`]: who a client is: static and signed tokens, checked before the upgrade;
 //! - [`metrics`]: Prometheus metrics.
 #![forbid(unsafe_code)]
@@ -27,6 +29,8 @@ pub mod config;
 pub mod doc;
 pub mod edge;
 pub mod gateway;
+pub mod history;
+pub mod hooks;
 mod http;
 mod ipc_routes;
 pub mod metrics;

@@ -12,6 +12,7 @@
 //! | `replication` | [`ReplicationMetrics`] (`nimbus-core`) | `nimbus_redis_resyncs` |
 //! | `store` | [`StoreMetrics`] (`nimbus-core`) | `nimbus_store_*` |
 //! | `edge` | [`EdgeMetrics`] (`edge/mod.rs`) | `nimbus_edge_*` |
+//! | `webhook` | [`WebhookMetrics`] (`nimbus-webhook`) | `nimbus_webhook_*` |
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use nimbus_core::gateway::metrics::GatewayMetrics;
 use nimbus_core::replication::ReplicationMetrics;
 use nimbus_core::store::metrics::StoreMetrics;
 use nimbus_redis::metrics::BackplaneMetrics;
+use nimbus_webhook::WebhookMetrics;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 
@@ -45,6 +47,8 @@ pub struct Metrics {
     pub store: Arc<StoreMetrics>,
     /// The edge (`nimbus_edge_*`).
     pub edge: Arc<EdgeMetrics>,
+    /// Webhook delivery (`nimbus_webhook_*`).
+    pub webhook: WebhookMetrics,
 }
 
 impl Default for Metrics {
@@ -65,6 +69,7 @@ impl Metrics {
         let store = Arc::new(StoreMetrics::register(&mut registry));
         let edge = Arc::new(EdgeMetrics::default());
         edge.register(&mut registry);
+        let webhook = WebhookMetrics::register(&mut registry);
         Metrics {
             registry,
             cloud,
@@ -74,6 +79,7 @@ impl Metrics {
             replication,
             store,
             edge,
+            webhook,
         }
     }
 
@@ -120,6 +126,18 @@ mod tests {
         metrics.store.refused("cloud");
         metrics.edge.refused("too_many_connections");
         metrics.edge.violation("ping_flood");
+        // One webhook endpoint creates every `nimbus_webhook_*` series (endpoint="0").
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _in_rt = rt.enter();
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            .parse()
+            .expect("secret");
+        let endpoint = nimbus_webhook::EndpointConfig::new("http://127.0.0.1:9/", vec![secret]);
+        let _hooks =
+            nimbus_webhook::Webhooks::start(vec![endpoint], &metrics.webhook).expect("webhooks");
         let mut lines: Vec<String> = metrics
             .encode()
             .lines()

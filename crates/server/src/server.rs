@@ -11,9 +11,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use nimbus_core::history::{HistoryLog, StoreHistory};
+use nimbus_core::lease::{AlwaysLeader, Leadership};
 use nimbus_redis::cloud::RedisReplication;
 use nimbus_redis::doc::RedisDocs;
 use nimbus_redis::gateway::RedisSessionLog;
+use nimbus_redis::history::RedisHistory;
+use nimbus_redis::lease::RedisLease;
 use nimbus_redis::RedisBackplane;
 
 use crate::auth::Auth;
@@ -33,6 +37,9 @@ use crate::store::{Store, StoreError};
 
 /// How long shutdown waits for connections to send their close frames.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for queued webhook events to be delivered.
+const WEBHOOK_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A server failure.
 #[derive(Debug, Error)]
@@ -57,6 +64,9 @@ pub enum ServerError {
     /// The Redis backplane could not be reached at startup.
     #[error("redis backplane: {0}")]
     Backplane(#[from] nimbus_redis::BackplaneError),
+    /// The webhook senders could not start.
+    #[error(transparent)]
+    Webhooks(#[from] nimbus_webhook::StartError),
     /// The accept loop failed.
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
@@ -91,6 +101,10 @@ pub struct Server {
     metrics: Arc<Metrics>,
     /// Who clients are (static and signed tokens); reloaded on SIGHUP.
     auth: Arc<Auth>,
+    /// Webhooks, when receivers are configured (flushed at shutdown).
+    hooks: Option<Arc<crate::hooks::Hooks>>,
+    /// Cloud history (`GET /logs`).
+    history: Arc<dyn HistoryLog>,
 }
 
 /// What a running server takes from a new config on SIGHUP: the signing keys and the cloud
@@ -201,6 +215,16 @@ impl Server {
             store: metrics.store.clone(),
             replication: metrics.replication.clone(),
         };
+        // Cloud history: the store fed from the event bus, or Redis (written by the cloud
+        // script).
+        let history: Arc<dyn HistoryLog> = match &backplane {
+            None => {
+                let h = StoreHistory::new(store.clone(), config.history);
+                h.attach(&hub.events);
+                Arc::new(h)
+            }
+            Some(bp) => Arc::new(RedisHistory::new(bp.clone(), config.history)),
+        };
         let docs = Arc::new(DocRooms::with_replication(
             store,
             Arc::new(config.doc),
@@ -250,6 +274,23 @@ impl Server {
                 session_log,
             )
         });
+        // Webhooks: delivered by this node, or by the holder of the lease in Redis.
+        let hooks = if config.hooks.enabled() {
+            let leader: Arc<dyn Leadership> = match &backplane {
+                None => Arc::new(AlwaysLeader),
+                Some(bp) => RedisLease::start(bp.clone(), nimbus_redis::lease::DEFAULT_TTL),
+            };
+            Some(crate::hooks::Hooks::start(
+                config.hooks,
+                &metrics.webhook,
+                &hub.events,
+                leader,
+                backplane.is_some(),
+                docs.clone(),
+            )?)
+        } else {
+            None
+        };
         Ok(Server {
             listener,
             addr,
@@ -262,6 +303,8 @@ impl Server {
             edge,
             metrics,
             auth,
+            hooks,
+            history,
         })
     }
 
@@ -304,6 +347,7 @@ impl Server {
             edge: self.edge.clone(),
             metrics: self.metrics.clone(),
             auth: self.auth.clone(),
+            history: self.history.clone(),
         };
         let stop = CancellationToken::new();
         let serving = crate::edge::accept::serve(
@@ -334,6 +378,11 @@ impl Server {
             .is_err()
         {
             tracing::warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
+        }
+        if let Some(hooks) = &self.hooks {
+            hooks
+                .shutdown(std::time::Instant::now() + WEBHOOK_FLUSH_TIMEOUT)
+                .await;
         }
         if let Some(bp) = &self.backplane {
             bp.shutdown();

@@ -56,6 +56,9 @@ impl Srv {
             ..Config::default()
         };
         config.cloud.close_timeout = Duration::from_millis(200);
+        // Cloud history listens to the bus too: off, so the gateway's interest alone
+        // decides whether rooms build events.
+        config.history.max_entries = 0;
         let store = Store::spawn(MemoryBackend::default(), Duration::from_millis(10));
         let server = Server::bind_with_store(config, store).await.unwrap();
         let addr = server.local_addr();

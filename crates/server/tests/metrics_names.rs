@@ -1,5 +1,5 @@
 //! `/metrics` of a running server: every series the server exports, whoever owns it
-//! (cloud, doc, gateway, Redis backplane, store, edge), is there with its type. The names
+//! (cloud, doc, gateway, Redis backplane, store, edge, webhooks), is there with its type. The names
 //! and types are pinned: dashboards depend on them.
 #![allow(clippy::unwrap_used)]
 
@@ -30,6 +30,14 @@ async fn metrics_exports_every_series_with_its_type() {
         "nimbus_edge_violations",
         "nimbus_gateway_closes",
         "nimbus_store_refused_writes",
+        // Labelled by endpoint: only with a configured webhook receiver.
+        "nimbus_webhook_delivered_events",
+        "nimbus_webhook_delivered_requests",
+        "nimbus_webhook_delivery_latency_seconds",
+        "nimbus_webhook_dropped_events",
+        "nimbus_webhook_queue_bytes",
+        "nimbus_webhook_queue_events",
+        "nimbus_webhook_retried_requests",
     ];
     let all: Vec<&str> = PINNED.lines().filter(|l| l.starts_with("# TYPE")).collect();
     let pinned: Vec<&str> = all
@@ -37,7 +45,7 @@ async fn metrics_exports_every_series_with_its_type() {
         .copied()
         .filter(|l| !empty.iter().any(|e| l.split(' ').nth(2) == Some(*e)))
         .collect();
-    assert_eq!(all.len(), 47);
+    assert_eq!(all.len(), 54);
     assert_eq!(pinned.len(), all.len() - empty.len());
     assert_eq!(types, pinned, "{text}");
     srv.stop().await;

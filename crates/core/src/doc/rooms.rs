@@ -591,4 +591,22 @@ impl DocRooms {
         apply_records(room, &doc, log.records());
         Ok(Some(nimbus_doc::doc_to_json(&doc)))
     }
+
+    /// A document room's Yjs v1 state vector (encoded), from the live room or the
+    /// replication; `None` when the room has no document (what a `DOC_CHANGED` webhook
+    /// carries).
+    pub async fn state_vector(&self, room: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        use nimbus_doc::yrs::updates::encoder::Encode;
+        if let Some(live) = self.manager.get(room) {
+            return Ok(Some(live.doc().transact().state_vector().encode_v1()));
+        }
+        let log = self.repl.load(room).await?.log;
+        if log.is_empty() {
+            return Ok(None);
+        }
+        let doc = nimbus_doc::yrs::Doc::new();
+        apply_records(room, &doc, log.records());
+        let sv = doc.transact().state_vector().encode_v1();
+        Ok(Some(sv))
+    }
 }

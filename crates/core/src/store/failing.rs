@@ -102,4 +102,17 @@ impl<B: Backend> Backend for FailingBackend<B> {
         }
         self.inner.replace_doc(room, snapshot, covered)
     }
+
+    fn load_history(
+        &mut self,
+        room: &str,
+        limit: usize,
+        offset: usize,
+        since_ms: u64,
+    ) -> Result<Vec<crate::store::history::HistoryEntry>, StoreError> {
+        if self.switch.reads.load(Relaxed) {
+            return Err(corrupt());
+        }
+        self.inner.load_history(room, limit, offset, since_ms)
+    }
 }

@@ -1,15 +1,18 @@
 //! In-memory backend, for tests and for running without a disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::{Backend, DocLog, StoreError, StoreOp, StoredVar};
+use crate::store::history::HistoryEntry;
 
 /// Keeps everything in a map; lost when the process exits.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     rooms: HashMap<Arc<str>, Vec<StoredVar>>,
     docs: HashMap<Arc<str>, DocLog>,
+    /// Each room's history, oldest first.
+    history: HashMap<Arc<str>, VecDeque<HistoryEntry>>,
 }
 
 impl MemoryBackend {
@@ -20,6 +23,7 @@ impl MemoryBackend {
         MemoryBackend {
             rooms,
             docs: HashMap::new(),
+            history: HashMap::new(),
         }
     }
 }
@@ -67,6 +71,20 @@ impl Backend for MemoryBackend {
                 StoreOp::DocDelete { room } => {
                     self.docs.remove(room);
                 }
+                StoreOp::HistoryAppend {
+                    room,
+                    entry,
+                    retention,
+                } => {
+                    let h = self.history.entry(room.clone()).or_default();
+                    h.push_back(entry.clone());
+                    let oldest = retention.oldest_kept(entry.at_ms);
+                    while h.len() > retention.max_entries
+                        || h.front().is_some_and(|e| e.at_ms < oldest)
+                    {
+                        h.pop_front();
+                    }
+                }
             }
         }
         Ok(())
@@ -86,5 +104,27 @@ impl Backend for MemoryBackend {
         log.snapshot = Some(snapshot.to_vec());
         log.updates.drain(..covered.min(log.updates.len()));
         Ok(())
+    }
+
+    fn load_history(
+        &mut self,
+        room: &str,
+        limit: usize,
+        offset: usize,
+        since_ms: u64,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        Ok(self
+            .history
+            .get(room)
+            .map(|h| {
+                h.iter()
+                    .rev()
+                    .take_while(|e| e.at_ms >= since_ms)
+                    .skip(offset)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 }

@@ -22,6 +22,7 @@
 
 mod doc;
 mod failing;
+pub mod history;
 mod memory;
 pub mod metrics;
 mod settings;
@@ -38,6 +39,8 @@ use nimbus_proto::backoff::Backoff;
 use nimbus_proto::cloud::CloudValue;
 use thiserror::Error;
 use tokio::sync::oneshot;
+
+use history::HistoryEntry;
 
 pub use doc::{apply_records, compact, Applied, DocLog};
 pub use failing::{FailSwitch, FailingBackend};
@@ -154,6 +157,16 @@ pub enum StoreOp {
         /// Document room key.
         room: Arc<str>,
     },
+    /// Append an entry to a cloud room's history, then trim the room's history to
+    /// `retention` (count, and age relative to the entry) in the same transaction.
+    HistoryAppend {
+        /// Room key.
+        room: Arc<str>,
+        /// The entry.
+        entry: HistoryEntry,
+        /// What the room keeps.
+        retention: history::Retention,
+    },
 }
 
 impl StoreOp {
@@ -165,7 +178,8 @@ impl StoreOp {
             | StoreOp::Delete { room, .. }
             | StoreOp::DocAppend { room, .. }
             | StoreOp::DocCompact { room }
-            | StoreOp::DocDelete { room } => room,
+            | StoreOp::DocDelete { room }
+            | StoreOp::HistoryAppend { room, .. } => room,
         }
     }
 }
@@ -333,6 +347,15 @@ pub trait Backend: Send + 'static {
         snapshot: &[u8],
         covered: usize,
     ) -> Result<(), StoreError>;
+    /// Up to `limit` history entries of `room`, newest first, after skipping `offset`,
+    /// none older than `since_ms`.
+    fn load_history(
+        &mut self,
+        room: &str,
+        limit: usize,
+        offset: usize,
+        since_ms: u64,
+    ) -> Result<Vec<HistoryEntry>, StoreError>;
 }
 
 enum Job {
@@ -341,9 +364,21 @@ enum Job {
         oneshot::Sender<Result<Vec<StoredVar>, StoreError>>,
     ),
     LoadDoc(Arc<str>, oneshot::Sender<Result<DocLog, StoreError>>),
+    LoadHistory(
+        HistoryRead,
+        oneshot::Sender<Result<Vec<HistoryEntry>, StoreError>>,
+    ),
     Flush(oneshot::Sender<Result<(), StoreError>>),
     /// Reply once no compaction is running (tests, benchmarks).
     Settle(oneshot::Sender<()>),
+}
+
+/// A history read (see [`Store::history`]).
+struct HistoryRead {
+    room: Arc<str>,
+    limit: usize,
+    offset: usize,
+    since_ms: u64,
 }
 
 /// A compaction the compaction thread finished.
@@ -551,6 +586,26 @@ impl Store {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
+    /// Up to `limit` history entries of `room`, newest first, after skipping `offset`,
+    /// none older than `since_ms`; after every change queued before this call.
+    pub async fn history(
+        &self,
+        room: &str,
+        limit: usize,
+        offset: usize,
+        since_ms: u64,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let read = HistoryRead {
+            room: Arc::from(room),
+            limit,
+            offset,
+            since_ms,
+        };
+        self.job(Job::LoadHistory(read, tx))?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
     /// What the writer has done to document logs so far.
     pub fn doc_stats(&self) -> &DocStoreStats {
         &self.shared.stats
@@ -592,7 +647,10 @@ impl Batch {
                 }
                 self.puts.insert(key, self.ops.len());
             }
-            StoreOp::DocAppend { .. } | StoreOp::DocCompact { .. } | StoreOp::DocDelete { .. } => {}
+            StoreOp::DocAppend { .. }
+            | StoreOp::DocCompact { .. }
+            | StoreOp::DocDelete { .. }
+            | StoreOp::HistoryAppend { .. } => {}
             StoreOp::Rename { room, name, .. } | StoreOp::Delete { room, name } => {
                 // Later puts must not jump over this op.
                 self.puts.remove(&(room.clone(), name.clone()));
@@ -620,6 +678,15 @@ impl Batch {
         self.ops.is_empty()
     }
 
+    /// Accepted changes in the batch (what `pending_ops` and `Unflushed` count): every op
+    /// but history entries, which are best effort.
+    fn changes(&self) -> usize {
+        self.ops
+            .iter()
+            .filter(|op| !matches!(op, StoreOp::HistoryAppend { .. }))
+            .count()
+    }
+
     /// Commit; on success the batch is emptied, on failure it is kept unchanged.
     fn commit(&mut self, backend: &mut impl Backend) -> Result<(), StoreError> {
         if self.ops.is_empty() {
@@ -638,7 +705,12 @@ impl Batch {
             .iter()
             .filter(|op| {
                 op.room() == room
-                    && !matches!(op, StoreOp::DocAppend { .. } | StoreOp::DocDelete { .. })
+                    && !matches!(
+                        op,
+                        StoreOp::DocAppend { .. }
+                            | StoreOp::DocDelete { .. }
+                            | StoreOp::HistoryAppend { .. }
+                    )
             })
             .cloned()
             .collect();
@@ -649,6 +721,18 @@ impl Batch {
         // The memory backend does not fail.
         let _ = mem.commit(&ops);
         mem.load(room).unwrap_or_default()
+    }
+
+    /// The history entries of `room` in this batch, newest first.
+    fn pending_history(&self, room: &Arc<str>) -> Vec<HistoryEntry> {
+        self.ops
+            .iter()
+            .rev()
+            .filter_map(|op| match op {
+                StoreOp::HistoryAppend { room: r, entry, .. } if r == room => Some(entry.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// `room`'s log as `stored` plus the updates of this batch.
@@ -866,7 +950,7 @@ impl<B: Backend> Writer<B> {
         self.shared
             .health
             .pending_ops
-            .store(self.kept.ops.len(), Relaxed);
+            .store(self.kept.changes(), Relaxed);
         for done in compacted {
             self.replace(done);
         }
@@ -904,7 +988,7 @@ impl<B: Backend> Writer<B> {
                 self.retry_at = Some(Instant::now() + wait);
                 tracing::error!(
                     error = %e,
-                    ops = self.kept.ops.len(),
+                    ops = self.kept.changes(),
                     attempt = self.failures,
                     retry_in_ms = wait.as_millis() as u64,
                     "store commit failed: changes kept for a retry; new changes are refused meanwhile"
@@ -948,12 +1032,19 @@ impl<B: Backend> Writer<B> {
                 }
                 let _ = reply.send(result);
             }
+            Job::LoadHistory(read, reply) => {
+                let result = self.load_history(&read);
+                if let Err(e) = &result {
+                    tracing::error!(room = %read.room, error = %e, "history load failed");
+                }
+                let _ = reply.send(result);
+            }
             Job::Flush(reply) => {
                 let result = if self.kept.is_empty() {
                     Ok(())
                 } else {
                     Err(StoreError::Unflushed {
-                        ops: self.kept.ops.len(),
+                        ops: self.kept.changes(),
                         reason: self
                             .shared
                             .health
@@ -967,6 +1058,27 @@ impl<B: Backend> Writer<B> {
             }
             Job::Settle(reply) => self.settle.push(reply),
         }
+    }
+
+    /// A history read: the backend's entries under the ones a failed commit keeps.
+    fn load_history(&mut self, read: &HistoryRead) -> Result<Vec<HistoryEntry>, StoreError> {
+        let pending = self.kept.pending_history(&read.room);
+        if pending.is_empty() {
+            return self
+                .backend
+                .load_history(&read.room, read.limit, read.offset, read.since_ms);
+        }
+        let want = read.offset.saturating_add(read.limit);
+        let stored = self
+            .backend
+            .load_history(&read.room, want, 0, read.since_ms)?;
+        Ok(pending
+            .into_iter()
+            .filter(|e| e.at_ms >= read.since_ms)
+            .chain(stored)
+            .skip(read.offset)
+            .take(read.limit)
+            .collect())
     }
 
     /// Start the due compactions: read the log here, merge it on the compaction thread.
@@ -1074,7 +1186,7 @@ impl<B: Backend> Writer<B> {
         self.shared.health.stopped.store(true, Relaxed);
         if !self.kept.is_empty() {
             tracing::error!(
-                ops = self.kept.ops.len(),
+                ops = self.kept.changes(),
                 "store writer stopped with accepted changes that could not be stored: they are lost"
             );
         }

@@ -44,4 +44,10 @@ local msg = epoch .. ' ' .. seq .. ' ' .. pos .. ' ' .. created .. ' ' .. change
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], seq .. '-0', 'm', msg)
 local gid = redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', 'm', 'c ' .. msg)
 redis.call('PUBLISH', ARGV[8], gid .. ' c ' .. msg)
+local keep = tonumber(ARGV[10] or '0')
+if keep and keep > 0 then
+  redis.call('LPUSH', KEYS[8], msg)
+  redis.call('LTRIM', KEYS[8], 0, keep - 1)
+  redis.call('PEXPIRE', KEYS[8], ARGV[11])
+end
 return seq

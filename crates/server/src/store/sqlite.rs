@@ -8,6 +8,7 @@ use rusqlite::{params, Connection};
 
 use std::time::Duration;
 
+use nimbus_core::history::{HistoryEntry, Retention, Verb};
 use nimbus_core::store::{
     Backend, CompactionPolicy, DocLog, Store, StoreError, StoreOp, StoredVar,
 };
@@ -33,6 +34,16 @@ CREATE TABLE IF NOT EXISTS doc_updates (
     data  BLOB    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS doc_updates_room ON doc_updates (room, id);
+CREATE TABLE IF NOT EXISTS cloud_history (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    room   TEXT    NOT NULL,
+    at_ms  INTEGER NOT NULL,
+    user   TEXT,
+    verb   TEXT    NOT NULL,
+    name   TEXT    NOT NULL,
+    value  TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cloud_history_room ON cloud_history (room, id);
 CREATE TABLE IF NOT EXISTS doc_snapshots (
     room  TEXT PRIMARY KEY,
     data  BLOB NOT NULL
@@ -97,6 +108,12 @@ impl SqliteBackend {
                 tx.prepare_cached("DELETE FROM cloud_vars WHERE room = ?1 AND name = ?2")?;
             let mut append =
                 tx.prepare_cached("INSERT INTO doc_updates (room, data) VALUES (?1, ?2)")?;
+            let mut history = tx.prepare_cached(
+                "INSERT INTO cloud_history (room, at_ms, user, verb, name, value)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            // Rooms whose history grew in this batch: trimmed once each, after the inserts.
+            let mut trim: Vec<(&Arc<str>, Retention, u64)> = Vec::new();
             for op in ops {
                 match op {
                     StoreOp::Put { room, var } => {
@@ -127,7 +144,40 @@ impl SqliteBackend {
                         tx.execute("DELETE FROM doc_updates WHERE room = ?1", [&**room])?;
                         tx.execute("DELETE FROM doc_snapshots WHERE room = ?1", [&**room])?;
                     }
+                    StoreOp::HistoryAppend {
+                        room,
+                        entry,
+                        retention,
+                    } => {
+                        history.execute(params![
+                            &**room,
+                            i64::try_from(entry.at_ms).unwrap_or(i64::MAX),
+                            entry.user.as_deref(),
+                            entry.verb.name(),
+                            &*entry.name,
+                            &*entry.value,
+                        ])?;
+                        match trim.iter_mut().find(|(r, _, _)| *r == room) {
+                            Some(t) => {
+                                t.1 = *retention;
+                                t.2 = t.2.max(entry.at_ms);
+                            }
+                            None => trim.push((room, *retention, entry.at_ms)),
+                        }
+                    }
                 }
+            }
+            let mut by_count = tx.prepare_cached(
+                "DELETE FROM cloud_history WHERE room = ?1 AND id <=
+                   (SELECT id FROM cloud_history WHERE room = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            )?;
+            let mut by_age =
+                tx.prepare_cached("DELETE FROM cloud_history WHERE room = ?1 AND at_ms < ?2")?;
+            for (room, retention, newest) in trim {
+                let keep = i64::try_from(retention.max_entries).unwrap_or(i64::MAX);
+                by_count.execute(params![&**room, keep])?;
+                let oldest = i64::try_from(retention.oldest_kept(newest)).unwrap_or(i64::MAX);
+                by_age.execute(params![&**room, oldest])?;
             }
         }
         tx.commit()?;
@@ -147,6 +197,32 @@ impl SqliteBackend {
             .query_map([room], |row| row.get::<_, Vec<u8>>(0))?
             .collect::<Result<_, _>>()?;
         Ok(DocLog { snapshot, updates })
+    }
+
+    fn sql_load_history(
+        &mut self,
+        room: &str,
+        limit: usize,
+        offset: usize,
+        since_ms: u64,
+    ) -> rusqlite::Result<Vec<HistoryEntry>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at_ms, user, verb, name, value FROM cloud_history
+             WHERE room = ?1 AND at_ms >= ?2 ORDER BY id DESC LIMIT ?3 OFFSET ?4",
+        )?;
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        let since = i64::try_from(since_ms).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![room, since, n(limit), n(offset)], |row| {
+            let verb: String = row.get(2)?;
+            Ok(HistoryEntry {
+                at_ms: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                user: row.get::<_, Option<String>>(1)?.map(Arc::from),
+                verb: Verb::parse(&verb).unwrap_or(Verb::Set),
+                name: Arc::from(row.get::<_, String>(3)?),
+                value: Arc::from(row.get::<_, String>(4)?),
+            })
+        })?;
+        rows.collect()
     }
 
     fn sql_replace_doc(
@@ -191,6 +267,17 @@ impl Backend for SqliteBackend {
         covered: usize,
     ) -> Result<(), StoreError> {
         self.sql_replace_doc(room, snapshot, covered)
+            .map_err(sqlite_error)
+    }
+
+    fn load_history(
+        &mut self,
+        room: &str,
+        limit: usize,
+        offset: usize,
+        since_ms: u64,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.sql_load_history(room, limit, offset, since_ms)
             .map_err(sqlite_error)
     }
 }
@@ -296,6 +383,55 @@ mod tests {
         assert!(log.updates.is_empty());
         assert_eq!(text_of(&log), expected);
         assert!(db.load_doc("other").expect("load").is_empty());
+    }
+
+    #[test]
+    fn history_is_kept_newest_first_trimmed_by_count_and_age_across_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let retention = Retention {
+            max_entries: 4,
+            max_age: Duration::from_millis(1000),
+        };
+        let entry = |i: u64, at_ms: u64| HistoryEntry {
+            user: i.is_multiple_of(2).then(|| Arc::from("alice")),
+            verb: if i == 0 { Verb::Create } else { Verb::Set },
+            name: "☁ x".into(),
+            value: Arc::from(i.to_string()),
+            at_ms,
+        };
+        let append = |room: &str, i: u64, at_ms: u64| StoreOp::HistoryAppend {
+            room: room.into(),
+            entry: entry(i, at_ms),
+            retention,
+        };
+        {
+            let mut db = SqliteBackend::open(&path).expect("open");
+            let ops: Vec<StoreOp> = (0..6).map(|i| append("1", i, 10_000 + i)).collect();
+            db.commit(&ops).expect("commit");
+            db.commit(&[append("2", 0, 10_000)]).expect("commit");
+        }
+        let mut db = SqliteBackend::open(&path).expect("reopen");
+        let got = db.load_history("1", 10, 0, 0).expect("load");
+        let values: Vec<&str> = got.iter().map(|e| &*e.value).collect();
+        assert_eq!(
+            values,
+            ["5", "4", "3", "2"],
+            "count: the newest 4, newest first"
+        );
+        assert_eq!(got[1].user.as_deref(), Some("alice"));
+        assert_eq!(got[0].user, None);
+        let page = db.load_history("1", 2, 1, 0).expect("load");
+        assert_eq!(
+            page.iter().map(|e| &*e.value).collect::<Vec<_>>(),
+            ["4", "3"]
+        );
+        assert_eq!(db.load_history("1", 10, 0, 10_004).expect("load").len(), 2);
+        // Age: an entry 1.5 s newer pushes out everything older than 1 s before it.
+        db.commit(&[append("1", 9, 11_500)]).expect("commit");
+        let got = db.load_history("1", 10, 0, 0).expect("load");
+        assert_eq!(got.iter().map(|e| &*e.value).collect::<Vec<_>>(), ["9"]);
+        assert_eq!(db.load_history("2", 10, 0, 0).expect("load").len(), 1);
     }
 
     #[test]
