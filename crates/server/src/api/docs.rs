@@ -209,11 +209,24 @@ pub(crate) async fn get_json(app: App, room: String, parts: Parts) -> Response {
     security((), ("bearer" = [])),
 )]
 pub(crate) async fn get_update(app: App, room: String, parts: Parts) -> Response {
+    get_state(app, room, parts, |(update, _)| update).await
+}
+
+/// A room's state: (the whole document as one v1 update, its v1 state vector).
+type DocState = (Vec<u8>, Vec<u8>);
+
+/// The room's state, one of its two parts answered as binary.
+async fn get_state(
+    app: App,
+    room: String,
+    parts: Parts,
+    pick: fn(DocState) -> Vec<u8>,
+) -> Response {
     if let Err(refused) = doc_check(&app, &room, &parts, false) {
         return *refused;
     }
     match app.docs.state(&room).await {
-        Ok(Some((update, _))) => binary(update),
+        Ok(Some(state)) => binary(pick(state)),
         Ok(None) => error(StatusCode::NOT_FOUND, "unknown document room"),
         Err(e) => store_failed(&room, &e),
     }
@@ -237,14 +250,7 @@ pub(crate) async fn get_update(app: App, room: String, parts: Parts) -> Response
     security((), ("bearer" = [])),
 )]
 pub(crate) async fn get_state_vector(app: App, room: String, parts: Parts) -> Response {
-    if let Err(refused) = doc_check(&app, &room, &parts, false) {
-        return *refused;
-    }
-    match app.docs.state(&room).await {
-        Ok(Some((_, sv))) => binary(sv),
-        Ok(None) => error(StatusCode::NOT_FOUND, "unknown document room"),
-        Err(e) => store_failed(&room, &e),
-    }
+    get_state(app, room, parts, |(_, sv)| sv).await
 }
 
 /// Apply a Yjs v1 update, as a client's update.
