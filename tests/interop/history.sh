@@ -67,9 +67,10 @@ if [[ -z "${NIMBUS_BIN:-}" ]]; then
 fi
 [[ -x "$NIMBUS_BIN" ]] || die "no executable at $NIMBUS_BIN"
 PORT="$("$VPY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-say "nimbus serve --allow-rename true --allow-delete true on 127.0.0.1:$PORT"
+say "nimbus serve --allow-rename true --allow-delete true --history-max-entries 1000 on 127.0.0.1:$PORT"
 NIMBUS_LOG="${NIMBUS_LOG:-warn}" "$NIMBUS_BIN" serve --listen "127.0.0.1:$PORT" \
-    --data-dir "$WORK/data" --allow-rename true --allow-delete true >"$WORK/server.log" 2>&1 &
+    --data-dir "$WORK/data" --allow-rename true --allow-delete true --history-max-entries 1000 \
+    >"$WORK/server.log" 2>&1 &
 PIDS+=("$!")
 for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break

@@ -34,7 +34,8 @@ const MAX_PROJECT_ID: usize = 256;
 #[serde(rename_all = "snake_case")]
 #[merge(strategy = merge::option::overwrite_none)]
 pub struct HistorySettings {
-    /// Cloud history entries kept per room for `GET /logs` (0: no history) [default: 1000].
+    /// Cloud history entries kept per room for `GET /logs`, e.g. 1000 (0: no history; it costs
+    /// a store row per change) [default: 0].
     #[arg(long, env = "NIMBUS_HISTORY_MAX_ENTRIES")]
     pub history_max_entries: Option<usize>,
     /// Oldest cloud history entry kept, in seconds [default: 604800].

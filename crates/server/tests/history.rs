@@ -33,6 +33,7 @@ async fn history_of(srv: &TestServer, room: &str, n: usize) -> Vec<Value> {
 
 fn cfg(dir: &std::path::Path) -> nimbus_server::Config {
     let mut c = config(dir);
+    c.history.max_entries = 1000;
     c.cloud.allow_rename = true;
     c.cloud.allow_delete = true;
     c
