@@ -38,24 +38,12 @@ trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ Python venv (run.sh's)
 say "python venv ($VENV)"
-PY="${PYTHON:-}"
-if [[ -z "$PY" ]]; then
-    for cand in python3.11 python3.12 python3.13 python3.10 python3; do
-        if command -v "$cand" >/dev/null 2>&1; then PY="$cand"; break; fi
-    done
-fi
-[[ -n "$PY" ]] || die "no python3 found"
-timeout 30 "$PY" -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) else 1)' \
-    || die "need Python 3.10-3.13 (set PYTHON=...)"
-want_ver="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-if [[ -x "$VENV/bin/python" ]] && \
-   [[ "$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" != "$want_ver" ]]; then
-    rm -rf "$VENV"
-fi
-[[ -x "$VENV/bin/python" ]] || timeout 120 "$PY" -m venv "$VENV" || die "python -m venv failed"
+# shellcheck source=tests/interop/lib.sh
+source "$HERE/lib.sh"
+interop_python
 PINS=$(grep -E '^(scratchattach|websocket-client)==' "$HERE/requirements.txt")
 # shellcheck disable=SC2086
-timeout 600 "$VENV/bin/python" -m pip install --disable-pip-version-check -q $PINS
+interop_venv "$VENV" $PINS
 "$VENV/bin/python" -m pip freeze --disable-pip-version-check | grep -Ei '^scratchattach==' | sed 's/^/  /'
 VPY="$VENV/bin/python"
 

@@ -41,31 +41,10 @@ trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ Python venv
 say "python venv ($VENV)"
-PY="${PYTHON:-}"
-if [[ -z "$PY" ]]; then
-    for cand in python3.11 python3.12 python3.13 python3.10 python3; do
-        if command -v "$cand" >/dev/null 2>&1; then PY="$cand"; break; fi
-    done
-fi
-[[ -n "$PY" ]] || die "no python3 found"
-# scratchcloud 1.2.3 calls asyncio.get_event_loop() in a default argument at import time,
-# which fails on Python >= 3.14.
-timeout 30 "$PY" - <<'EOF' || die "need Python 3.10-3.13 (set PYTHON=...)"
-import sys
-print("using", sys.executable, sys.version.split()[0])
-sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) else 1)
-EOF
-want_ver="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-if [[ -x "$VENV/bin/python" ]] && \
-   [[ "$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" != "$want_ver" ]]; then
-    echo "venv has another Python: recreating"
-    rm -rf "$VENV"
-fi
-if [[ ! -x "$VENV/bin/python" ]]; then
-    timeout 120 "$PY" -m venv "$VENV" || die "python -m venv failed (Debian: apt-get install python3-venv)"
-fi
-timeout 600 "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
-    -r "$HERE/requirements.txt"
+# shellcheck source=tests/interop/lib.sh
+source "$HERE/lib.sh"
+interop_python
+interop_venv "$VENV" -r "$HERE/requirements.txt"
 "$VENV/bin/python" -m pip freeze --disable-pip-version-check \
     | grep -Ei '^(scratchattach|scratchclient|scratchcloud|websockets|websocket-client)==' \
     | sed 's/^/  /'

@@ -2,7 +2,7 @@
 //! per cluster rather than once per node.
 //!
 //! One key, `nimbus:webhook:lease`, holds the node id of the holder with a TTL
-//! ([`LEASE_SCRIPT`]: `SET key node NX PX ttl` when free, `PEXPIRE` when held). Every
+//! (the script `lua/lease.lua`: `SET key node NX PX ttl` when free, `PEXPIRE` when held). Every
 //! node runs a task that calls it every `ttl / 5`. The holder also stores its progress
 //! (the global id of the last event it handed on) in `nimbus:webhook:progress`; a node
 //! that takes the lease gets that progress back and replays the events it saw after it.
@@ -14,8 +14,6 @@
 //! replays from the recorded progress: events of a handover may be delivered twice
 //! (receivers de-duplicate by id), never skipped, as long as the new holder still holds
 //! them in its replay buffer.
-//!
-//! [`LEASE_SCRIPT`]: crate::lua::LEASE_SCRIPT
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
