@@ -198,14 +198,14 @@ impl Hub {
         keys
     }
 
-    /// Set a variable as the server (validated like a client's set; broadcast to the
-    /// whole room; loads the room if needed).
-    pub async fn set_variable(
+    /// The room an operator's set goes to, once the name and value pass the room's rules
+    /// and the change can be kept (loads the room if needed).
+    fn admit_set(
         self: &Arc<Self>,
         room: &str,
         name: &str,
-        value: CloudValue,
-    ) -> Result<(), AdminError> {
+        value: &CloudValue,
+    ) -> Result<RoomHandle, AdminError> {
         nimbus_proto::cloud::validate_name(name, self.limits.max_name_len)
             .map_err(|e| AdminError::Invalid(e.to_string()))?;
         value
@@ -215,9 +215,19 @@ impl Hub {
             self.store_metrics.refused("api");
             return Err(AdminError::StoreUnavailable);
         }
-        let handle = self
-            .get_or_create(room)
-            .map_err(|_| AdminError::TooManyRooms)?;
+        self.get_or_create(room)
+            .map_err(|_| AdminError::TooManyRooms)
+    }
+
+    /// Set a variable as the server (validated like a client's set; broadcast to the
+    /// whole room; loads the room if needed).
+    pub async fn set_variable(
+        self: &Arc<Self>,
+        room: &str,
+        name: &str,
+        value: CloudValue,
+    ) -> Result<(), AdminError> {
+        let handle = self.admit_set(room, name, &value)?;
         let cmd = RoomCmd::Set {
             from: SERVER_SENDER,
             name: name.to_owned(),
@@ -239,18 +249,7 @@ impl Hub {
         name: &str,
         value: CloudValue,
     ) -> Result<(), AdminError> {
-        nimbus_proto::cloud::validate_name(name, self.limits.max_name_len)
-            .map_err(|e| AdminError::Invalid(e.to_string()))?;
-        value
-            .validate(self.limits.profile, self.limits.max_value_len)
-            .map_err(|e| AdminError::Invalid(e.to_string()))?;
-        if !self.replication.can_commit() {
-            self.store_metrics.refused("api");
-            return Err(AdminError::StoreUnavailable);
-        }
-        let handle = self
-            .get_or_create(room)
-            .map_err(|_| AdminError::TooManyRooms)?;
+        let handle = self.admit_set(room, name, &value)?;
         let (reply, rx) = oneshot::channel();
         let cmd = RoomCmd::Put {
             name: name.to_owned(),
