@@ -22,6 +22,7 @@ use nimbus_core::history::{
 use serde::Deserialize;
 
 use crate::auth::Auth;
+use crate::reply::json_error;
 use crate::setting::InvalidSetting;
 
 /// Most entries a room may be configured to keep.
@@ -158,23 +159,14 @@ fn percent_decode(v: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn refusal(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::json!({ "error": message }).to_string() + "\n";
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
 async fn logs(State(app): State<RouteState>, parts: Parts) -> Response {
     let q = match parse_query(parts.uri.query()) {
         Ok(q) => q,
-        Err(why) => return refusal(StatusCode::BAD_REQUEST, &why),
+        Err(why) => return json_error(StatusCode::BAD_REQUEST, &why),
     };
-    // The read API's check (http::api_access), without a write grant.
-    let access = app
-        .auth
-        .present(&parts, false)
-        .and_then(|(presented, _)| app.auth.api(&presented, &q.project, false));
-    if let Err(r) = access {
-        return refusal(r.status, &r.reason);
+    // The read API's check.
+    if let Err(r) = app.auth.check_api(&parts, &q.project, false) {
+        return json_error(r.status, r.reason);
     }
     match app.history.read(&q.project, q.limit, q.offset).await {
         Ok(entries) => (
@@ -184,7 +176,7 @@ async fn logs(State(app): State<RouteState>, parts: Parts) -> Response {
             .into_response(),
         Err(e) => {
             tracing::warn!(room = %q.project, error = %e, "history read failed");
-            refusal(StatusCode::SERVICE_UNAVAILABLE, "history unavailable")
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "history unavailable")
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::auth::{CloudAuth, Grant, Refusal};
 use crate::cloud::{self, Peer};
 use crate::doc::{validate_room_name, DocRooms, SocketChannel};
 use crate::hub::Hub;
+use crate::reply::json_error;
 
 /// Shared state of the HTTP handlers.
 #[derive(Debug, Clone)]
@@ -62,12 +63,6 @@ pub(crate) fn router(app: App) -> Router {
         .merge(history)
 }
 
-/// An error answered before any WebSocket upgrade: status and a JSON `{"error": ...}` body.
-fn refusal(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    let body = serde_json::json!({ "error": message.to_string() }).to_string() + "\n";
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
 /// Name and token checks shared by the document endpoints (`docs/security.md`, "Tokens").
 fn doc_access(app: &App, room: &str, parts: &Parts) -> Result<Grant, (StatusCode, String)> {
     let docs = &app.docs;
@@ -92,11 +87,9 @@ pub(crate) fn api_access(
     parts: &Parts,
     write: bool,
 ) -> Result<(), Box<Response>> {
-    let check = app
-        .auth
-        .present(parts, false)
-        .and_then(|(presented, _)| app.auth.api(&presented, room, write));
-    check.map_err(|r| Box::new(refusal(r.status, r.reason)))
+    app.auth
+        .check_api(parts, room, write)
+        .map_err(|r| Box::new(json_error(r.status, r.reason)))
 }
 
 async fn doc_upgrade(
@@ -107,11 +100,11 @@ async fn doc_upgrade(
 ) -> Response {
     let grant = match doc_access(&app, &room, &parts) {
         Ok(g) => g,
-        Err((status, why)) => return refusal(status, why),
+        Err((status, why)) => return json_error(status, why),
     };
     if let Err(e) = app.docs.admit(&room) {
         app.docs.metrics().refused("too_many_rooms");
-        return refusal(StatusCode::SERVICE_UNAVAILABLE, e);
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, e);
     }
     let App {
         hub,
@@ -194,7 +187,7 @@ async fn upgrade(
             .and_then(|(presented, protocol)| Ok((app.auth.cloud(presented)?, protocol)))
         {
             Ok(found) => found,
-            Err(r) => return refusal(r.status, r.reason),
+            Err(r) => return json_error(r.status, r.reason),
         }
     };
     // Echo the subprotocol that carried the token, else the first offered one: Chromium

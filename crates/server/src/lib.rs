@@ -34,6 +34,7 @@ pub mod hooks;
 mod http;
 mod ipc_routes;
 pub mod metrics;
+mod reply;
 mod server;
 pub mod store;
 

@@ -15,8 +15,6 @@ mod cloud;
 mod docs;
 pub(crate) mod openapi;
 
-use std::fmt::Display;
-
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -32,12 +30,8 @@ pub(crate) fn routes(app: &App) -> Router<App> {
         .route("/api/openapi.json", axum::routing::get(openapi::serve))
 }
 
-/// An error answer: `status` and a JSON `{"error": message}` body (the shape of every
-/// refusal of the HTTP side).
-pub(crate) fn error(status: StatusCode, message: impl Display) -> Response {
-    let body = serde_json::json!({ "error": message.to_string() }).to_string() + "\n";
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
+/// An error answer: `status` and a JSON `{"error": message}` body.
+pub(crate) use crate::reply::json_error as error;
 
 /// The JSON answer of a body-extraction failure (too large: 413; else 400).
 fn body_rejected(rejection: axum::extract::rejection::BytesRejection) -> Response {

@@ -238,6 +238,13 @@ impl Auth {
         }
     }
 
+    /// The HTTP API's check of a request: its token (`?token=` or `Authorization: Bearer`)
+    /// may read (`write == false`) or change room `room` ([`Auth::api`]).
+    pub fn check_api(&self, parts: &Parts, room: &str, write: bool) -> Result<(), Refusal> {
+        let (presented, _) = self.present(parts, false)?;
+        self.api(&presented, room, write)
+    }
+
     /// Whether `presented` may read (`write == false`) or change room `room` through the
     /// HTTP API: a static admin token (`--api-token`) may do everything; a signed token
     /// what its `api` grant says. Without signing keys and admin tokens the read API is
