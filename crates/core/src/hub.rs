@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures_util::future::BoxFuture;
-use nimbus_proto::cloud::CloudValue;
+use nimbus_proto::cloud::{CloudValue, ValueError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cloud::metrics::CloudMetrics;
@@ -25,6 +25,9 @@ pub enum AdminError {
     /// The name or value is refused by the room's rules.
     #[error("{0}")]
     Invalid(String),
+    /// The value is longer than `max_value_len`.
+    #[error("{0}")]
+    TooLong(String),
     /// The room is not loaded and the server holds `max_rooms` rooms.
     #[error("the server has too many rooms loaded")]
     TooManyRooms,
@@ -210,7 +213,10 @@ impl Hub {
             .map_err(|e| AdminError::Invalid(e.to_string()))?;
         value
             .validate(self.limits.profile, self.limits.max_value_len)
-            .map_err(|e| AdminError::Invalid(e.to_string()))?;
+            .map_err(|e| match e {
+                ValueError::TooLong { .. } => AdminError::TooLong(e.to_string()),
+                _ => AdminError::Invalid(e.to_string()),
+            })?;
         if !self.replication.can_commit() {
             self.store_metrics.refused("api");
             return Err(AdminError::StoreUnavailable);

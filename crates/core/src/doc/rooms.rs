@@ -519,21 +519,15 @@ impl DocRooms {
         Ok(())
     }
 
-    /// The whole document of `room` as one v1 update, and its v1 state vector (its live
-    /// state when loaded, else the stored one); `None` when nothing is stored for it.
-    pub async fn state(&self, room: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
-        use nimbus_doc::yrs::updates::encoder::Encode;
-        let encode = |doc: &nimbus_doc::yrs::Doc| {
-            let update =
-                nimbus_doc::update::encode_state(doc).ok_or_else(|| StoreError::Backend {
-                    backend: "yrs",
-                    source: "the document could not be encoded".into(),
-                })?;
-            let sv = doc.transact().state_vector().encode_v1();
-            Ok(Some((update, sv)))
-        };
+    /// `read` of the document of `room`: its live state when loaded, else the stored one
+    /// (replayed into a fresh document); `None` when nothing is stored for it.
+    async fn read_doc<T>(
+        &self,
+        room: &str,
+        read: impl FnOnce(&nimbus_doc::yrs::Doc) -> T,
+    ) -> Result<Option<T>, StoreError> {
         if let Some(live) = self.live(room).await {
-            return encode(live.doc());
+            return Ok(Some(read(live.doc())));
         }
         let log = self.repl.load(room).await?.log;
         if log.is_empty() {
@@ -541,7 +535,23 @@ impl DocRooms {
         }
         let doc = nimbus_doc::yrs::Doc::new();
         apply_records(room, &doc, log.records());
-        encode(&doc)
+        Ok(Some(read(&doc)))
+    }
+
+    /// The whole document of `room` as one v1 update (its live state when loaded, else the
+    /// stored one); `None` when nothing is stored for it.
+    pub async fn state(&self, room: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let encoded = self
+            .read_doc(room, nimbus_doc::update::encode_state)
+            .await?;
+        encoded
+            .map(|update| {
+                update.ok_or_else(|| StoreError::Backend {
+                    backend: "yrs",
+                    source: "the document could not be encoded".into(),
+                })
+            })
+            .transpose()
     }
 
     /// Delete `room`: its connected clients are closed with [`ROOM_DELETED`] (their pending
@@ -580,33 +590,15 @@ impl DocRooms {
     /// The document of `room` as JSON (its live state when loaded, else the stored one);
     /// `None` when nothing is stored for it.
     pub async fn to_json(&self, room: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        if let Some(live) = self.live(room).await {
-            return Ok(Some(nimbus_doc::doc_to_json(live.doc())));
-        }
-        let log = self.repl.load(room).await?.log;
-        if log.is_empty() {
-            return Ok(None);
-        }
-        let doc = nimbus_doc::yrs::Doc::new();
-        apply_records(room, &doc, log.records());
-        Ok(Some(nimbus_doc::doc_to_json(&doc)))
+        self.read_doc(room, nimbus_doc::doc_to_json).await
     }
 
     /// A document room's Yjs v1 state vector (encoded), from the live room or the
     /// replication; `None` when the room has no document (what a `DOC_CHANGED` webhook
-    /// carries).
+    /// carries, and `GET /api/docs/{room}/state-vector`).
     pub async fn state_vector(&self, room: &str) -> Result<Option<Vec<u8>>, StoreError> {
         use nimbus_doc::yrs::updates::encoder::Encode;
-        if let Some(live) = self.manager.get(room) {
-            return Ok(Some(live.doc().transact().state_vector().encode_v1()));
-        }
-        let log = self.repl.load(room).await?.log;
-        if log.is_empty() {
-            return Ok(None);
-        }
-        let doc = nimbus_doc::yrs::Doc::new();
-        apply_records(room, &doc, log.records());
-        let sv = doc.transact().state_vector().encode_v1();
-        Ok(Some(sv))
+        self.read_doc(room, |doc| doc.transact().state_vector().encode_v1())
+            .await
     }
 }

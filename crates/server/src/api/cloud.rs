@@ -65,6 +65,7 @@ fn check_room(app: &App, id: &str) -> Result<(), Box<Response>> {
 fn admin_error(room: &str, e: AdminError) -> Response {
     let status = match e {
         AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
+        AdminError::TooLong(_) => StatusCode::PAYLOAD_TOO_LARGE,
         AdminError::TooManyVariables => StatusCode::CONFLICT,
         AdminError::TooManyRooms | AdminError::Unavailable | AdminError::StoreUnavailable => {
             StatusCode::SERVICE_UNAVAILABLE
@@ -184,16 +185,6 @@ pub(crate) async fn put_variable(
             )
         }
     };
-    let max = app.hub.limits.max_value_len;
-    if value.as_str().len() > max {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the value is {} characters long (at most {max})",
-                value.as_str().len()
-            ),
-        );
-    }
     let name = normalize_name(&name);
     match app.hub.put_variable(&id, &name, value).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),

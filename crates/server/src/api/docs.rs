@@ -21,10 +21,10 @@ use axum::routing::get;
 use axum::Router;
 
 use super::{body_rejected, error, json};
-use crate::auth::Presented;
+use crate::auth::{Presented, Refusal};
 use crate::doc::replication::DeleteRefused;
 use crate::doc::{validate_room_name, DeleteError, UpdateError};
-use crate::http::{api_access, App};
+use crate::http::App;
 
 const PREFIX: &str = "/api/docs/";
 
@@ -85,29 +85,27 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The document API's check: a valid room name, then `api_access`. A read the API lets
+/// The document API's check: a valid room name, then the API's token check. A read the API lets
 /// through without a credential (no signing key, no `--api-token`) must also pass the
 /// room's static document rules (`--doc-token`), and a read refused by the API passes
 /// with a token that opens the room at `/doc/{room}`: the read API shows no more than the
 /// WebSocket would.
 fn doc_check(app: &App, room: &str, parts: &Parts, write: bool) -> Result<(), Box<Response>> {
     validate_room_name(room).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e)))?;
-    let api = api_access(app, room, parts, write);
+    let refuse = |r: Refusal| Box::new(error(r.status, r.reason));
+    // The token is read (and a signed one verified) once, for both checks.
+    let (presented, _) = app.auth.present(parts, false).map_err(refuse)?;
+    let api = app.auth.api(&presented, room, write);
     if write {
-        return api;
+        return api.map_err(refuse);
     }
     let open = app.auth.api(&Presented::None, room, false).is_ok();
     if api.is_ok() && !open {
         return Ok(());
     }
-    let by_doc = app
-        .auth
-        .present(parts, false)
-        .and_then(|(presented, _)| app.auth.doc(&app.docs.access(), room, &presented));
-    match (by_doc, api) {
+    match (app.auth.doc(&app.docs.access(), room, &presented), api) {
         (Ok(_), _) => Ok(()),
-        (Err(_), Err(refused)) => Err(refused),
-        (Err(r), Ok(())) => Err(Box::new(error(r.status, r.reason))),
+        (Err(_), Err(r)) | (Err(r), Ok(())) => Err(refuse(r)),
     }
 }
 
@@ -209,26 +207,18 @@ pub(crate) async fn get_json(app: App, room: String, parts: Parts) -> Response {
     security((), ("bearer" = [])),
 )]
 pub(crate) async fn get_update(app: App, room: String, parts: Parts) -> Response {
-    get_state(app, room, parts, |(update, _)| update).await
-}
-
-/// A room's state: (the whole document as one v1 update, its v1 state vector).
-type DocState = (Vec<u8>, Vec<u8>);
-
-/// The room's state, one of its two parts answered as binary.
-async fn get_state(
-    app: App,
-    room: String,
-    parts: Parts,
-    pick: fn(DocState) -> Vec<u8>,
-) -> Response {
     if let Err(refused) = doc_check(&app, &room, &parts, false) {
         return *refused;
     }
-    match app.docs.state(&room).await {
-        Ok(Some(state)) => binary(pick(state)),
+    binary_or_404(&room, app.docs.state(&room).await)
+}
+
+/// A binary answer, 404 when the room has no document, 503 when the store failed.
+fn binary_or_404(room: &str, read: Result<Option<Vec<u8>>, crate::store::StoreError>) -> Response {
+    match read {
+        Ok(Some(bytes)) => binary(bytes),
         Ok(None) => error(StatusCode::NOT_FOUND, "unknown document room"),
-        Err(e) => store_failed(&room, &e),
+        Err(e) => store_failed(room, &e),
     }
 }
 
@@ -250,7 +240,10 @@ async fn get_state(
     security((), ("bearer" = [])),
 )]
 pub(crate) async fn get_state_vector(app: App, room: String, parts: Parts) -> Response {
-    get_state(app, room, parts, |(_, sv)| sv).await
+    if let Err(refused) = doc_check(&app, &room, &parts, false) {
+        return *refused;
+    }
+    binary_or_404(&room, app.docs.state_vector(&room).await)
 }
 
 /// Apply a Yjs v1 update, as a client's update.

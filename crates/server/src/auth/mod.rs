@@ -79,8 +79,6 @@ impl Refusal {
 pub struct Grant {
     /// Read-write or read-only.
     pub access: Access,
-    /// The user (`sub` of a signed token).
-    pub user: Option<String>,
     /// When a signed token expires (the connection is closed then).
     pub expires: Option<SystemTime>,
 }
@@ -204,7 +202,6 @@ impl Auth {
             Presented::Signed(id) => match id.access(Capability::Doc, room) {
                 Some(mode) => Ok(Grant {
                     access: access(mode),
-                    user: Some(id.sub().to_owned()),
                     expires: Some(id.expires_at()),
                 }),
                 None => Err(Refusal::forbidden("room_not_granted")),
@@ -293,7 +290,6 @@ fn static_grant(rules: &AccessRules, room: &str, token: Option<&str>) -> Result<
         .check(room, token)
         .map(|access| Grant {
             access,
-            user: None,
             expires: None,
         })
         .map_err(|e| Refusal::unauthorized(e.to_string()))
