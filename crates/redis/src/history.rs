@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use nimbus_core::history::{now_ms, HistoryEntry, HistoryLog, Retention, Verb};
-use nimbus_core::replication::{OrderedChange, OrderedOp};
+use nimbus_core::history::{now_ms, HistoryEntry, HistoryLog, Retention};
+use nimbus_core::replication::OrderedChange;
 use nimbus_core::store::StoreError;
 
 use super::{parse_message, Keys, RedisBackplane};
@@ -29,34 +29,10 @@ impl RedisHistory {
     }
 }
 
-/// A change as a history entry.
-fn entry(c: OrderedChange) -> HistoryEntry {
-    use nimbus_core::events::json_value;
-    let json = |v: serde_json::Value| Arc::<str>::from(v.to_string());
-    let (verb, name, value) = match c.op {
-        OrderedOp::Set { name, value, .. } => (
-            if c.created { Verb::Create } else { Verb::Set },
-            name,
-            json(json_value(&value)),
-        ),
-        OrderedOp::Rename { name, new_name, .. } => (
-            Verb::Rename,
-            name,
-            json(serde_json::Value::String(new_name.to_string())),
-        ),
-        OrderedOp::Delete { name, value } => (
-            Verb::Delete,
-            name,
-            value.map_or_else(|| Arc::from("null"), |v| json(json_value(&v))),
-        ),
-    };
-    HistoryEntry {
-        user: c.user,
-        verb,
-        name,
-        value,
-        at_ms: c.ts,
-    }
+/// A change as a history entry: its room event (the one the subscription publishes) as the
+/// store's history would record it.
+fn entry(c: &OrderedChange) -> Option<HistoryEntry> {
+    HistoryEntry::from_event(&crate::room_event(c), c.ts)
 }
 
 impl HistoryLog for RedisHistory {
@@ -87,7 +63,7 @@ impl HistoryLog for RedisHistory {
             for msg in raw {
                 match parse_message(self.bp.node(), &msg) {
                     Ok(c) if c.ts < since => break,
-                    Ok(c) => out.push(entry(c)),
+                    Ok(c) => out.extend(entry(&c)),
                     Err(e) => {
                         tracing::warn!(%room, error = %e, "history: an entry nimbus did not write")
                     }

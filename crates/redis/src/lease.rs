@@ -83,7 +83,7 @@ impl RedisLease {
     }
 
     /// One round: renew (recording the progress) or try to take the lease.
-    pub async fn renew(&self) {
+    async fn renew(&self) {
         let started = Instant::now();
         let progress = self.lock().progress;
         let mut conn = self.bp.conn.clone();

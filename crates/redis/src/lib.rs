@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nimbus_proto::backplane::split_event;
 pub use nimbus_proto::backplane::StreamId;
@@ -206,13 +206,7 @@ fn decode_value(text: &str) -> Option<CloudValue> {
     }
 }
 
-/// Wall clock in ms since the Unix epoch (0 if the clock is before it).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use nimbus_core::history::now_ms;
 
 /// The Redis backplane of one node.
 pub struct RedisBackplane {
@@ -650,7 +644,7 @@ impl RedisBackplane {
 /// room's cloud changes (loaded on this node or not), in the room's order, so the gateway
 /// of every node sees all rooms. The same event as a single node's room builds: rename and
 /// delete carry the value from Redis (see [`CLOUD_SCRIPT`]).
-fn room_event(ev: &OrderedChange) -> RoomEvent {
+pub(crate) fn room_event(ev: &OrderedChange) -> RoomEvent {
     let body = match &ev.op {
         OrderedOp::Set { name, value, .. } => {
             let (name, value) = (name.clone(), value.clone());

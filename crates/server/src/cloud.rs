@@ -320,7 +320,12 @@ impl Conn {
             let Some(bytes) = msg else { break };
             // A `Line` is UTF-8 by construction, and lines joined stay UTF-8.
             let Ok(text) = Utf8Bytes::try_from(bytes) else {
-                continue;
+                // Not reachable; never send a broken frame, and never drop one silently.
+                tracing::error!(
+                    conn = self.id,
+                    "a queued line is not UTF-8: connection dropped"
+                );
+                return Err(End::Drop);
             };
             match tokio::time::timeout(deadline, ws.send(Message::Text(text))).await {
                 Ok(Ok(())) => {}

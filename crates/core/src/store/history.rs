@@ -141,15 +141,6 @@ impl Retention {
     pub fn oldest_kept(&self, now_ms: u64) -> u64 {
         now_ms.saturating_sub(u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX))
     }
-
-    /// Apply the retention to a room's entries, newest first (what every backend keeps).
-    pub fn trim(&self, newest_first: &mut Vec<HistoryEntry>, now_ms: u64) {
-        let oldest = self.oldest_kept(now_ms);
-        newest_first.truncate(self.max_entries);
-        if let Some(cut) = newest_first.iter().position(|e| e.at_ms < oldest) {
-            newest_first.truncate(cut);
-        }
-    }
 }
 
 /// Wall clock in ms since the Unix epoch (0 before it).

@@ -101,11 +101,6 @@ impl Hooks {
         Ok(hooks)
     }
 
-    /// The sender (queue depths, for tests).
-    pub fn webhooks(&self) -> &Webhooks {
-        &self.webhooks
-    }
-
     fn next_local_id(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!("evt_{}_{n}", self.prefix)
@@ -117,12 +112,15 @@ impl Hooks {
         if matches!(ev.body, EventBody::DocUpdate { .. }) {
             if self.webhooks.wants(DOC_CHANGED, &ev.room) && self.leader.is_leader() {
                 let mut d = self.debounce.lock().unwrap_or_else(PoisonError::into_inner);
-                let first = d.debouncer.is_empty();
+                // Wake the task for a new first deadline, or for a room the bound evicted
+                // (it goes out at once).
+                let mut wake = d.debouncer.is_empty();
                 if let Some(evicted) = d.debouncer.touch(&ev.room, Instant::now()) {
                     d.urgent.push(evicted);
+                    wake = true;
                 }
                 drop(d);
-                if first {
+                if wake {
                     self.wake.notify_one();
                 }
             }
