@@ -187,6 +187,16 @@ struct Seen {
     hist: Histogram<u64>,
     received: u64,
     closed: Option<u16>,
+    /// The newest value seen of each publisher's variable (by publisher number).
+    last: Vec<u64>,
+}
+
+/// The publisher number `N` of a `"name":"☁ pN"` line.
+fn publisher_of(line: &str) -> Option<usize> {
+    let at = line.find("\"name\":\"\u{2601} p")? + "\"name\":\"\u{2601} p".len();
+    let digits = &line[at..];
+    let end = digits.find(|c: char| !c.is_ascii_digit())?;
+    digits[..end].parse().ok()
 }
 
 /// Nanoseconds in `"value":123}`-shaped lines; `None` for anything else.
@@ -226,6 +236,14 @@ async fn pubsub(args: &CloudBench) -> anyhow::Result<()> {
     let stop_at = epoch + Duration::from_secs_f64(args.warmup + args.duration);
     let drain_until = stop_at + Duration::from_secs(2);
     let sent = Arc::new(AtomicU64::new(0));
+    // The last value each publisher sent (by connection index), to check that every
+    // receiver ends with the latest value of every variable.
+    let last_sent: Arc<Vec<AtomicU64>> = Arc::new(
+        (0..args.rooms * clients)
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+    );
+    let publishers = args.publishers;
     let period = Duration::from_secs_f64(1.0 / args.rate);
 
     let mut readers = Vec::new();
@@ -235,6 +253,7 @@ async fn pubsub(args: &CloudBench) -> anyhow::Result<()> {
         let is_pub = i % clients < args.publishers;
         if is_pub {
             let sent = sent.clone();
+            let last_sent = last_sent.clone();
             let name = format!("\u{2601} p{}", i % clients);
             // Spread publishers' phases over one period.
             let phase = period.mul_f64(rand::random::<f64>());
@@ -248,6 +267,7 @@ async fn pubsub(args: &CloudBench) -> anyhow::Result<()> {
                     if sink.send(Message::text(line)).await.is_err() {
                         break;
                     }
+                    last_sent[i].store(now, Ordering::Relaxed);
                     if now >= window.0 && now < window.1 {
                         sent.fetch_add(1, Ordering::Relaxed);
                     }
@@ -261,6 +281,7 @@ async fn pubsub(args: &CloudBench) -> anyhow::Result<()> {
                 hist: latency_histogram(),
                 received: 0,
                 closed: None,
+                last: vec![0; publishers],
             };
             // One timer per reader, not one per received frame.
             let drain = tokio::time::sleep_until(drain_until);
@@ -275,6 +296,11 @@ async fn pubsub(args: &CloudBench) -> anyhow::Result<()> {
                         let now = epoch.elapsed().as_nanos() as u64;
                         for line in t.as_str().split('\n') {
                             if let Some(ns) = sent_ns(line) {
+                                if let Some(slot) =
+                                    publisher_of(line).and_then(|p| seen.last.get_mut(p))
+                                {
+                                    *slot = (*slot).max(ns);
+                                }
                                 if ns >= window.0 && ns < window.1 {
                                     seen.received += 1;
                                     let _ = seen.hist.record(now.saturating_sub(ns).max(1_000));
@@ -303,8 +329,17 @@ async fn pubsub(args: &CloudBench) -> anyhow::Result<()> {
     let mut total = latency_histogram();
     let mut received = 0u64;
     let mut closes: std::collections::BTreeMap<u16, u64> = Default::default();
-    for r in readers {
+    // Receiver × variable pairs that did not end with the variable's latest value.
+    let mut stale = 0u64;
+    for (i, r) in readers.into_iter().enumerate() {
         let seen = r.await?;
+        let room = i / clients;
+        for (p, &got) in seen.last.iter().enumerate() {
+            let want = last_sent[room * clients + p].load(Ordering::Relaxed);
+            if p != i % clients && got != want {
+                stale += 1;
+            }
+        }
         received += seen.received;
         total.add(&seen.hist)?;
         if let Some(c) = seen.closed {
@@ -327,7 +362,7 @@ async fn pubsub(args: &CloudBench) -> anyhow::Result<()> {
     let closes_json: Vec<String> = closes.iter().map(|(c, n)| format!("\"{c}\":{n}")).collect();
     if args.json {
         println!(
-            "{{\"mode\":\"pubsub\",\"rooms\":{},\"clients\":{},\"publishers\":{},\"rate\":{},\"sets_per_s\":{:.0},\"deliveries_per_s\":{:.0},\"expected\":{expected},\"received\":{received},\"delivery_ratio\":{ratio:.5},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"generator_cpu_pct\":{gen_cpu:.1},\"closes\":{{{}}}}}",
+            "{{\"mode\":\"pubsub\",\"rooms\":{},\"clients\":{},\"publishers\":{},\"rate\":{},\"sets_per_s\":{:.0},\"deliveries_per_s\":{:.0},\"expected\":{expected},\"received\":{received},\"delivery_ratio\":{ratio:.5},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"generator_cpu_pct\":{gen_cpu:.1},\"final_stale\":{stale},\"closes\":{{{}}}}}",
             args.rooms, args.clients, args.publishers, args.rate,
             sent as f64 / secs, received as f64 / secs,
             ms(0.5), ms(0.99), ms(0.999), total.max() as f64 / 1e6,
@@ -335,7 +370,7 @@ async fn pubsub(args: &CloudBench) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "{} rooms × {} clients, {} publishers × {} Hz\n  sets/s {:.0}  deliveries/s {:.0}  delivered {received}/{expected} ({:.2}%)\n  latency p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms\n  generator CPU {gen_cpu:.0}%  closes {closes:?}",
+            "{} rooms × {} clients, {} publishers × {} Hz\n  sets/s {:.0}  deliveries/s {:.0}  delivered {received}/{expected} ({:.2}%)\n  latency p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms\n  generator CPU {gen_cpu:.0}%  closes {closes:?}\n  receivers not ending with a variable's latest value: {stale}",
             args.rooms, args.clients, args.publishers, args.rate,
             sent as f64 / secs, received as f64 / secs, ratio * 100.0,
             ms(0.5), ms(0.99), ms(0.999), total.max() as f64 / 1e6,
@@ -378,5 +413,17 @@ mod tests {
         );
         assert_eq!(sent_ns("garbage"), None);
         assert_eq!(sent_ns(""), None);
+    }
+
+    #[test]
+    fn the_publisher_number_is_read_from_the_variable_name() {
+        assert_eq!(
+            publisher_of(r#"{"method":"set","name":"☁ p12","value":1}"#),
+            Some(12)
+        );
+        assert_eq!(
+            publisher_of(r#"{"method":"set","name":"☁ x","value":1}"#),
+            None
+        );
     }
 }
