@@ -18,6 +18,7 @@ use nimbus_proto::cloud::{
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::edge::batch::Batch;
 use crate::edge::rate::{Verdict, WriteLimit};
 use crate::edge::ws::{Guard, Violation};
 use crate::edge::{EdgeConfig, EdgeMetrics};
@@ -209,39 +210,36 @@ impl Conn {
         tokio::pin!(timer);
         let mut awaiting_pong = false;
         let mut pending: VecDeque<Item> = VecDeque::new();
+        let mut batch = Batch::new(self.edge.max_batch_delay, limits.send_interval);
+        // While `holding`, updates gather until the flush timer fires.
+        let mut holding = false;
+        let flush_timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(flush_timer);
         loop {
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => {
                     return End::Close(CloseCode::GoingAway.code(), "server shutting down".into());
                 }
-                () = self.outbox.ready() => {
-                    if !limits.send_interval.is_zero() {
-                        // Let updates gather until the next tick of a grid shared by all
-                        // connections, then send them as one frame.
-                        tokio::select! {
-                            biased;
-                            () = self.shutdown.cancelled() => {
-                                return End::Close(CloseCode::GoingAway.code(), "server shutting down".into());
+                () = self.outbox.ready(), if !holding => {
+                    match batch.hold_until(tokio::time::Instant::now()) {
+                        // Busy (or on the grid): let more updates join this write; the
+                        // socket is still read meanwhile.
+                        Some(until) => {
+                            holding = true;
+                            flush_timer.as_mut().reset(until);
+                        }
+                        None => {
+                            if let Err(end) = self.flush(ws, &mut pending, &mut batch, limits.one_message_per_frame).await {
+                                return end;
                             }
-                            () = tokio::time::sleep_until(next_tick(limits.send_interval)) => {}
                         }
                     }
-                    let closed = self.outbox.drain(&mut pending);
-                    // Every frame must make progress within the write timeout.
-                    if let Err(end) = self.write(ws, &mut pending, limits.one_message_per_frame).await {
+                }
+                () = &mut flush_timer, if holding => {
+                    holding = false;
+                    if let Err(end) = self.flush(ws, &mut pending, &mut batch, limits.one_message_per_frame).await {
                         return end;
-                    }
-                    if let Some(code) = closed {
-                        let reason = match code {
-                            CloseCode::SlowConsumer => {
-                                self.edge_metrics.violation("outbox_bytes");
-                                return End::Cut(code.code(), "send queue full: client too slow".into());
-                            }
-                            CloseCode::Unavailable => self.hub.replication.unavailable_reason(),
-                            _ => "removed by the server operator",
-                        };
-                        return End::Close(code.code(), reason.into());
                     }
                 }
                 () = &mut timer => {
@@ -290,6 +288,37 @@ impl Conn {
                 },
             }
         }
+    }
+
+    /// Drain the outbox and write what it held; end the connection if the outbox was
+    /// closed (slow consumer, replication lost, room removed).
+    async fn flush(
+        &self,
+        ws: &mut WebSocket,
+        pending: &mut VecDeque<Item>,
+        batch: &mut Batch,
+        one_per_frame: bool,
+    ) -> Result<(), End> {
+        let closed = self.outbox.drain(pending);
+        let any = !pending.is_empty();
+        // Every frame must make progress within the write timeout.
+        self.write(ws, pending, one_per_frame).await?;
+        if any {
+            batch.wrote(tokio::time::Instant::now());
+        }
+        let Some(code) = closed else { return Ok(()) };
+        let reason = match code {
+            CloseCode::SlowConsumer => {
+                self.edge_metrics.violation("outbox_bytes");
+                return Err(End::Cut(
+                    code.code(),
+                    "send queue full: client too slow".into(),
+                ));
+            }
+            CloseCode::Unavailable => self.hub.replication.unavailable_reason(),
+            _ => "removed by the server operator",
+        };
+        Err(End::Close(code.code(), reason.into()))
     }
 
     /// Send `pending` in frames of at most [`FRAME_CHUNK`] bytes (one line per frame with
@@ -544,15 +573,4 @@ impl Conn {
             }
         }
     }
-}
-
-/// The next multiple of `interval` on the runtime's clock (a grid shared by all
-/// connections, so their flushes line up).
-fn next_tick(interval: std::time::Duration) -> tokio::time::Instant {
-    static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    let origin = *ORIGIN.get_or_init(tokio::time::Instant::now);
-    let step = interval.as_nanos().max(1);
-    let elapsed = origin.elapsed().as_nanos();
-    let ticks = elapsed / step + 1;
-    origin + std::time::Duration::from_nanos(u64::try_from(ticks * step).unwrap_or(u64::MAX))
 }

@@ -46,6 +46,7 @@ pub(crate) fn router(app: App) -> Router {
         shutdown: app.shutdown.clone(),
         tracker: app.tracker.clone(),
         edge: app.metrics.edge.clone(),
+        bounds: app.edge.clone(),
         auth: app.auth.clone(),
     };
     let history = crate::history::routes(crate::history::RouteState {

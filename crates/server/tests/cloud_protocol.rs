@@ -395,3 +395,36 @@ async fn a_send_interval_keeps_every_update_in_order() {
     assert_eq!(b.lines(3).await, expected);
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_busy_connection_gathers_updates_into_fewer_frames_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.edge.max_batch_delay = std::time::Duration::from_millis(100);
+    let srv = TestServer::start(cfg).await;
+    let url = srv.url();
+    let mut b = Client::join(&url, "14", "bob").await;
+    let mut a = Client::join(&url, "14", "alice").await;
+    // Idle: the first update is written on its own.
+    a.set("v", "0").await;
+    assert_eq!(b.frame().await, format!("{}\n", set_line("v", "0")));
+    // Busy: updates sent right after b's last write wait for the budget and leave
+    // together. Ten sets, each in its own frame from a.
+    for i in 1..=10 {
+        a.set("v", &i.to_string()).await;
+    }
+    let mut lines = Vec::new();
+    let mut frames = 0;
+    while lines.len() < 10 {
+        let f = b.frame().await;
+        frames += 1;
+        lines.extend(f.lines().map(str::to_owned));
+    }
+    let expected: Vec<String> = (1..=10).map(|i| set_line("v", &i.to_string())).collect();
+    assert_eq!(lines, expected, "every update, in order");
+    assert!(
+        frames < 10,
+        "updates shared frames ({frames} frames for 10)"
+    );
+    srv.stop().await;
+}

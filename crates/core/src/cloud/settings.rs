@@ -79,7 +79,7 @@ pub struct CloudSettings {
     /// Per-connection send queue, in messages; a consumer whose queue is full is closed with 1008 [default: 1024].
     #[arg(long, env = "NIMBUS_OUTBOX_CAPACITY")]
     pub outbox_capacity: Option<usize>,
-    /// Queue length from which a newer value replaces a queued older value of the same variable [default: 64].
+    /// Queue length from which a newer value replaces a queued older value of the same variable [default: 256].
     #[arg(long, env = "NIMBUS_COALESCE_AFTER")]
     pub coalesce_after: Option<usize>,
 }
@@ -172,7 +172,7 @@ impl Default for CloudLimits {
             ping_interval: Duration::from_secs(30),
             room_idle: Duration::from_secs(60),
             outbox_capacity: 1024,
-            coalesce_after: 64,
+            coalesce_after: 256,
         }
     }
 }

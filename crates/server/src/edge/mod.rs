@@ -12,6 +12,7 @@
 //! The bounds, their defaults and why, and the close code of each are in `docs/security.md`.
 
 pub(crate) mod accept;
+pub(crate) mod batch;
 pub(crate) mod rate;
 pub(crate) mod ws;
 
@@ -63,6 +64,10 @@ pub struct EdgeSettings {
     /// reverse proxy on the same host every client arrives from loopback [default: false].
     #[arg(long, env = "NIMBUS_LIMIT_LOOPBACK")]
     pub limit_loopback: Option<bool>,
+    /// Longest an update may wait to join a busy connection's next write, microseconds;
+    /// an idle connection writes at once (docs/benchmarks.md) [default: 2000].
+    #[arg(long, env = "NIMBUS_MAX_BATCH_DELAY_US")]
+    pub max_batch_delay_us: Option<u64>,
 }
 
 /// The edge's resolved bounds.
@@ -86,6 +91,8 @@ pub struct EdgeConfig {
     pub sets_burst: u32,
     /// Per-address caps apply to loopback clients too.
     pub limit_loopback: bool,
+    /// Longest an update may wait to join a busy connection's next write (0: never wait).
+    pub max_batch_delay: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -100,6 +107,7 @@ impl Default for EdgeConfig {
             sets_per_sec: 1000,
             sets_burst: 2000,
             limit_loopback: false,
+            max_batch_delay: Duration::from_micros(2000),
         }
     }
 }
@@ -127,7 +135,23 @@ impl EdgeConfig {
             sets_per_sec: nonzero("sets_per_sec", s.sets_per_sec, d.sets_per_sec)?,
             sets_burst: nonzero("sets_burst", s.sets_burst, d.sets_burst)?,
             limit_loopback: s.limit_loopback.unwrap_or(d.limit_loopback),
+            max_batch_delay: batch_delay(s.max_batch_delay_us, d.max_batch_delay)?,
         })
+    }
+}
+
+/// The largest write-batching budget accepted: beyond it an update is late, not batched.
+pub const MAX_BATCH_DELAY_US: u64 = 100_000;
+
+/// `max_batch_delay_us`: 0 to [`MAX_BATCH_DELAY_US`] microseconds.
+fn batch_delay(v: Option<u64>, default: Duration) -> Result<Duration, InvalidSetting> {
+    match v {
+        None => Ok(default),
+        Some(us) if us <= MAX_BATCH_DELAY_US => Ok(Duration::from_micros(us)),
+        Some(_) => Err(InvalidSetting {
+            key: "max_batch_delay_us",
+            reason: format!("must be at most {MAX_BATCH_DELAY_US} (100 ms)"),
+        }),
     }
 }
 
@@ -192,5 +216,28 @@ impl EdgeMetrics {
     /// Count a connection closed by an edge bound.
     pub(crate) fn violation(&self, bound: &'static str) {
         self.violations.get_or_create(&vec![("bound", bound)]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_budget_is_bounded_and_zero_turns_it_off() {
+        let set = |us| EdgeSettings {
+            max_batch_delay_us: Some(us),
+            ..EdgeSettings::default()
+        };
+        let cfg = EdgeConfig::from_settings(&set(0)).map(|c| c.max_batch_delay);
+        assert_eq!(cfg, Ok(Duration::ZERO));
+        let cfg = EdgeConfig::from_settings(&set(MAX_BATCH_DELAY_US)).map(|c| c.max_batch_delay);
+        assert_eq!(cfg, Ok(Duration::from_millis(100)));
+        let err =
+            EdgeConfig::from_settings(&set(MAX_BATCH_DELAY_US + 1)).map(|c| c.max_batch_delay);
+        assert_eq!(err.map_err(|e| e.key), Err("max_batch_delay_us"));
+        let default =
+            EdgeConfig::from_settings(&EdgeSettings::default()).map(|c| c.max_batch_delay);
+        assert_eq!(default, Ok(Duration::from_millis(2)));
     }
 }

@@ -19,6 +19,7 @@ use super::log::{Durable, Found, TakeoverError};
 use super::session::{Buffered, ResumeError, Session};
 use super::{Gateway, RoomFilter};
 use crate::auth::Auth;
+use crate::edge::batch::Batch;
 use crate::edge::EdgeMetrics;
 use nimbus_auth::Capability;
 
@@ -59,6 +60,8 @@ struct Conn {
     auth: Arc<Auth>,
     /// When the signed token it identified or resumed with expires (then 4004).
     expires: Option<Instant>,
+    /// When to write dispatches (the edge's batching policy).
+    batch: Batch,
 }
 
 /// What a gateway token allows: its intents, and with a signed token its rooms and expiry.
@@ -76,7 +79,7 @@ pub(crate) async fn serve(
     bad_version: bool,
     compress: bool,
     shutdown: CancellationToken,
-    (edge, auth): (Arc<EdgeMetrics>, Arc<Auth>),
+    (edge, auth, batch): (Arc<EdgeMetrics>, Arc<Auth>, Batch),
 ) {
     let metrics = gw.metrics();
     metrics.connections.inc();
@@ -94,6 +97,7 @@ pub(crate) async fn serve(
         guard: crate::edge::ws::Guard::default(),
         auth,
         expires: None,
+        batch,
     };
     let end = if bad_version {
         close(CloseCode::InvalidApiVersion)
@@ -196,6 +200,10 @@ impl Conn {
         let timer = tokio::time::sleep_until(identify_deadline);
         tokio::pin!(timer);
         let mut batch: Vec<Buffered> = Vec::new();
+        // While `holding`, dispatches gather until the flush timer fires.
+        let mut holding = false;
+        let flush_timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(flush_timer);
         loop {
             // The next deadline: identify timeout, then "ask for a heartbeat" (1.25×) and
             // "missed heartbeats" (1.5×).
@@ -223,10 +231,20 @@ impl Conn {
                         Some((_, rx)) => rx.changed().await.is_ok(),
                         None => std::future::pending().await,
                     }
-                } => {
+                }, if !holding => {
                     if !ok {
                         return End::Drop;
                     }
+                    if let Some(until) = self.batch.hold_until(Instant::now()) {
+                        // Busy: let more dispatches join this write.
+                        holding = true;
+                        flush_timer.as_mut().reset(until);
+                    } else if let Err(e) = self.flush(ws, &mut batch).await {
+                        return e;
+                    }
+                }
+                () = &mut flush_timer, if holding => {
+                    holding = false;
                     if let Err(e) = self.flush(ws, &mut batch).await {
                         return e;
                     }
@@ -346,6 +364,7 @@ impl Conn {
         if let Some(b) = batch.last() {
             self.cursor = b.seq;
         }
+        self.batch.wrote(Instant::now());
         Ok(())
     }
 

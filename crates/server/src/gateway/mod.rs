@@ -33,6 +33,8 @@ pub(crate) struct RouteState {
     pub tracker: TaskTracker,
     /// The edge's metrics (violations of the socket bounds).
     pub edge: Arc<EdgeMetrics>,
+    /// The edge's bounds (the write-batching budget).
+    pub bounds: Arc<arc_swap::ArcSwap<crate::edge::EdgeConfig>>,
     /// Static and signed tokens.
     pub auth: Arc<crate::auth::Auth>,
 }
@@ -109,8 +111,13 @@ async fn upgrade(
         tracker,
         edge,
         auth,
+        bounds: edge_bounds,
         ..
     } = app;
+    let batch = crate::edge::batch::Batch::new(
+        edge_bounds.load().max_batch_delay,
+        std::time::Duration::ZERO,
+    );
     // Frames up to 64 KiB are read and answered with 4002 when over 4096 bytes; larger
     // ones fail in the WebSocket layer, also mapped to 4002.
     let max_dispatch = gw.config().max_dispatch_bytes;
@@ -131,7 +138,7 @@ async fn upgrade(
             bad_version,
             compress,
             shutdown,
-            (edge, auth),
+            (edge, auth, batch),
         ))
     })
 }
