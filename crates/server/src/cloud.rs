@@ -204,30 +204,30 @@ impl Conn {
         // A token's expiry shares it too.
         let expires = self.expires;
         let soonest = |t: tokio::time::Instant| expires.map_or(t, |at| t.min(at));
-        let timer = tokio::time::sleep_until(soonest(
-            handshake_deadline.min(tokio::time::Instant::now() + period),
-        ));
+        let mut keepalive_at =
+            soonest(handshake_deadline.min(tokio::time::Instant::now() + period));
+        // While updates are held for a busy connection's next write, it is due at
+        // `flush_at`; the same timer serves it (a second timer would cost every idle
+        // connection its size).
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        let timer = tokio::time::sleep_until(keepalive_at);
         tokio::pin!(timer);
         let mut awaiting_pong = false;
         let mut pending: VecDeque<Item> = VecDeque::new();
         let mut batch = Batch::new(self.edge.max_batch_delay, limits.send_interval);
-        // While `holding`, updates gather until the flush timer fires.
-        let mut holding = false;
-        let flush_timer = tokio::time::sleep_until(tokio::time::Instant::now());
-        tokio::pin!(flush_timer);
         loop {
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => {
                     return End::Close(CloseCode::GoingAway.code(), "server shutting down".into());
                 }
-                () = self.outbox.ready(), if !holding => {
+                () = self.outbox.ready(), if flush_at.is_none() => {
                     match batch.hold_until(tokio::time::Instant::now()) {
                         // Busy (or on the grid): let more updates join this write; the
                         // socket is still read meanwhile.
                         Some(until) => {
-                            holding = true;
-                            flush_timer.as_mut().reset(until);
+                            flush_at = Some(until);
+                            timer.as_mut().reset(until.min(keepalive_at));
                         }
                         None => {
                             if let Err(end) = self.flush(ws, &mut pending, &mut batch, limits.one_message_per_frame).await {
@@ -236,35 +236,38 @@ impl Conn {
                         }
                     }
                 }
-                () = &mut flush_timer, if holding => {
-                    holding = false;
-                    if let Err(end) = self.flush(ws, &mut pending, &mut batch, limits.one_message_per_frame).await {
-                        return end;
-                    }
-                }
                 () = &mut timer => {
                     let now = tokio::time::Instant::now();
-                    if expires.is_some_and(|at| now >= at) {
-                        return End::Close(
-                            crate::auth::TOKEN_EXPIRED,
-                            crate::auth::TOKEN_EXPIRED_REASON.into(),
-                        );
+                    if flush_at.is_some_and(|at| now >= at) {
+                        flush_at = None;
+                        if let Err(end) = self.flush(ws, &mut pending, &mut batch, limits.one_message_per_frame).await {
+                            return end;
+                        }
                     }
-                    if self.joined.is_none() && now >= handshake_deadline {
-                        tracing::debug!(conn = self.id, "no handshake in time");
-                        return End::Drop;
+                    if now >= keepalive_at {
+                        if expires.is_some_and(|at| now >= at) {
+                            return End::Close(
+                                crate::auth::TOKEN_EXPIRED,
+                                crate::auth::TOKEN_EXPIRED_REASON.into(),
+                            );
+                        }
+                        if self.joined.is_none() && now >= handshake_deadline {
+                            tracing::debug!(conn = self.id, "no handshake in time");
+                            return End::Drop;
+                        }
+                        if awaiting_pong {
+                            self.hub.metrics.keepalive_timeouts.inc();
+                            return End::Drop;
+                        }
+                        awaiting_pong = true;
+                        if ws.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                            return End::Drop;
+                        }
+                        let next = now + period;
+                        let next = if self.joined.is_none() { next.min(handshake_deadline) } else { next };
+                        keepalive_at = soonest(next);
                     }
-                    if awaiting_pong {
-                        self.hub.metrics.keepalive_timeouts.inc();
-                        return End::Drop;
-                    }
-                    awaiting_pong = true;
-                    if ws.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                        return End::Drop;
-                    }
-                    let next = now + period;
-                    let next = if self.joined.is_none() { next.min(handshake_deadline) } else { next };
-                    timer.as_mut().reset(soonest(next));
+                    timer.as_mut().reset(flush_at.map_or(keepalive_at, |at| at.min(keepalive_at)));
                 }
                 msg = ws.recv() => match msg {
                     Some(Ok(m)) if self.guard.check(&m).is_err() => {
