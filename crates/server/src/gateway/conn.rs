@@ -200,10 +200,9 @@ impl Conn {
         let timer = tokio::time::sleep_until(identify_deadline);
         tokio::pin!(timer);
         let mut batch: Vec<Buffered> = Vec::new();
-        // While `holding`, dispatches gather until the flush timer fires.
-        let mut holding = false;
-        let flush_timer = tokio::time::sleep_until(Instant::now());
-        tokio::pin!(flush_timer);
+        // While dispatches are held for a busy connection's next write, it is due at
+        // `flush_at` (on the same timer).
+        let mut flush_at: Option<Instant> = None;
         loop {
             // The next deadline: identify timeout, then "ask for a heartbeat" (1.25×) and
             // "missed heartbeats" (1.5×).
@@ -212,7 +211,9 @@ impl Conn {
             } else {
                 self.heartbeat_deadline(interval)
             };
-            timer.as_mut().reset(deadline);
+            timer
+                .as_mut()
+                .reset(flush_at.map_or(deadline, |at| at.min(deadline)));
             let expires = self.expires;
             let expiry = async move {
                 match expires {
@@ -231,26 +232,26 @@ impl Conn {
                         Some((_, rx)) => rx.changed().await.is_ok(),
                         None => std::future::pending().await,
                     }
-                }, if !holding => {
+                }, if flush_at.is_none() => {
                     if !ok {
                         return End::Drop;
                     }
                     if let Some(until) = self.batch.hold_until(Instant::now()) {
                         // Busy: let more dispatches join this write.
-                        holding = true;
-                        flush_timer.as_mut().reset(until);
+                        flush_at = Some(until);
                     } else if let Err(e) = self.flush(ws, &mut batch).await {
-                        return e;
-                    }
-                }
-                () = &mut flush_timer, if holding => {
-                    holding = false;
-                    if let Err(e) = self.flush(ws, &mut batch).await {
                         return e;
                     }
                 }
                 () = &mut timer => {
                     let now = Instant::now();
+                    if flush_at.is_some_and(|at| now >= at) {
+                        flush_at = None;
+                        if let Err(e) = self.flush(ws, &mut batch).await {
+                            return e;
+                        }
+                        continue;
+                    }
                     if self.session.is_none() && now >= identify_deadline {
                         return close(CloseCode::SessionTimedOut);
                     }
