@@ -7,9 +7,9 @@
 //!
 //! - **One writer of the order: Redis.** A node never applies a cloud change of
 //!   its own. The room actor hands it to this node's writer task, which runs
-//!   [`CLOUD_SCRIPT`] (one Lua script per change, pipelined in batches). The
-//!   script atomically checks the change, updates the room's state hash,
-//!   takes the room's next sequence number (`INCR`), appends the change to the
+//!   [`CLOUD_SCRIPT`] (one Lua script call per room's changes of a batch, the
+//!   calls pipelined). The script atomically checks each change, updates the
+//!   room's state hash, takes the room's next sequence number, appends the change to the
 //!   room's stream (`XADD` with id `seq-0`, trimmed with `MAXLEN ~`) and
 //!   `PUBLISH`es it. Every node, the origin included, applies changes as they
 //!   come back on the channel, in sequence order, so every node sees the same
@@ -168,6 +168,25 @@ struct Change {
     /// messages of nodes of the previous version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     hv: Option<String>,
+}
+
+/// [`Change`] as the writer serialises it, borrowing from the queued change: the same
+/// JSON, without copying every string first.
+#[derive(Debug, Serialize)]
+struct ChangeRef<'a> {
+    r: &'a str,
+    o: &'a str,
+    n: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    v: Option<&'a str>,
+    num: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nn: Option<&'a str>,
+    nd: &'a str,
+    c: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    u: Option<&'a str>,
+    ts: u64,
 }
 
 /// A presence event as written to Redis: the event's typed fields.
