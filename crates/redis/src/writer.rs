@@ -289,3 +289,71 @@ fn invocation<'a>(
             .arg(json);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(room: &str, n: u64) -> Job {
+        Job::Cloud(Write {
+            room: Arc::from(room),
+            op: CloudChange::Set {
+                name: Arc::from("☁ x"),
+                value: CloudValue::Number(n.to_string()),
+            },
+            from: n,
+            user: None,
+            max_vars: 10,
+            reply: Reply::Sender(None),
+        })
+    }
+
+    fn presence() -> Job {
+        Job::Presence(r#"{"r":"a","k":"ROOM_JOIN","c":1}"#.into())
+    }
+
+    #[test]
+    fn a_rooms_changes_share_one_call_in_queue_order() {
+        let batch = [set("a", 0), set("b", 1), set("a", 2), set("c", 3), set("b", 4)];
+        assert_eq!(
+            plan(&batch),
+            [
+                Call::Cloud(vec![0, 2]),
+                Call::Cloud(vec![1, 4]),
+                Call::Cloud(vec![3]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_presence_event_closes_every_rooms_call_so_events_keep_their_place() {
+        let batch = [set("a", 0), presence(), set("a", 2), set("b", 3), set("a", 4)];
+        assert_eq!(
+            plan(&batch),
+            [
+                Call::Cloud(vec![0]),
+                Call::Presence(1),
+                Call::Cloud(vec![2, 4]),
+                Call::Cloud(vec![3]),
+            ]
+        );
+    }
+
+    #[test]
+    fn grouped_changes_serialise_as_the_change_the_subscribers_parse() {
+        let mut pipe = redis::pipe();
+        let batch = [set("r", 7)];
+        let writes = batch.iter().filter_map(|j| match j {
+            Job::Cloud(w) => Some(w),
+            _ => None,
+        });
+        invocation("node", writes, Default::default(), 5, &mut pipe);
+        let packed = String::from_utf8_lossy(&pipe.get_packed_pipeline()).into_owned();
+        let json = r#"{"r":"r","o":"s","n":"☁ x","v":"7","num":true,"nd":"node","c":7,"ts":5}"#;
+        assert!(packed.contains(json), "{packed}");
+        let msg = format!("ep 1 0 1 {json}");
+        let parsed = parse_message("node", msg.as_bytes()).expect("parse");
+        assert_eq!(parsed.local_conn, Some(7));
+        assert_eq!(parsed.ts, 5);
+    }
+}

@@ -1,7 +1,9 @@
 -- One room's changes of a writer batch, in order (KEYS/ARGV: CLOUD_SCRIPT in lua.rs).
 -- Each change is checked and ordered exactly as if it came alone; what the changes share
 -- (the sequence counter, the epoch, the variable count, what is known of a name) is read
--- once and kept here, and the history list is pushed, trimmed and renewed once.
+-- once and kept here; a variable's value is written once, the last one (a rename writes
+-- at once: its new name must exist for the next change); the history list is pushed,
+-- trimmed and renewed once.
 local keep = tonumber(ARGV[5] or '0') or 0
 local base = tonumber(redis.call('GET', KEYS[1]) or '0')
 local seq = base
@@ -11,6 +13,9 @@ local count = false
 local known = {}
 local hist = {}
 local out = {}
+-- name -> value set by this call, written to the hash at the end
+local pending = {}
+local npending = 0
 
 local function state(name)
   local s = known[name]
@@ -43,10 +48,12 @@ local function change(op, name, arg, maxv, json)
     else
       pos = position(name, s)
     end
-    redis.call('HSET', KEYS[3], name, arg)
+    if pending[name] == nil then npending = npending + 1 end
+    pending[name] = arg
   elseif op == 'd' then
     if not s.e then return -1 end
-    hv = redis.call('HGET', KEYS[3], name)
+    hv = pending[name] or redis.call('HGET', KEYS[3], name)
+    if pending[name] ~= nil then pending[name] = nil; npending = npending - 1 end
     redis.call('HDEL', KEYS[3], name)
     redis.call('HDEL', KEYS[4], name)
     s.e, s.p = false, false
@@ -54,7 +61,8 @@ local function change(op, name, arg, maxv, json)
   elseif op == 'r' then
     local t = state(arg)
     if not s.e or t.e then return -1 end
-    local v = redis.call('HGET', KEYS[3], name)
+    local v = pending[name] or redis.call('HGET', KEYS[3], name)
+    if pending[name] ~= nil then pending[name] = nil; npending = npending - 1 end
     hv = v
     pos = position(name, s)
     redis.call('HDEL', KEYS[3], name)
@@ -74,8 +82,9 @@ local function change(op, name, arg, maxv, json)
   if hv then
     json = string.sub(json, 1, -2) .. ',"hv":' .. cjson.encode(hv) .. '}'
   end
-  local msg = epoch .. ' ' .. seq .. ' ' .. pos .. ' ' .. created .. ' ' .. json
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'm', msg)
+  local n = tostring(seq)
+  local msg = epoch .. ' ' .. n .. ' ' .. pos .. ' ' .. created .. ' ' .. json
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], n .. '-0', 'm', msg)
   local gid = redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[4], '*', 'm', 'c ' .. msg)
   redis.call('PUBLISH', ARGV[3], gid .. ' c ' .. msg)
   if keep > 0 then hist[#hist + 1] = msg end
@@ -93,6 +102,14 @@ local ok, err = pcall(function()
     out[#out + 1] = change(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
   end
 end)
+if npending > 0 then
+  local fields = {}
+  for name, v in pairs(pending) do
+    fields[#fields + 1] = name
+    fields[#fields + 1] = v
+  end
+  redis.call('HSET', KEYS[3], unpack(fields))
+end
 if seq > base then redis.call('INCRBY', KEYS[1], seq - base) end
 if #hist > 0 then
   redis.call('LPUSH', KEYS[8], unpack(hist))
