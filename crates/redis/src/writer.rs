@@ -72,6 +72,7 @@ pub(super) async fn writer(
     stop: CancellationToken,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
+    let mut loaded = false;
     loop {
         let n = tokio::select! {
             () = stop.cancelled() => return,
@@ -86,18 +87,13 @@ pub(super) async fn writer(
             .unwrap_or_default();
         let calls = plan(&batch);
         let mut pipe = redis::pipe();
-        // Loading the scripts in the same pipeline makes EVALSHA safe after a Redis restart
-        // (only those the batch calls).
-        let mut used = [false; 3];
-        for call in &calls {
-            match call {
-                Call::Cloud(_) => used[0] = true,
-                Call::Doc(_) => used[1] = true,
-                Call::Presence(_) => used[2] = true,
-            }
-        }
-        for (script, used) in [&CLOUD_LUA, &doc::DOC_LUA, &PRESENCE_LUA].into_iter().zip(used) {
-            if used {
+        // The scripts are loaded in the first pipeline and again after any failed one, so
+        // EVALSHA is safe after a Redis restart: a Redis that forgot them (restarted behind
+        // a reconnect, SCRIPT FLUSH) answers NOSCRIPT, the batch fails as if Redis were
+        // unreachable (nothing of it is retried, so nothing is applied twice) and the next
+        // pipeline loads them.
+        if !loaded {
+            for script in [&CLOUD_LUA, &doc::DOC_LUA, &PRESENCE_LUA] {
                 pipe.cmd("SCRIPT").arg("LOAD").arg(script.text()).ignore();
             }
         }
@@ -132,6 +128,7 @@ pub(super) async fn writer(
         let result: Result<Vec<redis::Value>, _> = pipe.query_async(&mut conn).await;
         match result {
             Ok(replies) => {
+                loaded = true;
                 metrics.backplane.up.set(1);
                 // Each job's own reply: a cloud call answers one sequence number per change.
                 let mut answers: Vec<Option<redis::Value>> = Vec::with_capacity(batch.len());
@@ -169,6 +166,7 @@ pub(super) async fn writer(
                 }
             }
             Err(error) => {
+                loaded = false;
                 metrics.backplane.up.set(0);
                 tracing::warn!(%error, changes = batch.len(), "cannot write to Redis; closing the senders with 1011");
                 for job in batch.drain(..) {

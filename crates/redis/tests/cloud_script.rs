@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// The one-change script the grouped one replaces (same KEYS; ARGV: op, name, value or
 /// new name, max variables, epoch, change JSON, log length, channel, events length,
 /// history entries, history age).
-const ONE_CHANGE_SCRIPT: &str = r"
+const ONE_CHANGE_SCRIPT: &str = r#"
 local op, name = ARGV[1], ARGV[2]
 local exists = redis.call('HEXISTS', KEYS[3], name)
 local pos = 0
@@ -66,7 +66,7 @@ if keep and keep > 0 then
   redis.call('PEXPIRE', KEYS[8], ARGV[11])
 end
 return seq
-";
+"#;
 
 const MAX_VARS: usize = 4;
 const HISTORY: usize = 5;
@@ -82,7 +82,7 @@ impl Drop for Server {
     }
 }
 
-fn redis() -> Option<(Server, redis::Connection)> {
+fn redis() -> Option<(Server, redis::Connection, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -105,11 +105,12 @@ fn redis() -> Option<(Server, redis::Connection)> {
         return None;
     };
     let server = Server(child, dir);
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("url");
+    let url = format!("redis://127.0.0.1:{port}/");
+    let client = redis::Client::open(url.as_str()).expect("url");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(c) = client.get_connection() {
-            return Some((server, c));
+            return Some((server, c, url));
         }
         assert!(Instant::now() < deadline, "redis-server did not start");
         std::thread::sleep(Duration::from_millis(50));
@@ -253,7 +254,7 @@ fn changes(n: usize, mut x: u64) -> Vec<Op> {
 
 #[test]
 fn a_rooms_changes_in_one_call_end_as_they_would_one_call_each() {
-    let Some((_server, mut c)) = redis() else {
+    let Some((_server, mut c, _)) = redis() else {
         return;
     };
     for (case, sizes) in [&[1usize][..], &[3], &[7, 1, 2], &[64], &[200]].iter().enumerate() {
@@ -278,7 +279,7 @@ fn a_rooms_changes_in_one_call_end_as_they_would_one_call_each() {
 
 #[test]
 fn an_unknown_op_in_a_group_is_refused_before_any_change() {
-    let Some((_server, mut c)) = redis() else {
+    let Some((_server, mut c, _)) = redis() else {
         return;
     };
     let room = "bad-op";
@@ -306,4 +307,58 @@ fn an_unknown_op_in_a_group_is_refused_before_any_change() {
     assert!(r.is_err());
     let s = snapshot(&mut c, room);
     assert!(s.0.is_empty() && s.2.is_empty() && s.5.is_none(), "{s:?}");
+}
+
+#[tokio::test]
+async fn a_redis_that_forgot_the_scripts_fails_one_batch_and_the_next_loads_them() {
+    use std::sync::Arc;
+
+    use nimbus_core::replication::{Change, Reply};
+    use nimbus_proto::cloud::CloudValue;
+    use nimbus_redis::metrics::{BackplaneMetrics, Metrics};
+    use nimbus_redis::{RedisBackplane, Write};
+
+    let Some((_server, mut c, url)) = redis() else {
+        return;
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(Metrics {
+        backplane: Arc::new(BackplaneMetrics::default()),
+        cloud: Arc::new(nimbus_core::cloud::CloudMetrics::register(&mut registry)),
+        doc: Arc::default(),
+    });
+    let bp = RedisBackplane::connect(&url, metrics).await.expect("connect");
+    let set = |n: u64| {
+        let bp = bp.clone();
+        async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            bp.write(Write {
+                room: Arc::from("forgot"),
+                op: Change::Set {
+                    name: Arc::from("☁ x"),
+                    value: CloudValue::Number(n.to_string()),
+                },
+                from: n,
+                user: None,
+                max_vars: 10,
+                reply: Reply::Accepted(tx),
+            })
+            .await
+            .expect("queued");
+            tokio::time::timeout(Duration::from_secs(20), rx)
+                .await
+                .expect("answered")
+        }
+    };
+    assert_eq!(set(1).await, Ok(true));
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut c).expect("flush");
+    // Not written (NOSCRIPT): the asker hears "unavailable" (its reply is dropped).
+    assert!(set(2).await.is_err());
+    assert_eq!(set(3).await, Ok(true));
+    let seq: u64 = redis::cmd("GET")
+        .arg("nimbus:cloud:{forgot}:seq")
+        .query(&mut c)
+        .expect("seq");
+    assert_eq!(seq, 2, "the refused batch left nothing behind");
+    bp.shutdown();
 }
