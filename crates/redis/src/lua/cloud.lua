@@ -1,21 +1,17 @@
 -- One room's changes of a writer batch, in order (KEYS/ARGV: CLOUD_SCRIPT in lua.rs).
 -- Each change is checked and ordered exactly as if it came alone; what the changes share
--- (the sequence counter, the epoch, the variable count, what is known of a name) is read
--- once and kept here; a variable's value is written once, the last one (a rename writes
--- at once: its new name must exist for the next change); the history list is pushed,
--- trimmed and renewed once.
+-- (the epoch, the variable count, what is known of a name) is read
+-- once and kept here; the history list is pushed, trimmed and renewed once. The counter
+-- is incremented per change, before the change is published, as a lone change does, so
+-- a command failing part-way never leaves a published sequence number to be taken again.
+-- (No pcall: in Redis 7.0 it makes every call about twice as slow.)
 local keep = tonumber(ARGV[5] or '0') or 0
-local base = tonumber(redis.call('GET', KEYS[1]) or '0')
-local seq = base
 local epoch = false
 local count = false
 -- name -> {e = exists, p = position or nil (not read yet)}
 local known = {}
 local hist = {}
 local out = {}
--- name -> value set by this call, written to the hash at the end
-local pending = {}
-local npending = 0
 
 local function state(name)
   local s = known[name]
@@ -48,12 +44,10 @@ local function change(op, name, arg, maxv, json)
     else
       pos = position(name, s)
     end
-    if pending[name] == nil then npending = npending + 1 end
-    pending[name] = arg
+    redis.call('HSET', KEYS[3], name, arg)
   elseif op == 'd' then
     if not s.e then return -1 end
-    hv = pending[name] or redis.call('HGET', KEYS[3], name)
-    if pending[name] ~= nil then pending[name] = nil; npending = npending - 1 end
+    hv = redis.call('HGET', KEYS[3], name)
     redis.call('HDEL', KEYS[3], name)
     redis.call('HDEL', KEYS[4], name)
     s.e, s.p = false, false
@@ -61,8 +55,7 @@ local function change(op, name, arg, maxv, json)
   elseif op == 'r' then
     local t = state(arg)
     if not s.e or t.e then return -1 end
-    local v = pending[name] or redis.call('HGET', KEYS[3], name)
-    if pending[name] ~= nil then pending[name] = nil; npending = npending - 1 end
+    local v = redis.call('HGET', KEYS[3], name)
     hv = v
     pos = position(name, s)
     redis.call('HDEL', KEYS[3], name)
@@ -72,7 +65,7 @@ local function change(op, name, arg, maxv, json)
     s.e, s.p = false, false
     t.e, t.p = true, pos
   end
-  seq = seq + 1
+  local seq = redis.call('INCR', KEYS[1])
   if seq == 1 then
     redis.call('SET', KEYS[2], ARGV[1])
     redis.call('DEL', KEYS[6])
@@ -95,29 +88,12 @@ for i = 7, #ARGV, 5 do
   local op = ARGV[i]
   if op ~= 's' and op ~= 'd' and op ~= 'r' then return redis.error_reply('unknown op') end
 end
--- A command that fails part-way (say WRONGTYPE) stops the changes after it; the counter
--- and the history still cover every change already published.
-local ok, err = pcall(function()
-  for i = 7, #ARGV, 5 do
-    out[#out + 1] = change(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
-  end
-end)
-if npending > 0 then
-  local fields = {}
-  for name, v in pairs(pending) do
-    fields[#fields + 1] = name
-    fields[#fields + 1] = v
-  end
-  redis.call('HSET', KEYS[3], unpack(fields))
+for i = 7, #ARGV, 5 do
+  out[#out + 1] = change(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
 end
-if seq > base then redis.call('INCRBY', KEYS[1], seq - base) end
 if #hist > 0 then
   redis.call('LPUSH', KEYS[8], unpack(hist))
   redis.call('LTRIM', KEYS[8], 0, keep - 1)
   redis.call('PEXPIRE', KEYS[8], ARGV[6])
-end
-if not ok then
-  if type(err) == 'table' then return err end
-  return redis.error_reply(tostring(err))
 end
 return out
