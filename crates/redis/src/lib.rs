@@ -549,7 +549,8 @@ async fn subscriber(
                     let Some(f) = feed.upgrade() else { return };
                     bp.metrics.backplane.events.inc_by(msgs.len() as u64);
                     for msg in &msgs {
-                        if let Err(error) = bp.on_event(&*f, &events, msg.get_payload_bytes()).await {
+                        if let Err(error) = bp.on_event(&*f, &events, msg.get_payload_bytes()).await
+                        {
                             tracing::warn!(%error, "dropping a malformed backplane message");
                         }
                     }

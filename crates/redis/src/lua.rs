@@ -1,5 +1,6 @@
 //! The backplane's Lua scripts (their text in `lua/*.lua`) and the SHA1 each is called
-//! by (`EVALSHA`, loaded with `SCRIPT LOAD` when Redis does not know it).
+//! by (`EVALSHA`; the writers load them with `SCRIPT LOAD` in their first pipeline and
+//! after a failed one).
 
 /// The script that accepts one room's cloud changes of a writer batch, in order (see the
 /// module docs of the crate); each change is checked and ordered as if it came alone.
@@ -12,7 +13,7 @@
 /// its message is also pushed on the room's history list (newest first; the list is
 /// trimmed to the entries and set to expire after the age once per call). Returns one
 /// integer per change: its sequence number, or -1 when it is refused (variable limit,
-/// unknown name, name taken). What the changes share (the counter, the epoch, the number
+/// unknown name, name taken). What the changes share (the epoch, the number
 /// of variables, whether a name exists and its position) is read once per call.
 ///
 /// For a rename or a delete the script adds the variable's value as the state hash holds

@@ -312,7 +312,13 @@ mod tests {
 
     #[test]
     fn a_rooms_changes_share_one_call_in_queue_order() {
-        let batch = [set("a", 0), set("b", 1), set("a", 2), set("c", 3), set("b", 4)];
+        let batch = [
+            set("a", 0),
+            set("b", 1),
+            set("a", 2),
+            set("c", 3),
+            set("b", 4),
+        ];
         assert_eq!(
             plan(&batch),
             [
@@ -325,7 +331,13 @@ mod tests {
 
     #[test]
     fn a_presence_event_closes_every_rooms_call_so_events_keep_their_place() {
-        let batch = [set("a", 0), presence(), set("a", 2), set("b", 3), set("a", 4)];
+        let batch = [
+            set("a", 0),
+            presence(),
+            set("a", 2),
+            set("b", 3),
+            set("a", 4),
+        ];
         assert_eq!(
             plan(&batch),
             [

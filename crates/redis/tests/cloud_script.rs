@@ -90,7 +90,14 @@ fn redis() -> Option<(Server, redis::Connection, String)> {
     let dir = std::env::temp_dir().join(format!("nimbus-cloud-script-{port}"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+        ])
         .arg("--dir")
         .arg(&dir)
         .stdout(Stdio::null())
@@ -224,7 +231,12 @@ fn snapshot(c: &mut redis::Connection, room: &str) -> Snapshot {
     };
     let log = entries(c, &k[5]);
     let events = entries(c, &k[6]);
-    let hist: Vec<String> = redis::cmd("LRANGE").arg(&k[7]).arg(0).arg(-1).query(c).expect("hist");
+    let hist: Vec<String> = redis::cmd("LRANGE")
+        .arg(&k[7])
+        .arg(0)
+        .arg(-1)
+        .query(c)
+        .expect("hist");
     let seq: Option<String> = redis::cmd("GET").arg(&k[0]).query(c).expect("seq");
     (vars, pos, log, events, hist, seq)
 }
@@ -246,7 +258,11 @@ fn changes(n: usize, mut x: u64) -> Vec<Op> {
             match (r >> 8) % 10 {
                 0 | 1 => ("d", name, String::new()),
                 2 | 3 => ("r", name, names[((r >> 16) % 6) as usize].to_owned()),
-                k => ("s", name, format!("{}{i}", if k % 2 == 0 { 'n' } else { 's' })),
+                k => (
+                    "s",
+                    name,
+                    format!("{}{i}", if k % 2 == 0 { 'n' } else { 's' }),
+                ),
             }
         })
         .collect()
@@ -257,7 +273,10 @@ fn a_rooms_changes_in_one_call_end_as_they_would_one_call_each() {
     let Some((_server, mut c, _)) = redis() else {
         return;
     };
-    for (case, sizes) in [&[1usize][..], &[3], &[7, 1, 2], &[64], &[200]].iter().enumerate() {
+    for (case, sizes) in [&[1usize][..], &[3], &[7, 1, 2], &[64], &[200]]
+        .iter()
+        .enumerate()
+    {
         let ops = changes(200, 0x9e37_79b9_7f4a_7c15 + case as u64);
         let (alone, together) = (format!("alone-{case}"), format!("together-{case}"));
         let a = one_by_one(&mut c, &alone, &ops);
@@ -327,7 +346,9 @@ async fn a_redis_that_forgot_the_scripts_fails_one_batch_and_the_next_loads_them
         cloud: Arc::new(nimbus_core::cloud::CloudMetrics::register(&mut registry)),
         doc: Arc::default(),
     });
-    let bp = RedisBackplane::connect(&url, metrics).await.expect("connect");
+    let bp = RedisBackplane::connect(&url, metrics)
+        .await
+        .expect("connect");
     let set = |n: u64| {
         let bp = bp.clone();
         async move {
@@ -351,7 +372,10 @@ async fn a_redis_that_forgot_the_scripts_fails_one_batch_and_the_next_loads_them
         }
     };
     assert_eq!(set(1).await, Ok(true));
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut c).expect("flush");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut c)
+        .expect("flush");
     // Not written (NOSCRIPT): the asker hears "unavailable" (its reply is dropped).
     assert!(set(2).await.is_err());
     assert_eq!(set(3).await, Ok(true));
