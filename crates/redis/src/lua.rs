@@ -1,6 +1,7 @@
 //! The backplane's Lua scripts (their text in `lua/*.lua`) and the SHA1 each is called
-//! by (`EVALSHA`; the writers load them with `SCRIPT LOAD` in their first pipeline and
-//! after a failed one).
+//! by (`EVALSHA`: the writer task loads its scripts with `SCRIPT LOAD` in its first
+//! pipeline and after a failed one, the gateway writer in each of its pipelines; the
+//! scripts run once in a while go by `EVAL`).
 
 /// The script that accepts one room's cloud changes of a writer batch, in order (see the
 /// module docs of the crate); each change is checked and ordered as if it came alone.
