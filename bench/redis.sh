@@ -13,6 +13,11 @@
 #   SHAPE="--rooms 50 --clients 10 --publishers 2 --rate 50" bench/redis.sh
 #   BENCH=doc bench/redis.sh        # document rooms (SHAPE default: 50 docs x 6 editors x 5/s)
 #   SERVER_BIN=/tmp/old/nimbus bench/redis.sh single   (the nodes from another build)
+#   BIN=/path/nimbus SKIP_BUILD=1 bench/redis.sh       (the load generator of another build;
+#                                   default: $CARGO_TARGET_DIR/release/nimbus, else target/)
+# With Redis each line also has redis_cpu_s (redis-server's user+system CPU over the whole
+# bench run, warm-up included) and redis_cpu_us_per_set (that CPU over the sets sent in
+# it: sets_per_s x (warm-up + duration)).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${RUNS:-3}"
@@ -25,7 +30,8 @@ case "$BENCH" in
 esac
 command -v redis-server >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
 [[ -n "${SKIP_BUILD:-}" ]] || nice -n 19 cargo build --release -q -p nimbus
-BIN=target/release/nimbus
+BIN="${BIN:-${CARGO_TARGET_DIR:-target}/release/nimbus}"
+WARMUP=2 DURATION=10
 SERVER_BIN="${SERVER_BIN:-$BIN}"   # e.g. an older build, for an A/B of the single node
 RPORT=16379
 PORTS=(19991 19992 19993)
@@ -45,10 +51,11 @@ wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 
 start() {
     local mode=$1 n=1 redis_args=()
+    REDIS_PID=""
     WORK="$(mktemp -d)"
     if [[ $mode != single ]]; then
         redis-server --bind 127.0.0.1 --port "$RPORT" --save "" --appendonly yes --appendfsync everysec --dir "$WORK" >/dev/null 2>&1 &
-        PIDS+=($!); wait_port "$RPORT"
+        REDIS_PID=$!; PIDS+=($!); wait_port "$RPORT"
         redis_args=(--redis "redis://127.0.0.1:$RPORT/")
     fi
     [[ $mode == redis3 ]] && n=3
@@ -59,6 +66,9 @@ start() {
         URLS+=(--url "ws://127.0.0.1:${PORTS[$i]}${PATH_SUFFIX}")
     done
 }
+
+# redis-server's user+system CPU ticks so far ("" without Redis).
+cpu_ticks() { [[ -n "${REDIS_PID:-}" ]] && awk '{print $14 + $15}' "/proc/$REDIS_PID/stat" || true; }
 
 median() { python3 -c '
 import json, sys, statistics
@@ -71,10 +81,21 @@ for mode in "${MODES[@]}"; do
     out=""
     for _ in $(seq "$RUNS"); do
         start "$mode"
+        cpu0=$(cpu_ticks)
         # shellcheck disable=SC2086
-        line=$("$BIN" bench "$BENCH" "${URLS[@]}" --json --warmup 2 --duration 10 $SHAPE | tail -1)
+        line=$("$BIN" bench "$BENCH" "${URLS[@]}" --json --warmup "$WARMUP" --duration "$DURATION" $SHAPE | tail -1)
+        cpu1=$(cpu_ticks)
         stop_all
-        line=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["mode_nodes"]=sys.argv[2]; print(json.dumps(d))' "$line" "$mode")
+        line=$(python3 -c '
+import json, sys
+d = json.loads(sys.argv[1]); d["mode_nodes"] = sys.argv[2]
+if sys.argv[3]:
+    cpu = (int(sys.argv[4]) - int(sys.argv[3])) / int(sys.argv[5])
+    d["redis_cpu_s"] = round(cpu, 3)
+    sets = d.get("sets_per_s", 0) * (int(sys.argv[6]) + int(sys.argv[7]))
+    if sets:
+        d["redis_cpu_us_per_set"] = round(cpu * 1e6 / sets, 2)
+print(json.dumps(d))' "$line" "$mode" "$cpu0" "$cpu1" "$(getconf CLK_TCK)" "$WARMUP" "$DURATION")
         echo "$line"; out+="$line"$'\n'
     done
     printf '%s' "$out" | median

@@ -50,7 +50,7 @@ static GW_LUA: Lua = Lua::new(GW_SCRIPT);
 static TAKEOVER_LUA: Lua = Lua::new(TAKEOVER_SCRIPT);
 
 /// Jobs written per pipeline at most.
-const BATCH: usize = 512;
+const BATCH: usize = 2048;
 
 /// Longest pause between two attempts of a failed write.
 const MAX_RETRY: Duration = Duration::from_secs(2);

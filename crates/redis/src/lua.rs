@@ -1,14 +1,21 @@
 //! The backplane's Lua scripts (their text in `lua/*.lua`) and the SHA1 each is called
-//! by (`EVALSHA`, loaded with `SCRIPT LOAD` when Redis does not know it).
+//! by (`EVALSHA`: the writer task loads its scripts with `SCRIPT LOAD` in its first
+//! pipeline and after a failed one, the gateway writer in each of its pipelines; the
+//! scripts run once in a while go by `EVAL`).
 
-/// The script that accepts one cloud change (see the module docs).
+/// The script that accepts one room's cloud changes of a writer batch, in order (see the
+/// module docs of the crate); each change is checked and ordered as if it came alone.
 ///
-/// KEYS: seq, epoch, vars, pos, npos, log, events, hist. ARGV: op (`s`, `r`, `d`), name,
-/// value (set) or new name (rename), max variables, epoch candidate, change
-/// JSON, log length, channel, events length, history entries (0: none kept), history age
-/// (ms). An accepted change's message is also pushed on the room's history list (newest
-/// first, trimmed to the entries, expiring after the age). Returns the change's sequence number, or -1 when
-/// the change is refused (variable limit, unknown name, name taken).
+/// KEYS: seq, epoch, vars, pos, npos, log, events, hist. ARGV: epoch candidate, log
+/// length, channel, events length, history entries (0: none kept), history age (ms), then
+/// five per change: op (`s`, `r`, `d`), name, value (set) or new name (rename), max
+/// variables, change JSON. Every accepted change gets the room's next sequence number, is
+/// appended to the room's stream and the global stream and published, one message each;
+/// its message is also pushed on the room's history list (newest first; the list is
+/// trimmed to the entries and set to expire after the age once per call). Returns one
+/// integer per change: its sequence number, or -1 when it is refused (variable limit,
+/// unknown name, name taken). What the changes share (the epoch, the number
+/// of variables, whether a name exists and its position) is read once per call.
 ///
 /// For a rename or a delete the script adds the variable's value as the state hash holds
 /// it (the renamed variable's value, the deleted one's old value) to the change JSON as

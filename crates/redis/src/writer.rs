@@ -1,6 +1,8 @@
 //! The writer task: every write of this node to Redis (cloud changes, presence, document
 //! updates, gateway sessions), batched into pipelines in queue order.
 
+use std::collections::HashMap;
+
 use super::*;
 
 /// One job of the writer task.
@@ -13,7 +15,54 @@ pub(crate) enum Job {
     Presence(String),
 }
 
-/// The writer task: batches queued jobs into pipelines, in queue order.
+/// One script call of a writer pipeline: the batch's jobs it carries (their indexes, in
+/// queue order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Call {
+    /// One room's cloud changes ([`CLOUD_SCRIPT`](super::CLOUD_SCRIPT)).
+    Cloud(Vec<usize>),
+    /// A document update.
+    Doc(usize),
+    /// A presence event.
+    Presence(usize),
+}
+
+/// The script calls of a batch, in pipeline order. A room's cloud changes share one call
+/// (placed where the first of them was queued) until a document update or a presence
+/// event is queued: that job gets its own call and every later change starts a new one,
+/// so the global event order keeps every event's place relative to the document updates
+/// and presence events, and every room's changes stay in queue order.
+pub(crate) fn plan(batch: &[Job]) -> Vec<Call> {
+    let mut calls = Vec::with_capacity(batch.len().min(64));
+    let mut open: HashMap<&str, usize> = HashMap::new();
+    for (i, job) in batch.iter().enumerate() {
+        match job {
+            Job::Cloud(w) => match open.get(&*w.room) {
+                Some(&c) => {
+                    if let Call::Cloud(jobs) = &mut calls[c] {
+                        jobs.push(i);
+                    }
+                }
+                None => {
+                    open.insert(&w.room, calls.len());
+                    calls.push(Call::Cloud(vec![i]));
+                }
+            },
+            Job::Doc(_) => {
+                open.clear();
+                calls.push(Call::Doc(i));
+            }
+            Job::Presence(_) => {
+                open.clear();
+                calls.push(Call::Presence(i));
+            }
+        }
+    }
+    calls
+}
+
+/// The writer task: batches queued jobs into pipelines, in queue order, one script call
+/// per room's changes ([`plan`]).
 pub(super) async fn writer(
     bp: std::sync::Weak<RedisBackplane>,
     node: String,
@@ -23,6 +72,7 @@ pub(super) async fn writer(
     stop: CancellationToken,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
+    let mut loaded = false;
     loop {
         let n = tokio::select! {
             () = stop.cancelled() => return,
@@ -35,32 +85,72 @@ pub(super) async fn writer(
             .upgrade()
             .and_then(|bp| bp.history.get().copied())
             .unwrap_or_default();
+        let calls = plan(&batch);
         let mut pipe = redis::pipe();
-        // Loading the scripts in the same pipeline makes EVALSHA safe after a Redis restart.
-        for script in [&CLOUD_LUA, &doc::DOC_LUA, &PRESENCE_LUA] {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(script.text()).ignore();
+        // The scripts are loaded in the first pipeline and again after any failed one, so
+        // EVALSHA is safe after a Redis restart: a Redis that forgot them (restarted behind
+        // a reconnect, SCRIPT FLUSH) answers NOSCRIPT, the batch fails as if Redis were
+        // unreachable (nothing of it is retried, so nothing is applied twice) and the next
+        // pipeline loads them.
+        if !loaded {
+            for script in [&CLOUD_LUA, &doc::DOC_LUA, &PRESENCE_LUA] {
+                pipe.cmd("SCRIPT").arg("LOAD").arg(script.text()).ignore();
+            }
         }
-        for job in &batch {
-            match job {
-                Job::Cloud(w) => invocation(&node, w, history, &mut pipe),
-                Job::Doc(w) => doc::invocation(&node, w, &mut pipe),
-                Job::Presence(body) => {
-                    pipe.cmd("EVALSHA")
-                        .arg(PRESENCE_LUA.sha())
-                        .arg(1)
-                        .arg(EVENTS_STREAM)
-                        .arg(body)
-                        .arg(EVENTS_MAX_LEN)
-                        .arg(EVENTS_CHANNEL);
+        let now = now_ms();
+        for call in &calls {
+            match call {
+                Call::Cloud(jobs) => {
+                    let writes = jobs.iter().filter_map(|&i| match &batch[i] {
+                        Job::Cloud(w) => Some(w),
+                        _ => None,
+                    });
+                    invocation(&node, writes, history, now, &mut pipe);
+                }
+                Call::Doc(i) => {
+                    if let Job::Doc(w) = &batch[*i] {
+                        doc::invocation(&node, w, &mut pipe);
+                    }
+                }
+                Call::Presence(i) => {
+                    if let Job::Presence(body) = &batch[*i] {
+                        pipe.cmd("EVALSHA")
+                            .arg(PRESENCE_LUA.sha())
+                            .arg(1)
+                            .arg(EVENTS_STREAM)
+                            .arg(body)
+                            .arg(EVENTS_MAX_LEN)
+                            .arg(EVENTS_CHANNEL);
+                    }
                 }
             }
         }
         let result: Result<Vec<redis::Value>, _> = pipe.query_async(&mut conn).await;
         match result {
             Ok(replies) => {
+                loaded = true;
                 metrics.backplane.up.set(1);
-                let replies = replies.into_iter().map(Some).chain(std::iter::repeat(None));
-                for (job, reply) in batch.drain(..).zip(replies) {
+                // Each job's own reply: a cloud call answers one sequence number per change.
+                let mut answers: Vec<Option<redis::Value>> = Vec::with_capacity(batch.len());
+                answers.resize_with(batch.len(), || None);
+                for (call, reply) in calls.iter().zip(replies) {
+                    match call {
+                        Call::Cloud(jobs) => {
+                            let seqs = match reply {
+                                redis::Value::Array(seqs) => seqs,
+                                other => {
+                                    tracing::warn!(reply = ?other, changes = jobs.len(), "unexpected reply to the cloud script");
+                                    Vec::new()
+                                }
+                            };
+                            for (&i, seq) in jobs.iter().zip(seqs) {
+                                answers[i] = Some(seq);
+                            }
+                        }
+                        Call::Doc(i) | Call::Presence(i) => answers[*i] = Some(reply),
+                    }
+                }
+                for (job, reply) in batch.drain(..).zip(answers) {
                     match job {
                         Job::Cloud(w) => cloud_written(w, reply, &metrics),
                         Job::Doc(w) => {
@@ -76,6 +166,7 @@ pub(super) async fn writer(
                 }
             }
             Err(error) => {
+                loaded = false;
                 metrics.backplane.up.set(0);
                 tracing::warn!(%error, changes = batch.len(), "cannot write to Redis; closing the senders with 1011");
                 for job in batch.drain(..) {
@@ -117,56 +208,19 @@ fn cloud_written(w: Write, reply: Option<redis::Value>, metrics: &Metrics) {
     }
 }
 
-/// Append the script call for one change to `pipe`.
-fn invocation(
+/// Append the one script call for `writes`, one room's changes in queue order, to `pipe`
+/// (see [`CLOUD_SCRIPT`](super::CLOUD_SCRIPT) for the arguments).
+fn invocation<'a>(
     node: &str,
-    w: &Write,
+    mut writes: impl Iterator<Item = &'a Write>,
     history: nimbus_core::history::Retention,
+    now: u64,
     pipe: &mut redis::Pipeline,
 ) {
-    let keys = Keys::new(&w.room);
-    let mut change = Change {
-        r: w.room.to_string(),
-        o: String::new(),
-        n: String::new(),
-        v: None,
-        num: false,
-        nn: None,
-        nd: node.to_owned(),
-        c: w.from,
-        u: w.user.as_deref().map(str::to_owned),
-        ts: now_ms(),
-        hv: None,
-    };
-    let arg = match &w.op {
-        CloudChange::Set { name, value } => {
-            let (text, num) = match value {
-                CloudValue::Number(n) => (n.clone(), true),
-                CloudValue::String(s) => (s.clone(), false),
-            };
-            change.o = "s".into();
-            change.n = name.to_string();
-            change.v = Some(text);
-            change.num = num;
-            encode_value(value)
-        }
-        CloudChange::Rename { name, new_name } => {
-            change.o = "r".into();
-            change.n = name.clone();
-            change.nn = Some(new_name.clone());
-            new_name.clone()
-        }
-        CloudChange::Delete { name } => {
-            change.o = "d".into();
-            change.n = name.clone();
-            String::new()
-        }
-    };
-    let op = change.o.clone();
-    let name = change.n.clone();
-    let change = serde_json::to_string(&change).unwrap_or_default();
-    let epoch = format!("{node}-{:x}", now_ms());
-    pipe.cmd("EVALSHA")
+    let Some(first) = writes.next() else { return };
+    let keys = Keys::new(&first.room);
+    let cmd = pipe
+        .cmd("EVALSHA")
         .arg(CLOUD_LUA.sha())
         .arg(8)
         .arg(&keys.seq)
@@ -177,12 +231,7 @@ fn invocation(
         .arg(&keys.log)
         .arg(keys.events)
         .arg(&keys.hist)
-        .arg(op)
-        .arg(name)
-        .arg(arg)
-        .arg(w.max_vars)
-        .arg(epoch)
-        .arg(change)
+        .arg(format!("{node}-{now:x}"))
         .arg(LOG_MAX_LEN)
         .arg(EVENTS_CHANNEL)
         .arg(EVENTS_MAX_LEN)
@@ -192,4 +241,129 @@ fn invocation(
                 .unwrap_or(u64::MAX)
                 .max(1),
         );
+    for w in std::iter::once(first).chain(writes) {
+        let mut change = ChangeRef {
+            r: &w.room,
+            o: "",
+            n: "",
+            v: None,
+            num: false,
+            nn: None,
+            nd: node,
+            c: w.from,
+            u: w.user.as_deref(),
+            ts: now,
+        };
+        let arg = match &w.op {
+            CloudChange::Set { name, value } => {
+                let (text, num) = match value {
+                    CloudValue::Number(n) => (n.as_str(), true),
+                    CloudValue::String(s) => (s.as_str(), false),
+                };
+                change.o = "s";
+                change.n = &**name;
+                change.v = Some(text);
+                change.num = num;
+                encode_value(value)
+            }
+            CloudChange::Rename { name, new_name } => {
+                change.o = "r";
+                change.n = name.as_str();
+                change.nn = Some(new_name.as_str());
+                new_name.clone()
+            }
+            CloudChange::Delete { name } => {
+                change.o = "d";
+                change.n = name.as_str();
+                String::new()
+            }
+        };
+        // Serialising plain strings and numbers cannot fail.
+        let json = serde_json::to_string(&change).unwrap_or_default();
+        cmd.arg(change.o)
+            .arg(change.n)
+            .arg(arg)
+            .arg(w.max_vars)
+            .arg(json);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(room: &str, n: u64) -> Job {
+        Job::Cloud(Write {
+            room: Arc::from(room),
+            op: CloudChange::Set {
+                name: Arc::from("☁ x"),
+                value: CloudValue::Number(n.to_string()),
+            },
+            from: n,
+            user: None,
+            max_vars: 10,
+            reply: Reply::Sender(None),
+        })
+    }
+
+    fn presence() -> Job {
+        Job::Presence(r#"{"r":"a","k":"ROOM_JOIN","c":1}"#.into())
+    }
+
+    #[test]
+    fn a_rooms_changes_share_one_call_in_queue_order() {
+        let batch = [
+            set("a", 0),
+            set("b", 1),
+            set("a", 2),
+            set("c", 3),
+            set("b", 4),
+        ];
+        assert_eq!(
+            plan(&batch),
+            [
+                Call::Cloud(vec![0, 2]),
+                Call::Cloud(vec![1, 4]),
+                Call::Cloud(vec![3]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_presence_event_closes_every_rooms_call_so_events_keep_their_place() {
+        let batch = [
+            set("a", 0),
+            presence(),
+            set("a", 2),
+            set("b", 3),
+            set("a", 4),
+        ];
+        assert_eq!(
+            plan(&batch),
+            [
+                Call::Cloud(vec![0]),
+                Call::Presence(1),
+                Call::Cloud(vec![2, 4]),
+                Call::Cloud(vec![3]),
+            ]
+        );
+    }
+
+    #[test]
+    fn grouped_changes_serialise_as_the_change_the_subscribers_parse() {
+        let mut pipe = redis::pipe();
+        let batch = [set("r", 7)];
+        let writes = batch.iter().filter_map(|j| match j {
+            Job::Cloud(w) => Some(w),
+            _ => None,
+        });
+        invocation("node", writes, Default::default(), 5, &mut pipe);
+        let packed = String::from_utf8_lossy(&pipe.get_packed_pipeline()).into_owned();
+        let json = r#"{"r":"r","o":"s","n":"☁ x","v":"7","num":true,"nd":"node","c":7,"ts":5}"#;
+        assert!(packed.contains(json), "{packed}");
+        let msg = format!("ep 1 0 1 {json}");
+        let parsed = parse_message("node", msg.as_bytes()).expect("parse");
+        assert_eq!(parsed.local_conn, Some(7));
+        assert_eq!(parsed.ts, 5);
+    }
 }

@@ -1,0 +1,388 @@
+//! `CLOUD_SCRIPT` takes one room's changes of a writer batch in one call: the outcome must
+//! be the one of the same changes sent one call each (the script of 9847d7f, below):
+//! the same answers (sequence numbers, refusals), state hash, positions, room stream,
+//! global stream messages and history.
+//!
+//! Needs `redis-server` on the PATH; without it the test prints `SKIPPED` and returns,
+//! unless `NIMBUS_REQUIRE_REDIS=1`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The one-change script the grouped one replaces (same KEYS; ARGV: op, name, value or
+/// new name, max variables, epoch, change JSON, log length, channel, events length,
+/// history entries, history age).
+const ONE_CHANGE_SCRIPT: &str = r#"
+local op, name = ARGV[1], ARGV[2]
+local exists = redis.call('HEXISTS', KEYS[3], name)
+local pos = 0
+local created = 0
+local hv = false
+if op == 's' then
+  if exists == 0 then
+    created = 1
+    if redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[4]) then return -1 end
+    pos = redis.call('INCR', KEYS[5]) - 1
+    redis.call('HSET', KEYS[4], name, pos)
+  else
+    pos = redis.call('HGET', KEYS[4], name)
+  end
+  redis.call('HSET', KEYS[3], name, ARGV[3])
+elseif op == 'd' then
+  if exists == 0 then return -1 end
+  hv = redis.call('HGET', KEYS[3], name)
+  redis.call('HDEL', KEYS[3], name)
+  redis.call('HDEL', KEYS[4], name)
+elseif op == 'r' then
+  if exists == 0 or redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then return -1 end
+  local v = redis.call('HGET', KEYS[3], name)
+  hv = v
+  pos = redis.call('HGET', KEYS[4], name)
+  redis.call('HDEL', KEYS[3], name)
+  redis.call('HDEL', KEYS[4], name)
+  redis.call('HSET', KEYS[3], ARGV[3], v)
+  redis.call('HSET', KEYS[4], ARGV[3], pos)
+else
+  return redis.error_reply('unknown op')
+end
+local seq = redis.call('INCR', KEYS[1])
+if seq == 1 then
+  redis.call('SET', KEYS[2], ARGV[5])
+  redis.call('DEL', KEYS[6])
+end
+local epoch = redis.call('GET', KEYS[2]) or ARGV[5]
+local change = ARGV[6]
+if hv then
+  change = string.sub(change, 1, -2) .. ',"hv":' .. cjson.encode(hv) .. '}'
+end
+local msg = epoch .. ' ' .. seq .. ' ' .. pos .. ' ' .. created .. ' ' .. change
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], seq .. '-0', 'm', msg)
+local gid = redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', 'm', 'c ' .. msg)
+redis.call('PUBLISH', ARGV[8], gid .. ' c ' .. msg)
+local keep = tonumber(ARGV[10] or '0')
+if keep and keep > 0 then
+  redis.call('LPUSH', KEYS[8], msg)
+  redis.call('LTRIM', KEYS[8], 0, keep - 1)
+  redis.call('PEXPIRE', KEYS[8], ARGV[11])
+end
+return seq
+"#;
+
+const MAX_VARS: usize = 4;
+const HISTORY: usize = 5;
+const EPOCH: &str = "ep-1";
+
+struct Server(Child, std::path::PathBuf);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+fn redis() -> Option<(Server, redis::Connection, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = std::env::temp_dir().join(format!("nimbus-cloud-script-{port}"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let child = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        assert!(
+            std::env::var_os("NIMBUS_REQUIRE_REDIS").is_none(),
+            "redis-server is required (NIMBUS_REQUIRE_REDIS) but not installed"
+        );
+        eprintln!("SKIPPED: redis-server not installed");
+        return None;
+    };
+    let server = Server(child, dir);
+    let url = format!("redis://127.0.0.1:{port}/");
+    let client = redis::Client::open(url.as_str()).expect("url");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(c) = client.get_connection() {
+            return Some((server, c, url));
+        }
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// (op, name, value or new name)
+type Op = (&'static str, String, String);
+
+fn keys(room: &str) -> Vec<String> {
+    ["seq", "epoch", "vars", "pos", "npos", "log"]
+        .iter()
+        .map(|k| format!("nimbus:cloud:{{{room}}}:{k}"))
+        .chain([
+            format!("events:{room}"),
+            format!("nimbus:cloud:{{{room}}}:hist"),
+        ])
+        .collect()
+}
+
+fn json(i: usize) -> String {
+    format!(r#"{{"i":{i}}}"#)
+}
+
+fn one_by_one(c: &mut redis::Connection, room: &str, ops: &[Op]) -> Vec<i64> {
+    let mut out = Vec::new();
+    for (i, (op, name, arg)) in ops.iter().enumerate() {
+        let seq: i64 = redis::cmd("EVAL")
+            .arg(ONE_CHANGE_SCRIPT)
+            .arg(8)
+            .arg(keys(room))
+            .arg(op)
+            .arg(name)
+            .arg(arg)
+            .arg(MAX_VARS)
+            .arg(EPOCH)
+            .arg(json(i))
+            .arg(1000)
+            .arg("chan")
+            .arg(1000)
+            .arg(HISTORY)
+            .arg(60_000)
+            .query(c)
+            .expect("one change");
+        out.push(seq);
+    }
+    out
+}
+
+fn grouped(c: &mut redis::Connection, room: &str, ops: &[Op], sizes: &[usize]) -> Vec<i64> {
+    let mut out = Vec::new();
+    let (mut at, mut k) = (0, 0);
+    while at < ops.len() {
+        let n = sizes[k % sizes.len()].min(ops.len() - at);
+        k += 1;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(nimbus_redis::CLOUD_SCRIPT)
+            .arg(8)
+            .arg(keys(room))
+            .arg(EPOCH)
+            .arg(1000)
+            .arg("chan")
+            .arg(1000)
+            .arg(HISTORY)
+            .arg(60_000);
+        for (i, (op, name, arg)) in ops.iter().enumerate().skip(at).take(n) {
+            cmd.arg(op).arg(name).arg(arg).arg(MAX_VARS).arg(json(i));
+        }
+        let seqs: Vec<i64> = cmd.query(c).expect("grouped changes");
+        assert_eq!(seqs.len(), n, "one answer per change");
+        out.extend(seqs);
+        at += n;
+    }
+    out
+}
+
+type Snapshot = (
+    Vec<(String, String)>,
+    Vec<(String, String)>,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Option<String>,
+);
+
+fn snapshot(c: &mut redis::Connection, room: &str) -> Snapshot {
+    let k = keys(room);
+    let mut vars: Vec<(String, String)> = redis::cmd("HGETALL").arg(&k[2]).query(c).expect("vars");
+    vars.sort();
+    let mut pos: Vec<(String, String)> = redis::cmd("HGETALL").arg(&k[3]).query(c).expect("pos");
+    pos.sort();
+    let entries = |c: &mut redis::Connection, key: &str| -> Vec<String> {
+        let r: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .query(c)
+            .expect("stream");
+        r.ids
+            .iter()
+            .map(|e| {
+                let m: String = e.get("m").expect("m");
+                // The global stream's ids are Redis's clock: compare the messages only.
+                if key.starts_with("events") {
+                    m
+                } else {
+                    format!("{} {m}", e.id)
+                }
+            })
+            .collect()
+    };
+    let log = entries(c, &k[5]);
+    let events = entries(c, &k[6]);
+    let hist: Vec<String> = redis::cmd("LRANGE")
+        .arg(&k[7])
+        .arg(0)
+        .arg(-1)
+        .query(c)
+        .expect("hist");
+    let seq: Option<String> = redis::cmd("GET").arg(&k[0]).query(c).expect("seq");
+    (vars, pos, log, events, hist, seq)
+}
+
+/// A deterministic mix of sets, renames and deletes over a few names (so that the variable
+/// limit, unknown names and taken names all come up).
+fn changes(n: usize, mut x: u64) -> Vec<Op> {
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..n)
+        .map(|i| {
+            let r = next();
+            let name = names[(r % 6) as usize].to_owned();
+            match (r >> 8) % 10 {
+                0 | 1 => ("d", name, String::new()),
+                2 | 3 => ("r", name, names[((r >> 16) % 6) as usize].to_owned()),
+                k => (
+                    "s",
+                    name,
+                    format!("{}{i}", if k % 2 == 0 { 'n' } else { 's' }),
+                ),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_rooms_changes_in_one_call_end_as_they_would_one_call_each() {
+    let Some((_server, mut c, _)) = redis() else {
+        return;
+    };
+    for (case, sizes) in [&[1usize][..], &[3], &[7, 1, 2], &[64], &[200]]
+        .iter()
+        .enumerate()
+    {
+        let ops = changes(200, 0x9e37_79b9_7f4a_7c15 + case as u64);
+        let (alone, together) = (format!("alone-{case}"), format!("together-{case}"));
+        let a = one_by_one(&mut c, &alone, &ops);
+        let b = grouped(&mut c, &together, &ops, sizes);
+        assert_eq!(a, b, "answers, groups of {sizes:?}");
+        assert!(a.iter().any(|&s| s < 0) && a.iter().any(|&s| s > 0));
+        let (sa, sb) = (snapshot(&mut c, &alone), snapshot(&mut c, &together));
+        let room_free = |s: Snapshot| {
+            let f = |v: Vec<String>| -> Vec<String> {
+                v.into_iter()
+                    .map(|m| m.replace("alone-", "room-").replace("together-", "room-"))
+                    .collect()
+            };
+            (s.0, s.1, f(s.2), f(s.3), f(s.4), s.5)
+        };
+        assert_eq!(room_free(sa), room_free(sb), "state, groups of {sizes:?}");
+    }
+}
+
+#[test]
+fn an_unknown_op_in_a_group_is_refused_before_any_change() {
+    let Some((_server, mut c, _)) = redis() else {
+        return;
+    };
+    let room = "bad-op";
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(nimbus_redis::CLOUD_SCRIPT)
+        .arg(8)
+        .arg(keys(room))
+        .arg(EPOCH)
+        .arg(1000)
+        .arg("chan")
+        .arg(1000)
+        .arg(HISTORY)
+        .arg(60_000)
+        .arg("s")
+        .arg("a")
+        .arg("n1")
+        .arg(MAX_VARS)
+        .arg(json(0))
+        .arg("x")
+        .arg("a")
+        .arg("")
+        .arg(MAX_VARS)
+        .arg(json(1));
+    let r: redis::RedisResult<Vec<i64>> = cmd.query(&mut c);
+    assert!(r.is_err());
+    let s = snapshot(&mut c, room);
+    assert!(s.0.is_empty() && s.2.is_empty() && s.5.is_none(), "{s:?}");
+}
+
+#[tokio::test]
+async fn a_redis_that_forgot_the_scripts_fails_one_batch_and_the_next_loads_them() {
+    use std::sync::Arc;
+
+    use nimbus_core::replication::{Change, Reply};
+    use nimbus_proto::cloud::CloudValue;
+    use nimbus_redis::metrics::{BackplaneMetrics, Metrics};
+    use nimbus_redis::{RedisBackplane, Write};
+
+    let Some((_server, mut c, url)) = redis() else {
+        return;
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(Metrics {
+        backplane: Arc::new(BackplaneMetrics::default()),
+        cloud: Arc::new(nimbus_core::cloud::CloudMetrics::register(&mut registry)),
+        doc: Arc::default(),
+    });
+    let bp = RedisBackplane::connect(&url, metrics)
+        .await
+        .expect("connect");
+    let set = |n: u64| {
+        let bp = bp.clone();
+        async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            bp.write(Write {
+                room: Arc::from("forgot"),
+                op: Change::Set {
+                    name: Arc::from("☁ x"),
+                    value: CloudValue::Number(n.to_string()),
+                },
+                from: n,
+                user: None,
+                max_vars: 10,
+                reply: Reply::Accepted(tx),
+            })
+            .await
+            .expect("queued");
+            tokio::time::timeout(Duration::from_secs(20), rx)
+                .await
+                .expect("answered")
+        }
+    };
+    assert_eq!(set(1).await, Ok(true));
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut c)
+        .expect("flush");
+    // Not written (NOSCRIPT): the asker hears "unavailable" (its reply is dropped).
+    assert!(set(2).await.is_err());
+    assert_eq!(set(3).await, Ok(true));
+    let seq: u64 = redis::cmd("GET")
+        .arg("nimbus:cloud:{forgot}:seq")
+        .query(&mut c)
+        .expect("seq");
+    assert_eq!(seq, 2, "the refused batch left nothing behind");
+    bp.shutdown();
+}
