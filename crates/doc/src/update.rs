@@ -34,7 +34,9 @@
 //! SIGSEGV, a divide by zero or a text whose `get_string` never ends; inputs in
 //! `fuzz/regressions/doc_update_apply/`). The layout check decodes the update's canonical
 //! re-encoding (one contiguous section per client, what every Yjs and yrs encoder writes)
-//! and requires the same inserted ranges. The same count check guards state vectors.
+//! and requires the same inserted ranges; an update whose sections all name different
+//! clients (every encoder's output, every single edit) is contiguous by construction and
+//! skips the re-encoding. The same count check guards state vectors.
 //!
 //! What this cannot catch: an update that decodes, integrates and depends on nothing
 //! missing, but whose item origins were forged (say, a right origin placed before the left
