@@ -271,10 +271,67 @@ enum Event {
     Flush(oneshot::Sender<()>),
 }
 
+/// The frames queued for one client: bounded in frames, empty until something is queued,
+/// and shrunk back once a burst has drained (an idle connection keeps no buffer).
+struct OutQueue {
+    frames: Mutex<std::collections::VecDeque<Bytes>>,
+    ready: tokio::sync::Notify,
+    max_frames: usize,
+}
+
+impl OutQueue {
+    /// Capacity kept after a burst has drained.
+    const KEEP: usize = 8;
+
+    fn new(max_frames: usize) -> OutQueue {
+        OutQueue {
+            frames: Mutex::new(std::collections::VecDeque::new()),
+            ready: tokio::sync::Notify::new(),
+            max_frames: max_frames.max(1),
+        }
+    }
+
+    /// Queue a frame; false if the queue holds `max_frames` already.
+    fn push(&self, frame: Bytes) -> bool {
+        {
+            let mut q = lock(&self.frames);
+            if q.len() >= self.max_frames {
+                return false;
+            }
+            q.push_back(frame);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next queued frame, if any.
+    fn try_pop(&self) -> Option<Bytes> {
+        let mut q = lock(&self.frames);
+        let frame = q.pop_front();
+        if q.is_empty() && q.capacity() > Self::KEEP {
+            q.shrink_to(Self::KEEP);
+        }
+        frame
+    }
+
+    /// The next frame, waiting for one. Cancel-safe: a frame is only taken in the poll
+    /// that returns it.
+    async fn pop(&self) -> Bytes {
+        loop {
+            if let Some(frame) = self.try_pop() {
+                return frame;
+            }
+            // `notify_one` leaves a permit when nobody waits: a push between `try_pop` and
+            // here is not missed.
+            self.ready.notified().await;
+        }
+    }
+}
+
 struct ClientSlot {
-    tx: mpsc::Sender<Bytes>,
+    queue: Arc<OutQueue>,
     kick: CancellationToken,
-    /// Bytes of the frames in `tx` (and the one being sent).
+    /// Bytes of the frames in `queue` (and the one being sent).
     queued: Arc<AtomicUsize>,
     /// The most `queued` may reach (one frame always fits in an empty queue).
     budget: usize,
@@ -565,16 +622,10 @@ impl Room {
             let over = if before > 0 && before + len > slot.budget {
                 Some((&slot.stats.slow_queue_bytes, "bytes"))
             } else {
-                match slot.tx.try_send(frame.clone()) {
-                    Ok(()) => None,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        Some((&slot.stats.slow_queue_frames, "frames"))
-                    }
-                    // The session ended: it is being unregistered.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        slot.queued.fetch_sub(len, Ordering::AcqRel);
-                        None
-                    }
+                if slot.queue.push(frame.clone()) {
+                    None
+                } else {
+                    Some((&slot.stats.slow_queue_frames, "frames"))
                 }
             };
             if let Some((counter, what)) = over {
@@ -687,13 +738,13 @@ impl Room {
             return None;
         }
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(opts.queue_frames.max(1));
+        let queue = Arc::new(OutQueue::new(opts.queue_frames));
         let kick = CancellationToken::new();
         let queued = Arc::new(AtomicUsize::new(0));
         clients.map.insert(
             conn,
             ClientSlot {
-                tx,
+                queue: queue.clone(),
                 kick: kick.clone(),
                 queued: queued.clone(),
                 budget: opts.queue_bytes,
@@ -702,7 +753,7 @@ impl Room {
         );
         Some(Registered {
             conn,
-            rx,
+            queue,
             kick,
             queued,
         })
@@ -884,10 +935,7 @@ impl Room {
                 // Not biased: a client that both sends and receives a lot gets both served.
                 _ = conn.kick.cancelled() => return Err(ServeError::TooSlow),
                 _ = self.inner.cancel.cancelled() => return Ok(Leave::RoomClosed),
-                out = conn.rx.recv() => match out {
-                    Some(frame) => send_queued(channel, frame, conn, opts).await?,
-                    None => return Ok(Leave::RoomClosed),
-                },
+                frame = conn.queue.pop() => send_queued(channel, frame, conn, opts).await?,
                 // Over a rate: stop reading (TCP pushes back) until the debt is repaid.
                 _ = sleep_until_some(paused), if paused.is_some() => conn.paused_until = None,
                 incoming = channel.recv(), if paused.is_none() => match incoming {
@@ -1091,7 +1139,7 @@ impl Room {
 /// A registered client connection.
 struct Registered {
     conn: u64,
-    rx: mpsc::Receiver<Bytes>,
+    queue: Arc<OutQueue>,
     kick: CancellationToken,
     queued: Arc<AtomicUsize>,
 }
@@ -1099,7 +1147,7 @@ struct Registered {
 /// One client connection's state in [`Room::serve`].
 struct Conn {
     id: u64,
-    rx: mpsc::Receiver<Bytes>,
+    queue: Arc<OutQueue>,
     kick: CancellationToken,
     queued: Arc<AtomicUsize>,
     /// The first SyncStep2 has been sent.
@@ -1119,7 +1167,7 @@ impl Conn {
         let now = Instant::now();
         Conn {
             id: reg.conn,
-            rx: reg.rx,
+            queue: reg.queue,
             kick: reg.kick,
             queued: reg.queued,
             synced: false,
@@ -1186,11 +1234,11 @@ async fn send_queued<C: Channel>(
 ) -> Result<(), ServeError> {
     let mut taken = first.len();
     let mut frames = 1;
-    let (rx, kick) = (&mut conn.rx, &conn.kick);
+    let (queue, kick) = (&conn.queue, &conn.kick);
     let batch = async {
         channel.feed(first).await?;
         while frames < BATCH_FRAMES && taken < BATCH_BYTES {
-            let Ok(next) = rx.try_recv() else { break };
+            let Some(next) = queue.try_pop() else { break };
             taken += next.len();
             frames += 1;
             channel.feed(next).await?;
@@ -1294,6 +1342,25 @@ mod tests {
             let end = frame.as_ptr() as usize + frame.len();
             assert_eq!(slice.as_ptr() as usize + slice.len(), end);
         }
+    }
+
+    #[test]
+    fn a_client_queue_is_bounded_in_frames_and_gives_its_memory_back_after_a_burst() {
+        let q = OutQueue::new(1024);
+        assert_eq!(lock(&q.frames).capacity(), 0);
+        for _ in 0..1024 {
+            assert!(q.push(Bytes::from_static(b"x")));
+        }
+        assert!(!q.push(Bytes::from_static(b"x")), "over max_frames");
+        assert!(lock(&q.frames).capacity() >= 1024);
+        while q.try_pop().is_some() {}
+        let kept = lock(&q.frames).capacity();
+        assert!(
+            kept <= OutQueue::KEEP,
+            "capacity {kept} kept after the burst"
+        );
+        // Bytes: an idle queue holds at most KEEP frame handles.
+        assert!(kept * std::mem::size_of::<Bytes>() <= 256);
     }
 
     /// What a recording channel was asked to do.
