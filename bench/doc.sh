@@ -11,9 +11,14 @@
 #   SERVERS=yws bench/doc.sh           # one server (nimbus, yws)
 #   NIMBUS_BIN=… GEN_BIN=… bench/doc.sh   (server binary / generator binary; default
 #                                         target/release/nimbus for both, built here)
+#   GEN_THREADS=2 GEN_CPUS=0,1 bench/doc.sh   (generator worker threads and the cores it
+#                                         may use; default 1 thread on core 1; SERVER_CPUS
+#                                         likewise for the server, default core 0)
 #
 # Shapes: spread = 100 docs × 5 editors × 10 edits/s (5,000 edits/s, 20,000 deliveries/s);
-#         hot    = 1 doc × 50 editors × 10 edits/s (500 edits/s, 24,500 deliveries/s).
+#         hot    = 1 doc × 50 editors × 10 edits/s (500 edits/s, 24,500 deliveries/s);
+#         idle   = 100 docs × 10 editors, one edit each, then 5 s held open: server RSS
+#                  per idle connection (not in the default list).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -28,6 +33,9 @@ fi
 NIMBUS_BIN="${NIMBUS_BIN:-$ROOT/target/release/nimbus}"
 GEN_BIN="${GEN_BIN:-$ROOT/target/release/nimbus}"
 PORT="${SERVER_PORT:-19991}"
+GEN_THREADS="${GEN_THREADS:-1}"
+GEN_CPUS="${GEN_CPUS:-1}"
+SERVER_CPUS="${SERVER_CPUS:-0}"
 NODE_DIR="$ROOT/tests/interop/doc"
 OUT="$(mktemp -d "${TMPDIR:-/tmp}/nimbus-bench-doc.XXXXXX")"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -42,7 +50,7 @@ if [[ " ${SERVER_LIST[*]} " == *" yws "* ]]; then
 fi
 echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# nimbus: $NIMBUS_BIN; generator: $GEN_BIN${YWS_VERSION:+; @y/websocket-server $YWS_VERSION (yjs $YJS_VERSION, node $(node --version))}"
-echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $RUNS runs per shape and server, warm-up $WARMUP s, measured $DURATION s"
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $RUNS runs per shape and server, warm-up $WARMUP s, measured $DURATION s; server on cores $SERVER_CPUS, generator ($GEN_THREADS threads) on cores $GEN_CPUS"
 
 SPID=""
 DATA=""
@@ -51,12 +59,12 @@ start_server() {  # nimbus|yws; sets SPID and BASE
     case $kind in
         nimbus)
             DATA="$(mktemp -d "$OUT/data.XXXXXX")"
-            taskset -c 0 "$NIMBUS_BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" ${SERVER_ARGS:-} >"$OUT/server.log" 2>&1 &
+            taskset -c "$SERVER_CPUS" "$NIMBUS_BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" ${SERVER_ARGS:-} >"$OUT/server.log" 2>&1 &
             SPID=$!
             BASE="ws://127.0.0.1:$PORT/doc"
             ;;
         yws)
-            (cd "$NODE_DIR" && HOST=127.0.0.1 PORT="$PORT" exec taskset -c 0 node node_modules/@y/websocket-server/src/server.js) >"$OUT/server.log" 2>&1 &
+            (cd "$NODE_DIR" && HOST=127.0.0.1 PORT="$PORT" exec taskset -c "$SERVER_CPUS" node node_modules/@y/websocket-server/src/server.js) >"$OUT/server.log" 2>&1 &
             SPID=$!
             BASE="ws://127.0.0.1:$PORT"
             ;;
@@ -84,8 +92,8 @@ run_one() {
     start_server "$server"
     sleep 0.5
     local line rc=0
-    line="$(timeout -k 5 $((WARMUP + DURATION + 60)) taskset -c 1 "$GEN_BIN" bench doc --url "$BASE" --json \
-        --warmup "$WARMUP" --duration "$DURATION" --server-pid "$SPID" "$@" 2>"$OUT/gen.err" | tail -1)" || rc=$?
+    line="$(timeout -k 5 $((WARMUP + DURATION + 60)) taskset -c "$GEN_CPUS" "$GEN_BIN" bench doc --url "$BASE" --json \
+        --threads "$GEN_THREADS" --warmup "$WARMUP" --duration "$DURATION" --server-pid "$SPID" "$@" 2>"$OUT/gen.err" | tail -1)" || rc=$?
     stop_server
     if [[ $rc -ne 0 || -z "$line" ]]; then
         echo "{\"server\":\"$server\",\"shape\":\"$shape\",\"failed\":\"$(tail -1 "$OUT/gen.err" | tr -d '"\\' | cut -c1-200)\"}" | tee -a "$OUT/runs"
@@ -99,11 +107,14 @@ for shape in "${SHAPES[@]}"; do
     case $shape in
         spread) args=(--docs 100 --editors 5 --rate 10) ;;
         hot)    args=(--docs 1 --editors 50 --rate 10) ;;
+        idle)   args=(--docs 100 --editors 10 --idle 5) ;;
         *) echo "unknown shape $shape" >&2; exit 2 ;;
     esac
-    for server in "${SERVER_LIST[@]}"; do
-        echo "## $shape on $server: nimbus bench doc ${args[*]}"
-        for _ in $(seq "$RUNS"); do run_one "$server" "$shape" "${args[@]}"; done
+    # Interleaved: run i of every server before run i + 1 of any, so a change in the
+    # machine's load hits both servers alike.
+    echo "## $shape: nimbus bench doc ${args[*]}"
+    for _ in $(seq "$RUNS"); do
+        for server in "${SERVER_LIST[@]}"; do run_one "$server" "$shape" "${args[@]}"; done
     done
 done
 
@@ -116,9 +127,22 @@ for r in rows:
 keys = ["edits_per_s", "deliveries_per_s", "delivery_ratio", "p50_ms", "p99_ms", "max_ms",
         "server_cpu_pct", "server_rss_before_kib", "server_rss_connected_kib", "server_rss_peak_kib",
         "server_rss_after_kib", "generator_cpu_pct", "connections"]
-med = {}
+med, idle = {}, {}
 for r in rows:
-    med.setdefault((r["shape"], r["server"]), []).append(r)
+    (idle if r.get("mode") == "doc-idle" or r["shape"] == "idle" else med).setdefault((r["shape"], r["server"]), []).append(r)
+if idle:
+    print()
+    print("| shape | server | runs ok | connections | RSS before → connected → idle | per connection (connected) | per connection (idle) | server CPU idle |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (shape, server), rs in idle.items():
+        ok = [r for r in rs if "failed" not in r and not r.get("failures")]
+        if not ok:
+            print(f"| {shape} | {server} | 0/{len(rs)} | not measured: {rs[-1].get('failed', rs[-1].get('failures', ''))} |")
+            continue
+        m = lambda k: statistics.median(r[k] for r in ok)
+        print(f"| {shape} | {server} | {len(ok)}/{len(rs)} | {ok[0]['connections']} | {m('server_rss_before_kib') / 1024:.1f} → "
+              f"{m('server_rss_connected_kib') / 1024:.1f} → {m('server_rss_idle_kib') / 1024:.1f} MiB | "
+              f"{m('bytes_per_connection_connected') / 1024:.1f} KiB | **{m('bytes_per_connection_idle') / 1024:.1f} KiB** | {m('server_cpu_idle_pct'):.1f} % |")
 print()
 print("| shape | server | runs ok | edits/s | deliveries/s | delivered | p50 | p99 | max | server CPU | RSS before → connected → peak | per connection | generator CPU |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

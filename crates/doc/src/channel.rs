@@ -15,8 +15,20 @@ use thiserror::Error;
 /// not lose a frame): [`Room::serve`](crate::Room::serve) selects over it and the room's
 /// outgoing queue. A `Stream::next` of a WebSocket is.
 pub trait Channel: Send + 'static {
-    /// Send one binary frame.
+    /// Send one binary frame (and flush it).
     fn send(&mut self, frame: Bytes) -> impl Future<Output = Result<(), ChannelError>> + Send;
+
+    /// Queue one binary frame without flushing it: [`Room::serve`](crate::Room::serve)
+    /// feeds every frame queued for a client, then calls [`Channel::flush`] once, so a
+    /// burst leaves in one write. A wire without buffering just sends it (the default).
+    fn feed(&mut self, frame: Bytes) -> impl Future<Output = Result<(), ChannelError>> + Send {
+        self.send(frame)
+    }
+
+    /// Write out every frame [`Channel::feed`] queued (the default has nothing to do).
+    fn flush(&mut self) -> impl Future<Output = Result<(), ChannelError>> + Send {
+        std::future::ready(Ok(()))
+    }
 
     /// The next binary frame; `None` once the connection is closed. A text frame is reported
     /// as [`ChannelError::TextFrame`], a close frame with a code as [`ChannelError::Closed`].
@@ -25,6 +37,30 @@ pub trait Channel: Send + 'static {
     /// Close the connection with a WebSocket close code and reason (a no-op where the wire has
     /// no such thing).
     fn close(&mut self, code: u16, reason: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// A boxed channel is a channel: a server boxes its socket once, so that the futures
+/// serving it (which hold the channel at every level) hold a pointer, not the socket.
+impl<C: Channel> Channel for Box<C> {
+    fn send(&mut self, frame: Bytes) -> impl Future<Output = Result<(), ChannelError>> + Send {
+        (**self).send(frame)
+    }
+
+    fn feed(&mut self, frame: Bytes) -> impl Future<Output = Result<(), ChannelError>> + Send {
+        (**self).feed(frame)
+    }
+
+    fn flush(&mut self) -> impl Future<Output = Result<(), ChannelError>> + Send {
+        (**self).flush()
+    }
+
+    fn recv(&mut self) -> impl Future<Output = Option<Result<Bytes, ChannelError>>> + Send {
+        (**self).recv()
+    }
+
+    fn close(&mut self, code: u16, reason: &str) -> impl Future<Output = ()> + Send {
+        (**self).close(code, reason)
+    }
 }
 
 /// A failure of a [`Channel`].

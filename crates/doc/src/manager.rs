@@ -114,13 +114,15 @@ impl RoomManager {
         opts: ServeOptions,
     ) -> Result<(), ServeError> {
         let room = loop {
-            match self.get_room(id).await {
+            match Box::pin(self.get_room(id)).await {
                 Ok(room) if room.is_closed() => continue,
                 Ok(room) => break room,
                 Err(e) => {
                     let e = ServeError::Load(e);
                     if let Some(code) = e.close_code() {
-                        channel.close(code, &e.close_reason()).await;
+                        // Boxed: a close only happens once, the connection's future should
+                        // not carry it (see `Room::serve_or_return`).
+                        Box::pin(channel.close(code, &e.close_reason())).await;
                     }
                     return Err(e);
                 }
@@ -128,7 +130,7 @@ impl RoomManager {
         };
         // `Room::serve` refuses a room that started closing after `get_room` returned it;
         // that refusal happens before anything is sent, so the channel can be reused.
-        let result = room.serve_or_return(channel, opts.clone()).await;
+        let result = room.serve_or_return(channel, &opts).await;
         let result = match result {
             Err(channel) => {
                 // The room began unloading between `get_room` and the join: retry once the

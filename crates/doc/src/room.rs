@@ -261,16 +261,77 @@ fn truncate_reason(mut s: String) -> String {
 enum Event {
     Update {
         conn: Option<u64>,
+        /// The `[0,2,…]` frame every other client gets.
+        frame: Bytes,
+        /// The v1 update: a slice of `frame` (one allocation per update, shared by every
+        /// receiver's queue and the hooks).
         update: Bytes,
         replicated: bool,
     },
     Flush(oneshot::Sender<()>),
 }
 
+/// The frames queued for one client: bounded in frames, empty until something is queued,
+/// and shrunk back once a burst has drained (an idle connection keeps no buffer).
+struct OutQueue {
+    frames: Mutex<std::collections::VecDeque<Bytes>>,
+    ready: tokio::sync::Notify,
+    max_frames: usize,
+}
+
+impl OutQueue {
+    /// Capacity kept after a burst has drained.
+    const KEEP: usize = 8;
+
+    fn new(max_frames: usize) -> OutQueue {
+        OutQueue {
+            frames: Mutex::new(std::collections::VecDeque::new()),
+            ready: tokio::sync::Notify::new(),
+            max_frames: max_frames.max(1),
+        }
+    }
+
+    /// Queue a frame; false if the queue holds `max_frames` already.
+    fn push(&self, frame: Bytes) -> bool {
+        {
+            let mut q = lock(&self.frames);
+            if q.len() >= self.max_frames {
+                return false;
+            }
+            q.push_back(frame);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next queued frame, if any.
+    fn try_pop(&self) -> Option<Bytes> {
+        let mut q = lock(&self.frames);
+        let frame = q.pop_front();
+        if q.is_empty() && q.capacity() > Self::KEEP {
+            q.shrink_to(Self::KEEP);
+        }
+        frame
+    }
+
+    /// The next frame, waiting for one. Cancel-safe: a frame is only taken in the poll
+    /// that returns it.
+    async fn pop(&self) -> Bytes {
+        loop {
+            if let Some(frame) = self.try_pop() {
+                return frame;
+            }
+            // `notify_one` leaves a permit when nobody waits: a push between `try_pop` and
+            // here is not missed.
+            self.ready.notified().await;
+        }
+    }
+}
+
 struct ClientSlot {
-    tx: mpsc::Sender<Bytes>,
+    queue: Arc<OutQueue>,
     kick: CancellationToken,
-    /// Bytes of the frames in `tx` (and the one being sent).
+    /// Bytes of the frames in `queue` (and the one being sent).
     queued: Arc<AtomicUsize>,
     /// The most `queued` may reach (one frame always fits in an empty queue).
     budget: usize,
@@ -365,7 +426,7 @@ impl Room {
         let bl = backlog.clone();
         let validate = options.validate_updates;
         let observed = doc.observe_update_v1("nimbus-doc/room", move |txn, event| {
-            let update = Bytes::from(event.update.clone());
+            let (frame, update) = update_frame(&event.update);
             // The replica already has what went through the validator; everything else
             // (server code editing the document) is queued for it.
             if validate && !validated_origin(txn.origin()) {
@@ -375,6 +436,7 @@ impl Room {
             let replicated = txn.origin().is_some_and(|o| o.as_ref() == REPLICA_ORIGIN);
             let _ = tx.send(Event::Update {
                 conn,
+                frame,
                 update,
                 replicated,
             });
@@ -491,10 +553,10 @@ impl Room {
         match ev {
             Event::Update {
                 conn,
+                frame,
                 update,
                 replicated,
             } => {
-                let frame = Message::Update(update.clone()).encode();
                 self.broadcast(&frame, conn);
                 if replicated {
                     self.inner.hooks.replicated(self, &update);
@@ -560,16 +622,10 @@ impl Room {
             let over = if before > 0 && before + len > slot.budget {
                 Some((&slot.stats.slow_queue_bytes, "bytes"))
             } else {
-                match slot.tx.try_send(frame.clone()) {
-                    Ok(()) => None,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        Some((&slot.stats.slow_queue_frames, "frames"))
-                    }
-                    // The session ended: it is being unregistered.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        slot.queued.fetch_sub(len, Ordering::AcqRel);
-                        None
-                    }
+                if slot.queue.push(frame.clone()) {
+                    None
+                } else {
+                    Some((&slot.stats.slow_queue_frames, "frames"))
                 }
             };
             if let Some((counter, what)) = over {
@@ -682,13 +738,13 @@ impl Room {
             return None;
         }
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(opts.queue_frames.max(1));
+        let queue = Arc::new(OutQueue::new(opts.queue_frames));
         let kick = CancellationToken::new();
         let queued = Arc::new(AtomicUsize::new(0));
         clients.map.insert(
             conn,
             ClientSlot {
-                tx,
+                queue: queue.clone(),
                 kick: kick.clone(),
                 queued: queued.clone(),
                 budget: opts.queue_bytes,
@@ -697,7 +753,7 @@ impl Room {
         );
         Some(Registered {
             conn,
-            rx,
+            queue,
             kick,
             queued,
         })
@@ -788,7 +844,7 @@ impl Room {
         channel: C,
         opts: ServeOptions,
     ) -> Result<(), ServeError> {
-        match self.serve_or_return(channel, opts).await {
+        match self.serve_or_return(channel, &opts).await {
             Ok(r) => r,
             Err(mut channel) => {
                 let e = ServeError::RoomClosed;
@@ -801,22 +857,26 @@ impl Room {
     }
 
     /// [`Room::serve`], except that a closed room gives the untouched channel back.
+    ///
+    /// The future of a connection lives as long as the connection, and its size is that of
+    /// its largest state: what only runs at the join or at the close (loading, the close
+    /// handshake) is boxed, so an idle connection does not carry it.
     pub(crate) async fn serve_or_return<C: Channel>(
         &self,
         mut channel: C,
-        opts: ServeOptions,
+        opts: &ServeOptions,
     ) -> Result<Result<(), ServeError>, C> {
-        let result = match self.load().await {
+        let result = match Box::pin(self.load()).await {
             Err(e) => Err(ServeError::Load(e)),
-            Ok(()) => match self.register(&opts) {
+            Ok(()) => match self.register(opts) {
                 None => return Err(channel),
                 Some(reg) => {
                     let guard = ConnGuard {
                         room: self,
                         conn: reg.conn,
                     };
-                    let mut conn = Conn::new(reg, &opts);
-                    let r = self.session(&mut channel, &mut conn, &opts).await;
+                    let mut conn = Conn::new(reg, opts);
+                    let r = self.session(&mut channel, &mut conn, opts).await;
                     // The queue (and every frame in it) goes before the close handshake.
                     drop(conn);
                     drop(guard);
@@ -832,7 +892,7 @@ impl Room {
                     .close_frame
                     .get()
                     .map_or((1001, "room closed"), |(c, r)| (*c, r.as_str()));
-                close_bounded(&mut channel, code, reason).await;
+                Box::pin(close_bounded(&mut channel, code, reason)).await;
             }
             Err(e) => {
                 match e {
@@ -842,7 +902,7 @@ impl Room {
                     _ => tracing::info!(room = %self.id(), error = %e, "client connection closed"),
                 }
                 if let Some(code) = e.close_code() {
-                    close_bounded(&mut channel, code, &e.close_reason()).await;
+                    Box::pin(close_bounded(&mut channel, code, &e.close_reason())).await;
                 }
             }
         }
@@ -875,15 +935,7 @@ impl Room {
                 // Not biased: a client that both sends and receives a lot gets both served.
                 _ = conn.kick.cancelled() => return Err(ServeError::TooSlow),
                 _ = self.inner.cancel.cancelled() => return Ok(Leave::RoomClosed),
-                out = conn.rx.recv() => match out {
-                    Some(frame) => {
-                        let len = frame.len();
-                        let sent = send_frame(channel, frame, &conn.kick, opts.send_timeout, &opts.stats).await;
-                        conn.queued.fetch_sub(len, Ordering::AcqRel);
-                        sent?;
-                    }
-                    None => return Ok(Leave::RoomClosed),
-                },
+                frame = conn.queue.pop() => send_queued(channel, frame, conn, opts).await?,
                 // Over a rate: stop reading (TCP pushes back) until the debt is repaid.
                 _ = sleep_until_some(paused), if paused.is_some() => conn.paused_until = None,
                 incoming = channel.recv(), if paused.is_none() => match incoming {
@@ -1087,7 +1139,7 @@ impl Room {
 /// A registered client connection.
 struct Registered {
     conn: u64,
-    rx: mpsc::Receiver<Bytes>,
+    queue: Arc<OutQueue>,
     kick: CancellationToken,
     queued: Arc<AtomicUsize>,
 }
@@ -1095,7 +1147,7 @@ struct Registered {
 /// One client connection's state in [`Room::serve`].
 struct Conn {
     id: u64,
-    rx: mpsc::Receiver<Bytes>,
+    queue: Arc<OutQueue>,
     kick: CancellationToken,
     queued: Arc<AtomicUsize>,
     /// The first SyncStep2 has been sent.
@@ -1115,7 +1167,7 @@ impl Conn {
         let now = Instant::now();
         Conn {
             id: reg.conn,
-            rx: reg.rx,
+            queue: reg.queue,
             kick: reg.kick,
             queued: reg.queued,
             synced: false,
@@ -1164,6 +1216,49 @@ async fn close_bounded<C: Channel>(channel: &mut C, code: u16, reason: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(code, reason)).await;
 }
 
+/// The most frames [`send_queued`] feeds before one flush.
+const BATCH_FRAMES: usize = 64;
+/// The most bytes [`send_queued`] feeds before one flush (a frame that starts under it
+/// goes in whole).
+const BATCH_BYTES: usize = 16 << 10;
+
+/// Send `first` and whatever else is queued for the client already (up to
+/// [`BATCH_FRAMES`] / [`BATCH_BYTES`]) as one write: every frame is fed, then the channel
+/// is flushed once. One message per frame, as y-websocket wants; only the write is shared.
+/// The send timeout covers the whole batch.
+async fn send_queued<C: Channel>(
+    channel: &mut C,
+    first: Bytes,
+    conn: &mut Conn,
+    opts: &ServeOptions,
+) -> Result<(), ServeError> {
+    let mut taken = first.len();
+    let mut frames = 1;
+    let (queue, kick) = (&conn.queue, &conn.kick);
+    let batch = async {
+        channel.feed(first).await?;
+        while frames < BATCH_FRAMES && taken < BATCH_BYTES {
+            let Some(next) = queue.try_pop() else { break };
+            taken += next.len();
+            frames += 1;
+            channel.feed(next).await?;
+        }
+        channel.flush().await
+    };
+    let sent = tokio::select! {
+        _ = kick.cancelled() => Err(ServeError::TooSlow),
+        r = tokio::time::timeout(opts.send_timeout, batch) => match r {
+            Ok(r) => r.map_err(ServeError::Channel),
+            Err(_) => {
+                ServeStats::add(&opts.stats.slow_send_timeout, 1);
+                Err(ServeError::TooSlow)
+            }
+        },
+    };
+    conn.queued.fetch_sub(taken, Ordering::AcqRel);
+    sent
+}
+
 /// Send one frame unless the client is kicked as too slow meanwhile or the send takes
 /// longer than `timeout` (a peer that stops reading blocks a send).
 async fn send_frame<C: Channel>(
@@ -1183,6 +1278,19 @@ async fn send_frame<C: Channel>(
             }
         },
     }
+}
+
+/// The y-sync Update frame `[0, 2, varUint8Array(update)]` of a v1 update, built in one
+/// allocation, and the update itself as a slice of it.
+fn update_frame(update: &[u8]) -> (Bytes, Bytes) {
+    let mut buf = Vec::with_capacity(update.len() + 12);
+    buf.extend_from_slice(&[0, 2]);
+    nimbus_proto::doc::lib0::write_var_uint(&mut buf, update.len() as u64);
+    let at = buf.len();
+    buf.extend_from_slice(update);
+    let frame = Bytes::from(buf);
+    let update = frame.slice(at..);
+    (frame, update)
 }
 
 fn denied(reason: &str) -> Message {
@@ -1215,5 +1323,111 @@ impl Drop for ConnGuard<'_> {
             self.room.broadcast(&frame, None);
             self.room.inner.awareness_changed.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{Text, Transact};
+
+    #[test]
+    fn an_update_frame_is_the_update_message_and_shares_its_bytes() {
+        for len in [0usize, 1, 127, 128, 70_000] {
+            let update: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let (frame, slice) = update_frame(&update);
+            assert_eq!(frame, Message::Update(Bytes::from(update.clone())).encode());
+            assert_eq!(slice, update);
+            // The update is a view into the frame, not a second allocation.
+            let end = frame.as_ptr() as usize + frame.len();
+            assert_eq!(slice.as_ptr() as usize + slice.len(), end);
+        }
+    }
+
+    #[test]
+    fn a_client_queue_is_bounded_in_frames_and_gives_its_memory_back_after_a_burst() {
+        let q = OutQueue::new(1024);
+        assert_eq!(lock(&q.frames).capacity(), 0);
+        for _ in 0..1024 {
+            assert!(q.push(Bytes::from_static(b"x")));
+        }
+        assert!(!q.push(Bytes::from_static(b"x")), "over max_frames");
+        assert!(lock(&q.frames).capacity() >= 1024);
+        while q.try_pop().is_some() {}
+        let kept = lock(&q.frames).capacity();
+        assert!(
+            kept <= OutQueue::KEEP,
+            "capacity {kept} kept after the burst"
+        );
+        // Bytes: an idle queue holds at most KEEP frame handles.
+        assert!(kept * std::mem::size_of::<Bytes>() <= 256);
+    }
+
+    /// What a recording channel was asked to do.
+    #[derive(Debug, PartialEq)]
+    enum Op {
+        Send,
+        Feed,
+        Flush,
+    }
+
+    struct Recording {
+        ops: Arc<Mutex<Vec<Op>>>,
+    }
+
+    impl Channel for Recording {
+        async fn send(&mut self, _frame: Bytes) -> Result<(), ChannelError> {
+            lock(&self.ops).push(Op::Send);
+            Ok(())
+        }
+        async fn feed(&mut self, _frame: Bytes) -> Result<(), ChannelError> {
+            lock(&self.ops).push(Op::Feed);
+            Ok(())
+        }
+        async fn flush(&mut self) -> Result<(), ChannelError> {
+            lock(&self.ops).push(Op::Flush);
+            Ok(())
+        }
+        async fn recv(&mut self) -> Option<Result<Bytes, ChannelError>> {
+            std::future::pending().await
+        }
+        async fn close(&mut self, _code: u16, _reason: &str) {}
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_queued_for_a_client_go_out_with_one_flush() {
+        let room = Room::new("batch");
+        let ops = Arc::new(Mutex::new(Vec::new()));
+        let channel = Recording { ops: ops.clone() };
+        let serving = {
+            let room = room.clone();
+            tokio::spawn(async move { room.serve(channel, ServeOptions::default()).await })
+        };
+        while room.client_count() == 0 || lock(&ops).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // The greeting (SyncStep1) is one flushed send.
+        assert_eq!(*lock(&ops), [Op::Send]);
+        let editor = yrs::Doc::with_client_id(7);
+        let text = editor.get_or_insert_text("t");
+        for i in 0..3 {
+            let update = {
+                let mut txn = editor.transact_mut();
+                text.insert(&mut txn, i, "x");
+                txn.encode_update_v1()
+            };
+            assert_eq!(room.apply_update(&update), Ok(()));
+        }
+        // No `run`: `flush` delivers the three updates to the client's queue at once.
+        room.flush().await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            *lock(&ops),
+            [Op::Send, Op::Feed, Op::Feed, Op::Feed, Op::Flush]
+        );
+        room.close();
+        let _ = serving.await;
     }
 }

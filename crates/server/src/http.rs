@@ -93,6 +93,11 @@ pub(crate) fn api_access(
         .map_err(|r| Box::new(json_error(r.status, r.reason)))
 }
 
+/// Read buffer of a document socket, bytes.
+pub(crate) const DOC_READ_BUFFER: usize = 256;
+/// Write buffer of a document socket, bytes: frames fed up to this are written at once.
+pub(crate) const DOC_WRITE_BUFFER: usize = 16 << 10;
+
 async fn doc_upgrade(
     State(app): State<App>,
     Path(room): Path<String>,
@@ -117,24 +122,32 @@ async fn doc_upgrade(
     } = app;
     let bounds = crate::edge::ws::Bounds {
         max_message: docs.limits.max_message_bytes,
-        // tungstenite's default 128 KiB read buffer per connection dominates an idle
-        // document client's memory; 4 KiB reads are plenty (large messages still arrive).
-        read_buffer: 4096,
-        write_buffer: 0,
+        // Small buffers, as the cloud route: tungstenite's default 128 KiB read buffer per
+        // connection would dominate an idle document client's memory. Reads of 256 bytes
+        // hold an update or two (a larger message still arrives: the buffer grows to it).
+        read_buffer: DOC_READ_BUFFER,
+        // Frames fed in one batch (Room::serve feeds every queued frame, then flushes)
+        // gather up to this much before a write; the buffer starts empty and only grows
+        // as far as a batch needs.
+        write_buffer: DOC_WRITE_BUFFER,
         // The first SyncStep2 carries the whole document.
         max_outgoing: docs.limits.max_doc_bytes.saturating_add(1 << 20),
     };
     crate::edge::ws::configure(ws, bounds).on_upgrade(move |socket| {
         tracker.track_future(async move {
             let limits = &hub.limits;
-            let channel = SocketChannel::new(
-                socket,
-                shutdown,
-                limits.ping_interval,
-                limits.close_timeout,
-                metrics.edge.clone(),
-            )
-            .expire_at(crate::auth::deadline(grant.expires));
+            // Boxed: every level of the serving future holds the channel, so it holds a
+            // pointer instead of the socket (an idle connection's task stays small).
+            let channel = Box::new(
+                SocketChannel::new(
+                    socket,
+                    shutdown,
+                    limits.ping_interval,
+                    limits.close_timeout,
+                    metrics.edge.clone(),
+                )
+                .expire_at(crate::auth::deadline(grant.expires)),
+            );
             docs.serve(&room, channel, grant.access).await;
         })
     })

@@ -82,6 +82,15 @@ pub struct DocBench {
     /// Worker threads of the generator.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Idle-connection mode: connect and sync every editor, let each make
+    /// `--idle-edits` edits (so every connection has sent and received), then hold all
+    /// connections open for this many seconds without editing and report the server's
+    /// RSS per connection ((idle − before) / connections). No latency is measured.
+    #[arg(long)]
+    idle: Option<f64>,
+    /// Edits each editor makes before idling in `--idle` mode.
+    #[arg(long, default_value_t = 1)]
+    idle_edits: u64,
     /// Print one JSON line instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -535,6 +544,9 @@ async fn bench(args: DocBench) -> anyhow::Result<()> {
         })??;
     let connect_s = t_connect.elapsed().as_secs_f64();
     let rss_connected = args.server_pid.and_then(rss_kib);
+    if let Some(hold) = args.idle {
+        return idle(&args, editors, hold, connect_s, rss_before, rss_connected).await;
+    }
     if !args.json {
         eprintln!(
             "{total} editors connected and synced in {connect_s:.2} s; warm-up {} s, measuring {} s",
@@ -634,6 +646,142 @@ async fn bench(args: DocBench) -> anyhow::Result<()> {
             ms(0.5), ms(0.99), ms(0.999), hist.max() as f64 / 1e6,
             pct(gen0, gen1), pct(srv0, srv1),
             kib(rss_before), kib(rss_connected), kib(rss_after), kib(rss_peak),
+        );
+    }
+    Ok(())
+}
+
+/// `--idle`: every editor makes `idle_edits` edits one after the other (each waits until
+/// every other editor of its document has it), then all connections stay open and
+/// quiet for `hold` seconds; the server's RSS is sampled at the end of the hold.
+async fn idle(
+    args: &DocBench,
+    editors: Vec<Editor>,
+    hold: f64,
+    connect_s: f64,
+    rss_before: Option<u64>,
+    rss_connected: Option<u64>,
+) -> anyhow::Result<()> {
+    let total = editors.len();
+    let edits = args.idle_edits;
+    let expected = edits * (args.editors as u64 - 1);
+    let hold = Duration::from_secs_f64(hold.max(0.0));
+    // Each editor: its edits, then read until it has every other editor's edits, then
+    // keep reading (pings, nothing else) until the hold ends, then close.
+    let quiet = Arc::new(tokio::sync::Barrier::new(total + 1));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let tasks: Vec<_> = editors
+        .into_iter()
+        .map(|mut ed| {
+            let (quiet, release) = (quiet.clone(), release.clone());
+            tokio::spawn(async move {
+                let mut got = 0u64;
+                let mut failed = None;
+                for seq in 0..edits {
+                    let m = marker(ed.id, seq, 0);
+                    let update = {
+                        let mut txn = ed.doc.transact_mut();
+                        let at = ed.text.len(&txn);
+                        ed.text.insert(&mut txn, at, &m);
+                        txn.encode_update_v1()
+                    };
+                    if ed.ws.send(sync_frame(SYNC_UPDATE, &update)).await.is_err() {
+                        failed = Some("send failed");
+                    }
+                }
+                ed.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                let until = Instant::now() + Duration::from_secs(30);
+                while failed.is_none() && got < expected {
+                    let msg = tokio::time::timeout_at(until, ed.ws.next()).await;
+                    let Ok(Some(Ok(Message::Binary(b)))) = msg else {
+                        match msg {
+                            Ok(Some(Ok(_))) => continue,
+                            _ => {
+                                failed = Some("closed or timed out before every edit arrived");
+                                break;
+                            }
+                        }
+                    };
+                    for m in parse_frame(&b).unwrap_or_default() {
+                        if let Incoming::Update { data, .. } = m {
+                            let _ = apply(&ed.doc, data);
+                        }
+                    }
+                    let strings =
+                        std::mem::take(&mut *ed.seen.lock().unwrap_or_else(|p| p.into_inner()));
+                    got += strings
+                        .iter()
+                        .map(|s| markers(s).count() as u64)
+                        .sum::<u64>();
+                }
+                quiet.wait().await;
+                let released = release.notified();
+                tokio::pin!(released);
+                loop {
+                    tokio::select! {
+                        () = &mut released => break,
+                        msg = ed.ws.next() => if !matches!(msg, Some(Ok(_))) {
+                            failed.get_or_insert("closed while idle");
+                            // Wait for the release all the same.
+                            (&mut released).await;
+                            break;
+                        },
+                    }
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), ed.ws.close(None)).await;
+                failed
+            })
+        })
+        .collect();
+    quiet.wait().await;
+    let gen0 = cpu_seconds_of("/proc/self/stat");
+    let srv0 = args
+        .server_pid
+        .and_then(|p| cpu_seconds_of(&format!("/proc/{p}/stat")));
+    tokio::time::sleep(hold).await;
+    let rss_idle = args.server_pid.and_then(rss_kib);
+    let gen1 = cpu_seconds_of("/proc/self/stat");
+    let srv1 = args
+        .server_pid
+        .and_then(|p| cpu_seconds_of(&format!("/proc/{p}/stat")));
+    release.notify_waiters();
+    let mut failures: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for t in tasks {
+        if let Some(why) = t.await? {
+            *failures.entry(why).or_default() += 1;
+        }
+    }
+    let per_conn = |a: Option<u64>| match (rss_before, a) {
+        (Some(b), Some(a)) if total > 0 => {
+            format!("{:.0}", (a.saturating_sub(b) * 1024) as f64 / total as f64)
+        }
+        _ => "null".to_owned(),
+    };
+    let kib = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
+    let secs = hold.as_secs_f64().max(1e-9);
+    let pct = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.1}", (b - a) / secs * 100.0),
+        _ => "null".to_owned(),
+    };
+    let failures_json: Vec<String> = failures
+        .iter()
+        .map(|(w, n)| format!("\"{w}\":{n}"))
+        .collect();
+    if args.json {
+        println!(
+            "{{\"mode\":\"doc-idle\",\"docs\":{},\"editors\":{},\"connections\":{total},\"idle_edits\":{edits},\"connect_s\":{connect_s:.3},\"hold_s\":{},\"server_rss_before_kib\":{},\"server_rss_connected_kib\":{},\"server_rss_idle_kib\":{},\"bytes_per_connection_connected\":{},\"bytes_per_connection_idle\":{},\"server_cpu_idle_pct\":{},\"generator_cpu_idle_pct\":{},\"failures\":{{{}}}}}",
+            args.docs, args.editors, hold.as_secs_f64(),
+            kib(rss_before), kib(rss_connected), kib(rss_idle),
+            per_conn(rss_connected), per_conn(rss_idle),
+            pct(srv0, srv1), pct(gen0, gen1),
+            failures_json.join(",")
+        );
+    } else {
+        println!(
+            "{} docs × {} editors = {total} idle connections ({edits} edits each first)\n  server RSS before {} KiB, connected {} KiB, idle {} KiB\n  per connection: {} B connected, {} B idle\n  failures {failures:?}",
+            args.docs, args.editors,
+            kib(rss_before), kib(rss_connected), kib(rss_idle),
+            per_conn(rss_connected), per_conn(rss_idle),
         );
     }
     Ok(())

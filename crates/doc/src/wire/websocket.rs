@@ -92,6 +92,17 @@ where
             .map_err(transport)
     }
 
+    async fn feed(&mut self, frame: Bytes) -> Result<(), ChannelError> {
+        self.ws
+            .feed(WsMessage::Binary(frame))
+            .await
+            .map_err(transport)
+    }
+
+    async fn flush(&mut self) -> Result<(), ChannelError> {
+        self.ws.flush().await.map_err(transport)
+    }
+
     async fn recv(&mut self) -> Option<Result<Bytes, ChannelError>> {
         if self.closed {
             return None;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
+use futures_util::SinkExt;
 use nimbus_doc::{Channel, ChannelError};
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -100,6 +101,20 @@ impl Channel for SocketChannel {
             .map_err(|e| ChannelError::Transport(e.to_string()))
     }
 
+    async fn feed(&mut self, frame: Bytes) -> Result<(), ChannelError> {
+        self.ws
+            .feed(Message::Binary(frame))
+            .await
+            .map_err(|e| ChannelError::Transport(e.to_string()))
+    }
+
+    async fn flush(&mut self) -> Result<(), ChannelError> {
+        self.ws
+            .flush()
+            .await
+            .map_err(|e| ChannelError::Transport(e.to_string()))
+    }
+
     async fn recv(&mut self) -> Option<Result<Bytes, ChannelError>> {
         if self.closed {
             return None;
@@ -113,13 +128,15 @@ impl Channel for SocketChannel {
                 }
             };
             tokio::select! {
+                // The close paths are boxed: they run once, and the future of `recv` lives
+                // in every idle connection's task.
                 () = self.shutdown.cancelled() => {
-                    self.close(GOING_AWAY, "server shutting down").await;
+                    Box::pin(self.close(GOING_AWAY, "server shutting down")).await;
                     return None;
                 }
                 () = expiry => {
                     tracing::info!("document client's token expired: closed");
-                    self.close(crate::auth::TOKEN_EXPIRED, crate::auth::TOKEN_EXPIRED_REASON).await;
+                    Box::pin(self.close(crate::auth::TOKEN_EXPIRED, crate::auth::TOKEN_EXPIRED_REASON)).await;
                     return None;
                 }
                 _ = self.keepalive.tick() => {
@@ -133,9 +150,9 @@ impl Channel for SocketChannel {
                 }
                 msg = self.ws.recv() => match msg {
                     None => return None,
-                    Some(Err(e)) => return read_error(self, &e).await.map(Err),
+                    Some(Err(e)) => return Box::pin(read_error(self, &e)).await.map(Err),
                     Some(Ok(m)) if self.guard.check(&m).is_err() => {
-                        self.violation(&crate::edge::ws::Violation::PingFlood).await;
+                        Box::pin(self.violation(&crate::edge::ws::Violation::PingFlood)).await;
                         return None;
                     }
                     Some(Ok(Message::Binary(b))) => {
