@@ -167,22 +167,28 @@ fn one_by_one(c: &mut redis::Connection, room: &str, ops: &[Op]) -> Vec<i64> {
     out
 }
 
+/// A `CLOUD_SCRIPT` call on `room` with the fixed arguments; the changes follow.
+fn cloud_call(room: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(nimbus_redis::CLOUD_SCRIPT)
+        .arg(8)
+        .arg(keys(room))
+        .arg(EPOCH)
+        .arg(1000)
+        .arg("chan")
+        .arg(1000)
+        .arg(HISTORY)
+        .arg(60_000);
+    cmd
+}
+
 fn grouped(c: &mut redis::Connection, room: &str, ops: &[Op], sizes: &[usize]) -> Vec<i64> {
     let mut out = Vec::new();
     let (mut at, mut k) = (0, 0);
     while at < ops.len() {
         let n = sizes[k % sizes.len()].min(ops.len() - at);
         k += 1;
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(nimbus_redis::CLOUD_SCRIPT)
-            .arg(8)
-            .arg(keys(room))
-            .arg(EPOCH)
-            .arg(1000)
-            .arg("chan")
-            .arg(1000)
-            .arg(HISTORY)
-            .arg(60_000);
+        let mut cmd = cloud_call(room);
         for (i, (op, name, arg)) in ops.iter().enumerate().skip(at).take(n) {
             cmd.arg(op).arg(name).arg(arg).arg(MAX_VARS).arg(json(i));
         }
@@ -302,17 +308,8 @@ fn an_unknown_op_in_a_group_is_refused_before_any_change() {
         return;
     };
     let room = "bad-op";
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(nimbus_redis::CLOUD_SCRIPT)
-        .arg(8)
-        .arg(keys(room))
-        .arg(EPOCH)
-        .arg(1000)
-        .arg("chan")
-        .arg(1000)
-        .arg(HISTORY)
-        .arg(60_000)
-        .arg("s")
+    let mut cmd = cloud_call(room);
+    cmd.arg("s")
         .arg("a")
         .arg("n1")
         .arg(MAX_VARS)
