@@ -72,26 +72,11 @@ impl RoomHooks for Persisted {
                     return Err(failed(&e));
                 }
             };
-            // Applying a large log takes seconds: off the runtime's workers, so the
-            // other rooms and connections they serve are not held up meanwhile.
-            let loading = room.clone();
             let log = state.log;
-            let (log, applied, changed) = match tokio::task::spawn_blocking(move || {
-                let doc = loading.doc();
-                let before = doc.transact().state_vector();
-                let applied = apply_records(loading.id(), doc, log.records());
-                // A transaction that changed the document fires exactly one update event.
-                let changed = doc.transact().state_vector() != before;
-                (log, applied, changed)
-            })
-            .await
-            {
-                Ok(done) => done,
-                Err(e) => {
-                    self.unregister(room);
-                    return Err(failed(&e));
-                }
-            };
+            let before = room.doc().transact().state_vector();
+            let applied = apply_records(room.id(), room.doc(), log.records());
+            // A transaction that changed the document fires exactly one update event.
+            let changed = room.doc().transact().state_vector() != before;
             self.skip_loaded.store(changed, Ordering::Relaxed);
             if applied.skipped > 0 {
                 self.metrics
