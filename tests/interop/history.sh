@@ -24,22 +24,13 @@ die() { printf 'history interop: %s\n' "$*" >&2; exit 1; }
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/nimbus-history.XXXXXX")"
 PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    if [[ "${INTEROP_KEEP_LOGS:-0}" == 1 ]]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+# shellcheck source=tests/interop/lib.sh
+source "$HERE/lib.sh"
+trap interop_cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ Python venv (run.sh's)
 say "python venv ($VENV)"
-# shellcheck source=tests/interop/lib.sh
-source "$HERE/lib.sh"
 interop_python
 PINS=$(grep -E '^(scratchattach|websocket-client)==' "$HERE/requirements.txt")
 # shellcheck disable=SC2086

@@ -1,5 +1,19 @@
-# Shared by the interop scripts (sourced, not run): find a Python and make a venv with pins.
-# Each script keeps its own `say`/`die`, work dir and cleanup; these two functions use `die`.
+# Shared by the interop scripts (sourced, not run): the cleanup of their servers and work
+# dir, finding a Python and making a venv with pins. Each script keeps its own `say`/`die`
+# and work dir; the Python functions use `die`.
+
+# interop_cleanup: the EXIT trap of a script that started servers ($PIDS) in a work dir
+# ($WORK). Bounded: a server that ignores SIGTERM gets SIGKILL after 5 s. The work dir
+# (with the logs) stays when INTEROP_KEEP_LOGS=1.
+interop_cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    if [[ "${INTEROP_KEEP_LOGS:-0}" == 1 ]]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
+}
 
 # interop_python: set PY to $PYTHON or the first python3.1x found, and check it is 3.10-3.13
 # (scratchcloud 1.2.3 fails to import on Python >= 3.14; PyPI wheels of the pinned

@@ -36,30 +36,15 @@ die() { printf 'webhooks interop: %s\n' "$*" >&2; exit 1; }
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/nimbus-webhooks.XXXXXX")"
 PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    if [[ "${INTEROP_KEEP_LOGS:-0}" == 1 ]]; then
-        echo "logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
+# shellcheck source=tests/interop/lib.sh
+source "$HERE/lib.sh"
+trap interop_cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ Python venv
 # The same venv as run.sh (tests/interop/.venv); only the standardwebhooks pin of
 # requirements.txt is installed here.
 say "python venv ($VENV)"
-# shellcheck source=tests/interop/lib.sh
-source "$HERE/lib.sh"
 interop_python
 PINS="$(grep -E '^(standardwebhooks|scratchattach|websocket-client)==' "$HERE/requirements.txt")" \
     || die "no standardwebhooks pin in requirements.txt"

@@ -111,40 +111,43 @@ fn signed(grant: serde_json::Value) -> String {
 
 // ------------------------------------------------------------------ cloud variables
 
+/// One request with the admin token; status and body bytes.
+async fn admin(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    http(addr, method, path, Some(ADMIN), body).await
+}
+
+/// `GET` `path` without a token, as JSON.
+async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let (_, body) = http(addr, "GET", path, None, b"").await;
+    serde_json::from_slice(&body).unwrap()
+}
+
 #[tokio::test]
 async fn a_put_reaches_a_connected_cloud_client_and_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(with_auth(dir.path(), false)).await;
     let mut c = Client::join(&srv.url(), "1", "alice").await;
     assert_eq!(c.frame().await, "\n", "empty join frame");
-    let (status, body) = http(
-        srv.addr,
-        "PUT",
-        "/api/rooms/1/variables/score",
-        Some(ADMIN),
-        b"1.50",
-    )
-    .await;
+    let (status, body) = admin(srv.addr, "PUT", "/api/rooms/1/variables/score", b"1.50").await;
     assert_eq!(status, 204, "{}", text_of(&body));
     assert_eq!(c.lines(1).await, [common::set_line("score", "1.50")]);
     // A string value, to a variable named with its prefix (percent-encoded).
-    let (status, _) = http(
+    let (status, _) = admin(
         srv.addr,
         "PUT",
         "/api/rooms/1/variables/%E2%98%81%20name",
-        Some(ADMIN),
         b"\"42\"",
     )
     .await;
     assert_eq!(status, 204);
     assert_eq!(c.lines(1).await, [common::set_line("name", "\"42\"")]);
-    let (status, body) = http(srv.addr, "GET", "/api/rooms/1/variables", Some(ADMIN), b"").await;
+    let (status, body) = admin(srv.addr, "GET", "/api/rooms/1/variables", b"").await;
     assert_eq!(status, 200);
     assert_eq!(text_of(&body), r#"{"☁ score":1.50,"☁ name":"42"}"#);
     srv.stop().await;
     // Stored: a restarted server has it.
     let srv = TestServer::start(with_auth(dir.path(), false)).await;
-    let (_, body) = http(srv.addr, "GET", "/api/rooms/1/variables", Some(ADMIN), b"").await;
+    let (_, body) = admin(srv.addr, "GET", "/api/rooms/1/variables", b"").await;
     assert_eq!(text_of(&body), r#"{"☁ score":1.50,"☁ name":"42"}"#);
     srv.stop().await;
 }
@@ -194,7 +197,7 @@ async fn a_put_refuses_bodies_names_and_values_a_client_set_could_not_carry() {
     assert_eq!(put("x", b"1").await.0, 204);
     let (status, body) = put("y", b"1").await;
     assert_eq!(status, 409, "{}", text_of(&body));
-    let (_, body) = http(srv.addr, "GET", "/api/rooms/2/variables", Some(ADMIN), b"").await;
+    let (_, body) = admin(srv.addr, "GET", "/api/rooms/2/variables", b"").await;
     assert_eq!(text_of(&body), r#"{"☁ x":1}"#);
     srv.stop().await;
 }
@@ -210,35 +213,14 @@ async fn delete_variable_removes_it_and_answers_404_when_absent() {
     c.set("a", "1").await;
     c.set("b", "2").await;
     assert_eq!(watcher.lines(2).await.len(), 2, "the room applied both");
-    let (status, _) = http(
-        srv.addr,
-        "PUT",
-        "/api/rooms/3/variables/c",
-        Some(ADMIN),
-        b"3",
-    )
-    .await;
+    let (status, _) = admin(srv.addr, "PUT", "/api/rooms/3/variables/c", b"3").await;
     assert_eq!(status, 204);
-    let (status, _) = http(
-        srv.addr,
-        "DELETE",
-        "/api/rooms/3/variables/a",
-        Some(ADMIN),
-        b"",
-    )
-    .await;
+    let (status, _) = admin(srv.addr, "DELETE", "/api/rooms/3/variables/a", b"").await;
     assert_eq!(status, 204);
-    let (status, body) = http(
-        srv.addr,
-        "DELETE",
-        "/api/rooms/3/variables/a",
-        Some(ADMIN),
-        b"",
-    )
-    .await;
+    let (status, body) = admin(srv.addr, "DELETE", "/api/rooms/3/variables/a", b"").await;
     assert_eq!(status, 404);
     assert_eq!(error_of(&body), "unknown variable");
-    let (_, body) = http(srv.addr, "GET", "/api/rooms/3/variables", Some(ADMIN), b"").await;
+    let (_, body) = admin(srv.addr, "GET", "/api/rooms/3/variables", b"").await;
     assert_eq!(text_of(&body), r#"{"☁ b":2,"☁ c":3}"#);
     srv.stop().await;
 }
@@ -248,11 +230,10 @@ async fn delete_room_deletes_every_variable_through_the_room() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(with_auth(dir.path(), false)).await;
     for (name, v) in [("a", "1"), ("b", "2"), ("c", "3")] {
-        let (status, _) = http(
+        let (status, _) = admin(
             srv.addr,
             "PUT",
             &format!("/api/rooms/4/variables/{name}"),
-            Some(ADMIN),
             v.as_bytes(),
         )
         .await;
@@ -260,10 +241,10 @@ async fn delete_room_deletes_every_variable_through_the_room() {
     }
     let mut c = Client::join(&srv.url(), "4", "alice").await;
     assert_eq!(c.lines(3).await.len(), 3);
-    let (status, body) = http(srv.addr, "DELETE", "/api/rooms/4", Some(ADMIN), b"").await;
+    let (status, body) = admin(srv.addr, "DELETE", "/api/rooms/4", b"").await;
     assert_eq!(status, 200);
     assert_eq!(text_of(&body).trim(), r#"{"deleted":3}"#);
-    let (_, body) = http(srv.addr, "GET", "/api/rooms/4/variables", Some(ADMIN), b"").await;
+    let (_, body) = admin(srv.addr, "GET", "/api/rooms/4/variables", b"").await;
     assert_eq!(text_of(&body), "{}", "the loaded room is empty");
     assert_eq!(
         http(srv.addr, "DELETE", "/api/rooms/4", Some(ADMIN), b"")
@@ -278,7 +259,7 @@ async fn delete_room_deletes_every_variable_through_the_room() {
     assert_eq!(late.lines(1).await, [common::set_line("a", "9")]);
     srv.stop().await;
     let srv = TestServer::start(with_auth(dir.path(), false)).await;
-    let (_, body) = http(srv.addr, "GET", "/api/rooms/4/variables", Some(ADMIN), b"").await;
+    let (_, body) = admin(srv.addr, "GET", "/api/rooms/4/variables", b"").await;
     assert_eq!(text_of(&body), r#"{"☁ a":9}"#, "the deletes were stored");
     srv.stop().await;
 }
@@ -450,11 +431,10 @@ async fn a_posted_update_reaches_a_connected_document_client_and_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(with_auth(dir.path(), false)).await;
     let mut peer = Peer::join(srv.addr, "notes/a").await;
-    let (status, body) = http(
+    let (status, body) = admin(
         srv.addr,
         "POST",
         "/api/docs/notes/a/update",
-        Some(ADMIN),
         &text_update("hello"),
     )
     .await;
@@ -490,16 +470,8 @@ async fn a_posted_update_reaches_a_connected_document_client_and_is_stored() {
     );
     srv.stop().await;
     let srv = TestServer::start(with_auth(dir.path(), false)).await;
-    let (_, body) = http(srv.addr, "GET", "/api/docs/notes/a", None, b"").await;
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["t"],
-        "hello"
-    );
-    let (_, body) = http(srv.addr, "GET", "/api/docs/idle", None, b"").await;
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["m"]["k"],
-        1.0
-    );
+    assert_eq!(get_json(srv.addr, "/api/docs/notes/a").await["t"], "hello");
+    assert_eq!(get_json(srv.addr, "/api/docs/idle").await["m"]["k"], 1.0);
     srv.stop().await;
 }
 
@@ -509,15 +481,12 @@ async fn a_malformed_update_is_refused_with_400_and_the_room_is_unchanged() {
     let srv = TestServer::start(with_auth(dir.path(), false)).await;
     let mut peer = Peer::join(srv.addr, "m").await;
     peer.edit_text("kept").await;
-    let (status, _) = http(
-        srv.addr,
-        "POST",
-        "/api/docs/m/update",
-        Some(ADMIN),
-        &text_update("x"),
-    )
-    .await;
-    assert_eq!(status, 204);
+    assert_eq!(
+        admin(srv.addr, "POST", "/api/docs/m/update", &text_update("x"))
+            .await
+            .0,
+        204
+    );
     let (_, before) = http(srv.addr, "GET", "/api/docs/m/update", None, b"").await;
     // Garbage; a truncated update; an update that depends on content the room lacks.
     let good = text_update("more");
@@ -538,7 +507,7 @@ async fn a_malformed_update_is_refused_with_400_and_the_room_is_unchanged() {
         &missing_base[..],
         b"\x05",
     ] {
-        let (status, body) = http(srv.addr, "POST", "/api/docs/m/update", Some(ADMIN), bad).await;
+        let (status, body) = admin(srv.addr, "POST", "/api/docs/m/update", bad).await;
         assert_eq!(status, 400, "{bad:?}: {}", text_of(&body));
         assert!(!error_of(&body).is_empty());
     }
@@ -571,21 +540,19 @@ async fn an_update_over_the_limits_is_refused_with_413() {
     cfg.doc.max_message_bytes = 1024;
     cfg.doc.max_doc_bytes = 2048;
     let srv = TestServer::start(cfg).await;
-    let (status, body) = http(
+    let (status, body) = admin(
         srv.addr,
         "POST",
         "/api/docs/big/update",
-        Some(ADMIN),
         &text_update(&"x".repeat(2000)),
     )
     .await;
     assert_eq!(status, 413, "{}", text_of(&body));
     for i in 0..3 {
-        let (status, _) = http(
+        let (status, _) = admin(
             srv.addr,
             "POST",
             "/api/docs/big/update",
-            Some(ADMIN),
             &text_update(&"y".repeat(900)),
         )
         .await;
@@ -610,15 +577,12 @@ async fn get_update_rebuilds_the_room_in_a_fresh_doc_and_the_state_vector_matche
     );
     let mut peer = Peer::join(srv.addr, "s").await;
     peer.edit_text("from a client").await;
-    let (status, _) = http(
-        srv.addr,
-        "POST",
-        "/api/docs/s/update",
-        Some(ADMIN),
-        &text_update("+api"),
-    )
-    .await;
-    assert_eq!(status, 204);
+    assert_eq!(
+        admin(srv.addr, "POST", "/api/docs/s/update", &text_update("+api"))
+            .await
+            .0,
+        204
+    );
     peer.until(|m| matches!(m, Message::Update(_))).await;
     let (status, update) = http(srv.addr, "GET", "/api/docs/s/update", None, b"").await;
     assert_eq!(status, 200);
@@ -652,11 +616,7 @@ async fn get_update_rebuilds_the_room_in_a_fresh_doc_and_the_state_vector_matche
         .0,
         204
     );
-    let (_, body) = http(srv.addr, "GET", "/api/docs/s%2Fupdate", None, b"").await;
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["t"],
-        "z"
-    );
+    assert_eq!(get_json(srv.addr, "/api/docs/s%2Fupdate").await["t"], "z");
     srv.stop().await;
 }
 
@@ -666,16 +626,13 @@ async fn deleting_a_document_room_closes_its_clients_with_4410_and_removes_its_l
     let srv = TestServer::start(with_auth(dir.path(), false)).await;
     let mut peer = Peer::join(srv.addr, "gone").await;
     peer.edit_text("soon deleted").await;
-    let (status, _) = http(
-        srv.addr,
-        "POST",
-        "/api/docs/gone/update",
-        Some(ADMIN),
-        &text_update("!"),
-    )
-    .await;
-    assert_eq!(status, 204);
-    let (status, body) = http(srv.addr, "DELETE", "/api/docs/gone", Some(ADMIN), b"").await;
+    assert_eq!(
+        admin(srv.addr, "POST", "/api/docs/gone/update", &text_update("!"))
+            .await
+            .0,
+        204
+    );
+    let (status, body) = admin(srv.addr, "DELETE", "/api/docs/gone", b"").await;
     assert_eq!(status, 204, "{}", text_of(&body));
     assert_eq!(peer.closed().await, 4410);
     assert_eq!(
@@ -934,7 +891,7 @@ async fn openapi_json_lists_every_route_served() {
 }
 
 #[tokio::test]
-async fn writes_to_a_blocked_room_are_refused_with_403_as_the_wire_refuses_its_joins() {
+async fn reads_and_writes_of_a_blocked_room_are_refused_with_403_as_the_wire_refuses_its_joins() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = with_auth(dir.path(), false);
     cfg.cloud.blocked_rooms = vec!["closed".into()];
@@ -943,18 +900,12 @@ async fn writes_to_a_blocked_room_are_refused_with_403_as_the_wire_refuses_its_j
         ("PUT", "/api/rooms/closed/variables/a"),
         ("DELETE", "/api/rooms/closed/variables/a"),
         ("DELETE", "/api/rooms/closed"),
+        ("GET", "/api/rooms/closed/variables"),
     ] {
         let (status, body) = http(srv.addr, method, path, Some(ADMIN), b"1").await;
         assert_eq!(status, 403, "{method} {path}: {}", text_of(&body));
     }
-    let (status, _) = http(
-        srv.addr,
-        "PUT",
-        "/api/rooms/open/variables/a",
-        Some(ADMIN),
-        b"1",
-    )
-    .await;
+    let (status, _) = admin(srv.addr, "PUT", "/api/rooms/open/variables/a", b"1").await;
     assert_eq!(status, 204);
     srv.stop().await;
 }

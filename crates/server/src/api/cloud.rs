@@ -43,6 +43,13 @@ pub(super) fn routes(app: &App) -> Router<App> {
 /// The longest room key, as a handshake's `project_id` (`nimbus_proto::cloud`).
 const MAX_PROJECT_ID_LEN: usize = 999;
 
+/// The cloud API's check, for reads and writes alike: the API's token check, then the
+/// room key ([`check_room`]).
+fn room_check(app: &App, id: &str, parts: &Parts, write: bool) -> Result<(), Box<Response>> {
+    api_access(app, id, parts, write)?;
+    check_room(app, id)
+}
+
 /// A room key: 1 to 999 characters, as a handshake's `project_id`, and not one of
 /// `--blocked-rooms` (403, as the cloud wire closes those with 4004).
 fn check_room(app: &App, id: &str) -> Result<(), Box<Response>> {
@@ -110,7 +117,7 @@ pub(crate) async fn variables(
     Path(id): Path<String>,
     parts: Parts,
 ) -> Response {
-    if let Err(refused) = api_access(&app, &id, &parts, false) {
+    if let Err(refused) = room_check(&app, &id, &parts, false) {
         return *refused;
     }
     match app.hub.variables(&id).await {
@@ -163,11 +170,8 @@ pub(crate) async fn put_variable(
     parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(refused) = api_access(&app, &id, &parts, true) {
+    if let Err(refused) = room_check(&app, &id, &parts, true) {
         return *refused;
-    }
-    if let Err(bad) = check_room(&app, &id) {
-        return *bad;
     }
     let body = match body {
         Ok(b) => b,
@@ -216,11 +220,8 @@ pub(crate) async fn delete_variable(
     Path((id, name)): Path<(String, String)>,
     parts: Parts,
 ) -> Response {
-    if let Err(refused) = api_access(&app, &id, &parts, true) {
+    if let Err(refused) = room_check(&app, &id, &parts, true) {
         return *refused;
-    }
-    if let Err(bad) = check_room(&app, &id) {
-        return *bad;
     }
     let name = normalize_name(&name);
     match app.hub.delete_variable(&id, &name).await {
@@ -251,11 +252,8 @@ pub(crate) async fn delete_room(
     Path(id): Path<String>,
     parts: Parts,
 ) -> Response {
-    if let Err(refused) = api_access(&app, &id, &parts, true) {
+    if let Err(refused) = room_check(&app, &id, &parts, true) {
         return *refused;
-    }
-    if let Err(bad) = check_room(&app, &id) {
-        return *bad;
     }
     match app.hub.clear_room(&id).await {
         Ok(Some(n)) => json(format!("{{\"deleted\":{n}}}\n")),
