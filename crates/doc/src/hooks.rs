@@ -38,7 +38,9 @@ use crate::Room;
 pub trait RoomHooks: Send + Sync + 'static {
     /// Runs once, before the room answers its first client: load persisted state, seed
     /// content. A failure is returned to every client waiting to join, and a
-    /// [`RoomManager`](crate::RoomManager) does not keep the room.
+    /// [`RoomManager`](crate::RoomManager) does not keep the room. State that is persisted
+    /// already goes in through [`Room::transact_loaded`], so that [`RoomHooks::updated`]
+    /// does not see it again; seeded content made with [`Room::doc`] reaches `updated`.
     fn load<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, Result<(), HookError>> {
         let _ = room;
         Box::pin(async { Ok(()) })
@@ -54,7 +56,8 @@ pub trait RoomHooks: Send + Sync + 'static {
 
     /// After a transaction changed the room's document: `update` is the v1 update of that
     /// transaction as yrs produced it (whatever its origin: a client, or server code editing
-    /// [`Room::doc`] directly). Called in order from [`Room::run`]. Persist here.
+    /// [`Room::doc`] directly), except those of [`Room::apply_replicated`] and
+    /// [`Room::transact_loaded`]. Called in order from [`Room::run`]. Persist here.
     fn updated(&self, room: &Room, update: &Bytes) {
         let _ = (room, update);
     }

@@ -30,6 +30,9 @@ const API_ORIGIN: &[u8] = b"nimbus-doc/api";
 /// The transaction origin of updates applied with [`Room::apply_replicated`].
 const REPLICA_ORIGIN: &[u8] = b"nimbus-doc/replica";
 
+/// The transaction origin of [`Room::transact_loaded`] (a load hook's stored state).
+const LOAD_ORIGIN: &[u8] = b"nimbus-doc/load";
+
 /// Whether a transaction applied an update the validator replica already has.
 fn validated_origin(origin: Option<&Origin>) -> bool {
     origin.is_some_and(|o| o.as_ref() == API_ORIGIN || o.as_ref().starts_with(CONN_ORIGIN_PREFIX))
@@ -266,9 +269,30 @@ enum Event {
         /// The v1 update: a slice of `frame` (one allocation per update, shared by every
         /// receiver's queue and the hooks).
         update: Bytes,
-        replicated: bool,
+        source: Source,
     },
     Flush(oneshot::Sender<()>),
+}
+
+/// Where a transaction's update came from, which decides the hook it reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A client, the API, or server code: [`RoomHooks::updated`].
+    Local,
+    /// [`Room::apply_replicated`]: [`RoomHooks::replicated`].
+    Replicated,
+    /// [`Room::transact_loaded`]: no hook (it is the stored state).
+    Loaded,
+}
+
+impl Source {
+    fn of(origin: Option<&Origin>) -> Source {
+        match origin.map(|o| o.as_ref()) {
+            Some(REPLICA_ORIGIN) => Source::Replicated,
+            Some(LOAD_ORIGIN) => Source::Loaded,
+            _ => Source::Local,
+        }
+    }
 }
 
 /// The frames queued for one client: bounded in frames, empty until something is queued,
@@ -433,12 +457,11 @@ impl Room {
                 lock(&bl).push(update.clone());
             }
             let conn = txn.origin().and_then(conn_of_origin);
-            let replicated = txn.origin().is_some_and(|o| o.as_ref() == REPLICA_ORIGIN);
             let _ = tx.send(Event::Update {
                 conn,
                 frame,
                 update,
-                replicated,
+                source: Source::of(txn.origin()),
             });
         });
         if let Err(e) = observed {
@@ -555,13 +578,13 @@ impl Room {
                 conn,
                 frame,
                 update,
-                replicated,
+                source,
             } => {
                 self.broadcast(&frame, conn);
-                if replicated {
-                    self.inner.hooks.replicated(self, &update);
-                } else {
-                    self.inner.hooks.updated(self, &update);
+                match source {
+                    Source::Local => self.inner.hooks.updated(self, &update),
+                    Source::Replicated => self.inner.hooks.replicated(self, &update),
+                    Source::Loaded => {}
                 }
             }
             Event::Flush(ack) => {
@@ -774,6 +797,16 @@ impl Room {
     pub fn apply_replicated(&self, update: &[u8]) -> Result<(), ApplyError> {
         let parsed = update::decode_update(update)?;
         self.integrate(None, Origin::from(REPLICA_ORIGIN), parsed)
+    }
+
+    /// A transaction for a [`RoomHooks::load`] hook to put the room's stored state into
+    /// the document: its update is forwarded to the room's clients like any change, but
+    /// neither [`RoomHooks::updated`] nor [`RoomHooks::replicated`] is called for it (it is
+    /// kept already), whatever else reaches the room before or after it. It blocks while
+    /// another transaction of the document is open, so a hook applying a large state runs
+    /// it off the async workers (`tokio::task::spawn_blocking` with a clone of the room).
+    pub fn transact_loaded(&self) -> yrs::TransactionMut<'_> {
+        self.inner.doc.transact_mut_with(Origin::from(LOAD_ORIGIN))
     }
 
     fn apply_client_update(&self, conn: u64, bytes: &[u8]) -> Result<(), ApplyError> {

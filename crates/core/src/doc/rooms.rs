@@ -49,9 +49,23 @@ struct Persisted {
     /// room adds what it appends, so it is the encoded size of the last compaction plus the
     /// bytes appended since.
     size: Arc<AtomicUsize>,
-    /// The load hook's own transaction (the stored state) reaches `updated` like any other,
-    /// first in order: it is already stored and must not be appended again.
-    skip_loaded: AtomicBool,
+    /// Updates from the replication's subscription that arrived while the room loads: held
+    /// (bounded by [`MAX_HELD_BYTES`]) and applied once the stored state is in, so the
+    /// subscription never waits for a load. `None` once loaded.
+    held: Mutex<Option<Held>>,
+}
+
+/// The bytes of updates a loading room holds for later ([`Persisted::held`]); beyond it
+/// they are dropped and the room catches up from the replication once loaded.
+const MAX_HELD_BYTES: usize = 8 << 20;
+
+/// Updates held while a room loads.
+#[derive(Default)]
+struct Held {
+    messages: Vec<DocMessage>,
+    bytes: usize,
+    /// Some were dropped (over [`MAX_HELD_BYTES`]): catch up once loaded.
+    dropped: bool,
 }
 
 impl RoomHooks for Persisted {
@@ -72,12 +86,22 @@ impl RoomHooks for Persisted {
                     return Err(failed(&e));
                 }
             };
-            let log = state.log;
-            let before = room.doc().transact().state_vector();
-            let applied = apply_records(room.id(), room.doc(), log.records());
-            // A transaction that changed the document fires exactly one update event.
-            let changed = room.doc().transact().state_vector() != before;
-            self.skip_loaded.store(changed, Ordering::Relaxed);
+            // Applied off the async workers: a large document takes seconds, and the other
+            // connections of a worker must not wait for it. The transaction's origin keeps
+            // it out of `updated` (it is stored already), whatever reaches the room first.
+            let log = Arc::new(state.log);
+            let (r, l) = (room.clone(), log.clone());
+            let applied = tokio::task::spawn_blocking(move || {
+                apply_records(r.id(), &mut r.transact_loaded(), l.records())
+            })
+            .await;
+            let applied = match applied {
+                Ok(applied) => applied,
+                Err(e) => {
+                    self.unregister(room);
+                    return Err(failed(&e));
+                }
+            };
             if applied.skipped > 0 {
                 self.metrics
                     .doc
@@ -87,6 +111,7 @@ impl RoomHooks for Persisted {
             self.repl.loaded(&self.size, &log);
             let step = lock(&self.sync).loaded(&state.epoch, state.seq);
             self.follow(room, step);
+            self.drain_held(room);
             tracing::debug!(
                 room = room.id(),
                 records = applied.applied,
@@ -126,9 +151,6 @@ impl RoomHooks for Persisted {
     }
 
     fn updated(&self, room: &Room, update: &Bytes) {
-        if self.skip_loaded.swap(false, Ordering::Relaxed) {
-            return;
-        }
         self.size.fetch_add(update.len(), Ordering::Relaxed);
         self.metrics.doc.updates.inc();
         self.metrics.doc.update_bytes.inc_by(update.len() as u64);
@@ -172,6 +194,45 @@ impl Persisted {
             .is_some_and(|me| std::ptr::eq(Arc::as_ptr(me), self))
         {
             replicas.remove(room.id());
+        }
+    }
+
+    /// An update from the replication's subscription: held while the room loads, applied
+    /// otherwise.
+    fn receive(&self, room: &Room, m: DocMessage) {
+        if let Some(held) = lock(&self.held).as_mut() {
+            if held.bytes + m.update.len() <= MAX_HELD_BYTES {
+                held.bytes += m.update.len();
+                held.messages.push(m);
+            } else {
+                held.dropped = true;
+            }
+            return;
+        }
+        self.apply(room, m);
+    }
+
+    fn apply(&self, room: &Room, m: DocMessage) {
+        if !m.local {
+            if let Err(error) = room.apply_replicated(&m.update) {
+                tracing::error!(room = %m.room, %error, "cannot apply a document update from Redis");
+            }
+        }
+        let step = lock(&self.sync).on_update(&m.epoch, m.seq);
+        self.follow(room, step);
+    }
+
+    /// The stored state is in: apply what arrived meanwhile (updates the load already
+    /// had are applied again, which changes nothing), and catch up if some were dropped.
+    fn drain_held(&self, room: &Room) {
+        let Some(held) = lock(&self.held).take() else {
+            return;
+        };
+        for m in held.messages {
+            self.apply(room, m);
+        }
+        if held.dropped {
+            self.resync(room);
         }
     }
 
@@ -346,7 +407,7 @@ impl DocRooms {
                 limits: l.clone(),
                 metrics: m.clone(),
                 size: r.size(id),
-                skip_loaded: AtomicBool::new(false),
+                held: Mutex::new(Some(Held::default())),
             });
             Room::with_options(id, hooks, l.room_options())
         });
@@ -377,13 +438,7 @@ impl DocFeed for DocRooms {
         let Some(room) = self.manager.get(&m.room) else {
             return;
         };
-        if !m.local {
-            if let Err(error) = room.apply_replicated(&m.update) {
-                tracing::error!(room = %m.room, %error, "cannot apply a document update from Redis");
-            }
-        }
-        let step = lock(&hooks.sync).on_update(&m.epoch, m.seq);
-        hooks.follow(&room, step);
+        hooks.receive(&room, m);
     }
 
     /// Catch every followed room up with Redis (after the subscription was re-established).
@@ -521,10 +576,11 @@ impl DocRooms {
 
     /// `read` of the document of `room`: its live state when loaded, else the stored one
     /// (replayed into a fresh document); `None` when nothing is stored for it.
-    async fn read_doc<T>(
+    /// The replay runs off the async workers (a large document takes seconds).
+    async fn read_doc<T: Send + 'static>(
         &self,
         room: &str,
-        read: impl FnOnce(&nimbus_doc::yrs::Doc) -> T,
+        read: impl FnOnce(&nimbus_doc::yrs::Doc) -> T + Send + 'static,
     ) -> Result<Option<T>, StoreError> {
         if let Some(live) = self.live(room).await {
             return Ok(Some(read(live.doc())));
@@ -533,9 +589,17 @@ impl DocRooms {
         if log.is_empty() {
             return Ok(None);
         }
-        let doc = nimbus_doc::yrs::Doc::new();
-        apply_records(room, &doc, log.records());
-        Ok(Some(read(&doc)))
+        let id = room.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let doc = nimbus_doc::yrs::Doc::new();
+            apply_records(&id, &mut doc.transact_mut(), log.records());
+            Some(read(&doc))
+        })
+        .await
+        .map_err(|e| StoreError::Backend {
+            backend: "yrs",
+            source: format!("replaying the document: {e}").into(),
+        })
     }
 
     /// The whole document of `room` as one v1 update (its live state when loaded, else the
@@ -600,5 +664,150 @@ impl DocRooms {
         use nimbus_doc::yrs::updates::encoder::Encode;
         self.read_doc(room, |doc| doc.transact().state_vector().encode_v1())
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Weak;
+
+    use nimbus_doc::yrs::{GetString, StateVector, Text};
+    use prometheus_client::registry::Registry;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::doc::replication::{DeleteRefused, DocState};
+    use crate::store::DocLog;
+
+    /// A replication whose load waits for the test's signal and which records appends.
+    struct Gated {
+        stored: Vec<u8>,
+        gate: Mutex<Option<oneshot::Receiver<()>>>,
+        appended: Mutex<Vec<Bytes>>,
+        feed: Mutex<Option<Weak<dyn DocFeed>>>,
+    }
+
+    impl std::fmt::Debug for Gated {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Gated").finish_non_exhaustive()
+        }
+    }
+
+    impl DocReplication for Gated {
+        fn unavailable_reason(&self) -> &'static str {
+            "unavailable"
+        }
+        fn size(&self, _room: &str) -> Arc<AtomicUsize> {
+            Arc::default()
+        }
+        fn load<'a>(&'a self, _room: &'a str) -> BoxFuture<'a, Result<DocState, ReplicationError>> {
+            let gate = lock(&self.gate).take();
+            Box::pin(async move {
+                if let Some(gate) = gate {
+                    let _ = gate.await;
+                }
+                Ok(DocState {
+                    epoch: Arc::from("e"),
+                    seq: 1,
+                    log: DocLog {
+                        snapshot: Some(self.stored.clone()),
+                        updates: Vec::new(),
+                    },
+                })
+            })
+        }
+        fn loaded(&self, _size: &AtomicUsize, _log: &DocLog) {}
+        fn can_write(&self) -> bool {
+            true
+        }
+        fn append(&self, _room: Arc<str>, update: &Bytes, _on_failure: &dyn Fn() -> OnFailure) {
+            lock(&self.appended).push(update.clone());
+        }
+        fn emptied(&self, _room: &str) {}
+        fn delete(&self, _room: &str) -> Result<(), DeleteRefused> {
+            Ok(())
+        }
+        fn check_delete(&self) -> Result<(), DeleteRefused> {
+            Ok(())
+        }
+        fn subscribe(&self, feed: Weak<dyn DocFeed>) {
+            *lock(&self.feed) = Some(feed);
+        }
+    }
+
+    fn text_update(text: &str) -> Vec<u8> {
+        let doc = nimbus_doc::yrs::Doc::new();
+        doc.get_or_insert_text("t")
+            .push(&mut doc.transact_mut(), text);
+        let update = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        update
+    }
+
+    #[tokio::test]
+    async fn updates_replicated_during_a_load_are_held_applied_after_it_and_never_appended() {
+        let (open, gate) = oneshot::channel();
+        let repl = Arc::new(Gated {
+            stored: text_update("stored"),
+            gate: Mutex::new(Some(gate)),
+            appended: Mutex::default(),
+            feed: Mutex::default(),
+        });
+        let mut registry = Registry::default();
+        let metrics = DocRoomsMetrics {
+            doc: Arc::new(DocMetrics::register(&mut registry)),
+            store: Arc::new(StoreMetrics::register(&mut registry)),
+            replication: ReplicationMetrics::register(&mut registry),
+        };
+        let store = Store::spawn(
+            crate::store::MemoryBackend::default(),
+            std::time::Duration::from_millis(1),
+        );
+        let rooms = Arc::new(DocRooms::with_replication(
+            store,
+            Arc::new(DocLimits::default()),
+            metrics,
+            repl.clone(),
+        ));
+        rooms.attach();
+        let feed = lock(&repl.feed)
+            .clone()
+            .and_then(|f| f.upgrade())
+            .expect("subscribed");
+        // A client joins the room: it waits for the load, which waits for the gate.
+        let r = rooms.clone();
+        let loading = tokio::spawn(async move { r.manager.get_room("doc").await });
+        while rooms.manager.get("doc").is_none() {
+            tokio::task::yield_now().await;
+        }
+        // Another node's update arrives while the room loads: held, not applied now (the
+        // subscription does not wait for the load's transaction).
+        let other = text_update("other");
+        feed.replicated(DocMessage {
+            room: Arc::from("doc"),
+            epoch: Arc::from("e"),
+            seq: 2,
+            local: false,
+            update: Bytes::from(other.clone()),
+        });
+        let held = lock(&lock(&rooms.replicas)["doc"].held)
+            .as_ref()
+            .map(|h| h.messages.len());
+        assert_eq!(held, Some(1));
+        open.send(()).expect("the load waits");
+        let room = loading.await.expect("joined").expect("loaded");
+        // Then the room's own update, through the API.
+        let local = text_update("local");
+        rooms.apply_update("doc", &local).await.expect("applied");
+        room.flush().await;
+        let text = room.doc().get_or_insert_text("t");
+        let text = text.get_string(&room.doc().transact());
+        for part in ["stored", "other", "local"] {
+            assert!(text.contains(part), "{part} missing from {text:?}");
+        }
+        // Only this node's own update is appended: not the stored state, not the other
+        // node's update.
+        assert_eq!(*lock(&repl.appended), [Bytes::from(local)]);
     }
 }

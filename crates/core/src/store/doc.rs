@@ -8,7 +8,7 @@
 //! time stays bounded.
 
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::{Doc, ReadTxn, StateVector, Transact, TransactionMut, Update};
 
 /// A room's persisted document: the snapshot (if compacted before) then the later updates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,15 +48,14 @@ pub struct Applied {
     pub skipped: usize,
 }
 
-/// Apply `records` in order to `doc`, skipping (and logging) any that is corrupt, so
+/// Apply `records` in order in `txn`, skipping (and logging) any that is corrupt, so
 /// one bad record never loses the rest of a room.
 pub fn apply_records<'a>(
     room: &str,
-    doc: &Doc,
+    txn: &mut TransactionMut<'_>,
     records: impl IntoIterator<Item = &'a [u8]>,
 ) -> Applied {
     let mut out = Applied::default();
-    let mut txn = doc.transact_mut();
     for (i, record) in records.into_iter().enumerate() {
         let result = Update::decode_v1(record)
             .map_err(|e| e.to_string())
@@ -75,7 +74,7 @@ pub fn apply_records<'a>(
 /// Fold a log into one snapshot (the state of a document that applied every record).
 pub fn compact(room: &str, log: &DocLog) -> Vec<u8> {
     let doc = Doc::new();
-    apply_records(room, &doc, log.records());
+    apply_records(room, &mut doc.transact_mut(), log.records());
     let txn = doc.transact();
     txn.encode_state_as_update_v1(&StateVector::default())
 }
@@ -122,7 +121,7 @@ mod tests {
             log.bytes()
         );
         let restored = Doc::new();
-        let applied = apply_records("r", &restored, [snapshot.as_slice()]);
+        let applied = apply_records("r", &mut restored.transact_mut(), [snapshot.as_slice()]);
         assert_eq!(applied.applied, 1);
         let t = restored.get_or_insert_text("t");
         let o = original.get_or_insert_text("t");
@@ -141,7 +140,7 @@ mod tests {
             snapshot: None,
             updates,
         };
-        let applied = apply_records("r", &doc, log.records());
+        let applied = apply_records("r", &mut doc.transact_mut(), log.records());
         assert_eq!(applied.skipped, 1);
         assert_eq!(
             doc.get_or_insert_text("t").get_string(&doc.transact()),

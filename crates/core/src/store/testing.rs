@@ -34,7 +34,7 @@ pub fn text_updates(n: usize) -> (String, Vec<bytes::Bytes>) {
 /// The text `t` that `log` restores (every record must apply).
 pub fn text_of(log: &DocLog) -> String {
     let doc = yrs::Doc::new();
-    let applied = apply_records("r", &doc, log.records());
+    let applied = apply_records("r", &mut doc.transact_mut(), log.records());
     assert_eq!(applied.skipped, 0, "a record did not apply");
     let text = doc.get_or_insert_text("t");
     let s = text.get_string(&doc.transact());
