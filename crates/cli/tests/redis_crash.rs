@@ -1,6 +1,7 @@
 //! Three real `nimbus serve --redis` processes and a real `redis-server` on loopback:
 //! a node killed with `kill -9` mid-stream loses nothing another client already saw (cloud
-//! rooms, document rooms), and a gateway session of the killed node resumes on another one.
+//! rooms, document rooms), a gateway session of the killed node resumes on another one, and
+//! the webhook events the killed lease holder had queued are delivered by the next holder.
 //!
 //! Needs `redis-server` (Debian: `apt-get install redis-server`; `.ci/run` installs it).
 //! Without it the test prints `SKIPPED` and returns, unless `NIMBUS_REQUIRE_REDIS=1`.
@@ -85,6 +86,10 @@ fn start_redis(dir: &std::path::Path, port: u16) -> Killed {
 }
 
 fn start_node(dir: &std::path::Path, port: u16, redis: u16) -> Killed {
+    start_node_with(dir, port, redis, &[])
+}
+
+fn start_node_with(dir: &std::path::Path, port: u16, redis: u16, extra: &[&str]) -> Killed {
     let child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
@@ -94,6 +99,7 @@ fn start_node(dir: &std::path::Path, port: u16, redis: u16) -> Killed {
         // Sets go back to back: lift the per-connection set rate (tested in hostile_edge),
         // so no set is dropped as over the rate.
         .args(["--sets-per-sec", "1000000", "--sets-burst", "1000000"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -455,4 +461,145 @@ async fn a_node_killed_with_kill_9_mid_edit_loses_no_document_edit_another_node_
     for c in [again, late, observer] {
         c.close().await;
     }
+}
+
+/// A loopback webhook receiver that answers 503 while `failing`, else 204, and keeps the
+/// values of the `CLOUD_*` events it accepted, de-duplicated by event id.
+#[derive(Clone, Default)]
+struct Hooked {
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<(std::collections::HashSet<String>, Vec<u64>)>>,
+}
+
+impl Hooked {
+    async fn start(&self) -> u16 {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let me = me.clone();
+                            async move {
+                                let body = req.into_body().collect().await?.to_bytes();
+                                let status = me.take(&body);
+                                let reply = hyper::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                                    .unwrap();
+                                Ok::<_, hyper::Error>(reply)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        port
+    }
+
+    fn take(&self, body: &[u8]) -> u16 {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return 503;
+        }
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let mut seen = self.seen.lock().unwrap();
+        for ev in v["data"]["events"].as_array().unwrap() {
+            if seen.0.insert(ev["id"].as_str().unwrap().to_owned()) {
+                if let Some(x) = ev["data"]["value"].as_u64() {
+                    seen.1.push(x);
+                }
+            }
+        }
+        204
+    }
+
+    fn values(&self) -> Vec<u64> {
+        let mut v = self.seen.lock().unwrap().1.clone();
+        v.sort_unstable();
+        v
+    }
+
+    async fn until_values(&self, what: &str, want: &[u64]) {
+        let deadline = Instant::now() + WAIT;
+        while self.values() != want {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the receiver has {} of {} values; missing {:?}",
+                self.values().len(),
+                want.len(),
+                want.iter()
+                    .filter(|v| !self.values().contains(v))
+                    .take(20)
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn set_x(ws: &mut Ws, value: u64) {
+    let line = format!(r#"{{"method":"set","name":"☁ x","value":{value}}}"#);
+    ws.send(Message::text(line)).await.unwrap();
+}
+
+#[tokio::test]
+async fn webhook_events_the_killed_lease_holder_had_queued_are_delivered_by_the_next_holder() {
+    if !have_redis() {
+        return;
+    }
+    let receiver = Hooked::default();
+    let hook_port = receiver.start().await;
+    let hook = format!(
+        "http://127.0.0.1:{hook_port}/hooks#secret=whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=&events=CLOUD_SET,CLOUD_CREATE"
+    );
+    let extra = ["--webhook", hook.as_str()];
+    let dir = tempfile::tempdir().unwrap();
+    let redis_port = free_port();
+    let _redis = start_redis(dir.path(), redis_port);
+    let ports = [free_port(), free_port()];
+    // Node A alone first: it takes the lease and delivers the first set.
+    let mut a = Some(start_node_with(
+        &dir.path().join("a"),
+        ports[0],
+        redis_port,
+        &extra,
+    ));
+    let mut first = join(ports[0], "first").await;
+    set_x(&mut first, 1).await;
+    receiver.until_values("node A delivers", &[1]).await;
+    let _b = start_node_with(&dir.path().join("b"), ports[1], redis_port, &extra);
+    let mut writer = join(ports[1], "w").await;
+    // The receiver fails: node A queues the events (retrying), and with its renewals it
+    // records how far it got, while the writer on node B goes on.
+    receiver
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    const QUEUED: u64 = 150;
+    for i in 2..=QUEUED {
+        set_x(&mut writer, i).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // More than one renewal after the last of them (the lease records progress each second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    drop(a.take());
+    receiver
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    // Sets after the kill: node B delivers them once it holds the lease (≤ 6 s).
+    const LAST: u64 = 200;
+    for i in QUEUED + 1..=LAST {
+        set_x(&mut writer, i).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let want: Vec<u64> = (1..=LAST).collect();
+    receiver
+        .until_values("every set, those node A had queued included", &want)
+        .await;
 }

@@ -4,7 +4,7 @@
 //! On one node, [`AlwaysLeader`]: the node is always the leader. With `--redis`,
 //! `nimbus_redis::lease::RedisLease`: a lease in Redis (`SET key node NX PX ttl`, renewed
 //! by its holder); only the holder acts. The holder also records how far it got
-//! ([`Leadership::progress`], the global id of the last event it handed on); a node that
+//! ([`Leadership::progress`], the global id up to which every event is settled); a node that
 //! takes the lease over learns it ([`Leadership::take_handover`]) and replays what it saw
 //! after it, so a handover duplicates events (receivers de-duplicate by id) rather than
 //! losing them (`docs/integrations.md`, Webhooks).
@@ -18,7 +18,8 @@ pub trait Leadership: Send + Sync + std::fmt::Debug {
     /// Whether this node acts now.
     fn is_leader(&self) -> bool;
 
-    /// The leader handed on every event up to `gid` (shared with the next holder).
+    /// Every event up to `gid` is settled: delivered, or dropped for good (shared with the
+    /// next holder, which replays the events after it). Never an event still queued.
     fn progress(&self, gid: StreamId) {
         let _ = gid;
     }

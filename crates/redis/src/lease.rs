@@ -4,8 +4,9 @@
 //! One key, `nimbus:webhook:lease`, holds the node id of the holder with a TTL
 //! (the script `lua/lease.lua`: `SET key node NX PX ttl` when free, `PEXPIRE` when held). Every
 //! node runs a task that calls it every `ttl / 5`. The holder also stores its progress
-//! (the global id of the last event it handed on) in `nimbus:webhook:progress`; a node
-//! that takes the lease gets that progress back and replays the events it saw after it.
+//! (the global id up to which every event is settled, see [`Leadership::progress`]) in
+//! `nimbus:webhook:progress`; a node that takes the lease gets that progress back and
+//! replays the events it saw after it.
 //!
 //! A node believes it holds the lease until `ttl - ttl / 5` after the call that last
 //! renewed it started, so it stops acting before another node can take the lease (clocks

@@ -181,6 +181,7 @@ impl Script {
             kind,
             body: Bytes::from(body.replace("\"@seq\"", &seq.to_string())),
             at: SystemTime::now(),
+            order: None,
         });
     }
 }

@@ -62,6 +62,10 @@ pub struct Event {
     pub body: Bytes,
     /// When it happened.
     pub at: SystemTime,
+    /// The caller's order of the event, increasing in publish order (`None`: untracked).
+    /// [`Webhooks::oldest_pending`] reports the lowest one still undelivered, so a caller
+    /// knows up to where every event is settled.
+    pub order: Option<u128>,
 }
 
 /// Why [`Webhooks::start`] failed.
@@ -180,11 +184,23 @@ impl Webhooks {
                 Arc::new(queue::Item {
                     fragment: payload::fragment(&event),
                     id: event.id.clone(),
+                    order: event.order,
                     published: Instant::now(),
                 })
             });
             ep.queue.push(item.clone());
         }
+    }
+
+    /// The lowest [`Event::order`] of the events still queued (or in flight) for any
+    /// endpoint: every tracked event before it is settled (delivered, or dropped by a
+    /// bound or a permanent failure). `None`: no tracked event is pending.
+    pub fn oldest_pending(&self) -> Option<u128> {
+        self.inner
+            .endpoints
+            .iter()
+            .filter_map(|ep| ep.queue.oldest_order())
+            .min()
     }
 
     /// Number of configured endpoints.

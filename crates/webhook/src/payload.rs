@@ -153,6 +153,7 @@ mod tests {
             kind: "CLOUD_SET",
             body: Bytes::from(body.to_owned()),
             at: UNIX_EPOCH + Duration::from_millis(1_777_636_800_120),
+            order: None,
         }
     }
 

@@ -30,6 +30,8 @@ pub(crate) const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub(crate) struct Item {
     /// The caller's event id.
     pub(crate) id: String,
+    /// The caller's order ([`crate::Event::order`]).
+    pub(crate) order: Option<u128>,
     /// The event's element of `data.events`.
     pub(crate) fragment: Bytes,
     /// When it was published.
@@ -167,6 +169,12 @@ impl Queue {
         self.notify.notify_one();
     }
 
+    /// The order of the first tracked item still queued (the batch in flight included):
+    /// items are queued in publish order, so it is the lowest pending here.
+    pub(crate) fn oldest_order(&self) -> Option<u128> {
+        self.lock().items.iter().find_map(|item| item.order)
+    }
+
     /// Wait for the next batch: when enough events wait to fill a request, when the oldest
     /// has waited `linger`, or at once while closing. `None` once closing and empty.
     /// The batch stays at the head of the queue until [`Queue::complete`].
@@ -267,6 +275,7 @@ mod tests {
     fn item(id: usize, size: usize) -> Arc<Item> {
         Arc::new(Item {
             id: id.to_string(),
+            order: Some(id as u128),
             fragment: Bytes::from(vec![b'x'; size]),
             published: Instant::now(),
         })
@@ -285,6 +294,32 @@ mod tests {
 
     fn ids(q: &Queue) -> Vec<String> {
         q.lock().items.iter().map(|i| i.id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_oldest_pending_order_is_the_batch_in_flight_until_it_completes() {
+        let q = queue(10, 10_000, 2);
+        assert_eq!(q.oldest_order(), None);
+        q.push(Arc::new(Item {
+            id: "untracked".into(),
+            order: None,
+            fragment: Bytes::from_static(b"x"),
+            published: Instant::now(),
+        }));
+        for id in 1..=3 {
+            q.push(item(id, 10));
+        }
+        // Untracked items do not count.
+        assert_eq!(q.oldest_order(), Some(1));
+        let batch = q.next_batch().await.expect("a batch");
+        assert_eq!(batch.len(), 2);
+        // In flight is not settled: a failed attempt is retried.
+        assert_eq!(q.oldest_order(), Some(1));
+        q.complete();
+        assert_eq!(q.oldest_order(), Some(2));
+        q.next_batch().await.expect("a batch");
+        q.complete();
+        assert_eq!(q.oldest_order(), None);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use base64::Engine;
 use bytes::Bytes;
 use nimbus_core::events::{EventBody, EventBus, RoomEvent};
 use nimbus_core::lease::Leadership;
+use nimbus_proto::backplane::StreamId;
 use nimbus_webhook::{Debouncer, Event, StartError, WebhookMetrics, Webhooks};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,8 @@ pub struct Hooks {
     counter: AtomicU64,
     /// With a shared leadership: the recent events every node keeps for a takeover.
     replay: Option<Mutex<VecDeque<RoomEvent>>>,
+    /// The global id of the last event this node published (with a shared leadership).
+    last_published: Mutex<Option<StreamId>>,
     debounce: Mutex<Debounce>,
     wake: Notify,
     stop: CancellationToken,
@@ -80,6 +83,7 @@ impl Hooks {
             prefix: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
             counter: AtomicU64::new(0),
             replay: shared.then(|| Mutex::new(VecDeque::new())),
+            last_published: Mutex::new(None),
             debounce: Mutex::new(Debounce {
                 debouncer: Debouncer::new(
                     config.doc_interval,
@@ -98,6 +102,9 @@ impl Hooks {
             }
         }));
         tokio::spawn(doc_changes(hooks.clone(), docs, hooks.stop.clone()));
+        if shared {
+            tokio::spawn(progress_ticks(Arc::downgrade(&hooks), hooks.stop.clone()));
+        }
         Ok(hooks)
     }
 
@@ -144,27 +151,66 @@ impl Hooks {
         if !self.leader.is_leader() {
             return;
         }
-        match self.leader.take_handover() {
-            Some(from) => {
-                let again: Vec<&RoomEvent> = buffered
-                    .iter()
-                    .filter(|e| e.gid.is_none_or(|g| g > from))
-                    .collect();
-                tracing::info!(
-                    events = again.len(),
-                    after = %from,
-                    "webhooks: lease taken over, replaying the events after the previous holder's progress"
-                );
-                for e in again {
-                    self.publish(e);
-                }
-            }
-            None => self.publish(ev),
+        if !self.replay_handover(&buffered) {
+            self.publish(ev);
         }
         drop(buffered);
-        if let Some(gid) = ev.gid {
-            self.leader.progress(gid);
+        self.record_progress();
+    }
+
+    /// Once after this node took the lease over: publish every kept event after the
+    /// previous holder's progress (`buffered` is the locked replay buffer). Called at each
+    /// event and on the progress tick, so the replay does not wait for a next event.
+    /// Returns whether it replayed (the newest kept event included).
+    fn replay_handover(&self, buffered: &VecDeque<RoomEvent>) -> bool {
+        let Some(from) = self.leader.take_handover() else {
+            return false;
+        };
+        let again: Vec<&RoomEvent> = buffered
+            .iter()
+            .filter(|e| e.gid.is_none_or(|g| g > from))
+            .collect();
+        tracing::info!(
+            events = again.len(),
+            after = %from,
+            "webhooks: lease taken over, replaying the events after the previous holder's progress"
+        );
+        for e in again {
+            self.publish(e);
         }
+        true
+    }
+
+    /// The progress tick (with a shared leadership): a pending handover replay, then the
+    /// settled progress.
+    fn tick(&self) {
+        if !self.leader.is_leader() {
+            return;
+        }
+        if let Some(replay) = &self.replay {
+            let buffered = replay.lock().unwrap_or_else(PoisonError::into_inner);
+            self.replay_handover(&buffered);
+        }
+        self.record_progress();
+    }
+
+    /// Record (for the next holder of the lease) how far every event is settled: up to
+    /// just before the oldest event still queued for an endpoint, or the last one
+    /// published when none is. An event queued but not yet delivered when this node dies
+    /// is therefore replayed by the next holder, not lost.
+    fn record_progress(&self) {
+        let Some(last) = *self
+            .last_published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        else {
+            return;
+        };
+        let settled = match self.webhooks.oldest_pending() {
+            Some(order) => just_before(gid_of_order(order)).min(last),
+            None => last,
+        };
+        self.leader.progress(settled);
     }
 
     fn publish(&self, ev: &RoomEvent) {
@@ -178,7 +224,15 @@ impl Hooks {
             kind: ev.kind().name(),
             body: Bytes::from(ev.to_json()),
             at: SystemTime::now(),
+            order: ev.gid.map(order_of_gid),
         });
+        if let Some(gid) = ev.gid {
+            let mut last = self
+                .last_published
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *last = Some(last.map_or(gid, |l| l.max(gid)));
+        }
     }
 
     /// Build and publish one room's `DOC_CHANGED`.
@@ -206,6 +260,7 @@ impl Hooks {
             kind: DOC_CHANGED,
             body: Bytes::from(body.to_string()),
             at: SystemTime::now(),
+            order: None,
         });
     }
 
@@ -223,6 +278,49 @@ impl Hooks {
         }
         self.leader.release().await;
         report.undelivered
+    }
+}
+
+/// How often the holder of the lease records its settled progress while no event comes
+/// (deliveries completing move it too; the lease shares it at each renewal) and looks for a
+/// handover to replay.
+const PROGRESS_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Runs [`Hooks::tick`] every [`PROGRESS_TICK`] (with a shared leadership).
+async fn progress_ticks(h: Weak<Hooks>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(PROGRESS_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(h) = h.upgrade() else { return };
+        h.tick();
+    }
+}
+
+/// A global id as a webhook event's order (increasing with the id).
+fn order_of_gid(gid: StreamId) -> u128 {
+    (u128::from(gid.ms) << 64) | u128::from(gid.seq)
+}
+
+fn gid_of_order(order: u128) -> StreamId {
+    StreamId {
+        ms: (order >> 64) as u64,
+        seq: order as u64,
+    }
+}
+
+/// The greatest global id below `gid` (the replay after a takeover starts above it).
+fn just_before(gid: StreamId) -> StreamId {
+    match (gid.ms, gid.seq) {
+        (_, 0) if gid.ms > 0 => StreamId {
+            ms: gid.ms - 1,
+            seq: u64::MAX,
+        },
+        (_, 0) => StreamId::default(),
+        (ms, seq) => StreamId { ms, seq: seq - 1 },
     }
 }
 
@@ -256,6 +354,37 @@ async fn doc_changes(h: Arc<Hooks>, docs: Arc<DocRooms>, stop: CancellationToken
         };
         for room in due {
             h.doc_changed(&docs, &room).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ms: u64, seq: u64) -> StreamId {
+        StreamId { ms, seq }
+    }
+
+    #[test]
+    fn orders_follow_the_global_ids_and_map_back() {
+        let ids = [id(0, 0), id(0, 7), id(1, 0), id(1, u64::MAX), id(2, 3)];
+        for w in ids.windows(2) {
+            assert!(order_of_gid(w[0]) < order_of_gid(w[1]));
+        }
+        for gid in ids {
+            assert_eq!(gid_of_order(order_of_gid(gid)), gid);
+        }
+    }
+
+    #[test]
+    fn just_before_is_the_greatest_id_below_so_a_replay_above_it_starts_at_the_id() {
+        assert_eq!(just_before(id(5, 3)), id(5, 2));
+        assert_eq!(just_before(id(5, 0)), id(4, u64::MAX));
+        assert_eq!(just_before(id(0, 0)), id(0, 0));
+        for gid in [id(5, 3), id(5, 0), id(1, 1)] {
+            let from = just_before(gid);
+            assert!(gid > from, "the replay filter `g > from` keeps {gid}");
         }
     }
 }

@@ -252,5 +252,6 @@ pub fn event(id: impl Into<String>, room: &str, kind: &'static str, body: &str) 
         kind,
         body: Bytes::from(body.to_owned()),
         at: SystemTime::now(),
+        order: None,
     }
 }
