@@ -42,7 +42,16 @@ pub const DOC_SCRIPT: &str = include_str!("lua/doc.lua");
 /// when accepted, 0 when the epoch changed or a snapshot covering as much exists.
 pub const COMPACT_SCRIPT: &str = include_str!("lua/doc_compact.lua");
 
+/// The script that deletes a document room: its keys go (the next update starts a new
+/// epoch), and every node hears `0-0 x NODE ROOM` on the events channel and closes the
+/// room's clients with 4410.
+///
+/// KEYS: seq, epoch, log, snap, snapseq. ARGV: node, room, channel. Returns the number of
+/// keys deleted.
+pub const DOC_DELETE_SCRIPT: &str = include_str!("lua/doc_delete.lua");
+
 pub(crate) static DOC_LUA: Lua = Lua::new(DOC_SCRIPT);
+pub(crate) static DOC_DELETE_LUA: Lua = Lua::new(DOC_DELETE_SCRIPT);
 static COMPACT_LUA: Lua = Lua::new(COMPACT_SCRIPT);
 
 /// Redis key names of one document room.
@@ -91,6 +100,18 @@ impl DocWrite {
         (self.on_failure)();
     }
 }
+
+/// A document room's deletion queued for Redis (behind this node's queued updates of it).
+#[derive(Debug)]
+pub struct DocDelete {
+    /// Room.
+    pub room: Arc<str>,
+    /// Told whether Redis ran the deletion.
+    pub done: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// Longest wait for the writer to run a deletion.
+const DELETE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The document rooms' [`DocReplication`] with `--redis`: updates are appended to the
 /// room's stream in Redis and shared with every node (see the module docs); they come
@@ -146,15 +167,25 @@ impl DocReplication for RedisDocs {
     /// Redis holds every update already; the node that sees the log grow compacts it.
     fn emptied(&self, _room: &str) {}
 
-    /// Not supported: every node that has the room loaded holds a copy of it (and its
-    /// clients theirs) that its next update or resync would write back; deleting needs a
-    /// tombstone every node honours first. The HTTP API answers 501.
-    fn delete(&self, _room: &str) -> Result<(), DeleteRefused> {
-        Err(DeleteRefused::Unsupported)
+    /// Ready when Redis is: the deletion itself reports a failure.
+    fn check_delete(&self) -> Result<(), DeleteRefused> {
+        Ok(())
     }
 
-    fn check_delete(&self) -> Result<(), DeleteRefused> {
-        Err(DeleteRefused::Unsupported)
+    /// Queued behind this node's updates of the room, so none of them writes it back;
+    /// every node then closes the room's clients ([`DOC_DELETE_SCRIPT`]).
+    fn delete<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<(), DeleteRefused>> {
+        Box::pin(async move {
+            let (done, ran) = tokio::sync::oneshot::channel();
+            self.bp.delete_doc(DocDelete {
+                room: Arc::from(room),
+                done,
+            });
+            match tokio::time::timeout(DELETE_TIMEOUT, ran).await {
+                Ok(Ok(true)) => Ok(()),
+                _ => Err(DeleteRefused::Unavailable),
+            }
+        })
     }
 
     fn subscribe(&self, feed: Weak<dyn DocFeed>) {
@@ -184,7 +215,35 @@ pub(crate) fn invocation(node: &str, w: &DocWrite, pipe: &mut redis::Pipeline) {
         .arg(EVENTS_CHANNEL);
 }
 
+/// Append the deletion of a room to `pipe`.
+pub(crate) fn delete_invocation(node: &str, d: &DocDelete, pipe: &mut redis::Pipeline) {
+    let keys = Keys::new(&d.room);
+    pipe.cmd("EVALSHA")
+        .arg(DOC_DELETE_LUA.sha())
+        .arg(5)
+        .arg(&keys.seq)
+        .arg(&keys.epoch)
+        .arg(&keys.log)
+        .arg(&keys.snap)
+        .arg(&keys.snapseq)
+        .arg(node)
+        .arg(&*d.room)
+        .arg(EVENTS_CHANNEL);
+}
+
 impl RedisBackplane {
+    /// Queue a room's deletion (`done` hears `false` when the writer's queue is full).
+    pub(crate) fn delete_doc(&self, d: DocDelete) {
+        if let Err(e) = self.writes.try_send(super::Job::DocDelete(d)) {
+            self.metrics.backplane.write_failures.inc();
+            if let tokio::sync::mpsc::error::TrySendError::Full(super::Job::DocDelete(d))
+            | tokio::sync::mpsc::error::TrySendError::Closed(super::Job::DocDelete(d)) = e
+            {
+                let _ = d.done.send(false);
+            }
+        }
+    }
+
     /// Queue a document update (dropped, and `on_failure` called, when the writer's queue
     /// is full).
     pub(crate) fn write_doc(&self, w: DocWrite) {

@@ -347,7 +347,7 @@ impl RedisBackplane {
                     .ok_or_else(|| BackplaneError::Malformed(format!("event {}", e.id)))?;
                 let (kind, body) = nimbus_proto::backplane::split_kind(&m)?;
                 match Decoded::parse(&self.node, kind, body) {
-                    Ok(d) => out.push(d.room_event(gid)),
+                    Ok(d) => out.extend(d.room_event(gid)),
                     Err(error) => tracing::warn!(%error, id = %e.id, "skipping a malformed event"),
                 }
             }

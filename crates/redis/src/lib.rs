@@ -584,6 +584,9 @@ pub(crate) enum Decoded {
     Doc(doc::DocMessage),
     /// A presence event.
     Presence(RoomEvent),
+    /// A document room was deleted (`x NODE ROOM`, published only: no event, no stream
+    /// entry).
+    DocDeleted(Arc<str>),
 }
 
 impl Decoded {
@@ -611,6 +614,14 @@ impl Decoded {
                     gid: None,
                 })
             }
+            b'x' => {
+                let room = std::str::from_utf8(body)
+                    .ok()
+                    .and_then(|b| b.split_once(' '))
+                    .map(|(_node, room)| room)
+                    .ok_or_else(|| BackplaneError::Malformed("document deletion".into()))?;
+                Decoded::DocDeleted(Arc::from(room))
+            }
             other => {
                 return Err(BackplaneError::Malformed(format!(
                     "event kind {:?}",
@@ -620,15 +631,16 @@ impl Decoded {
         })
     }
 
-    /// The event-bus event, with its global id.
-    pub(crate) fn room_event(&self, gid: StreamId) -> RoomEvent {
+    /// The event-bus event, with its global id (`None`: not a room event).
+    pub(crate) fn room_event(&self, gid: StreamId) -> Option<RoomEvent> {
         let mut ev = match self {
             Decoded::Cloud(ev) => room_event(ev),
             Decoded::Doc(m) => nimbus_core::doc::update_event(&m.room, &m.update),
             Decoded::Presence(ev) => ev.clone(),
+            Decoded::DocDeleted(_) => return None,
         };
         ev.gid = Some(gid);
-        ev
+        Some(ev)
     }
 }
 
@@ -644,9 +656,10 @@ impl RedisBackplane {
         let (gid, kind, body) = split_event(payload)?;
         let decoded = Decoded::parse(&self.node, kind, body)?;
         if events.is_active() {
-            let mut ev = decoded.room_event(gid);
-            fill_unknown_value(feed, &mut ev).await;
-            events.publish(&ev);
+            if let Some(mut ev) = decoded.room_event(gid) {
+                fill_unknown_value(feed, &mut ev).await;
+                events.publish(&ev);
+            }
         }
         match decoded {
             Decoded::Cloud(event) => {
@@ -660,6 +673,11 @@ impl RedisBackplane {
             Decoded::Doc(m) => {
                 if let Some(docs) = self.docs() {
                     docs.replicated(m);
+                }
+            }
+            Decoded::DocDeleted(room) => {
+                if let Some(docs) = self.docs() {
+                    docs.deleted(&room);
                 }
             }
             Decoded::Presence(_) => {}
@@ -777,6 +795,15 @@ mod tests {
     }
 
     #[test]
+    fn a_document_deletion_names_its_room_and_is_no_room_event() {
+        let (gid, kind, body) = split_event(b"0-0 x node-1 notes/a b").expect("split");
+        let decoded = Decoded::parse("me", kind, body).expect("parse");
+        assert!(matches!(&decoded, Decoded::DocDeleted(room) if &**room == "notes/a b"));
+        assert!(decoded.room_event(gid).is_none(), "not on the event bus");
+        assert!(Decoded::parse("me", b'x', b"no-room").is_err());
+    }
+
+    #[test]
     fn event_messages_split_into_id_kind_and_body() {
         let (gid, kind, body) = split_event(b"17-3 d a b").expect("split");
         assert_eq!(
@@ -874,7 +901,7 @@ mod tests {
             if let Ok((_, kind, body)) = split_event(&bytes) {
                 let _ = Decoded::parse("node", kind, body);
             }
-            for kind in [b'c', b'd', b'p'] {
+            for kind in [b'c', b'd', b'p', b'x'] {
                 let _ = Decoded::parse("node", kind, &bytes);
             }
         }

@@ -11,6 +11,8 @@ pub(crate) enum Job {
     Cloud(Write),
     /// A document update.
     Doc(doc::DocWrite),
+    /// A document room's deletion.
+    DocDelete(doc::DocDelete),
     /// A presence event (its body JSON).
     Presence(String),
 }
@@ -23,6 +25,8 @@ pub(crate) enum Call {
     Cloud(Vec<usize>),
     /// A document update.
     Doc(usize),
+    /// A document room's deletion.
+    DocDelete(usize),
     /// A presence event.
     Presence(usize),
 }
@@ -51,6 +55,10 @@ pub(crate) fn plan(batch: &[Job]) -> Vec<Call> {
             Job::Doc(_) => {
                 open.clear();
                 calls.push(Call::Doc(i));
+            }
+            Job::DocDelete(_) => {
+                open.clear();
+                calls.push(Call::DocDelete(i));
             }
             Job::Presence(_) => {
                 open.clear();
@@ -93,7 +101,12 @@ pub(super) async fn writer(
         // unreachable (nothing of it is retried, so nothing is applied twice) and the next
         // pipeline loads them.
         if !loaded {
-            for script in [&CLOUD_LUA, &doc::DOC_LUA, &PRESENCE_LUA] {
+            for script in [
+                &CLOUD_LUA,
+                &doc::DOC_LUA,
+                &doc::DOC_DELETE_LUA,
+                &PRESENCE_LUA,
+            ] {
                 pipe.cmd("SCRIPT").arg("LOAD").arg(script.text()).ignore();
             }
         }
@@ -110,6 +123,11 @@ pub(super) async fn writer(
                 Call::Doc(i) => {
                     if let Job::Doc(w) = &batch[*i] {
                         doc::invocation(&node, w, &mut pipe);
+                    }
+                }
+                Call::DocDelete(i) => {
+                    if let Job::DocDelete(d) = &batch[*i] {
+                        doc::delete_invocation(&node, d, &mut pipe);
                     }
                 }
                 Call::Presence(i) => {
@@ -147,7 +165,9 @@ pub(super) async fn writer(
                                 answers[i] = Some(seq);
                             }
                         }
-                        Call::Doc(i) | Call::Presence(i) => answers[*i] = Some(reply),
+                        Call::Doc(i) | Call::DocDelete(i) | Call::Presence(i) => {
+                            answers[*i] = Some(reply)
+                        }
                     }
                 }
                 for (job, reply) in batch.drain(..).zip(answers) {
@@ -158,6 +178,10 @@ pub(super) async fn writer(
                             if let Some(bp) = bp.upgrade() {
                                 bp.doc_written(&w, reply);
                             }
+                        }
+                        Job::DocDelete(d) => {
+                            metrics.backplane.writes.inc();
+                            let _ = d.done.send(matches!(reply, Some(redis::Value::Int(_))));
                         }
                         Job::Presence(_) => {
                             metrics.backplane.writes.inc();
@@ -182,6 +206,9 @@ pub(super) async fn writer(
                             Reply::Accepted(reply) => drop(reply),
                         },
                         Job::Doc(w) => w.failed(),
+                        Job::DocDelete(d) => {
+                            let _ = d.done.send(false);
+                        }
                         Job::Presence(_) => {}
                     }
                 }

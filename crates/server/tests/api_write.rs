@@ -265,7 +265,7 @@ async fn delete_room_deletes_every_variable_through_the_room() {
 }
 
 #[tokio::test]
-async fn with_redis_a_put_on_node_a_reaches_a_client_on_node_b() {
+async fn with_redis_a_put_or_delete_on_node_a_reaches_the_clients_on_node_b() {
     let Some((dir, redis)) = redis_in_tempdir().await else {
         return;
     };
@@ -305,7 +305,8 @@ async fn with_redis_a_put_on_node_a_reaches_a_client_on_node_b() {
     )
     .await;
     assert_eq!(status, 404, "the delete reached node B's room");
-    // Document rooms cannot be deleted through Redis (yet): 501, nothing closed.
+    // A document room deleted through node A: its clients on node B are closed with
+    // 4410, and no node (nor Redis) keeps it.
     let (status, body) = http(
         nodes[0].addr,
         "POST",
@@ -315,8 +316,21 @@ async fn with_redis_a_put_on_node_a_reaches_a_client_on_node_b() {
     )
     .await;
     assert_eq!(status, 204, "{}", text_of(&body));
-    let (status, _) = http(nodes[0].addr, "DELETE", "/api/docs/r", Some(ADMIN), b"").await;
-    assert_eq!(status, 501);
+    let mut on_b = Peer::join(nodes[1].addr, "r").await;
+    assert_eq!(on_b.text(), "hi");
+    let (status, body) = http(nodes[0].addr, "DELETE", "/api/docs/r", Some(ADMIN), b"").await;
+    assert_eq!(status, 204, "{}", text_of(&body));
+    assert_eq!(on_b.closed().await, 4410);
+    for n in &nodes {
+        assert_eq!(
+            http(n.addr, "GET", "/api/docs/r", None, b"").await.0,
+            404,
+            "deleted for every node"
+        );
+    }
+    // The room starts again empty, on any node.
+    let fresh = Peer::join(nodes[1].addr, "r").await;
+    assert_eq!(fresh.text(), "");
     for n in nodes {
         n.stop().await;
     }

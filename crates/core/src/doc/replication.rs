@@ -51,14 +51,11 @@ pub type OnFailure = Arc<dyn Fn() + Send + Sync>;
 
 /// Why [`DocReplication::delete`] did not remove a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DeleteRefused {
     /// The store (or backplane) cannot write now.
     #[error("store unavailable: changes cannot be stored right now")]
     Unavailable,
-    /// This replication does not delete rooms (the Redis backplane: other nodes hold
-    /// copies of the room that would bring it back).
-    #[error("deleting a document room is not supported with this replication")]
-    Unsupported,
 }
 
 /// Where a replication delivers document updates made elsewhere (implemented by the
@@ -69,6 +66,9 @@ pub trait DocFeed: Send + Sync + 'static {
     /// Updates may have been missed (the subscription was re-established): every loaded
     /// room catches up.
     fn resync_all(&self);
+    /// A room was deleted (by any node, this one included): its clients here are closed
+    /// with 4410 and its copy dropped.
+    fn deleted(&self, room: &str);
 }
 
 /// What the document rooms need from the thing that keeps and shares their updates.
@@ -97,9 +97,9 @@ pub trait DocReplication: Send + Sync + std::fmt::Debug + 'static {
     fn emptied(&self, room: &str);
 
     /// Remove what is kept of room `room` (its clients have been closed and its updates
-    /// handed to [`DocReplication::append`] already); a load queued after this finds
-    /// nothing.
-    fn delete(&self, room: &str) -> Result<(), DeleteRefused>;
+    /// handed to [`DocReplication::append`] already); a load after this finds nothing.
+    /// With other nodes, each of them hears it ([`DocFeed::deleted`]).
+    fn delete<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<(), DeleteRefused>>;
 
     /// Whether [`DocReplication::delete`] would refuse now (asked before the room's
     /// clients are closed).
@@ -177,12 +177,13 @@ impl DocReplication for LocalDocs {
     }
 
     /// Queued behind every append: the log is gone for the next load.
-    fn delete(&self, room: &str) -> Result<(), DeleteRefused> {
-        self.check_delete()?;
-        self.store.apply(StoreOp::DocDelete {
-            room: Arc::from(room),
+    fn delete<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<(), DeleteRefused>> {
+        let queued = self.check_delete().map(|()| {
+            self.store.apply(StoreOp::DocDelete {
+                room: Arc::from(room),
+            });
         });
-        Ok(())
+        Box::pin(std::future::ready(queued))
     }
 
     fn subscribe(&self, _feed: Weak<dyn DocFeed>) {}

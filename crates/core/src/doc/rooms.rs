@@ -441,6 +441,16 @@ impl DocFeed for DocRooms {
         hooks.receive(&room, m);
     }
 
+    /// A room was deleted (through any node's API): its clients here are closed with
+    /// [`ROOM_DELETED`] and this copy is dropped, so none of it is written back.
+    fn deleted(&self, room: &str) {
+        lock(&self.replicas).remove(room);
+        if let Some(live) = self.manager.get(room) {
+            tracing::info!(%room, "document room deleted: closing its clients (4410)");
+            live.close_with(ROOM_DELETED, ROOM_DELETED_REASON);
+        }
+    }
+
     /// Catch every followed room up with Redis (after the subscription was re-established).
     fn resync_all(&self) {
         let followed: Vec<_> = lock(&self.replicas)
@@ -646,7 +656,7 @@ impl DocRooms {
             live.flush().await;
         }
         if existed {
-            self.repl.delete(room)?;
+            self.repl.delete(room).await?;
         }
         Ok(existed)
     }
@@ -724,8 +734,8 @@ mod tests {
             lock(&self.appended).push(update.clone());
         }
         fn emptied(&self, _room: &str) {}
-        fn delete(&self, _room: &str) -> Result<(), DeleteRefused> {
-            Ok(())
+        fn delete<'a>(&'a self, _room: &'a str) -> BoxFuture<'a, Result<(), DeleteRefused>> {
+            Box::pin(async { Ok(()) })
         }
         fn check_delete(&self) -> Result<(), DeleteRefused> {
             Ok(())

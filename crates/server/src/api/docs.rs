@@ -9,7 +9,8 @@
 //! A `POST`ed update is applied like a client's (`DocRooms::apply_update`: size limit,
 //! validated in the room's replica first, then the room's hooks persist and replicate it
 //! and its clients get it). `DELETE` closes the room's clients with 4410 and removes its
-//! stored log; with `--redis` it answers 501 (see `DocReplication::delete`).
+//! stored log; with `--redis` every node closes the room's clients (see
+//! `DocReplication::delete`).
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -22,7 +23,6 @@ use axum::Router;
 
 use super::{body_rejected, error, json};
 use crate::auth::{Presented, Refusal};
-use crate::doc::replication::DeleteRefused;
 use crate::doc::{validate_room_name, DeleteError, UpdateError};
 use crate::http::App;
 
@@ -300,7 +300,6 @@ pub(crate) async fn post_update(
         (status = 401, description = "no or unknown token", body = super::ErrorBody),
         (status = 403, description = "the token does not grant this room, or only reads", body = super::ErrorBody),
         (status = 404, description = "nothing is loaded or stored for this room", body = super::ErrorBody),
-        (status = 501, description = "not supported with `--redis`", body = super::ErrorBody),
         (status = 503, description = "the store cannot write now", body = super::ErrorBody),
     ),
     security(("bearer" = [])),
@@ -312,12 +311,8 @@ pub(crate) async fn delete_doc(app: App, room: String, parts: Parts) -> Response
     match app.docs.delete(&room).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, "unknown document room"),
-        Err(DeleteError::Refused(e @ DeleteRefused::Unsupported)) => {
-            error(StatusCode::NOT_IMPLEMENTED, e)
-        }
-        Err(DeleteError::Refused(e @ DeleteRefused::Unavailable)) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, e)
-        }
+        // The store or Redis cannot write now.
+        Err(DeleteError::Refused(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(DeleteError::Store(e)) => store_failed(&room, &e),
     }
 }

@@ -1,0 +1,3 @@
+local n = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('PUBLISH', ARGV[3], '0-0 x ' .. ARGV[1] .. ' ' .. ARGV[2])
+return n
