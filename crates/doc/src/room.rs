@@ -453,7 +453,10 @@ impl Room {
             let (frame, update) = update_frame(&event.update);
             // The replica already has what went through the validator; everything else
             // (server code editing the document) is queued for it.
-            if validate && !validated_origin(txn.origin()) {
+            // A load's state is not queued either: the validator is rebuilt from the
+            // document after it (`Room::transact_loaded`).
+            let source = Source::of(txn.origin());
+            if validate && source != Source::Loaded && !validated_origin(txn.origin()) {
                 lock(&bl).push(update.clone());
             }
             let conn = txn.origin().and_then(conn_of_origin);
@@ -461,7 +464,7 @@ impl Room {
                 conn,
                 frame,
                 update,
-                source: Source::of(txn.origin()),
+                source,
             });
         });
         if let Err(e) = observed {
@@ -805,8 +808,28 @@ impl Room {
     /// kept already), whatever else reaches the room before or after it. It blocks while
     /// another transaction of the document is open, so a hook applying a large state runs
     /// it off the async workers (`tokio::task::spawn_blocking` with a clone of the room).
+    ///
+    /// The validator replica is not fed the loaded state (it could be the whole document):
+    /// it is forgotten here and rebuilt from the document by [`Room::warm_validator`], which
+    /// the hook calls after the transaction, off the workers too (else the first client
+    /// update rebuilds it, on a worker).
     pub fn transact_loaded(&self) -> yrs::TransactionMut<'_> {
+        lock(&self.inner.validator).reset();
         self.inner.doc.transact_mut_with(Origin::from(LOAD_ORIGIN))
+    }
+
+    /// Build the validator replica from the document now (when updates are validated and
+    /// it is missing or behind), so that no client update pays for it. Building it takes as
+    /// long as encoding and decoding the whole document: call it off the async workers
+    /// (like [`Room::transact_loaded`]'s apply). Returns whether it was built (rather than
+    /// caught up, or nothing to do).
+    pub fn warm_validator(&self) -> bool {
+        if !self.inner.options.validate_updates {
+            return false;
+        }
+        let mut validator = lock(&self.inner.validator);
+        let backlog = std::mem::take(&mut *lock(&self.inner.backlog));
+        validator.warm(&self.inner.doc, backlog)
     }
 
     fn apply_client_update(&self, conn: u64, bytes: &[u8]) -> Result<(), ApplyError> {

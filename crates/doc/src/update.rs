@@ -248,6 +248,20 @@ impl Validator {
         self.replica = None;
     }
 
+    /// Bring the replica up to date now, so the next update does not pay for it: built
+    /// from `room_doc` when there is none (or `backlog`, taken by the caller before reading
+    /// the state, overflowed), else caught up with `backlog`. Returns whether it was built.
+    pub fn warm(&mut self, room_doc: &Doc, backlog: Backlog) -> bool {
+        if let Some(replica) = self.replica.take() {
+            if !backlog.overflowed && catch_up(&replica, backlog.items) {
+                self.replica = Some(replica);
+                return false;
+            }
+        }
+        self.replica = Some(rebuild(room_doc));
+        true
+    }
+
     /// Apply `update` to the replica (built from `room_doc` first when needed, then brought
     /// up to date with `backlog`: the updates the room's document produced since).
     pub fn check(

@@ -696,3 +696,38 @@ async fn the_stored_state_reaches_no_hook_whatever_reaches_the_room_before_or_af
     let text = t.get_string(&room.doc().transact());
     assert!(text.contains("other") && text.contains("stored") && text.ends_with('!'));
 }
+
+#[tokio::test]
+async fn a_loaded_state_reaches_the_validator_through_warming_and_updates_on_it_apply() {
+    use nimbus_doc::yrs::updates::decoder::Decode;
+    use nimbus_doc::yrs::{ReadTxn, StateVector};
+    for warm in [true, false] {
+        let room = Room::new("/warm");
+        // The stored state, and a client's edit that depends on it.
+        let client = Doc::new();
+        let t = client.get_or_insert_text("t");
+        t.push(&mut client.transact_mut(), "stored");
+        let stored = client
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let before = client.transact().state_vector();
+        t.insert(&mut client.transact_mut(), 3, "-edit-");
+        let edit = client.transact().encode_state_as_update_v1(&before);
+        room.transact_loaded()
+            .apply_update(nimbus_doc::yrs::Update::decode_v1(&stored).unwrap())
+            .unwrap();
+        if warm {
+            assert!(room.warm_validator(), "built from the document");
+            assert!(!room.warm_validator(), "already up to date");
+            // A server-side edit is caught up, not rebuilt.
+            let rt = room.doc().get_or_insert_text("t");
+            rt.push(&mut room.doc().transact_mut(), "!");
+            assert!(!room.warm_validator());
+        }
+        // Validated against a replica that has the loaded state (without it the edit's
+        // dependencies would be missing and it would be refused).
+        room.apply_update(&edit).unwrap();
+        let text = json_of(room.doc())["t"].as_str().unwrap().to_owned();
+        assert!(text.starts_with("sto-edit-red"), "{warm}: {text}");
+    }
+}

@@ -92,7 +92,10 @@ impl RoomHooks for Persisted {
             let log = Arc::new(state.log);
             let (r, l) = (room.clone(), log.clone());
             let applied = tokio::task::spawn_blocking(move || {
-                apply_records(r.id(), &mut r.transact_loaded(), l.records())
+                let applied = apply_records(r.id(), &mut r.transact_loaded(), l.records());
+                // The validator replica too, so the first client update does not build it.
+                r.warm_validator();
+                applied
             })
             .await;
             let applied = match applied {
