@@ -64,6 +64,11 @@ struct Keys {
 }
 
 impl Keys {
+    /// The room's own keys, in the order the document scripts take them first.
+    fn room(&self) -> [&str; 5] {
+        [&self.seq, &self.epoch, &self.log, &self.snap, &self.snapseq]
+    }
+
     fn new(room: &str) -> Keys {
         let k = |what: &str| format!("nimbus:doc:{{{room}}}:{what}");
         Keys {
@@ -200,11 +205,7 @@ pub(crate) fn invocation(node: &str, w: &DocWrite, pipe: &mut redis::Pipeline) {
     pipe.cmd("EVALSHA")
         .arg(DOC_LUA.sha())
         .arg(6)
-        .arg(&keys.seq)
-        .arg(&keys.epoch)
-        .arg(&keys.log)
-        .arg(&keys.snap)
-        .arg(&keys.snapseq)
+        .arg(&keys.room()[..])
         .arg(EVENTS_STREAM)
         .arg(epoch)
         .arg(node)
@@ -221,11 +222,7 @@ pub(crate) fn delete_invocation(node: &str, d: &DocDelete, pipe: &mut redis::Pip
     pipe.cmd("EVALSHA")
         .arg(DOC_DELETE_LUA.sha())
         .arg(5)
-        .arg(&keys.seq)
-        .arg(&keys.epoch)
-        .arg(&keys.log)
-        .arg(&keys.snap)
-        .arg(&keys.snapseq)
+        .arg(&keys.room()[..])
         .arg(node)
         .arg(&*d.room)
         .arg(EVENTS_CHANNEL);
