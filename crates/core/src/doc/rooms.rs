@@ -274,10 +274,18 @@ impl Persisted {
                 let id = room.id().to_owned();
                 let bytes = state.log.bytes();
                 let log = state.log;
-                let merged = tokio::task::spawn_blocking(move || crate::store::compact(&id, &log))
-                    .await
-                    .map_err(|e| ReplicationError::Backplane(format!("merge task: {e}")))?;
-                if let Err(error) = room.apply_replicated(&merged) {
+                // Merged, applied and the validator brought up to date off the async
+                // workers: for a large document each takes seconds.
+                let r = room.clone();
+                let applied = tokio::task::spawn_blocking(move || {
+                    let merged = crate::store::compact(&id, &log);
+                    let applied = r.apply_replicated(&merged);
+                    r.warm_validator();
+                    applied
+                })
+                .await
+                .map_err(|e| ReplicationError::Backplane(format!("merge task: {e}")))?;
+                if let Err(error) = applied {
                     tracing::error!(room = room.id(), %error, "cannot apply the document from Redis");
                 }
                 me.size.fetch_max(bytes, Ordering::Relaxed);
