@@ -30,6 +30,10 @@ const API_ORIGIN: &[u8] = b"nimbus-doc/api";
 /// The transaction origin of updates applied with [`Room::apply_replicated`].
 const REPLICA_ORIGIN: &[u8] = b"nimbus-doc/replica";
 
+/// Bytes of a SyncStep2 answer worth one token of the update rate (after the first one of a
+/// connection, which is free).
+const SYNC_BYTES_PER_TOKEN: usize = 64 << 10;
+
 /// The transaction origin of [`Room::transact_loaded`] (a load hook's stored state).
 const LOAD_ORIGIN: &[u8] = b"nimbus-doc/load";
 
@@ -223,6 +227,8 @@ impl ServeError {
     pub fn close_code(&self) -> Option<u16> {
         Some(match self {
             ServeError::TextFrame => 1003,
+            // A count bound, like the frame size bound.
+            ServeError::Malformed(DecodeError::TooMany { .. }) => 1009,
             ServeError::Malformed(_)
             | ServeError::InvalidStateVector(_)
             | ServeError::InvalidUpdate(_)
@@ -1066,8 +1072,15 @@ impl Room {
                         self.close();
                         return Err(ServeError::RoomBroken);
                     };
-                    // The first answer carries the whole document: it gets the long allowance.
+                    // The first answer carries the whole document: it gets the long allowance,
+                    // and is free. Later ones (a client re-syncing) count against the update
+                    // rate by what they cost: one, plus one per 64 KiB of answer, so a client
+                    // asking for the whole document again and again is paced by its size.
                     let timeout = if std::mem::replace(&mut conn.synced, true) {
+                        conn.updates.debit(
+                            1 + (diff.len() / SYNC_BYTES_PER_TOKEN) as u64,
+                            Instant::now(),
+                        );
                         opts.send_timeout
                     } else {
                         opts.sync_send_timeout

@@ -461,3 +461,64 @@ async fn repeated_awareness_queries_count_against_the_awareness_rate() {
     assert_eq!(stats.rate_closes.load(Ordering::Relaxed), 1);
     s.guard.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_frame_of_more_messages_than_the_bound_is_closed_with_1009_before_it_is_answered() {
+    let stats = Arc::new(ServeStats::default());
+    let s = ws_server(
+        ServeOptions {
+            stats: stats.clone(),
+            ..ServeOptions::default()
+        },
+        RoomOptions::default(),
+    )
+    .await;
+    // 1,024 one-byte QueryAwareness messages are one frame's worth; one more is refused
+    // before anything is decoded into memory or answered (a 16 MiB frame of them would
+    // otherwise decode into ~800 MB).
+    let mut ok = Raw::open(&s.addr, "many").await;
+    ok.send(&[3; nimbus_proto::doc::MAX_MESSAGES_PER_FRAME]).await;
+    let mut over = Raw::open(&s.addr, "many").await;
+    over.send(&[3; nimbus_proto::doc::MAX_MESSAGES_PER_FRAME + 1])
+        .await;
+    match over.until_close().await {
+        Got::Close(1009, reason) => assert!(reason.contains("more than 1024"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // The bounded frame was taken: that connection still answers.
+    ok.send(&[3]).await;
+    s.guard.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sync_step1_count_against_the_update_rate_by_the_size_of_their_answer() {
+    let stats = Arc::new(ServeStats::default());
+    let s = ws_server(
+        ServeOptions {
+            update_rate: RateLimit {
+                per_second: 10,
+                burst: 100,
+            },
+            rate_abuse_after: Duration::from_secs(2),
+            stats: stats.clone(),
+            ..ServeOptions::default()
+        },
+        RoomOptions::default(),
+    )
+    .await;
+    let room = s.guard.manager().get_room("/resync").await.unwrap();
+    let t = room.doc().get_or_insert_text("t");
+    t.insert(&mut room.doc().transact_mut(), 0, &"r".repeat(1 << 20));
+    // Each re-sync answers the whole 1 MiB document: 17 tokens. The first SyncStep1 of the
+    // connection is free; the next ones of one frame exhaust the burst of 100.
+    let mut c = Raw::open(&s.addr, "resync").await;
+    let step1 = Message::SyncStep1(StateVector::default().encode_v1().into()).encode();
+    let frame: Vec<u8> = std::iter::repeat_n(step1.to_vec(), 12).flatten().collect();
+    c.send(&frame).await;
+    assert_eq!(
+        c.until_close().await,
+        Got::Close(1008, "update rate limit exceeded".into())
+    );
+    assert!(stats.updates_throttled.load(Ordering::Relaxed) >= 1);
+    s.guard.shutdown().await;
+}

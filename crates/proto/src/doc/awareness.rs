@@ -5,6 +5,10 @@ use bytes::Bytes;
 use super::lib0::{write_var_string, write_var_uint, Reader};
 use super::DecodeError;
 
+/// The most entries [`AwarenessUpdate::decode`] takes (a room holds at most 10,000 states by
+/// default; every entry costs ~40 B decoded from as little as 3 bytes on the wire).
+pub const MAX_AWARENESS_ENTRIES: usize = 16_384;
+
 /// One client's awareness entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwarenessEntry {
@@ -41,6 +45,13 @@ impl AwarenessUpdate {
     pub fn decode(bytes: &[u8]) -> Result<AwarenessUpdate, DecodeError> {
         let mut r = Reader::new(bytes);
         let n = r.read_var_uint("awareness entry count")?;
+        if n > MAX_AWARENESS_ENTRIES as u64 {
+            return Err(DecodeError::TooMany {
+                what: "awareness entries",
+                max: MAX_AWARENESS_ENTRIES,
+                offset: 0,
+            });
+        }
         // Each entry takes at least 3 bytes: do not trust `n` for the allocation.
         let mut entries = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(bytes.len() / 3));
         for _ in 0..n {
@@ -79,6 +90,21 @@ impl AwarenessUpdate {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn an_update_announcing_more_entries_than_the_bound_is_refused_before_allocating() {
+        let mut bytes = Vec::new();
+        write_var_uint(&mut bytes, MAX_AWARENESS_ENTRIES as u64 + 1);
+        bytes.extend(std::iter::repeat_n([1u8, 1, 0], MAX_AWARENESS_ENTRIES + 1).flatten());
+        assert!(matches!(
+            AwarenessUpdate::decode(&bytes),
+            Err(DecodeError::TooMany { max: MAX_AWARENESS_ENTRIES, .. })
+        ));
+        let mut bytes = Vec::new();
+        write_var_uint(&mut bytes, 2);
+        bytes.extend([1u8, 1, 0, 2, 1, 0]);
+        assert_eq!(AwarenessUpdate::decode(&bytes).unwrap().entries.len(), 2);
+    }
 
     #[test]
     fn decodes_states_and_removals() {

@@ -108,7 +108,23 @@ pub enum DecodeError {
         /// Where it starts.
         offset: usize,
     },
+    /// More values than a decoder takes in one piece (messages in a frame, entries in an
+    /// awareness update): refused before they are allocated.
+    #[error("more than {max} {what}, at byte {offset}")]
+    TooMany {
+        /// Which values.
+        what: &'static str,
+        /// The most taken.
+        max: usize,
+        /// Where the first one over starts.
+        offset: usize,
+    },
 }
+
+/// The most messages [`decode_frame`] takes from one frame. y-websocket and pycrdt send one
+/// message per frame; the bound keeps a frame of one-byte messages (a 16 MiB frame would
+/// decode into ~800 MB of `Message`s) from costing more than a few KiB.
+pub const MAX_MESSAGES_PER_FRAME: usize = 1024;
 
 impl DecodeError {
     /// The byte offset of the failure (0 for [`DecodeError::Empty`]).
@@ -119,7 +135,8 @@ impl DecodeError {
             | DecodeError::VarUintTooLarge { offset, .. }
             | DecodeError::InvalidUtf8 { offset, .. }
             | DecodeError::UnknownSyncType { offset, .. }
-            | DecodeError::UnknownAuthType { offset, .. } => *offset,
+            | DecodeError::UnknownAuthType { offset, .. }
+            | DecodeError::TooMany { offset, .. } => *offset,
         }
     }
 }
@@ -194,7 +211,8 @@ fn sync(buf: &mut Vec<u8>, subtype: u64, data: &[u8]) {
 /// Decode a frame holding one or several concatenated messages.
 ///
 /// Payloads are zero-copy slices of `frame`. An empty frame is an error; any error in any
-/// message fails the whole frame (nothing of it should be applied).
+/// message fails the whole frame (nothing of it should be applied), and so do more than
+/// [`MAX_MESSAGES_PER_FRAME`] messages.
 pub fn decode_frame(frame: &Bytes) -> Result<Vec<Message>, DecodeError> {
     if frame.is_empty() {
         return Err(DecodeError::Empty);
@@ -202,6 +220,13 @@ pub fn decode_frame(frame: &Bytes) -> Result<Vec<Message>, DecodeError> {
     let mut r = Reader::new(frame);
     let mut out = Vec::with_capacity(1);
     while !r.is_empty() {
+        if out.len() == MAX_MESSAGES_PER_FRAME {
+            return Err(DecodeError::TooMany {
+                what: "messages in one frame",
+                max: MAX_MESSAGES_PER_FRAME,
+                offset: r.offset(),
+            });
+        }
         out.push(decode_one(frame, &mut r)?);
     }
     Ok(out)
@@ -260,6 +285,21 @@ mod tests {
 
     fn b(s: &'static [u8]) -> Bytes {
         Bytes::from_static(s)
+    }
+
+    #[test]
+    fn a_frame_holds_at_most_the_bound_of_messages() {
+        let full = Bytes::from(vec![3u8; MAX_MESSAGES_PER_FRAME]);
+        assert_eq!(decode_frame(&full).unwrap().len(), MAX_MESSAGES_PER_FRAME);
+        let over = Bytes::from(vec![3u8; MAX_MESSAGES_PER_FRAME + 1]);
+        assert_eq!(
+            decode_frame(&over),
+            Err(DecodeError::TooMany {
+                what: "messages in one frame",
+                max: MAX_MESSAGES_PER_FRAME,
+                offset: MAX_MESSAGES_PER_FRAME,
+            })
+        );
     }
 
     #[test]

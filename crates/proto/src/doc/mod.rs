@@ -27,8 +27,8 @@ mod awareness;
 pub mod lib0;
 mod message;
 
-pub use awareness::{AwarenessEntry, AwarenessUpdate};
+pub use awareness::{AwarenessEntry, AwarenessUpdate, MAX_AWARENESS_ENTRIES};
 pub use message::{
-    decode_frame, AuthMessage, DecodeError, Message, MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS,
-    MSG_SYNC, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE,
+    decode_frame, AuthMessage, DecodeError, Message, MAX_MESSAGES_PER_FRAME, MSG_AUTH,
+    MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE,
 };
