@@ -477,7 +477,8 @@ async fn a_frame_of_more_messages_than_the_bound_is_closed_with_1009_before_it_i
     // before anything is decoded into memory or answered (a 16 MiB frame of them would
     // otherwise decode into ~800 MB).
     let mut ok = Raw::open(&s.addr, "many").await;
-    ok.send(&[3; nimbus_proto::doc::MAX_MESSAGES_PER_FRAME]).await;
+    ok.send(&[3; nimbus_proto::doc::MAX_MESSAGES_PER_FRAME])
+        .await;
     let mut over = Raw::open(&s.addr, "many").await;
     over.send(&[3; nimbus_proto::doc::MAX_MESSAGES_PER_FRAME + 1])
         .await;

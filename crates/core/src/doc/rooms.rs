@@ -53,11 +53,16 @@ struct Persisted {
     /// (bounded by [`MAX_HELD_BYTES`]) and applied once the stored state is in, so the
     /// subscription never waits for a load. `None` once loaded.
     held: Mutex<Option<Held>>,
+    /// The room was deleted through another node: nothing more of it is appended.
+    deleted: AtomicBool,
 }
 
 /// The bytes of updates a loading room holds for later ([`Persisted::held`]); beyond it
 /// they are dropped and the room catches up from the replication once loaded.
 const MAX_HELD_BYTES: usize = 8 << 20;
+
+/// What a held message costs beyond its bytes (the message, its `Arc` and `Bytes` headers).
+const HELD_OVERHEAD: usize = 128;
 
 /// Updates held while a room loads.
 #[derive(Default)]
@@ -154,6 +159,9 @@ impl RoomHooks for Persisted {
     }
 
     fn updated(&self, room: &Room, update: &Bytes) {
+        if self.deleted.load(Ordering::Relaxed) {
+            return;
+        }
         self.size.fetch_add(update.len(), Ordering::Relaxed);
         self.metrics.doc.updates.inc();
         self.metrics.doc.update_bytes.inc_by(update.len() as u64);
@@ -204,8 +212,10 @@ impl Persisted {
     /// otherwise.
     fn receive(&self, room: &Room, m: DocMessage) {
         if let Some(held) = lock(&self.held).as_mut() {
-            if held.bytes + m.update.len() <= MAX_HELD_BYTES {
-                held.bytes += m.update.len();
+            // What holding it costs: the update, the names, the message itself.
+            let cost = m.update.len() + m.room.len() + m.epoch.len() + HELD_OVERHEAD;
+            if held.bytes + cost <= MAX_HELD_BYTES {
+                held.bytes += cost;
                 held.messages.push(m);
             } else {
                 held.dropped = true;
@@ -373,7 +383,14 @@ pub struct DocRooms {
     /// Where the rooms' updates are kept (chosen by the composition root).
     repl: Arc<dyn DocReplication>,
     replicas: Replicas,
+    /// Reads of rooms not loaded here (replayed from the replication) running at once.
+    stored_reads: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many reads of stored (not loaded) documents run at once ([`DocRooms::state`],
+/// `to_json`, `state_vector`): each loads up to `max_doc_bytes` through the store's one
+/// thread and replays it; more wait.
+pub const STORED_READS: usize = 2;
 
 impl std::fmt::Debug for DocRooms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -419,6 +436,7 @@ impl DocRooms {
                 metrics: m.clone(),
                 size: r.size(id),
                 held: Mutex::new(Some(Held::default())),
+                deleted: AtomicBool::new(false),
             });
             Room::with_options(id, hooks, l.room_options())
         });
@@ -430,6 +448,7 @@ impl DocRooms {
             metrics,
             repl,
             replicas,
+            stored_reads: Arc::new(tokio::sync::Semaphore::new(STORED_READS)),
         }
     }
 
@@ -455,7 +474,11 @@ impl DocFeed for DocRooms {
     /// A room was deleted (through any node's API): its clients here are closed with
     /// [`ROOM_DELETED`] and this copy is dropped, so none of it is written back.
     fn deleted(&self, room: &str) {
-        lock(&self.replicas).remove(room);
+        if let Some(hooks) = lock(&self.replicas).remove(room) {
+            // What its clients sent before the close and the room still drains would start
+            // the room again in Redis: it was deleted, so it is not kept.
+            hooks.deleted.store(true, Ordering::Relaxed);
+        }
         if let Some(live) = self.manager.get(room) {
             tracing::info!(%room, "document room deleted: closing its clients (4410)");
             live.close_with(ROOM_DELETED, ROOM_DELETED_REASON);
@@ -544,12 +567,16 @@ impl DocRooms {
     /// The loaded room `room`, if it is open. A room that is closing (unloading, or
     /// deleted) is waited for: once it is closed its updates have reached the replication,
     /// so a load from there sees them.
+    ///
+    /// A room still loading is waited for too (it is in the manager before its stored state
+    /// is in): read before, it would look empty. A room whose load failed is not live.
     async fn live(&self, room: &str) -> Option<Room> {
         let live = self.manager.get(room)?;
         if live.is_closed() {
             live.closed().await;
             return None;
         }
+        live.load().await.ok()?;
         Some(live)
     }
 
@@ -603,24 +630,35 @@ impl DocRooms {
         room: &str,
         read: impl FnOnce(&nimbus_doc::yrs::Doc) -> T + Send + 'static,
     ) -> Result<Option<T>, StoreError> {
-        if let Some(live) = self.live(room).await {
-            return Ok(Some(read(live.doc())));
-        }
-        let log = self.repl.load(room).await?.log;
-        if log.is_empty() {
-            return Ok(None);
-        }
-        let id = room.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let doc = nimbus_doc::yrs::Doc::new();
-            apply_records(&id, &mut doc.transact_mut(), log.records());
-            Some(read(&doc))
-        })
-        .await
-        .map_err(|e| StoreError::Backend {
+        let replay_error = |e: tokio::task::JoinError| StoreError::Backend {
             backend: "yrs",
-            source: format!("replaying the document: {e}").into(),
-        })
+            source: format!("reading the document: {e}").into(),
+        };
+        if let Some(live) = self.live(room).await {
+            // Off the workers: encoding a large document takes as long as loading it.
+            return tokio::task::spawn_blocking(move || Some(read(live.doc())))
+                .await
+                .map_err(replay_error);
+        }
+        // At most STORED_READS at once, each in its own task holding its permit to the end:
+        // a reader that hangs up does not leave its store job and replay running unbounded.
+        let permit = self.stored_reads.clone().acquire_owned().await;
+        let (repl, id) = (self.repl.clone(), room.to_owned());
+        let reading = tokio::spawn(async move {
+            let _permit = permit;
+            let log = repl.load(&id).await?.log;
+            if log.is_empty() {
+                return Ok(None);
+            }
+            tokio::task::spawn_blocking(move || {
+                let doc = nimbus_doc::yrs::Doc::new();
+                apply_records(&id, &mut doc.transact_mut(), log.records());
+                Some(read(&doc))
+            })
+            .await
+            .map_err(replay_error)
+        });
+        reading.await.map_err(replay_error)?
     }
 
     /// The whole document of `room` as one v1 update (its live state when loaded, else the
@@ -766,8 +804,8 @@ mod tests {
         update
     }
 
-    #[tokio::test]
-    async fn updates_replicated_during_a_load_are_held_applied_after_it_and_never_appended() {
+    /// Document rooms over a [`Gated`] replication whose load waits for the returned sender.
+    fn gated_rooms() -> (Arc<DocRooms>, Arc<Gated>, oneshot::Sender<()>) {
         let (open, gate) = oneshot::channel();
         let repl = Arc::new(Gated {
             stored: text_update("stored"),
@@ -792,6 +830,38 @@ mod tests {
             repl.clone(),
         ));
         rooms.attach();
+        (rooms, repl, open)
+    }
+
+    #[tokio::test]
+    async fn a_read_of_a_room_still_loading_waits_for_its_stored_state() {
+        let (rooms, _repl, open) = gated_rooms();
+        let r = rooms.clone();
+        let loading = tokio::spawn(async move { r.manager.get_room("doc").await });
+        while rooms.manager.get("doc").is_none() {
+            tokio::task::yield_now().await;
+        }
+        // The room is in the manager, its stored state not in yet: a read waits for it
+        // (before, it answered an empty document).
+        let r = rooms.clone();
+        let reading = tokio::spawn(async move { r.to_json("doc").await });
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!reading.is_finished(), "answered before the load");
+        open.send(()).expect("the load waits");
+        loading.await.expect("joined").expect("loaded");
+        let json = reading
+            .await
+            .expect("joined")
+            .expect("read")
+            .expect("a document");
+        assert_eq!(json["t"], "stored");
+    }
+
+    #[tokio::test]
+    async fn updates_replicated_during_a_load_are_held_applied_after_it_and_never_appended() {
+        let (rooms, repl, open) = gated_rooms();
         let feed = lock(&repl.feed)
             .clone()
             .and_then(|f| f.upgrade())

@@ -98,7 +98,10 @@ mod tests {
         bytes.extend(std::iter::repeat_n([1u8, 1, 0], MAX_AWARENESS_ENTRIES + 1).flatten());
         assert!(matches!(
             AwarenessUpdate::decode(&bytes),
-            Err(DecodeError::TooMany { max: MAX_AWARENESS_ENTRIES, .. })
+            Err(DecodeError::TooMany {
+                max: MAX_AWARENESS_ENTRIES,
+                ..
+            })
         ));
         let mut bytes = Vec::new();
         write_var_uint(&mut bytes, 2);

@@ -277,7 +277,11 @@ pub(crate) async fn post_update(
         Ok(b) => b,
         Err(rejection) => return body_rejected(rejection),
     };
-    match app.docs.apply_update(&room, &body).await {
+    let (docs, r) = (app.docs.clone(), room.clone());
+    let Some(applied) = detached(async move { docs.apply_update(&r, &body).await }).await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the update task failed");
+    };
+    match applied {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e @ UpdateError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
         Err(e @ UpdateError::TooLarge(_)) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
@@ -286,6 +290,15 @@ pub(crate) async fn post_update(
             error(StatusCode::SERVICE_UNAVAILABLE, e)
         }
     }
+}
+
+/// Run `work` to its end even if the client hangs up (hyper drops the handler then): a
+/// write that loaded a room unloads it again, a delete that closed the room's clients
+/// removes its log. `None` if the task panicked.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    tokio::spawn(work).await.ok()
 }
 
 /// Delete a document room: close its clients (4410), remove its stored log.
@@ -308,7 +321,11 @@ pub(crate) async fn delete_doc(app: App, room: String, parts: Parts) -> Response
     if let Err(refused) = doc_check(&app, &room, &parts, true) {
         return *refused;
     }
-    match app.docs.delete(&room).await {
+    let (docs, r) = (app.docs.clone(), room.clone());
+    let Some(deleted) = detached(async move { docs.delete(&r).await }).await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the delete task failed");
+    };
+    match deleted {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, "unknown document room"),
         // The store or Redis cannot write now.

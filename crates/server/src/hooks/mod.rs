@@ -60,9 +60,17 @@ pub struct Hooks {
 #[derive(Debug)]
 struct Debounce {
     debouncer: Debouncer,
-    /// Rooms evicted from the debouncer at its bound: emitted at once.
+    /// Rooms evicted from the debouncer at its bound: emitted at once (each once, at most
+    /// [`MAX_URGENT`]).
     urgent: Vec<String>,
+    /// Evicted rooms not emitted because `urgent` was full (logged by the task).
+    dropped: u64,
 }
+
+/// Evicted rooms waiting to be emitted at once; beyond, an eviction's `DOC_CHANGED` is
+/// dropped (an overload of over 10,000 distinct rooms changing within one interval while
+/// the task cannot keep up).
+const MAX_URGENT: usize = 10_000;
 
 impl Hooks {
     /// Start the endpoints' senders, listen on `events`, and run the `DOC_CHANGED` task
@@ -90,6 +98,7 @@ impl Hooks {
                     nimbus_webhook::debounce::DEFAULT_MAX_ROOMS,
                 ),
                 urgent: Vec::new(),
+                dropped: 0,
             }),
             config,
             wake: Notify::new(),
@@ -123,7 +132,11 @@ impl Hooks {
                 // (it goes out at once).
                 let mut wake = d.debouncer.is_empty();
                 if let Some(evicted) = d.debouncer.touch(&ev.room, Instant::now()) {
-                    d.urgent.push(evicted);
+                    if d.urgent.len() < MAX_URGENT {
+                        d.urgent.push(evicted);
+                    } else {
+                        d.dropped += 1;
+                    }
                     wake = true;
                 }
                 drop(d);
@@ -350,6 +363,13 @@ async fn doc_changes(h: Arc<Hooks>, docs: Arc<DocRooms>, stop: CancellationToken
             let mut d = h.debounce.lock().unwrap_or_else(PoisonError::into_inner);
             let mut rooms = std::mem::take(&mut d.urgent);
             rooms.extend(d.debouncer.due(Instant::now()));
+            let dropped = std::mem::take(&mut d.dropped);
+            if dropped > 0 {
+                tracing::warn!(
+                    rooms = dropped,
+                    "webhooks: DOC_CHANGED of evicted rooms dropped (over {MAX_URGENT} waiting)"
+                );
+            }
             rooms
         };
         for room in due {
