@@ -33,7 +33,10 @@ pub const COMPACT_AFTER: u64 = 1000;
 /// The script that records one document update.
 ///
 /// KEYS: seq, epoch, log, snap, snapseq, events. ARGV: epoch candidate, node, connection,
-/// room, update, events length, channel. Returns `{seq, log length}`.
+/// room, update, events length, channel, the epoch the writer's copy follows ("" or absent:
+/// none). Returns `{seq, log length}`, or `{0, 0}` (nothing written) when the writer follows
+/// an epoch and the room's is another or none: its copy belongs to a deleted, lost or
+/// restarted room, where its update would be a fragment of a state the room lacks.
 pub const DOC_SCRIPT: &str = include_str!("lua/doc.lua");
 
 /// The script that replaces a room's snapshot by a newer one and trims the log it covers.
@@ -85,6 +88,9 @@ impl Keys {
 pub struct DocWrite {
     /// Room.
     pub room: Arc<str>,
+    /// The room's epoch the writing node's copy follows ("" before it saw one): under any
+    /// other (the room was deleted or lost meanwhile), the script refuses the update.
+    pub follows: Arc<str>,
     /// The Yjs v1 update.
     pub update: Bytes,
     /// Called when Redis could not be written (the room then closes its clients).
@@ -161,9 +167,16 @@ impl DocReplication for RedisDocs {
     }
 
     /// Every node's gateway gets it from the subscription, in the global order.
-    fn append(&self, room: Arc<str>, update: &Bytes, on_failure: &dyn Fn() -> OnFailure) {
+    fn append(
+        &self,
+        room: Arc<str>,
+        epoch: Arc<str>,
+        update: &Bytes,
+        on_failure: &dyn Fn() -> OnFailure,
+    ) {
         self.bp.write_doc(DocWrite {
             room,
+            follows: epoch,
             update: update.clone(),
             on_failure: on_failure(),
         });
@@ -213,7 +226,8 @@ pub(crate) fn invocation(node: &str, w: &DocWrite, pipe: &mut redis::Pipeline) {
         .arg(&*w.room)
         .arg(&w.update[..])
         .arg(EVENTS_MAX_LEN)
-        .arg(EVENTS_CHANNEL);
+        .arg(EVENTS_CHANNEL)
+        .arg(&*w.follows);
 }
 
 /// Append the deletion of a room to `pipe`.
@@ -256,13 +270,23 @@ impl RedisBackplane {
 
     /// Redis answered a document write: compact the room's log when it grew long.
     pub(crate) fn doc_written(self: &Arc<Self>, w: &DocWrite, reply: Option<redis::Value>) {
-        let len = match reply {
-            Some(redis::Value::Array(v)) => match v.get(1) {
-                Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
-                _ => 0,
-            },
-            _ => 0,
+        let (seq, len) = match &reply {
+            Some(redis::Value::Array(v)) => {
+                let int = |i: usize| match v.get(i) {
+                    Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+                    _ => 0,
+                };
+                (int(0), int(1))
+            }
+            _ => (0, 0),
         };
+        if seq == 0 {
+            // Refused: the room this node's copy follows is gone from Redis (deleted
+            // through another node, or lost). The room closes its clients (1011).
+            tracing::info!(room = %w.room, follows = %w.follows, "document update refused by Redis: the room is gone under the epoch this node follows");
+            w.failed();
+            return;
+        }
         if len > COMPACT_AFTER && self.compacting_start(&w.room) {
             let bp = self.clone();
             let room = w.room.clone();

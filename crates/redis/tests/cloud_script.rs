@@ -1,7 +1,10 @@
-//! `CLOUD_SCRIPT` takes one room's changes of a writer batch in one call: the outcome must
-//! be the one of the same changes sent one call each (the script of 9847d7f, below):
-//! the same answers (sequence numbers, refusals), state hash, positions, room stream,
-//! global stream messages and history.
+//! The scripts against a real `redis-server`:
+//! - `CLOUD_SCRIPT` takes one room's changes of a writer batch in one call: the outcome must
+//!   be the one of the same changes sent one call each (the script of 9847d7f, below):
+//!   the same answers (sequence numbers, refusals), state hash, positions, room stream,
+//!   global stream messages and history.
+//! - `DOC_SCRIPT` refuses an update from a copy that follows an epoch the room no longer has
+//!   (deleted with `DOC_DELETE_SCRIPT`, or restarted), and writes nothing then.
 //!
 //! Needs `redis-server` on the PATH; without it the test prints `SKIPPED` and returns,
 //! unless `NIMBUS_REQUIRE_REDIS=1`.
@@ -382,4 +385,75 @@ async fn a_redis_that_forgot_the_scripts_fails_one_batch_and_the_next_loads_them
         .expect("seq");
     assert_eq!(seq, 2, "the refused batch left nothing behind");
     bp.shutdown();
+}
+
+fn doc_keys(room: &str) -> Vec<String> {
+    ["seq", "epoch", "log", "snap", "snapseq"]
+        .iter()
+        .map(|k| format!("nimbus:doc:{{{room}}}:{k}"))
+        .chain(["events".to_owned()])
+        .collect()
+}
+
+/// A `DOC_SCRIPT` call writing `update` to `room` from a copy following `follows` (a room it
+/// starts gets the epoch `candidate`).
+fn doc_call(
+    c: &mut redis::Connection,
+    room: &str,
+    candidate: &str,
+    follows: &str,
+    update: &[u8],
+) -> (i64, i64) {
+    redis::cmd("EVAL")
+        .arg(nimbus_redis::doc::DOC_SCRIPT)
+        .arg(6)
+        .arg(doc_keys(room))
+        .arg(candidate)
+        .arg("node")
+        .arg(0)
+        .arg(room)
+        .arg(update)
+        .arg(1000)
+        .arg("chan")
+        .arg(follows)
+        .query(c)
+        .expect("doc script")
+}
+
+#[test]
+fn a_document_update_from_a_copy_of_a_deleted_room_is_refused_and_writes_nothing() {
+    let Some((_server, mut c, _url)) = redis() else {
+        return;
+    };
+    // A new room: the first writer follows no epoch yet.
+    assert_eq!(doc_call(&mut c, "d", "e1", "", b"u1"), (1, 1));
+    let epoch: String = redis::cmd("GET")
+        .arg("nimbus:doc:{d}:epoch")
+        .query(&mut c)
+        .expect("epoch");
+    assert_eq!(epoch, "e1");
+    assert_eq!(doc_call(&mut c, "d", "e1", &epoch, b"u2"), (2, 2));
+    // Deleted through some node.
+    let deleted: i64 = redis::cmd("EVAL")
+        .arg(nimbus_redis::doc::DOC_DELETE_SCRIPT)
+        .arg(5)
+        .arg(&doc_keys("d")[..5])
+        .arg("node")
+        .arg("d")
+        .arg("chan")
+        .query(&mut c)
+        .expect("delete script");
+    assert_eq!(deleted, 3, "seq, epoch, log");
+    // A node whose copy still follows the deleted epoch: refused, nothing written (before,
+    // its fragment started a new room).
+    assert_eq!(doc_call(&mut c, "d", "e2", &epoch, b"u3"), (0, 0));
+    let left: i64 = redis::cmd("EXISTS")
+        .arg(&doc_keys("d")[..5])
+        .query(&mut c)
+        .expect("exists");
+    assert_eq!(left, 0, "the room stays deleted");
+    // A copy under another epoch than the room's is refused too; a fresh copy starts anew.
+    assert_eq!(doc_call(&mut c, "d", "e3", "", b"v1"), (1, 1));
+    assert_eq!(doc_call(&mut c, "d", "e4", &epoch, b"v2"), (0, 0));
+    assert_eq!(doc_call(&mut c, "d", "e4", "e3", b"v2"), (2, 2));
 }

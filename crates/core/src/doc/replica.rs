@@ -44,6 +44,12 @@ impl SyncState {
         self.applied
     }
 
+    /// The room's epoch this copy follows ("" before it saw one): a room in Redis under
+    /// another epoch (or none) is not the room this copy holds.
+    pub fn epoch(&self) -> Arc<str> {
+        self.epoch.clone()
+    }
+
     fn same_epoch(&mut self, epoch: &str) -> bool {
         if self.epoch.is_empty() {
             self.epoch = Arc::from(epoch);

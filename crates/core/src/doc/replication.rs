@@ -89,9 +89,17 @@ pub trait DocReplication: Send + Sync + std::fmt::Debug + 'static {
     /// `false` when an update cannot be kept now: the client is refused (1011).
     fn can_write(&self) -> bool;
 
-    /// Keep (and share) an update applied to room `room`; `on_failure` is called (for the
-    /// closure it builds) when the update cannot be kept after all.
-    fn append(&self, room: Arc<str>, update: &Bytes, on_failure: &dyn Fn() -> OnFailure);
+    /// Keep (and share) an update applied to room `room`, whose copy here follows `epoch`
+    /// ("" before it saw one); `on_failure` is called (for the closure it builds) when the
+    /// update cannot be kept after all, which includes the room being gone from a shared
+    /// replication under that epoch (deleted, or lost): the update is not kept then.
+    fn append(
+        &self,
+        room: Arc<str>,
+        epoch: Arc<str>,
+        update: &Bytes,
+        on_failure: &dyn Fn() -> OnFailure,
+    );
 
     /// The room's last client left.
     fn emptied(&self, room: &str);
@@ -151,7 +159,13 @@ impl DocReplication for LocalDocs {
         self.store.can_write()
     }
 
-    fn append(&self, room: Arc<str>, update: &Bytes, _on_failure: &dyn Fn() -> OnFailure) {
+    fn append(
+        &self,
+        room: Arc<str>,
+        _epoch: Arc<str>,
+        update: &Bytes,
+        _on_failure: &dyn Fn() -> OnFailure,
+    ) {
         if self.events.is_active() {
             self.events.publish(&update_event(&room, update));
         }
@@ -214,7 +228,12 @@ mod tests {
         assert!(empty.log.is_empty());
         assert_eq!((&*empty.epoch, empty.seq), ("", 0));
         let never = || -> OnFailure { panic!("a local append does not fail later") };
-        docs.append(Arc::from("r"), &Bytes::from_static(b"\x00\x00"), &never);
+        docs.append(
+            Arc::from("r"),
+            Arc::from(""),
+            &Bytes::from_static(b"\x00\x00"),
+            &never,
+        );
         let state = docs.load("r").await.expect("loaded");
         assert_eq!(state.log.updates, vec![b"\x00\x00".to_vec()]);
         assert_eq!((&*state.epoch, state.seq), ("", 0));

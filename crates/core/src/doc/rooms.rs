@@ -177,7 +177,8 @@ impl RoomHooks for Persisted {
                 closing.close_with(1011, reason);
             })
         };
-        self.repl.append(key, update, &on_failure);
+        let epoch = lock(&self.sync).epoch();
+        self.repl.append(key, epoch, update, &on_failure);
     }
 
     fn replicated(&self, _room: &Room, update: &Bytes) {
@@ -779,7 +780,13 @@ mod tests {
         fn can_write(&self) -> bool {
             true
         }
-        fn append(&self, _room: Arc<str>, update: &Bytes, _on_failure: &dyn Fn() -> OnFailure) {
+        fn append(
+            &self,
+            _room: Arc<str>,
+            _epoch: Arc<str>,
+            update: &Bytes,
+            _on_failure: &dyn Fn() -> OnFailure,
+        ) {
             lock(&self.appended).push(update.clone());
         }
         fn emptied(&self, _room: &str) {}

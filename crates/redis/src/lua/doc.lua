@@ -1,3 +1,5 @@
+local follows = ARGV[8] or ''
+if follows ~= '' and redis.call('GET', KEYS[2]) ~= follows then return {0, 0} end
 local seq = redis.call('INCR', KEYS[1])
 if seq == 1 then
   redis.call('SET', KEYS[2], ARGV[1])
