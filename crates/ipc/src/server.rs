@@ -764,11 +764,16 @@ impl Inner {
         let Ok(_permit) = self.semaphore.clone().acquire_owned().await else {
             return Err(RouteError::with_kind("Shutdown", "server shutting down"));
         };
-        let task = tokio::spawn(h(req));
-        match tokio::time::timeout(self.cfg.route_timeout, task).await {
+        let mut task = tokio::spawn(h(req));
+        match tokio::time::timeout(self.cfg.route_timeout, &mut task).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(RouteError::with_kind("Panic", e.to_string())),
-            Err(_) => Err(RouteError::with_kind("Timeout", "route timed out")),
+            Err(_) => {
+                // Stopped, not detached: the in-flight cap holds only if a timed-out route
+                // stops running when its permit is returned.
+                task.abort();
+                Err(RouteError::with_kind("Timeout", "route timed out"))
+            }
         }
     }
 

@@ -1,6 +1,8 @@
 //! Integration tests over real sockets on 127.0.0.1 (port 0).
 #![allow(clippy::unwrap_used)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -390,9 +392,20 @@ async fn slow_route_does_not_block_other_connections_and_times_out() {
         .build()
         .unwrap();
     let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+    // Set when the route's future is dropped (it stopped running).
+    struct Running(Arc<AtomicBool>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let stopped = Arc::new(AtomicBool::new(false));
+    let flag = stopped.clone();
     s.route("block", move |_r: Request| {
         let mut g = gate_rx.clone();
+        let running = Running(flag.clone());
         async move {
+            let _running = running;
             let _ = g.wait_for(|v| *v).await;
             Ok(json!("unblocked"))
         }
@@ -421,6 +434,15 @@ async fn slow_route_does_not_block_other_connections_and_times_out() {
         r,
         json!({"error":"IPC route raised error of type Timeout","code":500})
     );
+    // The timed-out route was stopped, not left running (the gate is still shut).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !stopped.load(Ordering::SeqCst) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the route still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _ = gate_tx.send(true);
     assert_eq!(
         ask(&mut slow, r#"{"endpoint":"ping"}"#).await,

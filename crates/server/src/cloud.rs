@@ -378,6 +378,38 @@ impl Conn {
         Ok(())
     }
 
+    /// The per-connection write rate (`--sets-per-sec`), shared by sets, renames and
+    /// deletes: `false` when this write is dropped; over it again, the connection closes.
+    fn within_write_rate(&self) -> Result<bool, End> {
+        match self.sets.check() {
+            Verdict::Allow => Ok(true),
+            Verdict::Drop => {
+                self.edge_metrics.rate_limited.inc();
+                self.hub.metrics.dropped_set("rate_limited");
+                Ok(false)
+            }
+            Verdict::Close => {
+                self.edge_metrics.violation("set_rate");
+                Err(End::Close(
+                    CloseCode::SlowConsumer.code(),
+                    "too many sets: slow down".into(),
+                ))
+            }
+        }
+    }
+
+    /// A rename/delete got no answer: the store or the backplane cannot take changes now.
+    fn unavailable(&self) -> End {
+        if self.hub.store.can_write() {
+            End::Close(
+                CloseCode::Unavailable.code(),
+                self.hub.replication.unavailable_reason().into(),
+            )
+        } else {
+            store_unavailable()
+        }
+    }
+
     async fn on_frame(&mut self, text: &str) -> Result<(), End> {
         for line in split_frame(text) {
             let msg = parse_client_line(line);
@@ -484,20 +516,8 @@ impl Conn {
                     metrics.dropped_set("read_only");
                     return Ok(());
                 }
-                match self.sets.check() {
-                    Verdict::Allow => {}
-                    Verdict::Drop => {
-                        self.edge_metrics.rate_limited.inc();
-                        metrics.dropped_set("rate_limited");
-                        return Ok(());
-                    }
-                    Verdict::Close => {
-                        self.edge_metrics.violation("set_rate");
-                        return Err(End::Close(
-                            CloseCode::SlowConsumer.code(),
-                            "too many sets: slow down".into(),
-                        ));
-                    }
+                if !self.within_write_rate()? {
+                    return Ok(());
                 }
                 let (Ok(name), Ok(value)) = (name, value) else {
                     metrics.dropped_set("bad_field");
@@ -527,7 +547,7 @@ impl Conn {
             }
             ClientMessage::Rename { name, new_name } => {
                 metrics.messages.rename.inc();
-                if !limits.allow_rename || self.read_only {
+                if !limits.allow_rename || self.read_only || !self.within_write_rate()? {
                     return Ok(());
                 }
                 let (Ok(name), Ok(new_name)) = (name, new_name) else {
@@ -543,15 +563,16 @@ impl Conn {
                 .await;
                 match rx.await {
                     Ok(true) => Ok(()),
-                    Err(_) if !self.hub.store.can_write() => Err(store_unavailable()),
-                    _ => Err(protocol_error(
+                    // No answer: the store or the backplane could not take it.
+                    Err(_) => Err(self.unavailable()),
+                    Ok(false) => Err(protocol_error(
                         "rename of an unknown variable or to an invalid name",
                     )),
                 }
             }
             ClientMessage::Delete { name } => {
                 metrics.messages.delete.inc();
-                if !limits.allow_delete || self.read_only {
+                if !limits.allow_delete || self.read_only || !self.within_write_rate()? {
                     return Ok(());
                 }
                 let Ok(name) = name else {
@@ -566,8 +587,8 @@ impl Conn {
                 .await;
                 match rx.await {
                     Ok(true) => Ok(()),
-                    Err(_) if !self.hub.store.can_write() => Err(store_unavailable()),
-                    _ => Err(protocol_error("delete of an unknown variable")),
+                    Err(_) => Err(self.unavailable()),
+                    Ok(false) => Err(protocol_error("delete of an unknown variable")),
                 }
             }
             ClientMessage::Unknown { method } => {

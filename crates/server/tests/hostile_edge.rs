@@ -340,3 +340,31 @@ async fn a_set_flood_is_dropped_over_the_rate_and_a_persistent_flooder_is_closed
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn renames_count_against_the_set_rate_and_a_rename_flooder_is_closed_with_1008() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    // One token a second: no token comes back while the frame is read.
+    c.edge.sets_per_sec = 1;
+    c.edge.sets_burst = 20;
+    c.cloud.allow_rename = true;
+    c.cloud.allow_delete = true;
+    let srv = TestServer::start(c).await;
+    let mut flooder = Client::join(&srv.url(), "renames", "flooder").await;
+    flooder.set("a", "1").await;
+    // Renames back and forth, each a stored change and an event: paced like sets, then
+    // closed like a set flooder (before, only the round trip limited them).
+    let swap: String = (0..200)
+        .map(|i| {
+            let (from, to) = if i % 2 == 0 { ("a", "b") } else { ("b", "a") };
+            format!(r#"{{"method":"rename","name":"☁ {from}","new_name":"☁ {to}"}}"#) + "\n"
+        })
+        .collect();
+    flooder.send(&swap).await;
+    match flooder.ended().await {
+        (Ended::Closed(code), _) => assert_eq!(code, 1008),
+        other => panic!("expected 1008, got {other:?}"),
+    }
+    srv.stop().await;
+}
