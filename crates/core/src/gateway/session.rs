@@ -27,8 +27,11 @@ pub struct Buffered {
 pub struct State {
     /// Last assigned sequence (READY is 1).
     pub last: u64,
-    /// The newest `capacity` dispatches, oldest first, consecutive sequences.
+    /// The newest `capacity` dispatches (and at most [`MAX_REPLAY_BYTES`] of them), oldest
+    /// first, consecutive sequences.
     pub buf: VecDeque<Buffered>,
+    /// The bytes of the texts in `buf`.
+    buf_bytes: usize,
     /// The connection currently attached.
     pub owner: Option<u64>,
     /// When the last connection detached (`None` while attached).
@@ -43,6 +46,12 @@ pub struct State {
     /// Another node took the session over.
     lost: bool,
 }
+
+/// The most bytes of dispatches one session keeps for a resume, whatever the count
+/// (`replay_buffer`) allows: dispatches carry values of up to 100 KB and document updates of
+/// megabytes, so 16,384 of them could hold gigabytes. A resume from further back than what
+/// is kept gets op 9 (`false`), as for a gap beyond the count.
+pub const MAX_REPLAY_BYTES: usize = 32 << 20;
 
 /// See the module docs.
 #[derive(Debug)]
@@ -115,6 +124,7 @@ impl Session {
         let mut state = State {
             last: 0,
             buf: VecDeque::new(),
+            buf_bytes: 0,
             owner: None,
             detached_at: None,
             durable: 0,
@@ -123,6 +133,7 @@ impl Session {
             lost: false,
         };
         init(&mut state);
+        state.buf_bytes = state.buf.iter().map(|b| b.text.len()).sum();
         Arc::new_cyclic(|me: &Weak<Session>| Session {
             id,
             token,
@@ -262,9 +273,14 @@ impl Session {
         if durable {
             st.durable = seq;
         }
+        st.buf_bytes += text.len();
         st.buf.push_back(Buffered { seq, text });
-        while st.buf.len() > capacity.max(1) {
-            st.buf.pop_front();
+        while st.buf.len() > capacity.max(1)
+            || (st.buf_bytes > MAX_REPLAY_BYTES && st.buf.len() > 1)
+        {
+            if let Some(old) = st.buf.pop_front() {
+                st.buf_bytes = st.buf_bytes.saturating_sub(old.text.len());
+            }
         }
     }
 
@@ -401,6 +417,32 @@ mod tests {
         assert_eq!(s.after(2, 5, &mut out), Err(()));
         s.detach(2, Instant::now());
         assert_eq!(s.resume(3, 5, 4), Err(ResumeError::TooOld));
+    }
+
+    #[test]
+    fn the_replay_buffer_keeps_at_most_its_byte_bound_of_large_dispatches() {
+        let s = Session::new(
+            "s".into(),
+            "t".into(),
+            Intents::ALL,
+            [0, 1],
+            super::super::log::in_memory(),
+        );
+        s.ready(1, "{}", 1 << 20, StreamId::default());
+        // 100 KB values, as a cloud client may send: far fewer fit than the count allows.
+        let value = format!("\"{}\"", "9".repeat(100_000));
+        for _ in 0..1000 {
+            s.push("CLOUD_SET", &value, 1 << 20, None);
+        }
+        let st = s.lock();
+        let held: usize = st.buf.iter().map(|b| b.text.len()).sum();
+        assert!(held <= MAX_REPLAY_BYTES, "{held} bytes held");
+        assert!(
+            held > MAX_REPLAY_BYTES - 200_000,
+            "{held}: the bound, not less"
+        );
+        assert_eq!(held, st.buf_bytes);
+        assert_eq!(st.buf.back().map(|b| b.seq), Some(1001), "the newest kept");
     }
 
     #[test]
