@@ -368,3 +368,48 @@ async fn renames_count_against_the_set_rate_and_a_rename_flooder_is_closed_with_
     }
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn an_http_response_to_a_client_that_never_reads_is_dropped_after_the_write_stall() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.edge.write_stall = Duration::from_millis(300);
+    let srv = TestServer::start(c).await;
+    // A room of 100 variables of 100 KB: a 10 MB answer, more than loopback buffers hold.
+    let mut writer = Client::join(&srv.url(), "big", "w").await;
+    let value = format!("\"{}\"", "7".repeat(99_990));
+    for i in 0..100 {
+        writer.set(&format!("v{i}"), &value).await;
+    }
+    // A client that reads gets all of it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = http_get(srv.addr, "/api/rooms/big/variables", &[]).await;
+        if status == 200 && body.len() > 10_000_000 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{status}, {} bytes",
+            body.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(srv.addr).await.unwrap();
+    s.write_all(b"GET /api/rooms/big/variables HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Not reading while the server's write stalls, for longer than the bound.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(WAIT, s.read_to_end(&mut got)).await;
+    let read = read.expect("the server ended the connection");
+    assert!(
+        read.is_err() || got.len() < 10_000_000,
+        "the whole answer arrived ({} bytes): the stalled write was not cut",
+        got.len()
+    );
+    srv.stop().await;
+}

@@ -16,6 +16,7 @@
 //! WebSocket upgrade (the slot travels with the IO object).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::pin::Pin;
@@ -220,10 +221,48 @@ impl Drop for Slot {
     }
 }
 
-/// A TCP stream that holds its [`Slot`] for as long as it lives (through an upgrade too).
+/// The longest a connection's writes may make no progress at all: then the write fails and
+/// the connection closes. It bounds how long an HTTP response to a client that never reads
+/// is held (hyper has no write deadline of its own). WebSocket routes have shorter deadlines
+/// of their own (`--write-timeout-ms`, the document send timeouts); the longest of those,
+/// the 60 s allowance of a document's first SyncStep2, is a total, so it comes first.
+pub(crate) const WRITE_STALL: Duration = Duration::from_secs(60);
+
+/// A TCP stream that holds its [`Slot`] for as long as it lives (through an upgrade too),
+/// and fails a write that makes no progress for [`WRITE_STALL`].
 pub(crate) struct Admitted {
     io: TcpStream,
     _slot: Slot,
+    /// Armed while a write waits (allocated only then, so an idle connection pays nothing).
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    stall_after: Duration,
+}
+
+impl Admitted {
+    /// A write that is pending arms the stall timer (once); one that completes disarms it;
+    /// a pending write whose timer ran out fails.
+    fn stall_check(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        if r.is_ready() {
+            self.stall = None;
+            return r;
+        }
+        let after = self.stall_after;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+        if stall.as_mut().poll(cx).is_ready() {
+            self.stall = None;
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "write made no progress: the peer does not read",
+            )));
+        }
+        Poll::Pending
+    }
 }
 
 impl AsyncRead for Admitted {
@@ -242,7 +281,9 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.stall_check(cx, r)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -258,7 +299,9 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.stall_check(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -351,6 +394,8 @@ pub(crate) async fn serve(
         let io = Admitted {
             io: tcp,
             _slot: slot,
+            stall: None,
+            stall_after: cfg.load().write_stall,
         };
         let router = router.clone();
         let stop = stop.clone();

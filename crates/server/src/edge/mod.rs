@@ -93,6 +93,9 @@ pub struct EdgeConfig {
     pub limit_loopback: bool,
     /// Longest an update may wait to join a busy connection's next write (0: never wait).
     pub max_batch_delay: Duration,
+    /// Longest any write of a connection may make no progress before the connection
+    /// closes (HTTP responses included; `accept::WRITE_STALL`, 60 s). Not a setting.
+    pub write_stall: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -108,6 +111,7 @@ impl Default for EdgeConfig {
             sets_burst: 2000,
             limit_loopback: false,
             max_batch_delay: Duration::from_micros(2000),
+            write_stall: accept::WRITE_STALL,
         }
     }
 }
@@ -136,6 +140,7 @@ impl EdgeConfig {
             sets_burst: nonzero("sets_burst", s.sets_burst, d.sets_burst)?,
             limit_loopback: s.limit_loopback.unwrap_or(d.limit_loopback),
             max_batch_delay: batch_delay(s.max_batch_delay_us, d.max_batch_delay)?,
+            write_stall: d.write_stall,
         })
     }
 }
