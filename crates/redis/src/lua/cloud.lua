@@ -12,6 +12,8 @@ local count = false
 local known = {}
 local hist = {}
 local out = {}
+-- Whether a change was appended to the streams (they are trimmed once, at the end).
+local appended = false
 
 local function state(name)
   local s = known[name]
@@ -77,9 +79,11 @@ local function change(op, name, arg, maxv, json)
   end
   local n = tostring(seq)
   local msg = epoch .. ' ' .. n .. ' ' .. pos .. ' ' .. created .. ' ' .. json
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], n .. '-0', 'm', msg)
-  local gid = redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[4], '*', 'm', 'c ' .. msg)
-  redis.call('PUBLISH', ARGV[3], gid .. ' c ' .. msg)
+  redis.call('XADD', KEYS[6], n .. '-0', 'm', msg)
+  local cmsg = 'c ' .. msg
+  local gid = redis.call('XADD', KEYS[7], '*', 'm', cmsg)
+  redis.call('PUBLISH', ARGV[3], gid .. ' ' .. cmsg)
+  appended = true
   if keep > 0 then hist[#hist + 1] = msg end
   return seq
 end
@@ -90,6 +94,12 @@ for i = 7, #ARGV, 5 do
 end
 for i = 7, #ARGV, 5 do
   out[#out + 1] = change(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+end
+-- Both streams are trimmed once per call, not per XADD (MAXLEN ~ either way: the same
+-- entries go); a call failing part-way leaves them a little longer until the next one.
+if appended then
+  redis.call('XTRIM', KEYS[6], 'MAXLEN', '~', ARGV[2])
+  redis.call('XTRIM', KEYS[7], 'MAXLEN', '~', ARGV[4])
 end
 if #hist > 0 then
   redis.call('LPUSH', KEYS[8], unpack(hist))
