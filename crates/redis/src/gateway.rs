@@ -440,6 +440,7 @@ async fn writer(
         }
         // One script call per session with all of its dispatches of the batch, in order,
         // after every metadata write (a session's Meta precedes its dispatches).
+        let mut gid_text = String::with_capacity(32);
         for (sid, jobs) in &groups {
             let cmd = pipe
                 .cmd("EVALSHA")
@@ -452,7 +453,10 @@ async fn writer(
                 .arg(ttl);
             for &i in jobs {
                 if let GwJob::Dispatch { seq, gid, text, .. } = &batch[i] {
-                    cmd.arg(seq).arg(gid.to_string()).arg(&**text);
+                    use std::fmt::Write as _;
+                    gid_text.clear();
+                    let _ = write!(gid_text, "{gid}");
+                    cmd.arg(seq).arg(gid_text.as_str()).arg(&**text);
                 }
             }
         }

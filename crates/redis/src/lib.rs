@@ -24,6 +24,7 @@
 //!   fail with 1011. Loaded rooms keep serving their clients. The subscription
 //!   reconnects with backoff and every loaded room catches up when it is back.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,38 +140,43 @@ pub struct Write {
     pub reply: Reply,
 }
 
-/// The change part of a message, as JSON (written by nimbus, read by every node).
+/// The change part of a message, as JSON (written by nimbus, read by every node). The
+/// subscriber borrows its strings from the message where they hold no escapes.
 #[derive(Debug, Serialize, Deserialize)]
-struct Change {
+struct Change<'a> {
     /// Room key.
-    r: String,
+    #[serde(borrow)]
+    r: Cow<'a, str>,
     /// Op: `s`, `r`, `d`.
-    o: String,
+    #[serde(borrow)]
+    o: Cow<'a, str>,
     /// Name.
-    n: String,
+    #[serde(borrow)]
+    n: Cow<'a, str>,
     /// Value text (set).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    v: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    v: Option<Cow<'a, str>>,
     /// Value is a number (set).
     #[serde(default)]
     num: bool,
     /// New name (rename).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    nn: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    nn: Option<Cow<'a, str>>,
     /// Origin node id.
-    nd: String,
+    #[serde(borrow)]
+    nd: Cow<'a, str>,
     /// Origin connection id.
     c: u64,
     /// Origin username.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    u: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    u: Option<Cow<'a, str>>,
     /// Origin wall clock, ms since the Unix epoch (for the lag metric).
     ts: u64,
     /// Rename/delete: the variable's value in the state hash (`n`/`s` prefix, see
-    /// [`encode_value`]), added by [`CLOUD_SCRIPT`], never by the node. Absent in the
+    /// [`encode_value_into`]), added by [`CLOUD_SCRIPT`], never by the node. Absent in the
     /// messages of nodes of the previous version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    hv: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    hv: Option<Cow<'a, str>>,
 }
 
 /// [`Change`] as the writer serialises it, borrowing from the queued change: the same
@@ -212,11 +218,21 @@ struct PresenceBody {
     d: Option<serde_json::Value>,
 }
 
+/// A value as the state hash keeps it: `n` or `s`, then the text (appended to `out`).
+fn encode_value_into(value: &CloudValue, out: &mut Vec<u8>) {
+    let (prefix, text) = match value {
+        CloudValue::Number(n) => (b'n', n),
+        CloudValue::String(s) => (b's', s),
+    };
+    out.push(prefix);
+    out.extend_from_slice(text.as_bytes());
+}
+
+#[cfg(test)]
 fn encode_value(value: &CloudValue) -> String {
-    match value {
-        CloudValue::Number(n) => format!("n{n}"),
-        CloudValue::String(s) => format!("s{s}"),
-    }
+    let mut out = Vec::new();
+    encode_value_into(value, &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn decode_value(text: &str) -> Option<CloudValue> {
@@ -450,18 +466,21 @@ fn parse_message(node: &str, msg: &[u8]) -> Result<OrderedChange, BackplaneError
         Some("0") => false,
         _ => return Err(bad("no created flag")),
     };
-    let change: Change = serde_json::from_str(parts.next().ok_or_else(|| bad("no change"))?)
+    let change: Change<'_> = serde_json::from_str(parts.next().ok_or_else(|| bad("no change"))?)
         .map_err(|e| BackplaneError::Malformed(e.to_string()))?;
     let value = change
         .hv
         .as_deref()
         .map(|text| decode_value(text).ok_or_else(|| bad("value of a rename/delete")))
         .transpose()?;
-    let op = match change.o.as_str() {
+    let op = match &*change.o {
         "s" => {
-            let text = change.v.ok_or_else(|| bad("set without value"))?;
+            let text = change
+                .v
+                .ok_or_else(|| bad("set without value"))?
+                .into_owned();
             OrderedOp::Set {
-                name: Arc::from(change.n),
+                name: Arc::from(&*change.n),
                 value: if change.num {
                     CloudValue::Number(text)
                 } else {
@@ -471,24 +490,29 @@ fn parse_message(node: &str, msg: &[u8]) -> Result<OrderedChange, BackplaneError
             }
         }
         "r" => OrderedOp::Rename {
-            name: Arc::from(change.n),
-            new_name: Arc::from(change.nn.ok_or_else(|| bad("rename without new name"))?),
+            name: Arc::from(&*change.n),
+            new_name: Arc::from(
+                change
+                    .nn
+                    .ok_or_else(|| bad("rename without new name"))?
+                    .into_owned(),
+            ),
             value,
         },
         "d" => OrderedOp::Delete {
-            name: Arc::from(change.n),
+            name: Arc::from(&*change.n),
             value,
         },
         other => return Err(BackplaneError::Malformed(format!("op {other:?}"))),
     };
     Ok(OrderedChange {
-        room: Arc::from(change.r),
+        room: Arc::from(&*change.r),
         epoch: Arc::from(epoch),
         seq,
         op,
         local_conn: (change.nd == node).then_some(change.c),
         created,
-        user: change.u.map(Arc::from),
+        user: change.u.as_deref().map(Arc::from),
         ts: change.ts,
     })
 }

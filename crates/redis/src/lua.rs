@@ -19,7 +19,7 @@
 ///
 /// For a rename or a delete the script adds the variable's value as the state hash holds
 /// it (the renamed variable's value, the deleted one's old value) to the change JSON as
-/// `"hv"` (a JSON string: the `n`/`s`-prefixed text of `encode_value`), so every node
+/// `"hv"` (a JSON string: the `n`/`s`-prefixed text of `encode_value_into`), so every node
 /// builds the same event as a single node would.
 pub const CLOUD_SCRIPT: &str = include_str!("lua/cloud.lua");
 

@@ -268,6 +268,9 @@ fn invocation<'a>(
                 .unwrap_or(u64::MAX)
                 .max(1),
         );
+    // One scratch buffer for the call: each change's value argument and JSON are written
+    // into it and copied into the command, with no allocation per change.
+    let mut scratch: Vec<u8> = Vec::with_capacity(256);
     for w in std::iter::once(first).chain(writes) {
         let mut change = ChangeRef {
             r: &w.room,
@@ -281,7 +284,8 @@ fn invocation<'a>(
             u: w.user.as_deref(),
             ts: now,
         };
-        let arg = match &w.op {
+        scratch.clear();
+        match &w.op {
             CloudChange::Set { name, value } => {
                 let (text, num) = match value {
                     CloudValue::Number(n) => (n.as_str(), true),
@@ -291,22 +295,23 @@ fn invocation<'a>(
                 change.n = &**name;
                 change.v = Some(text);
                 change.num = num;
-                encode_value(value)
+                encode_value_into(value, &mut scratch);
             }
             CloudChange::Rename { name, new_name } => {
                 change.o = "r";
                 change.n = name.as_str();
                 change.nn = Some(new_name.as_str());
-                new_name.clone()
+                scratch.extend_from_slice(new_name.as_bytes());
             }
             CloudChange::Delete { name } => {
                 change.o = "d";
                 change.n = name.as_str();
-                String::new()
             }
-        };
-        // Serialising plain strings and numbers cannot fail.
-        let json = serde_json::to_string(&change).unwrap_or_default();
+        }
+        let arg_len = scratch.len();
+        // Serialising plain strings and numbers into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut scratch, &change);
+        let (arg, json) = scratch.split_at(arg_len);
         cmd.arg(change.o)
             .arg(change.n)
             .arg(arg)
@@ -392,5 +397,95 @@ mod tests {
         let parsed = parse_message("node", msg.as_bytes()).expect("parse");
         assert_eq!(parsed.local_conn, Some(7));
         assert_eq!(parsed.ts, 5);
+    }
+
+    /// The arguments of one change as the writer sent them before it wrote them into a
+    /// scratch buffer: op, name, encoded value (set) / new name (rename) / "" (delete),
+    /// max variables, change JSON.
+    fn reference_args(node: &str, w: &Write, now: u64) -> Vec<Vec<u8>> {
+        let (o, n, arg, v, num, nn) = match &w.op {
+            CloudChange::Set { name, value } => {
+                let (text, num) = match value {
+                    CloudValue::Number(n) => (n.clone(), true),
+                    CloudValue::String(s) => (s.clone(), false),
+                };
+                (
+                    "s",
+                    name.to_string(),
+                    encode_value(value),
+                    Some(text),
+                    num,
+                    None,
+                )
+            }
+            CloudChange::Rename { name, new_name } => (
+                "r",
+                name.to_string(),
+                new_name.to_string(),
+                None,
+                false,
+                Some(new_name.to_string()),
+            ),
+            CloudChange::Delete { name } => {
+                ("d", name.to_string(), String::new(), None, false, None)
+            }
+        };
+        let json = serde_json::to_string(&Change {
+            r: w.room.to_string().into(),
+            o: o.into(),
+            n: n.clone().into(),
+            v: v.map(Cow::Owned),
+            num,
+            nn: nn.map(Cow::Owned),
+            nd: node.into(),
+            c: w.from,
+            u: w.user.as_deref().map(Cow::Borrowed),
+            ts: now,
+            hv: None,
+        })
+        .expect("json");
+        vec![
+            o.as_bytes().to_vec(),
+            n.into_bytes(),
+            arg.into_bytes(),
+            w.max_vars.to_string().into_bytes(),
+            json.into_bytes(),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn changes_written_through_the_scratch_buffer_are_the_arguments_built_one_by_one(
+            ops in proptest::collection::vec(
+                (0u8..4, "\\PC{0,12}", "\\PC{0,12}", proptest::option::of("\\PC{0,8}"), 0u64..1000),
+                1..12,
+            ),
+        ) {
+            let writes: Vec<Write> = ops
+                .iter()
+                .map(|(kind, a, b, user, from)| Write {
+                    room: Arc::from("r\"m"),
+                    op: match kind {
+                        0 => CloudChange::Set { name: Arc::from(a.as_str()), value: CloudValue::Number(b.clone()) },
+                        1 => CloudChange::Set { name: Arc::from(a.as_str()), value: CloudValue::String(b.clone()) },
+                        2 => CloudChange::Rename { name: a.clone(), new_name: b.clone() },
+                        _ => CloudChange::Delete { name: a.clone() },
+                    },
+                    from: *from,
+                    user: user.as_deref().map(Arc::from),
+                    max_vars: 10,
+                    reply: Reply::Sender(None),
+                })
+                .collect();
+            let mut pipe = redis::pipe();
+            invocation("nd", writes.iter(), Default::default(), 9, &mut pipe);
+            // Everything before the changes is the same; compare the changes' arguments.
+            let got: Vec<Vec<u8>> = pipe.cmd_iter().next().expect("one call").args_iter().filter_map(|a| match a {
+                redis::Arg::Simple(b) => Some(b.to_vec()),
+                _ => None,
+            }).collect();
+            let expected: Vec<Vec<u8>> = writes.iter().flat_map(|w| reference_args("nd", w, 9)).collect();
+            proptest::prop_assert_eq!(&got[got.len() - expected.len()..], &expected[..]);
+        }
     }
 }

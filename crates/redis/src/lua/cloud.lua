@@ -12,6 +12,10 @@ local count = false
 local known = {}
 local hist = {}
 local out = {}
+-- A call of more than 3 changes trims both streams once, at the end (one XTRIM each
+-- costs less than MAXLEN in every XADD); a smaller one trims in its XADDs.
+local trim_at_end = (#ARGV - 6) / 5 > 3
+local appended = false
 
 local function state(name)
   local s = known[name]
@@ -77,9 +81,17 @@ local function change(op, name, arg, maxv, json)
   end
   local n = tostring(seq)
   local msg = epoch .. ' ' .. n .. ' ' .. pos .. ' ' .. created .. ' ' .. json
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], n .. '-0', 'm', msg)
-  local gid = redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[4], '*', 'm', 'c ' .. msg)
-  redis.call('PUBLISH', ARGV[3], gid .. ' c ' .. msg)
+  local cmsg = 'c ' .. msg
+  local gid
+  if trim_at_end then
+    redis.call('XADD', KEYS[6], n .. '-0', 'm', msg)
+    gid = redis.call('XADD', KEYS[7], '*', 'm', cmsg)
+  else
+    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], n .. '-0', 'm', msg)
+    gid = redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[4], '*', 'm', cmsg)
+  end
+  redis.call('PUBLISH', ARGV[3], gid .. ' ' .. cmsg)
+  appended = true
   if keep > 0 then hist[#hist + 1] = msg end
   return seq
 end
@@ -90,6 +102,12 @@ for i = 7, #ARGV, 5 do
 end
 for i = 7, #ARGV, 5 do
   out[#out + 1] = change(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+end
+-- MAXLEN ~ either way: the same entries go; a call failing part-way leaves the streams a
+-- little longer until the next one.
+if appended and trim_at_end then
+  redis.call('XTRIM', KEYS[6], 'MAXLEN', '~', ARGV[2])
+  redis.call('XTRIM', KEYS[7], 'MAXLEN', '~', ARGV[4])
 end
 if #hist > 0 then
   redis.call('LPUSH', KEYS[8], unpack(hist))
