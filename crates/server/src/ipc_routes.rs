@@ -98,9 +98,15 @@ pub(crate) fn register(server: &nimbus_ipc::Server, hub: Arc<Hub>, docs: Arc<Doc
                     ))
                 }
             };
-            h.set_variable(&room, &name, value).await.map_err(|e| {
+            // Answered once the room took it (like the API's PUT), so a set the room
+            // refuses (its variable limit) or cannot keep is an error, not `true`.
+            h.put_variable(&room, &name, value).await.map_err(|e| {
+                use crate::hub::AdminError;
                 let kind = match e {
-                    crate::hub::AdminError::StoreUnavailable => "Unavailable",
+                    AdminError::StoreUnavailable
+                    | AdminError::Unavailable
+                    | AdminError::TooManyRooms => "Unavailable",
+                    AdminError::TooManyVariables => "TooManyVariables",
                     _ => "InvalidValue",
                 };
                 RouteError::with_kind(kind, e.to_string())

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 async fn ipc_routes_read_write_and_kick_in_live_rooms() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config(dir.path());
+    cfg.cloud.max_variables_per_room = 5;
     cfg.ipc = Some(IpcConfig {
         host: "127.0.0.1".into(),
         port: 0,
@@ -63,6 +64,37 @@ async fn ipc_routes_read_write_and_kick_in_live_rooms() {
     );
     assert_eq!(alice.lines(1).await, vec![set_line("level", "7")]);
     assert_eq!(bob.lines(1).await, vec![set_line("level", "7")]);
+
+    // A new name beyond the room's variable limit: refused, not `true` (nothing stored).
+    for i in 0..3 {
+        let _ = s
+            .request(
+                "cloud.set",
+                json!({"room": "42", "name": format!("v{i}"), "value": i}),
+            )
+            .await;
+    }
+    let err = s
+        .request(
+            "cloud.set",
+            json!({"room": "42", "name": "one-too-many", "value": 1}),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, IpcError::RouteFailed { message, .. } if message.contains("TooManyVariables")),
+        "{err:?}"
+    );
+    let vars = s.request("cloud.get", json!({"room": "42"})).await.unwrap();
+    assert!(vars.get("☁ one-too-many").is_none(), "{vars}");
+    for i in 0..3 {
+        let _ = s
+            .request(
+                "cloud.delete",
+                json!({"room": "42", "name": format!("v{i}")}),
+            )
+            .await;
+    }
 
     // Invalid values are refused like a client's (500 with the error kind), nothing sent.
     let err = s

@@ -459,6 +459,17 @@ async fn a_gateway_bot_whose_token_covers_two_rooms_receives_those_rooms_only() 
         Bot::identify(&srv, &bot_token, 1 | 4).await.err(),
         Some(4014)
     );
+    // A valid token without a gateway grant takes no session (it would spend the identify
+    // budget every bot shares) and is not told the gateway's URL.
+    assert_eq!(
+        Bot::identify(&srv, &format!("Bot {reader}"), 1).await.err(),
+        Some(4004)
+    );
+    let bot_auth = |t: &str| format!("Authorization: Bot {t}");
+    let (status, _) = common::http_get(srv.addr, "/gateway/bot", &[&bot_auth(&reader)]).await;
+    assert_eq!(status, 401);
+    let (status, body) = common::http_get(srv.addr, "/gateway/bot", &[&bot_auth(&bot_token)]).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]

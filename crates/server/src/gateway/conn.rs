@@ -453,6 +453,12 @@ impl Conn {
         match self.auth.verify(bare) {
             Some(Ok(identity)) => {
                 let rooms = identity.rooms(Capability::Gateway).clone();
+                if rooms.is_empty() {
+                    // Valid, but not for the gateway: it may not take sessions (nor spend
+                    // the identify budget other bots share).
+                    tracing::debug!(conn = self.id, "gateway token refused: no gateway grant");
+                    return None;
+                }
                 Some(Allowed {
                     intents: Intents(identity.gateway_intents()),
                     rooms: Some(Arc::new(move |room: &str| rooms.contains(room))),

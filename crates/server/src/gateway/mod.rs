@@ -155,7 +155,9 @@ async fn bot(State(app): State<RouteState>, headers: HeaderMap) -> Response {
         .auth
         .verify(nimbus_proto::gateway::strip_bot_prefix(auth))
     {
-        Some(verdict) => verdict.is_ok(),
+        // A signed token must grant the gateway some rooms, as for Identify.
+        Some(verdict) => verdict
+            .is_ok_and(|identity| !identity.rooms(nimbus_auth::Capability::Gateway).is_empty()),
         None => gw.check_token(auth).is_some(),
     };
     if !admitted {
