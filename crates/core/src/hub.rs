@@ -80,7 +80,15 @@ pub struct Hub {
     /// What orders and keeps the cloud rooms' changes (in process, or Redis), chosen by
     /// the composition root (`Server::bind`).
     pub replication: Arc<dyn CloudReplication>,
+    /// Reads of rooms not loaded here (each a load through the store's one thread, or
+    /// Redis) running at once.
+    stored_reads: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many reads of rooms that are not loaded ([`Hub::variables`]: the API, IPC) run at
+/// once; more wait. Each is a load of up to the room's whole state, queued on the store's
+/// one thread with every commit.
+pub const STORED_READS: usize = 4;
 
 impl Hub {
     /// A hub with no rooms whose cloud rooms replicate through `replication` (the hub
@@ -103,6 +111,7 @@ impl Hub {
             replication_metrics: rooms.replication_metrics,
             events,
             replication: replication.clone(),
+            stored_reads: Arc::new(tokio::sync::Semaphore::new(STORED_READS)),
         });
         let feed: Arc<dyn Feed> = hub.clone();
         replication.subscribe(Arc::downgrade(&feed));
@@ -350,7 +359,21 @@ impl Hub {
                 }
             }
         }
-        let vars = self.replication.load(key).await?.vars;
+        // At most STORED_READS at once, each in its own task holding its permit to the end:
+        // a reader that hangs up does not leave its load running unbounded.
+        let permit = self.stored_reads.clone().acquire_owned().await;
+        let (repl, key) = (self.replication.clone(), key.to_owned());
+        let reading = tokio::spawn(async move {
+            let _permit = permit;
+            repl.load(&key).await
+        });
+        let vars = reading
+            .await
+            .map_err(|e| crate::store::StoreError::Backend {
+                backend: "cloud",
+                source: format!("reading the room: {e}").into(),
+            })??
+            .vars;
         Ok((!vars.is_empty()).then(|| vars.into_iter().map(|v| (v.name, v.value)).collect()))
     }
 }
