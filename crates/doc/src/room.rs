@@ -526,20 +526,36 @@ impl Room {
             self.inner.cancel.cancelled().await;
             return;
         };
+        let interval = self.inner.options.awareness_check_interval;
+        // One timer for the loop, moved only when the deadline changes (not re-registered
+        // for every update forwarded); a check at most `interval` after the previous one.
+        let mut checked = Instant::now();
+        let timer = tokio::time::sleep_until(checked + interval);
+        let closed = self.inner.cancel.cancelled();
+        tokio::pin!(timer, closed);
         loop {
             let deadline = {
                 let next = lock(&self.inner.awareness).next_deadline();
-                let cap = Instant::now() + self.inner.options.awareness_check_interval;
+                let cap = checked + interval;
                 next.map_or(cap, |n| n.min(cap))
             };
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 biased;
-                _ = self.inner.cancel.cancelled() => break,
+                _ = &mut closed => break,
                 ev = rx.recv() => match ev {
                     Some(ev) => self.handle_event(ev),
                     None => break,
                 },
-                _ = tokio::time::sleep_until(deadline) => self.expire_awareness(),
+                _ = &mut timer => {
+                    checked = Instant::now();
+                    self.expire_awareness();
+                    // Re-armed at the top of the loop (a fired timer's deadline may equal
+                    // the next one).
+                    timer.as_mut().reset(checked + interval);
+                }
                 _ = self.inner.awareness_changed.notified() => {}
             }
         }
@@ -910,12 +926,17 @@ impl Room {
     ) -> Result<Leave, ServeError> {
         // Boxed: the greeting runs once, the connection's future should not carry it.
         Box::pin(self.greet(channel, conn, opts)).await?;
+        // Made once, outside the loop: a fresh cancellation future per turn would register
+        // and unregister a waiter on each token for every frame sent or received.
+        let kicked = conn.kick.clone().cancelled_owned();
+        let closed = self.inner.cancel.cancelled();
+        tokio::pin!(kicked, closed);
         loop {
             let paused = conn.paused_until;
             tokio::select! {
                 // Not biased: a client that both sends and receives a lot gets both served.
-                _ = conn.kick.cancelled() => return Err(ServeError::TooSlow),
-                _ = self.inner.cancel.cancelled() => return Ok(Leave::RoomClosed),
+                _ = &mut kicked => return Err(ServeError::TooSlow),
+                _ = &mut closed => return Ok(Leave::RoomClosed),
                 // Boxed, like the handling of a frame below: the loop's future is what an idle
                 // connection holds, and a send (its timeout's timer, the channel's own send
                 // futures) is the largest of its states.
