@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 
 use bytes::Bytes;
 use nimbus_proto::doc::{decode_frame, AuthMessage, AwarenessUpdate, DecodeError, Message};
@@ -1268,16 +1269,7 @@ async fn send_queued<C: Channel>(
         }
         channel.flush().await
     };
-    let sent = tokio::select! {
-        _ = kick.cancelled() => Err(ServeError::TooSlow),
-        r = tokio::time::timeout(opts.send_timeout, batch) => match r {
-            Ok(r) => r.map_err(ServeError::Channel),
-            Err(_) => {
-                ServeStats::add(&opts.stats.slow_send_timeout, 1);
-                Err(ServeError::TooSlow)
-            }
-        },
-    };
+    let sent = bounded(batch, kick, opts.send_timeout, &opts.stats).await;
     conn.queue.queued.fetch_sub(taken, Ordering::AcqRel);
     sent
 }
@@ -1291,9 +1283,30 @@ async fn send_frame<C: Channel>(
     timeout: Duration,
     stats: &ServeStats,
 ) -> Result<(), ServeError> {
+    bounded(channel.send(frame), kick, timeout, stats).await
+}
+
+/// Run a send unless the client is kicked as too slow meanwhile or it takes longer than
+/// `timeout`. The timer and the kick's waiter are only set up if the send does not finish
+/// at its first poll: on a socket that takes the bytes at once (nearly every send) a
+/// delivery registers no timer.
+async fn bounded<F: Future<Output = Result<(), ChannelError>>>(
+    send: F,
+    kick: &CancellationToken,
+    timeout: Duration,
+    stats: &ServeStats,
+) -> Result<(), ServeError> {
+    if kick.is_cancelled() {
+        return Err(ServeError::TooSlow);
+    }
+    let mut send = std::pin::pin!(send);
+    let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+    if let Poll::Ready(r) = first {
+        return r.map_err(ServeError::Channel);
+    }
     tokio::select! {
         _ = kick.cancelled() => Err(ServeError::TooSlow),
-        r = tokio::time::timeout(timeout, channel.send(frame)) => match r {
+        r = tokio::time::timeout(timeout, send) => match r {
             Ok(r) => r.map_err(ServeError::Channel),
             Err(_) => {
                 ServeStats::add(&stats.slow_send_timeout, 1);
