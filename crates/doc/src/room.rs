@@ -1418,6 +1418,16 @@ mod tests {
         let serving = room.serve_or_return(Box::new(channel), &opts);
         let size = std::mem::size_of_val(&serving);
         assert!(size <= 1024, "the serving future takes {size} bytes");
+        // Through a manager, with the options it keeps (176 bytes), the join and the unload
+        // (1,280 bytes while `RoomManager::serve` was an `async fn` holding them twice).
+        let manager = crate::RoomManager::new(|id: &str| Room::new(id));
+        let (channel, _peer) = crate::wire::memory::pair();
+        let serving = manager.serve("size", Box::new(channel), ServeOptions::default());
+        let size = std::mem::size_of_val(&serving);
+        assert!(
+            size <= 1200,
+            "the manager's serving future takes {size} bytes"
+        );
     }
 
     /// What a recording channel was asked to do.
