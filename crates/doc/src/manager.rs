@@ -2,6 +2,7 @@
 //! their last client leaves (the seed's `RoomManager`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::channel::Channel;
@@ -107,11 +108,25 @@ impl RoomManager {
     }
 
     /// Serve one client in room `id` until it leaves; unload the room if it was the last.
-    pub async fn serve<C: Channel>(
+    //
+    // Not an `async fn`: the future of an `async fn` stores its arguments twice (as
+    // captured and as moved into the body), and this one lives as long as the connection;
+    // the options are kept once here and lent to the rest.
+    #[allow(clippy::manual_async_fn)]
+    pub fn serve<'a, C: Channel>(
+        &'a self,
+        id: &'a str,
+        channel: C,
+        opts: ServeOptions,
+    ) -> impl Future<Output = Result<(), ServeError>> + Send + 'a {
+        async move { self.serve_with(id, channel, &opts).await }
+    }
+
+    async fn serve_with<C: Channel>(
         &self,
         id: &str,
         mut channel: C,
-        opts: ServeOptions,
+        opts: &ServeOptions,
     ) -> Result<(), ServeError> {
         let room = loop {
             match Box::pin(self.get_room(id)).await {
@@ -130,13 +145,13 @@ impl RoomManager {
         };
         // `Room::serve` refuses a room that started closing after `get_room` returned it;
         // that refusal happens before anything is sent, so the channel can be reused.
-        let result = room.serve_or_return(channel, &opts).await;
+        let result = room.serve_or_return(channel, opts).await;
         let result = match result {
             Err(channel) => {
                 // The room began unloading between `get_room` and the join: retry once the
                 // unload is over (a fresh room is then made and loaded).
                 room.closed().await;
-                return Box::pin(self.serve(id, channel, opts)).await;
+                return Box::pin(self.serve_with(id, channel, opts)).await;
             }
             Ok(r) => r,
         };

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 
 use bytes::Bytes;
 use nimbus_proto::doc::{decode_frame, AuthMessage, AwarenessUpdate, DecodeError, Message};
@@ -302,22 +303,24 @@ impl Source {
 }
 
 /// The frames queued for one client: bounded in frames, empty until something is queued,
-/// and shrunk back once a burst has drained (an idle connection keeps no buffer).
+/// and its buffer given back whenever it drains (an idle connection keeps no buffer; a
+/// busy one reallocates a few slots per burst, which the allocator's thread cache serves).
 struct OutQueue {
     frames: Mutex<std::collections::VecDeque<Bytes>>,
     ready: tokio::sync::Notify,
     max_frames: usize,
+    /// Bytes of the frames queued (and of the batch being sent): counted by the
+    /// broadcaster before a frame is visible to the session, which subtracts them.
+    queued: AtomicUsize,
 }
 
 impl OutQueue {
-    /// Capacity kept after a burst has drained.
-    const KEEP: usize = 8;
-
     fn new(max_frames: usize) -> OutQueue {
         OutQueue {
             frames: Mutex::new(std::collections::VecDeque::new()),
             ready: tokio::sync::Notify::new(),
             max_frames: max_frames.max(1),
+            queued: AtomicUsize::new(0),
         }
     }
 
@@ -338,8 +341,8 @@ impl OutQueue {
     fn try_pop(&self) -> Option<Bytes> {
         let mut q = lock(&self.frames);
         let frame = q.pop_front();
-        if q.is_empty() && q.capacity() > Self::KEEP {
-            q.shrink_to(Self::KEEP);
+        if q.is_empty() && q.capacity() > 0 {
+            *q = std::collections::VecDeque::new();
         }
         frame
     }
@@ -361,9 +364,7 @@ impl OutQueue {
 struct ClientSlot {
     queue: Arc<OutQueue>,
     kick: CancellationToken,
-    /// Bytes of the frames in `queue` (and the one being sent).
-    queued: Arc<AtomicUsize>,
-    /// The most `queued` may reach (one frame always fits in an empty queue).
+    /// The most `queue.queued` may reach (one frame always fits in an empty queue).
     budget: usize,
     stats: Arc<ServeStats>,
 }
@@ -558,20 +559,36 @@ impl Room {
             self.inner.cancel.cancelled().await;
             return;
         };
+        let interval = self.inner.options.awareness_check_interval;
+        // One timer for the loop, moved only when the deadline changes (not re-registered
+        // for every update forwarded); a check at most `interval` after the previous one.
+        let mut checked = Instant::now();
+        let timer = tokio::time::sleep_until(checked + interval);
+        let closed = self.inner.cancel.cancelled();
+        tokio::pin!(timer, closed);
         loop {
             let deadline = {
                 let next = lock(&self.inner.awareness).next_deadline();
-                let cap = Instant::now() + self.inner.options.awareness_check_interval;
+                let cap = checked + interval;
                 next.map_or(cap, |n| n.min(cap))
             };
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 biased;
-                _ = self.inner.cancel.cancelled() => break,
+                _ = &mut closed => break,
                 ev = rx.recv() => match ev {
                     Some(ev) => self.handle_event(ev),
                     None => break,
                 },
-                _ = tokio::time::sleep_until(deadline) => self.expire_awareness(),
+                _ = &mut timer => {
+                    checked = Instant::now();
+                    self.expire_awareness();
+                    // Re-armed at the top of the loop (a fired timer's deadline may equal
+                    // the next one).
+                    timer.as_mut().reset(checked + interval);
+                }
                 _ = self.inner.awareness_changed.notified() => {}
             }
         }
@@ -650,7 +667,7 @@ impl Room {
                 continue;
             }
             // Counted before the frame is visible to the session, which subtracts it.
-            let before = slot.queued.fetch_add(len, Ordering::AcqRel);
+            let before = slot.queue.queued.fetch_add(len, Ordering::AcqRel);
             let over = if before > 0 && before + len > slot.budget {
                 Some((&slot.stats.slow_queue_bytes, "bytes"))
             } else {
@@ -661,7 +678,7 @@ impl Room {
                 }
             };
             if let Some((counter, what)) = over {
-                slot.queued.fetch_sub(len, Ordering::AcqRel);
+                slot.queue.queued.fetch_sub(len, Ordering::AcqRel);
                 ServeStats::add(counter, 1);
                 tracing::info!(room = %self.id(), conn = id, queued = before, over = what, "client too slow: closing");
                 slot.kick.cancel();
@@ -675,7 +692,7 @@ impl Room {
         lock(&self.inner.clients)
             .map
             .values()
-            .map(|s| s.queued.load(Ordering::Acquire))
+            .map(|s| s.queue.queued.load(Ordering::Acquire))
             .sum()
     }
 
@@ -772,23 +789,16 @@ impl Room {
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(OutQueue::new(opts.queue_frames));
         let kick = CancellationToken::new();
-        let queued = Arc::new(AtomicUsize::new(0));
         clients.map.insert(
             conn,
             ClientSlot {
                 queue: queue.clone(),
                 kick: kick.clone(),
-                queued: queued.clone(),
                 budget: opts.queue_bytes,
                 stats: opts.stats.clone(),
             },
         );
-        Some(Registered {
-            conn,
-            queue,
-            kick,
-            queued,
-        })
+        Some(Registered { conn, queue, kick })
     }
 
     /// Apply a v1 update from outside (server code, an API), validated like a client's (see
@@ -977,27 +987,23 @@ impl Room {
         conn: &mut Conn,
         opts: &ServeOptions,
     ) -> Result<Leave, ServeError> {
-        let step1 = {
-            let txn = self.inner.doc.transact();
-            Message::SyncStep1(yrs::updates::encoder::Encode::encode_v1(&txn.state_vector()).into())
-        };
-        send_frame(
-            channel,
-            step1.encode(),
-            &conn.kick,
-            opts.send_timeout,
-            &opts.stats,
-        )
-        .await?;
-        self.send_awareness_table(channel, conn, opts, false)
-            .await?;
+        // Boxed: the greeting runs once, the connection's future should not carry it.
+        Box::pin(self.greet(channel, conn, opts)).await?;
+        // Made once, outside the loop: a fresh cancellation future per turn would register
+        // and unregister a waiter on each token for every frame sent or received.
+        let kicked = conn.kick.clone().cancelled_owned();
+        let closed = self.inner.cancel.cancelled();
+        tokio::pin!(kicked, closed);
         loop {
             let paused = conn.paused_until;
             tokio::select! {
                 // Not biased: a client that both sends and receives a lot gets both served.
-                _ = conn.kick.cancelled() => return Err(ServeError::TooSlow),
-                _ = self.inner.cancel.cancelled() => return Ok(Leave::RoomClosed),
-                frame = conn.queue.pop() => send_queued(channel, frame, conn, opts).await?,
+                _ = &mut kicked => return Err(ServeError::TooSlow),
+                _ = &mut closed => return Ok(Leave::RoomClosed),
+                // Boxed, like the handling of a frame below: the loop's future is what an idle
+                // connection holds, and a send (its timeout's timer, the channel's own send
+                // futures) is the largest of its states.
+                frame = conn.queue.pop() => Box::pin(send_queued(channel, frame, conn, opts)).await?,
                 // Over a rate: stop reading (TCP pushes back) until the debt is repaid.
                 _ = sleep_until_some(paused), if paused.is_some() => conn.paused_until = None,
                 incoming = channel.recv(), if paused.is_none() => match incoming {
@@ -1007,12 +1013,32 @@ impl Room {
                     Some(Err(ChannelError::PingTimeout)) => return Err(ServeError::PingTimeout),
                     Some(Err(e)) => return Err(ServeError::Channel(e)),
                     Some(Ok(frame)) => {
-                        self.handle_frame(channel, frame, opts, conn).await?;
+                        Box::pin(self.handle_frame(channel, frame, opts, conn)).await?;
                         conn.pace(opts, Instant::now())?;
                     }
                 },
             }
         }
+    }
+
+    /// The greeting: SyncStep1 with the room's state vector, then the awareness table.
+    async fn greet<C: Channel>(
+        &self,
+        channel: &mut C,
+        conn: &Conn,
+        opts: &ServeOptions,
+    ) -> Result<(), ServeError> {
+        // Only the encoded frame is kept across the send (the state vector's encoder
+        // reserves 1 KiB).
+        let step1 = {
+            let txn = self.inner.doc.transact();
+            let sv = yrs::updates::encoder::Encode::encode_v1(&txn.state_vector());
+            Message::SyncStep1(Bytes::from(sv)).encode()
+        };
+        send_frame(channel, step1, &conn.kick, opts.send_timeout, &opts.stats).await?;
+        self.send_awareness_table(channel, conn, opts, false)
+            .await?;
+        Ok(())
     }
 
     /// Send the awareness table in messages of at most `awareness_chunk_bytes` (one state
@@ -1210,7 +1236,6 @@ struct Registered {
     conn: u64,
     queue: Arc<OutQueue>,
     kick: CancellationToken,
-    queued: Arc<AtomicUsize>,
 }
 
 /// One client connection's state in [`Room::serve`].
@@ -1218,7 +1243,6 @@ struct Conn {
     id: u64,
     queue: Arc<OutQueue>,
     kick: CancellationToken,
-    queued: Arc<AtomicUsize>,
     /// The first SyncStep2 has been sent.
     synced: bool,
     updates: TokenBucket,
@@ -1238,7 +1262,6 @@ impl Conn {
             id: reg.conn,
             queue: reg.queue,
             kick: reg.kick,
-            queued: reg.queued,
             synced: false,
             updates: TokenBucket::new(opts.update_rate, now),
             awareness: TokenBucket::new(opts.awareness_rate, now),
@@ -1274,7 +1297,8 @@ impl Conn {
 
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+        // Boxed: a pause is rare, and every idle connection's loop holds this future.
+        Some(at) => Box::pin(tokio::time::sleep_until(at)).await,
         None => std::future::pending().await,
     }
 }
@@ -1314,17 +1338,8 @@ async fn send_queued<C: Channel>(
         }
         channel.flush().await
     };
-    let sent = tokio::select! {
-        _ = kick.cancelled() => Err(ServeError::TooSlow),
-        r = tokio::time::timeout(opts.send_timeout, batch) => match r {
-            Ok(r) => r.map_err(ServeError::Channel),
-            Err(_) => {
-                ServeStats::add(&opts.stats.slow_send_timeout, 1);
-                Err(ServeError::TooSlow)
-            }
-        },
-    };
-    conn.queued.fetch_sub(taken, Ordering::AcqRel);
+    let sent = bounded(batch, kick, opts.send_timeout, &opts.stats).await;
+    conn.queue.queued.fetch_sub(taken, Ordering::AcqRel);
     sent
 }
 
@@ -1337,9 +1352,30 @@ async fn send_frame<C: Channel>(
     timeout: Duration,
     stats: &ServeStats,
 ) -> Result<(), ServeError> {
+    bounded(channel.send(frame), kick, timeout, stats).await
+}
+
+/// Run a send unless the client is kicked as too slow meanwhile or it takes longer than
+/// `timeout`. The timer and the kick's waiter are only set up if the send does not finish
+/// at its first poll: on a socket that takes the bytes at once (nearly every send) a
+/// delivery registers no timer.
+async fn bounded<F: Future<Output = Result<(), ChannelError>>>(
+    send: F,
+    kick: &CancellationToken,
+    timeout: Duration,
+    stats: &ServeStats,
+) -> Result<(), ServeError> {
+    if kick.is_cancelled() {
+        return Err(ServeError::TooSlow);
+    }
+    let mut send = std::pin::pin!(send);
+    let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+    if let Poll::Ready(r) = first {
+        return r.map_err(ServeError::Channel);
+    }
     tokio::select! {
         _ = kick.cancelled() => Err(ServeError::TooSlow),
-        r = tokio::time::timeout(timeout, channel.send(frame)) => match r {
+        r = tokio::time::timeout(timeout, send) => match r {
             Ok(r) => r.map_err(ServeError::Channel),
             Err(_) => {
                 ServeStats::add(&stats.slow_send_timeout, 1);
@@ -1423,13 +1459,44 @@ mod tests {
         assert!(!q.push(Bytes::from_static(b"x")), "over max_frames");
         assert!(lock(&q.frames).capacity() >= 1024);
         while q.try_pop().is_some() {}
-        let kept = lock(&q.frames).capacity();
-        assert!(
-            kept <= OutQueue::KEEP,
-            "capacity {kept} kept after the burst"
+        // An idle queue holds no buffer at all.
+        assert_eq!(
+            lock(&q.frames).capacity(),
+            0,
+            "capacity kept after the burst"
         );
-        // Bytes: an idle queue holds at most KEEP frame handles.
-        assert!(kept * std::mem::size_of::<Bytes>() <= 256);
+        assert!(q.push(Bytes::from_static(b"x")));
+        assert_eq!(q.try_pop(), Some(Bytes::from_static(b"x")));
+        assert_eq!(
+            lock(&q.frames).capacity(),
+            0,
+            "capacity kept after one frame"
+        );
+    }
+
+    #[test]
+    fn an_idle_connection_holds_a_small_serving_future() {
+        // What every idle connection's task carries for the room: the loop's select (the
+        // queue, the channel's receive, the two cancellations) and the connection's state.
+        // The send of a batch, the handling of a frame, the greeting, the join and the close
+        // are boxed while they run; were they inline, this future would be about twice as
+        // large (1,640 bytes before they were).
+        let room = Room::new("size");
+        let opts = ServeOptions::default();
+        let (channel, _peer) = crate::wire::memory::pair();
+        let serving = room.serve_or_return(Box::new(channel), &opts);
+        let size = std::mem::size_of_val(&serving);
+        assert!(size <= 1024, "the serving future takes {size} bytes");
+        // Through a manager, with the options it keeps (176 bytes), the join and the unload
+        // (1,280 bytes while `RoomManager::serve` was an `async fn` holding them twice).
+        let manager = crate::RoomManager::new(|id: &str| Room::new(id));
+        let (channel, _peer) = crate::wire::memory::pair();
+        let serving = manager.serve("size", Box::new(channel), ServeOptions::default());
+        let size = std::mem::size_of_val(&serving);
+        assert!(
+            size <= 1200,
+            "the manager's serving future takes {size} bytes"
+        );
     }
 
     /// What a recording channel was asked to do.

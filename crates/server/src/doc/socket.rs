@@ -2,13 +2,16 @@
 //! keepalive (a ping every interval; a peer that did not answer the previous one is
 //! dropped) and shutdown (close 1001).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use nimbus_doc::{Channel, ChannelError};
-use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 
 /// Close code sent when the server shuts down.
@@ -24,8 +27,9 @@ pub(crate) struct SocketChannel {
     closed: bool,
     guard: crate::edge::ws::Guard,
     metrics: std::sync::Arc<crate::edge::EdgeMetrics>,
-    /// When the client's signed token expires: closed then (4401).
-    expires: Option<Instant>,
+    /// When the client's signed token expires: closed then (4401). Boxed and made once:
+    /// `recv` polls it at every call, and most connections have none.
+    expiry: Option<Pin<Box<Sleep>>>,
 }
 
 impl SocketChannel {
@@ -47,13 +51,13 @@ impl SocketChannel {
             closed: false,
             guard: crate::edge::ws::Guard::default(),
             metrics,
-            expires: None,
+            expiry: None,
         }
     }
 
     /// Close the connection at `at` (when its signed token expires).
     pub(crate) fn expire_at(mut self, at: Option<Instant>) -> SocketChannel {
-        self.expires = at;
+        self.expiry = at.map(|at| Box::pin(tokio::time::sleep_until(at)));
         self
     }
 }
@@ -120,13 +124,10 @@ impl Channel for SocketChannel {
             return None;
         }
         loop {
-            let expires = self.expires;
-            let expiry = async move {
-                match expires {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let expiry = std::future::poll_fn(|cx| match self.expiry.as_mut() {
+                Some(sleep) => sleep.as_mut().poll(cx),
+                None => Poll::Pending,
+            });
             tokio::select! {
                 // The close paths are boxed: they run once, and the future of `recv` lives
                 // in every idle connection's task.
