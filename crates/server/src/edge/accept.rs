@@ -114,6 +114,8 @@ pub(crate) struct Admission {
 /// What [`Admission`] checks, from an [`EdgeConfig`].
 struct Limits {
     max_open: u32,
+    /// [`EdgeConfig::write_stall`].
+    write_stall: Duration,
     limit_loopback: bool,
     new: DefaultKeyedRateLimiter<IpAddr>,
 }
@@ -126,6 +128,7 @@ impl Limits {
         .allow_burst(NonZeroU32::new(cfg.new_conns_per_ip_burst).unwrap_or(NonZeroU32::MIN));
         Limits {
             max_open: cfg.max_conns_per_ip,
+            write_stall: cfg.write_stall,
             limit_loopback: cfg.limit_loopback,
             new: RateLimiter::keyed(quota),
         }
@@ -232,10 +235,10 @@ pub(crate) const WRITE_STALL: Duration = Duration::from_secs(60);
 /// and fails a write that makes no progress for [`WRITE_STALL`].
 pub(crate) struct Admitted {
     io: TcpStream,
-    _slot: Slot,
-    /// Armed while a write waits (allocated only then, so an idle connection pays nothing).
+    slot: Slot,
+    /// Armed while a write waits (allocated only then, so an idle connection pays one
+    /// pointer; the bound is read from the admission's limits when armed).
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
-    stall_after: Duration,
 }
 
 impl Admitted {
@@ -250,7 +253,7 @@ impl Admitted {
             self.stall = None;
             return r;
         }
-        let after = self.stall_after;
+        let after = self.slot.adm.limits.load().write_stall;
         let stall = self
             .stall
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
@@ -393,9 +396,8 @@ pub(crate) async fn serve(
         };
         let io = Admitted {
             io: tcp,
-            _slot: slot,
+            slot: slot,
             stall: None,
-            stall_after: cfg.load().write_stall,
         };
         let router = router.clone();
         let stop = stop.clone();
