@@ -396,7 +396,7 @@ pub(crate) async fn serve(
         };
         let io = Admitted {
             io: tcp,
-            slot: slot,
+            slot,
             stall: None,
         };
         let router = router.clone();
