@@ -113,12 +113,15 @@ impl RoomManager {
     // captured and as moved into the body), and this one lives as long as the connection;
     // the options are kept once here and lent to the rest.
     #[allow(clippy::manual_async_fn)]
+    // The options may be shared (`Arc`): a server serving many connections with the same
+    // options keeps one copy, not one per connection.
     pub fn serve<'a, C: Channel>(
         &'a self,
         id: &'a str,
         channel: C,
-        opts: ServeOptions,
+        opts: impl Into<Arc<ServeOptions>>,
     ) -> impl Future<Output = Result<(), ServeError>> + Send + 'a {
+        let opts: Arc<ServeOptions> = opts.into();
         async move { self.serve_with(id, channel, &opts).await }
     }
 

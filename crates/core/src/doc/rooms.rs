@@ -386,6 +386,8 @@ pub struct DocRooms {
     replicas: Replicas,
     /// Reads of rooms not loaded here (replayed from the replication) running at once.
     stored_reads: Arc<tokio::sync::Semaphore>,
+    /// The options every connection is served with (read-write, read-only), shared.
+    serve_options: [Arc<nimbus_doc::ServeOptions>; 2],
 }
 
 /// How many reads of stored (not loaded) documents run at once ([`DocRooms::state`],
@@ -441,6 +443,10 @@ impl DocRooms {
             });
             Room::with_options(id, hooks, l.room_options())
         });
+        let serve_options = [
+            Arc::new(limits.serve_options(false)),
+            Arc::new(limits.serve_options(true)),
+        ];
         DocRooms {
             manager,
             store,
@@ -450,6 +456,7 @@ impl DocRooms {
             repl,
             replicas,
             stored_reads: Arc::new(tokio::sync::Semaphore::new(STORED_READS)),
+            serve_options,
         }
     }
 
@@ -540,7 +547,7 @@ impl DocRooms {
 
     /// Serve one client in `room` until it leaves.
     pub async fn serve(&self, room: &str, channel: impl nimbus_doc::Channel, access: Access) {
-        let opts = self.limits.serve_options(access == Access::ReadOnly);
+        let opts = self.serve_options[usize::from(access == Access::ReadOnly)].clone();
         self.metrics.doc.clients.inc();
         let result = self.manager.serve(room, channel, opts).await;
         self.metrics.doc.clients.dec();
