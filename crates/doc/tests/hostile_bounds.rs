@@ -33,6 +33,26 @@ async fn small_window_client(addr: &Addr, id: &str) -> Ws {
     ws
 }
 
+/// A server whose clients may send 10 updates/s with a burst of `burst`, closed after 2 s
+/// over the rate; and its counters.
+async fn update_rated_server(burst: u32) -> (TestServer, Arc<ServeStats>) {
+    let stats = Arc::new(ServeStats::default());
+    let s = ws_server(
+        ServeOptions {
+            update_rate: RateLimit {
+                per_second: 10,
+                burst,
+            },
+            rate_abuse_after: Duration::from_secs(2),
+            stats: stats.clone(),
+            ..ServeOptions::default()
+        },
+        RoomOptions::default(),
+    )
+    .await;
+    (s, stats)
+}
+
 async fn ws_server(serve: ServeOptions, room: RoomOptions) -> TestServer {
     serve_with(
         Addr::new(Kind::WebSocket),
@@ -330,20 +350,7 @@ async fn a_joiner_gets_the_awareness_table_in_bounded_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_flood_over_the_rate_is_closed_with_1008_and_a_paced_client_is_not() {
-    let stats = Arc::new(ServeStats::default());
-    let s = ws_server(
-        ServeOptions {
-            update_rate: RateLimit {
-                per_second: 10,
-                burst: 20,
-            },
-            rate_abuse_after: Duration::from_secs(2),
-            stats: stats.clone(),
-            ..ServeOptions::default()
-        },
-        RoomOptions::default(),
-    )
-    .await;
+    let (s, stats) = update_rated_server(20).await;
     let room = s.guard.manager().get_room("/rate").await.unwrap();
     // Within the burst: applied, nobody is closed.
     let mut calm = Raw::open(&s.addr, "rate").await;
@@ -493,20 +500,7 @@ async fn a_frame_of_more_messages_than_the_bound_is_closed_with_1009_before_it_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_sync_step1_count_against_the_update_rate_by_the_size_of_their_answer() {
-    let stats = Arc::new(ServeStats::default());
-    let s = ws_server(
-        ServeOptions {
-            update_rate: RateLimit {
-                per_second: 10,
-                burst: 100,
-            },
-            rate_abuse_after: Duration::from_secs(2),
-            stats: stats.clone(),
-            ..ServeOptions::default()
-        },
-        RoomOptions::default(),
-    )
-    .await;
+    let (s, stats) = update_rated_server(100).await;
     let room = s.guard.manager().get_room("/resync").await.unwrap();
     let t = room.doc().get_or_insert_text("t");
     t.insert(&mut room.doc().transact_mut(), 0, &"r".repeat(1 << 20));

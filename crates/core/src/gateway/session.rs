@@ -387,15 +387,20 @@ impl Durable for Session {
 mod tests {
     use super::*;
 
-    #[test]
-    fn replay_and_gaps() {
-        let s = Session::new(
+    /// A session with every intent on an in-memory log.
+    fn session() -> Arc<Session> {
+        Session::new(
             "s".into(),
             "t".into(),
             Intents::ALL,
             [0, 1],
             super::super::log::in_memory(),
-        );
+        )
+    }
+
+    #[test]
+    fn replay_and_gaps() {
+        let s = session();
         s.ready(1, "{}", 4, StreamId::default());
         for _ in 0..3 {
             s.push("CLOUD_SET", "{}", 4, None);
@@ -421,13 +426,7 @@ mod tests {
 
     #[test]
     fn the_replay_buffer_keeps_at_most_its_byte_bound_of_large_dispatches() {
-        let s = Session::new(
-            "s".into(),
-            "t".into(),
-            Intents::ALL,
-            [0, 1],
-            super::super::log::in_memory(),
-        );
+        let s = session();
         s.ready(1, "{}", 1 << 20, StreamId::default());
         // 100 KB values, as a cloud client may send: far fewer fit than the count allows.
         let value = format!("\"{}\"", "9".repeat(100_000));
@@ -448,13 +447,7 @@ mod tests {
     #[test]
     fn events_at_or_before_the_last_dispatched_gid_are_not_dispatched_again() {
         let g = |ms| Some(StreamId { ms, seq: 0 });
-        let s = Session::new(
-            "s".into(),
-            "t".into(),
-            Intents::ALL,
-            [0, 1],
-            super::super::log::in_memory(),
-        );
+        let s = session();
         s.ready(1, "{}", 8, StreamId { ms: 1, seq: 0 });
         s.push("CLOUD_SET", "{}", 8, g(1));
         s.push("CLOUD_SET", "{}", 8, g(2));
