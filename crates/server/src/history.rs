@@ -80,6 +80,9 @@ pub(crate) struct RouteState {
     pub auth: Arc<Auth>,
 }
 
+/// History reads running at once (each a store job, or a Redis read); more wait.
+static READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// `GET /logs`.
 pub(crate) fn routes(state: RouteState) -> Router {
     Router::new().route("/logs", get(logs)).with_state(state)
@@ -168,7 +171,22 @@ async fn logs(State(app): State<RouteState>, parts: Parts) -> Response {
     if let Err(r) = app.auth.check_api(&parts, &q.project, false) {
         return json_error(r.status, r.reason);
     }
-    match app.history.read(&q.project, q.limit, q.offset).await {
+    // At most READS at once, each in its own task holding its permit to the end: a reader
+    // that hangs up does not leave store work queued unbounded.
+    let permit = READS.acquire().await;
+    let (history, project) = (app.history.clone(), q.project.clone());
+    let reading = tokio::spawn(async move {
+        let _permit = permit;
+        history.read(&project, q.limit, q.offset).await
+    });
+    let read = match reading.await {
+        Ok(read) => read,
+        Err(e) => {
+            tracing::error!(room = %q.project, error = %e, "history read task failed");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "history read failed");
+        }
+    };
+    match read {
         Ok(entries) => (
             [(header::CONTENT_TYPE, "application/json")],
             to_scratch_json(&entries),

@@ -751,3 +751,30 @@ async fn a_document_update_larger_than_a_mebibyte_is_dispatched_whole() {
     editor.close().await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_detached_past_the_resume_window_is_dropped_without_another_identify() {
+    let mut cfg = gw_config();
+    cfg.resume_window = Duration::from_millis(200);
+    let srv = Srv::start(cfg).await;
+    let (mut g, _) = Gw::ready(&srv, 1, None).await;
+    g.ws.close(Some(CloseFrame {
+        code: WsCode::Library(4000),
+        reason: "".into(),
+    }))
+    .await
+    .unwrap();
+    let _ = g.ended().await;
+    // Its replay buffer goes with it on the prune timer (before: only when another session
+    // started or was looked up).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = http_get(srv.addr, "/metrics", None).await;
+        if metrics.contains("nimbus_gateway_sessions 0") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the session stays");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    srv.stop().await;
+}

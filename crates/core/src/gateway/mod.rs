@@ -216,7 +216,34 @@ impl Gateway {
         }));
         interest.set(gw.log.shared());
         let _ = gw.interest.set(interest);
+        // Sessions detached past the resume window go on a timer too, not only when another
+        // session starts or is looked up: a bot that never comes back keeps no buffer.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&gw);
+            let every = (gw.config.resume_window / 2)
+                .clamp(Duration::from_millis(100), Duration::from_secs(60));
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(gw) = weak.upgrade() else { return };
+                    gw.prune_expired();
+                }
+            });
+        }
         gw
+    }
+
+    /// Drop the sessions detached for longer than the resume window.
+    pub fn prune_expired(&self) {
+        let now = Instant::now();
+        let mut sessions = self.sessions();
+        let before = sessions.len();
+        sessions.retain(|_, s| !s.expired(now, self.config.resume_window));
+        if sessions.len() != before {
+            self.sessions_changed(sessions.len());
+        }
     }
 
     /// Its settings.
