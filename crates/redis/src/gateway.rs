@@ -20,6 +20,7 @@
 //! logged event, filtered the same way, under the next sequence numbers. When that part
 //! of the global stream was trimmed the Resume is answered with op 9.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -32,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 use super::{BackplaneError, Decoded, Lua, RedisBackplane, StreamId, EVENTS_STREAM};
 use crate::metrics::Metrics;
 use nimbus_core::events::RoomEvent;
-use nimbus_core::gateway::log::{Dispatch, Durable, Found, SessionLog, TakenOver, TakeoverError};
+use nimbus_core::gateway::log::{
+    Appended, Dispatch, Durable, Found, SessionLog, TakenOver, TakeoverError,
+};
 
 /// Appends dispatches to a session's log if this node still owns the session.
 ///
@@ -51,6 +54,15 @@ static TAKEOVER_LUA: Lua = Lua::new(TAKEOVER_SCRIPT);
 
 /// Jobs written per pipeline at most.
 const BATCH: usize = 2048;
+
+/// The most bytes of jobs queued for the writer (payloads, ids and a fixed overhead per
+/// job): while Redis is unreachable or behind, dispatches beyond it are refused and their
+/// sessions end ([`Appended::Refused`]), heartbeat touches beyond it are dropped, so the
+/// queue never holds more than this plus one session's metadata per new session.
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+
+/// What one queued job counts against [`MAX_QUEUED_BYTES`] besides its strings.
+const JOB_OVERHEAD: usize = 128;
 
 /// Longest pause between two attempts of a failed write.
 const MAX_RETRY: Duration = Duration::from_secs(2);
@@ -88,6 +100,26 @@ pub(crate) enum GwJob {
     },
     /// The session is alive (a heartbeat): keep its keys.
     Touch { sid: String },
+}
+
+impl GwJob {
+    /// What it counts against [`MAX_QUEUED_BYTES`].
+    fn cost(&self) -> usize {
+        JOB_OVERHEAD
+            + match self {
+                GwJob::Meta {
+                    sid, token_hash, ..
+                } => sid.len() + token_hash.len(),
+                GwJob::Dispatch { sid, text, .. } => sid.len() + text.len(),
+                GwJob::Touch { sid } => sid.len(),
+            }
+    }
+}
+
+/// The writer is done with `batch` (written, or given up): its bytes are free again.
+fn release(queued: &AtomicUsize, batch: &[GwJob]) {
+    let cost: usize = batch.iter().map(GwJob::cost).sum();
+    queued.fetch_sub(cost, Ordering::AcqRel);
 }
 
 /// What the writer needs, kept until the gateway starts it.
@@ -129,16 +161,21 @@ impl SessionLog for RedisSessionLog {
         });
     }
 
-    /// Queued for the writer: the session hears once it is in Redis.
-    fn append(&self, d: Dispatch<'_>) -> bool {
-        self.bp.gateway.send(GwJob::Dispatch {
+    /// Queued for the writer: the session hears once it is in Redis. Refused when the
+    /// queue is full ([`MAX_QUEUED_BYTES`]).
+    fn append(&self, d: Dispatch<'_>) -> Appended {
+        let queued = self.bp.gateway.send(GwJob::Dispatch {
             sid: d.sid.to_owned(),
             seq: d.seq,
             gid: d.gid,
             text: d.text.clone(),
             session: d.session.clone(),
         });
-        false
+        if queued {
+            Appended::Queued
+        } else {
+            Appended::Refused
+        }
     }
 
     fn touch(&self, sid: &str) {
@@ -176,8 +213,52 @@ impl SessionLog for RedisSessionLog {
 pub(crate) struct GatewayStore {
     node: String,
     conn: ConnectionManager,
-    tx: mpsc::UnboundedSender<GwJob>,
+    queue: Queue,
     rx: std::sync::Mutex<Option<Unstarted>>,
+}
+
+/// The sending side of the writer's queue, bounded in bytes ([`GwJob::cost`]).
+struct Queue {
+    tx: mpsc::UnboundedSender<GwJob>,
+    /// Bytes queued and not yet written (or given up), shared with the writer.
+    queued: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl Queue {
+    fn new(max: usize) -> (Queue, mpsc::UnboundedReceiver<GwJob>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        (Queue { tx, queued, max }, rx)
+    }
+
+    /// Queue `job`; `false` when it was not queued: a dispatch or a touch that would take
+    /// the queue over its bound, or any job once the writer has stopped. A session's
+    /// metadata is queued whatever the bound: it is one per new session, and its READY
+    /// is refused right after it if the queue is full.
+    fn send(&self, job: GwJob) -> bool {
+        let cost = job.cost();
+        let always = matches!(job, GwJob::Meta { .. });
+        let max = self.max;
+        let taken = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                if always {
+                    Some(q.saturating_add(cost))
+                } else {
+                    q.checked_add(cost).filter(|&n| n <= max)
+                }
+            })
+            .is_ok();
+        if !taken {
+            return false;
+        }
+        if self.tx.send(job).is_err() {
+            self.queued.fetch_sub(cost, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
 }
 
 /// The gateway's view of a backplane failure: its own refusal, or the log unavailable.
@@ -195,11 +276,11 @@ impl GatewayStore {
         metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> GatewayStore {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (queue, rx) = Queue::new(MAX_QUEUED_BYTES);
         GatewayStore {
             node,
             conn,
-            tx,
+            queue,
             rx: std::sync::Mutex::new(Some((rx, metrics, stop))),
         }
     }
@@ -215,7 +296,7 @@ impl GatewayStore {
             tokio::spawn(writer(
                 self.node.clone(),
                 self.conn.clone(),
-                rx,
+                (rx, self.queue.queued.clone()),
                 metrics,
                 stop,
                 replay_buffer,
@@ -224,9 +305,9 @@ impl GatewayStore {
         }
     }
 
-    /// Queue a write.
-    pub(crate) fn send(&self, job: GwJob) {
-        let _ = self.tx.send(job);
+    /// Queue a write (see [`Queue::send`]).
+    pub(crate) fn send(&self, job: GwJob) -> bool {
+        self.queue.send(job)
     }
 
     /// Take session `sid` over for a Resume from `seq` (see the module docs).
@@ -379,7 +460,7 @@ fn max_deleted(info: &redis::Value) -> Option<StreamId> {
 async fn writer(
     node: String,
     mut conn: ConnectionManager,
-    mut rx: mpsc::UnboundedReceiver<GwJob>,
+    (mut rx, queued): (mpsc::UnboundedReceiver<GwJob>, Arc<AtomicUsize>),
     metrics: Arc<Metrics>,
     stop: CancellationToken,
     replay_buffer: usize,
@@ -499,6 +580,7 @@ async fn writer(
                 }
             }
         }
+        release(&queued, &batch);
         batch.clear();
     }
 }
@@ -523,5 +605,59 @@ mod tests {
         assert_eq!(max_deleted(&resp3), Some(StreamId::default()));
         assert_eq!(max_deleted(&redis::Value::Nil), None);
         assert_eq!(token_hash("a").len(), 64);
+    }
+
+    fn dispatch(sid: &str, text: &str) -> GwJob {
+        let session: Weak<dyn Durable> = Weak::<Never>::new();
+        GwJob::Dispatch {
+            sid: sid.into(),
+            seq: 1,
+            gid: StreamId::default(),
+            text: Arc::from(text),
+            session,
+        }
+    }
+
+    struct Never;
+    impl Durable for Never {
+        fn persisted(&self, _seq: u64) {}
+        fn lost(&self) {}
+    }
+
+    #[test]
+    fn the_writer_queue_refuses_dispatches_and_touches_over_its_byte_bound_and_frees_what_was_written(
+    ) {
+        let one = dispatch("s", &"x".repeat(1000)).cost();
+        let (q, mut rx) = Queue::new(3 * one);
+        for _ in 0..3 {
+            assert!(q.send(dispatch("s", &"x".repeat(1000))));
+        }
+        assert!(!q.send(dispatch("s", &"x".repeat(1000))), "over the bound");
+        assert!(
+            !q.send(GwJob::Touch { sid: "s".into() }),
+            "a touch is dropped"
+        );
+        assert!(
+            q.send(GwJob::Meta {
+                sid: "n".into(),
+                token_hash: token_hash("t"),
+                intents: 1,
+                shard: [0, 1],
+            }),
+            "a new session's metadata is always queued"
+        );
+        assert_eq!(rx.len(), 4);
+        // The writer took a batch and wrote it: what it held is free again.
+        let batch = vec![
+            rx.try_recv().expect("queued"),
+            rx.try_recv().expect("queued"),
+        ];
+        release(&q.queued, &batch);
+        assert!(q.send(dispatch("s", &"x".repeat(1000))));
+        // A stopped writer takes nothing, and counts nothing.
+        drop(rx);
+        let before = q.queued.load(Ordering::Acquire);
+        assert!(!q.send(GwJob::Touch { sid: "s".into() }));
+        assert_eq!(q.queued.load(Ordering::Acquire), before);
     }
 }

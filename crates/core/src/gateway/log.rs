@@ -20,6 +20,21 @@ use thiserror::Error;
 
 use crate::events::RoomEvent;
 
+/// What [`SessionLog::append`] did with a dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Appended {
+    /// Durable now: it may be sent at once.
+    Durable,
+    /// Queued: the session hears [`Durable::persisted`] (or [`Durable::lost`]) later.
+    Queued,
+    /// Not kept: the log's write queue is full (its store is unreachable or behind). The
+    /// session cannot go on without a gap in its log, so it ends here: its connection is
+    /// closed with 1011, and a Resume is served from what the log kept (as on another
+    /// node), or answered with op 9 when that is gone.
+    Refused,
+}
+
 /// Told what became of a session's dispatches (implemented by the session).
 pub trait Durable: Send + Sync {
     /// Dispatches up to `seq` are durable: they may be sent.
@@ -91,9 +106,9 @@ pub trait SessionLog: Send + Sync + std::fmt::Debug + 'static {
     /// A new session (before its READY).
     fn opened(&self, sid: &str, token: &str, intents: u64, shard: [u64; 2]);
 
-    /// Keep `dispatch`; `true` when it is durable at once (may be sent now), else the
-    /// session hears [`Durable::persisted`] (or [`Durable::lost`]) later.
-    fn append(&self, dispatch: Dispatch<'_>) -> bool;
+    /// Keep `dispatch` (see [`Appended`] for the three outcomes). A log that refuses a
+    /// dispatch must not keep any later one of the same session: the session ends there.
+    fn append(&self, dispatch: Dispatch<'_>) -> Appended;
 
     /// The session is alive (a heartbeat): keep it another resume window.
     fn touch(&self, sid: &str);
@@ -127,8 +142,8 @@ impl SessionLog for InMemory {
 
     fn opened(&self, _sid: &str, _token: &str, _intents: u64, _shard: [u64; 2]) {}
 
-    fn append(&self, _dispatch: Dispatch<'_>) -> bool {
-        true
+    fn append(&self, _dispatch: Dispatch<'_>) -> Appended {
+        Appended::Durable
     }
 
     fn touch(&self, _sid: &str) {}
@@ -184,7 +199,7 @@ mod tests {
             text: &text,
             session: &Arc::downgrade(&never),
         };
-        assert!(log.append(d));
+        assert_eq!(log.append(d), Appended::Durable);
         log.touch("s");
         assert!(matches!(log.take_over("s", "t", 0).await, Ok(Found::Here)));
         assert!(matches!(

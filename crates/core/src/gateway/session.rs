@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use nimbus_proto::backplane::StreamId;
 
-use super::log::{Dispatch, Durable, SessionLog, TakenOver};
+use super::log::{Appended, Dispatch, Durable, SessionLog, TakenOver};
 use crate::events::RoomEvent;
 
 /// One buffered dispatch: its sequence and its encoded payload.
@@ -43,8 +43,10 @@ pub struct State {
     pub gid: StreamId,
     /// While a session taken over from another node catches up: live events wait here.
     pending: Option<Vec<(StreamId, &'static str, Arc<str>)>>,
-    /// Another node took the session over.
+    /// Another node took the session over, or its log refused a dispatch: it is over.
     lost: bool,
+    /// Its log refused a dispatch ([`Appended::Refused`]).
+    refused: bool,
 }
 
 /// The most bytes of dispatches one session keeps for a resume, whatever the count
@@ -131,6 +133,7 @@ impl Session {
             gid: StreamId::default(),
             pending: None,
             lost: false,
+            refused: false,
         };
         init(&mut state);
         state.buf_bytes = state.buf.iter().map(|b| b.text.len()).sum();
@@ -220,7 +223,13 @@ impl Session {
         self.changed.subscribe()
     }
 
-    /// Detached for longer than `window`, or taken over by another node.
+    /// Its log refused a dispatch: the session ended there ([`Appended::Refused`]).
+    pub fn refused(&self) -> bool {
+        self.lock().refused
+    }
+
+    /// Detached for longer than `window`, taken over by another node, or refused by its
+    /// log.
     pub fn expired(&self, now: Instant, window: Duration) -> bool {
         let st = self.lock();
         st.lost
@@ -263,15 +272,25 @@ impl Session {
         if let Some(g) = gid {
             st.gid = st.gid.max(g);
         }
-        let durable = self.log.append(Dispatch {
-            sid: &self.id,
-            seq,
-            gid: st.gid,
-            text: &text,
-            session: &self.me,
-        });
-        if durable {
-            st.durable = seq;
+        // A session that was taken over or refused logs nothing more: its log must not
+        // get a later dispatch after a missing one.
+        if !st.lost {
+            match self.log.append(Dispatch {
+                sid: &self.id,
+                seq,
+                gid: st.gid,
+                text: &text,
+                session: &self.me,
+            }) {
+                Appended::Durable => st.durable = seq,
+                Appended::Queued => {}
+                Appended::Refused => {
+                    tracing::warn!(session = %self.id, "session log refused a dispatch (its queue is full); ending the session");
+                    st.lost = true;
+                    st.refused = true;
+                    st.owner = None;
+                }
+            }
         }
         st.buf_bytes += text.len();
         st.buf.push_back(Buffered { seq, text });
@@ -396,6 +415,81 @@ mod tests {
             [0, 1],
             super::super::log::in_memory(),
         )
+    }
+
+    /// A shared log that queues `room` dispatches, then refuses every one.
+    #[derive(Debug)]
+    struct Filling {
+        room: Mutex<usize>,
+        appended: Mutex<Vec<u64>>,
+    }
+
+    impl SessionLog for Filling {
+        fn start(&self, _: usize, _: Duration) {}
+        fn shared(&self) -> bool {
+            true
+        }
+        fn opened(&self, _: &str, _: &str, _: u64, _: [u64; 2]) {}
+        fn append(&self, d: Dispatch<'_>) -> Appended {
+            let mut room = self.room.lock().expect("lock");
+            if *room == 0 {
+                return Appended::Refused;
+            }
+            *room -= 1;
+            self.appended.lock().expect("lock").push(d.seq);
+            Appended::Queued
+        }
+        fn touch(&self, _: &str) {}
+        fn take_over<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: u64,
+        ) -> futures_util::future::BoxFuture<
+            'a,
+            Result<super::super::log::Found, super::super::log::TakeoverError>,
+        > {
+            unreachable!()
+        }
+        fn events_after(
+            &self,
+            _: StreamId,
+        ) -> futures_util::future::BoxFuture<
+            '_,
+            Result<Option<Vec<RoomEvent>>, super::super::log::TakeoverError>,
+        > {
+            unreachable!()
+        }
+    }
+
+    #[test]
+    fn a_session_whose_log_refuses_a_dispatch_ends_and_logs_nothing_after_it() {
+        let log = Arc::new(Filling {
+            room: Mutex::new(3),
+            appended: Mutex::default(),
+        });
+        let s = Session::new("s".into(), "t".into(), Intents::ALL, [0, 1], log.clone());
+        s.ready(1, "{}", 16, StreamId::default());
+        s.push("CLOUD_SET", "{}", 16, None);
+        s.persisted(2);
+        let mut out = Vec::new();
+        assert_eq!(s.after(1, 0, &mut out), Ok(true));
+        assert!(!s.refused());
+        s.push("CLOUD_SET", "{}", 16, None); // seq 3: queued, the last that fits
+        s.push("CLOUD_SET", "{}", 16, None); // seq 4: refused
+        assert!(s.refused());
+        assert!(s.expired(Instant::now(), Duration::from_secs(60)));
+        assert_eq!(s.after(1, 2, &mut out), Ok(false), "its connection ends");
+        *log.room.lock().expect("lock") = 10;
+        s.push("CLOUD_SET", "{}", 16, None);
+        assert_eq!(
+            *log.appended.lock().expect("lock"),
+            [1, 2, 3],
+            "nothing after the refused dispatch reaches the log"
+        );
+        // The writer still reports what was queued before: harmless.
+        s.persisted(3);
+        assert!(s.refused());
     }
 
     #[test]

@@ -337,6 +337,14 @@ impl Conn {
         batch.clear();
         match session.after(self.id, self.cursor, batch) {
             Ok(true) => {}
+            Ok(false) if session.refused() => {
+                // The session log (Redis) could not keep up: the session ended here; a
+                // Resume is served from what the log kept.
+                return Err(End::Close(
+                    CloseCode::UnknownError,
+                    "session log unavailable".into(),
+                ));
+            }
             Ok(false) => return Err(End::Drop),
             Err(()) => {
                 // This connection fell so far behind that the buffer dropped events it
