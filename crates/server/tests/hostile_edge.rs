@@ -413,3 +413,60 @@ async fn an_http_response_to_a_client_that_never_reads_is_dropped_after_the_writ
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn large_responses_to_clients_that_never_read_hold_one_server_wide_budget_and_the_rest_get_503(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.edge.response_budget = 12 << 20;
+    let srv = TestServer::start(c).await;
+    // A room of 100 variables of 100 KB: a 10 MB answer, more than loopback buffers hold.
+    let mut writer = Client::join(&srv.url(), "big", "w").await;
+    let value = format!("\"{}\"", "7".repeat(99_990));
+    for i in 0..100 {
+        writer.set(&format!("v{i}"), &value).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = http_get(srv.addr, "/api/rooms/big/variables", &[]).await;
+        if status == 200 && body.len() > 10_000_000 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A client that asks and never reads holds its 10 MB of the 12 MB budget...
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(srv.addr).await.unwrap();
+    stuck
+        .write_all(b"GET /api/rooms/big/variables HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so the next large answer is refused, with a retry hint, and small ones still go.
+    let (status, body) = http_get(srv.addr, "/api/rooms/big/variables", &[]).await;
+    assert_eq!(status, 503, "{} bytes", body.len());
+    assert!(body.contains("\"error\""));
+    assert_eq!(http_get(srv.addr, "/healthz", &[]).await.0, 200);
+    let metrics = http_get(srv.addr, "/metrics", &[]).await.1;
+    assert!(
+        metrics.contains("nimbus_edge_busy_responses_total 1"),
+        "counted"
+    );
+    // The stuck client leaves: its share comes back.
+    drop(stuck);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = http_get(srv.addr, "/api/rooms/big/variables", &[]).await;
+        if status == 200 {
+            assert!(body.len() > 10_000_000);
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(tokio::time::Instant::now() < deadline, "never given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    srv.stop().await;
+}

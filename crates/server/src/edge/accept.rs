@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::budget::ResponseBudget;
 use super::{EdgeConfig, EdgeMetrics};
 
 /// Refusals (429 answers) in flight at once; beyond, a refused socket is just dropped.
@@ -348,6 +349,8 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) {
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    // Sized once: a reload does not resize it (it is not a setting).
+    let budget = ResponseBudget::new(cfg.load().response_budget, metrics.clone());
     let conns = TaskTracker::new();
     let mut prune = tokio::time::interval(Duration::from_secs(60));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -399,25 +402,40 @@ pub(crate) async fn serve(
             slot,
             stall: None,
         };
-        let router = router.clone();
+        let served = Served {
+            router: router.clone(),
+            budget: budget.clone(),
+        };
         let stop = stop.clone();
         let header_timeout = cfg.load().header_timeout;
-        conns.spawn(serve_connection(io, addr, router, header_timeout, stop));
+        conns.spawn(serve_connection(io, addr, served, header_timeout, stop));
     }
     conns.close();
     conns.wait().await;
 }
 
+/// What a connection's requests are served by: the routes, and the budget their large
+/// response bodies are held in.
+struct Served {
+    router: Router,
+    budget: ResponseBudget,
+}
+
 async fn serve_connection(
     io: Admitted,
     addr: SocketAddr,
-    router: Router,
+    served: Served,
     header_timeout: Duration,
     stop: CancellationToken,
 ) {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(addr));
-        router.clone().oneshot(req.map(axum::body::Body::new))
+        let answer = served
+            .router
+            .clone()
+            .oneshot(req.map(axum::body::Body::new));
+        let budget = served.budget.clone();
+        async move { answer.await.map(|r| budget.admit(r)) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -8,11 +8,14 @@
 //!   buffer that cannot grow with automatic pongs), the ping budget, the mapping of framing
 //!   errors to close codes (1002, 1007, 1009), and the close sequence.
 //! - `rate`: the per-connection token bucket for client writes (cloud sets).
+//! - `budget`: the bytes of large HTTP response bodies held at once, server-wide (over it:
+//!   503 with `Retry-After`).
 //!
 //! The bounds, their defaults and why, and the close code of each are in `docs/security.md`.
 
 pub(crate) mod accept;
 pub(crate) mod batch;
+pub(crate) mod budget;
 pub(crate) mod rate;
 pub(crate) mod ws;
 
@@ -96,6 +99,9 @@ pub struct EdgeConfig {
     /// Longest any write of a connection may make no progress before the connection
     /// closes (HTTP responses included; `accept::WRITE_STALL`, 60 s). Not a setting.
     pub write_stall: Duration,
+    /// Bytes of large HTTP response bodies held at once, server-wide
+    /// (`budget::RESPONSE_BUDGET`, 256 MiB). Not a setting.
+    pub response_budget: usize,
 }
 
 impl Default for EdgeConfig {
@@ -112,6 +118,7 @@ impl Default for EdgeConfig {
             limit_loopback: false,
             max_batch_delay: Duration::from_micros(2000),
             write_stall: accept::WRITE_STALL,
+            response_budget: budget::RESPONSE_BUDGET,
         }
     }
 }
@@ -141,6 +148,7 @@ impl EdgeConfig {
             limit_loopback: s.limit_loopback.unwrap_or(d.limit_loopback),
             max_batch_delay: batch_delay(s.max_batch_delay_us, d.max_batch_delay)?,
             write_stall: d.write_stall,
+            response_budget: d.response_budget,
         })
     }
 }
@@ -175,6 +183,8 @@ pub struct EdgeMetrics {
     pub rate_limited: Counter,
     /// Writes cut because they made no progress within the write timeout.
     pub write_timeouts: Counter,
+    /// Large HTTP responses answered 503 because the response budget was spent.
+    pub busy_responses: Counter,
 }
 
 impl EdgeMetrics {
@@ -210,6 +220,11 @@ impl EdgeMetrics {
             "write_timeouts",
             "Connections cut because a write made no progress in time",
             self.write_timeouts.clone(),
+        );
+        r.register(
+            "busy_responses",
+            "Large HTTP responses answered 503 because the server-wide response budget was spent",
+            self.busy_responses.clone(),
         );
     }
 
