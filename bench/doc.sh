@@ -9,6 +9,9 @@
 #   bench/doc.sh                       # shapes spread + hot, servers nimbus + yws
 #   bench/doc.sh hot                   # some shapes (spread, hot)
 #   SERVERS=yws bench/doc.sh           # one server (nimbus, yws)
+#   SERVERS="nimbus nimbus:--max-batch-delay-us,0 yws" bench/doc.sh
+#                                      # nimbus:ARGS = nimbus with extra flags (commas → spaces),
+#                                      # interleaved with the others like any server
 #   NIMBUS_BIN=… GEN_BIN=… bench/doc.sh   (server binary / generator binary; default
 #                                         target/release/nimbus for both, built here)
 #   GEN_THREADS=2 GEN_CPUS=0,1 bench/doc.sh   (generator worker threads and the cores it
@@ -54,12 +57,13 @@ echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $RUNS runs per shape and server, warm-
 
 SPID=""
 DATA=""
-start_server() {  # nimbus|yws; sets SPID and BASE
-    local kind=$1
+start_server() {  # nimbus|nimbus:ARGS|yws; sets SPID and BASE
+    local kind=$1 extra=""
     case $kind in
-        nimbus)
+        nimbus|nimbus:*)
+            [[ $kind == nimbus:* ]] && extra="${kind#nimbus:}" && extra="${extra//,/ }"
             DATA="$(mktemp -d "$OUT/data.XXXXXX")"
-            taskset -c "$SERVER_CPUS" "$NIMBUS_BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" ${SERVER_ARGS:-} >"$OUT/server.log" 2>&1 &
+            taskset -c "$SERVER_CPUS" "$NIMBUS_BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" ${SERVER_ARGS:-} $extra >"$OUT/server.log" 2>&1 &
             SPID=$!
             BASE="ws://127.0.0.1:$PORT/doc"
             ;;

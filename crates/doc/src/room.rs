@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
 use bytes::Bytes;
+use nimbus_proto::batch::Batch;
 use nimbus_proto::doc::{decode_frame, AuthMessage, AwarenessUpdate, DecodeError, Message};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, OnceCell};
@@ -94,6 +95,11 @@ pub struct ServeOptions {
     /// The largest awareness message of the table sent to a joiner (or in answer to
     /// QueryAwareness); the table goes out in as many messages as needed. Default 64 KiB.
     pub awareness_chunk_bytes: usize,
+    /// Write batching (`nimbus_proto::batch`): a client that was written to less than this
+    /// long ago gets the updates queued meanwhile in one write, one budget after that write;
+    /// an idle client is written to at once. 0: every update is written as soon as the
+    /// connection's task runs.
+    pub batch_delay: Duration,
     /// Counters of what these bounds did (share one between connections to sum them).
     pub stats: Arc<ServeStats>,
 }
@@ -122,6 +128,7 @@ impl Default for ServeOptions {
             awareness_max_state_bytes: 32 << 10,
             awareness_max_dropped: 100,
             awareness_chunk_bytes: 64 << 10,
+            batch_delay: Duration::ZERO,
             stats: Arc::new(ServeStats::default()),
         }
     }
@@ -996,6 +1003,11 @@ impl Room {
         tokio::pin!(kicked, closed);
         loop {
             let paused = conn.paused_until;
+            // One timer for both: the end of a rate pause and the end of a write hold.
+            let timer = match (paused, conn.hold_until) {
+                (Some(p), Some(h)) => Some(p.min(h)),
+                (p, h) => p.or(h),
+            };
             tokio::select! {
                 // Not biased: a client that both sends and receives a lot gets both served.
                 _ = &mut kicked => return Err(ServeError::TooSlow),
@@ -1003,9 +1015,30 @@ impl Room {
                 // Boxed, like the handling of a frame below: the loop's future is what an idle
                 // connection holds, and a send (its timeout's timer, the channel's own send
                 // futures) is the largest of its states.
-                frame = conn.queue.pop() => Box::pin(send_queued(channel, frame, conn, opts)).await?,
-                // Over a rate: stop reading (TCP pushes back) until the debt is repaid.
-                _ = sleep_until_some(paused), if paused.is_some() => conn.paused_until = None,
+                frame = conn.queue.pop(), if conn.held.is_none() => {
+                    match conn.batch.hold_until(Instant::now()) {
+                        // Written to within the budget: gather until one budget after that
+                        // write (the frame stays counted in the queue's bytes meanwhile).
+                        Some(until) => {
+                            conn.held = Some(frame);
+                            conn.hold_until = Some(until);
+                        }
+                        None => Box::pin(send_queued(channel, frame, conn, opts)).await?,
+                    }
+                }
+                _ = sleep_until_some(timer), if timer.is_some() => {
+                    let now = Instant::now();
+                    // Over a rate: reading stopped (TCP pushes back) until the debt is repaid.
+                    if paused.is_some_and(|p| p <= now) {
+                        conn.paused_until = None;
+                    }
+                    if conn.hold_until.is_some_and(|h| h <= now) {
+                        conn.hold_until = None;
+                        if let Some(frame) = conn.held.take() {
+                            Box::pin(send_queued(channel, frame, conn, opts)).await?;
+                        }
+                    }
+                }
                 incoming = channel.recv(), if paused.is_none() => match incoming {
                     None | Some(Err(ChannelError::Closed { .. })) => return Ok(Leave::Peer),
                     Some(Err(ChannelError::TextFrame)) => return Err(ServeError::TextFrame),
@@ -1253,6 +1286,11 @@ struct Conn {
     throttled: Duration,
     /// Awareness entries dropped for this connection's own caps.
     awareness_dropped: u64,
+    /// When this connection writes queued updates ([`ServeOptions::batch_delay`]).
+    batch: Batch,
+    /// The first queued frame of a held write, and when the write is due.
+    held: Option<Bytes>,
+    hold_until: Option<Instant>,
 }
 
 impl Conn {
@@ -1268,6 +1306,9 @@ impl Conn {
             paused_until: None,
             throttled: Duration::ZERO,
             awareness_dropped: 0,
+            batch: Batch::new(opts.batch_delay, Duration::ZERO),
+            held: None,
+            hold_until: None,
         }
     }
 
@@ -1340,6 +1381,7 @@ async fn send_queued<C: Channel>(
     };
     let sent = bounded(batch, kick, opts.send_timeout, &opts.stats).await;
     conn.queue.queued.fetch_sub(taken, Ordering::AcqRel);
+    conn.batch.wrote(Instant::now());
     sent
 }
 
@@ -1563,6 +1605,68 @@ mod tests {
             *lock(&ops),
             [Op::Send, Op::Feed, Op::Feed, Op::Feed, Op::Flush]
         );
+        room.close();
+        let _ = serving.await;
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_busy_client_gets_the_updates_of_one_budget_in_one_write_and_an_idle_one_at_once() {
+        let room = Room::new("hold");
+        let ops = Arc::new(Mutex::new(Vec::new()));
+        let channel = Recording { ops: ops.clone() };
+        let opts = ServeOptions {
+            batch_delay: Duration::from_millis(10),
+            ..ServeOptions::default()
+        };
+        let serving = {
+            let room = room.clone();
+            tokio::spawn(async move { room.serve(channel, opts).await })
+        };
+        while room.client_count() == 0 || lock(&ops).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        lock(&ops).clear();
+        let editor = yrs::Doc::with_client_id(7);
+        let text = editor.get_or_insert_text("t");
+        let mut edit = |i: u32| {
+            let update = {
+                let mut txn = editor.transact_mut();
+                text.insert(&mut txn, i, "x");
+                txn.encode_update_v1()
+            };
+            assert_eq!(room.apply_update(&update), Ok(()));
+        };
+        let settle = || async {
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+        };
+        // Idle: the first update leaves at once.
+        edit(0);
+        room.flush().await;
+        settle().await;
+        assert_eq!(*lock(&ops), [Op::Feed, Op::Flush], "no latency floor");
+        lock(&ops).clear();
+        // Busy (written to just now): the next two wait for one budget after that write...
+        edit(1);
+        room.flush().await;
+        settle().await;
+        tokio::time::advance(Duration::from_millis(4)).await;
+        edit(2);
+        room.flush().await;
+        settle().await;
+        assert_eq!(*lock(&ops), [], "held within the budget");
+        // ...and leave together.
+        tokio::time::advance(Duration::from_millis(7)).await;
+        settle().await;
+        assert_eq!(*lock(&ops), [Op::Feed, Op::Feed, Op::Flush]);
+        lock(&ops).clear();
+        // Idle again after a quiet budget: at once.
+        tokio::time::advance(Duration::from_millis(50)).await;
+        edit(3);
+        room.flush().await;
+        settle().await;
+        assert_eq!(*lock(&ops), [Op::Feed, Op::Flush]);
         room.close();
         let _ = serving.await;
     }

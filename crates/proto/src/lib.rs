@@ -5,6 +5,8 @@
 //! can be unit-tested byte for byte, property-tested and fuzzed.
 //!
 //! - [`backoff`]: reconnect backoff schedules (pure; the caller brings the randomness).
+//! - [`batch`]: when a connection writes, the one write-batching policy of every wire
+//!   (pure; the caller brings the time).
 //! - [`cloud`]: the Scratch / TurboWarp cloud-variable protocol (newline-delimited JSON
 //!   in WebSocket text frames).
 //! - [`doc`]: the y-sync protocol (y-websocket) of Yjs document rooms: lib0 primitives,
@@ -15,6 +17,7 @@
 
 pub mod backoff;
 pub mod backplane;
+pub mod batch;
 pub mod cloud;
 pub mod doc;
 pub mod gateway;

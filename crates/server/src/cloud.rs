@@ -18,7 +18,6 @@ use nimbus_proto::cloud::{
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::edge::batch::Batch;
 use crate::edge::rate::{Verdict, WriteLimit};
 use crate::edge::ws::{Guard, Violation};
 use crate::edge::{EdgeConfig, EdgeMetrics};
@@ -26,6 +25,7 @@ use crate::hub::{Hub, RoomHandle};
 use crate::outbox::{Item, Outbox};
 use crate::room::{JoinError, RoomCmd, Subscriber};
 use nimbus_auth::{Capability, Identity, Mode};
+use nimbus_proto::batch::Batch;
 pub use settings::{CloudLimits, CloudSettings};
 
 /// Close code for an internal failure (the room could not be loaded).

@@ -121,6 +121,9 @@ pub struct DocLimits {
     /// Counters of what these bounds did, shared by every document connection of the
     /// server (for metrics).
     pub stats: std::sync::Arc<nimbus_doc::ServeStats>,
+    /// The write-batching budget of every connection: not a document setting, the edge's
+    /// `max_batch_delay` (one budget for every wire), set by the composition root.
+    pub batch_delay: Duration,
 }
 
 impl DocLimits {
@@ -139,6 +142,7 @@ impl DocLimits {
             awareness_max_ids: self.awareness_max_ids,
             awareness_max_state_bytes: self.awareness_max_state_bytes,
             awareness_chunk_bytes: self.awareness_chunk_bytes,
+            batch_delay: self.batch_delay,
             stats: self.stats.clone(),
             ..nimbus_doc::ServeOptions::default()
         }
@@ -241,6 +245,7 @@ impl DocLimits {
                 ..d.awareness
             },
             stats: d.stats,
+            batch_delay: d.batch_delay,
         })
     }
 }
@@ -266,6 +271,7 @@ impl Default for DocLimits {
             awareness_chunk_bytes: serve.awareness_chunk_bytes,
             awareness: nimbus_doc::AwarenessLimits::default(),
             stats: std::sync::Arc::default(),
+            batch_delay: Duration::ZERO,
         }
     }
 }

@@ -14,7 +14,6 @@
 //! The bounds, their defaults and why, and the close code of each are in `docs/security.md`.
 
 pub(crate) mod accept;
-pub(crate) mod batch;
 pub(crate) mod budget;
 pub(crate) mod rate;
 pub(crate) mod ws;

@@ -19,9 +19,9 @@ use super::log::{Durable, Found, TakeoverError};
 use super::session::{Buffered, ResumeError, Session};
 use super::{Gateway, RoomFilter};
 use crate::auth::Auth;
-use crate::edge::batch::Batch;
 use crate::edge::EdgeMetrics;
 use nimbus_auth::Capability;
+use nimbus_proto::batch::Batch;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 

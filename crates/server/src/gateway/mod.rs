@@ -114,7 +114,7 @@ async fn upgrade(
         bounds: edge_bounds,
         ..
     } = app;
-    let batch = crate::edge::batch::Batch::new(
+    let batch = nimbus_proto::batch::Batch::new(
         edge_bounds.load().max_batch_delay,
         std::time::Duration::ZERO,
     );

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 /// A connection's write-batching state.
 #[derive(Debug, Clone)]
-pub(crate) enum Batch {
+pub enum Batch {
     /// Adaptive: write at once when idle; at most once per `budget` while busy.
     Adaptive {
         /// The longest an update may wait to join a write.
@@ -45,7 +45,7 @@ pub(crate) enum Batch {
 impl Batch {
     /// The policy of a connection: the grid when `send_interval` is set, else adaptive
     /// with `budget`.
-    pub(crate) fn new(budget: Duration, send_interval: Duration) -> Batch {
+    pub fn new(budget: Duration, send_interval: Duration) -> Batch {
         if send_interval.is_zero() {
             Batch::Adaptive { budget, last: None }
         } else {
@@ -57,7 +57,7 @@ impl Batch {
 
     /// Until when updates that became ready at `now` should gather before the write;
     /// `None` writes at once.
-    pub(crate) fn hold_until(&self, now: Instant) -> Option<Instant> {
+    pub fn hold_until(&self, now: Instant) -> Option<Instant> {
         match *self {
             Batch::Adaptive { budget, last } => {
                 let due = last? + budget;
@@ -68,7 +68,7 @@ impl Batch {
     }
 
     /// Record a write that ended at `at`.
-    pub(crate) fn wrote(&mut self, at: Instant) {
+    pub fn wrote(&mut self, at: Instant) {
         if let Batch::Adaptive { last, budget } = self {
             if !budget.is_zero() {
                 *last = Some(at);
