@@ -49,3 +49,24 @@ pub fn nonzero_millis(
     let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
     nonzero(key, v, default).map(Duration::from_millis)
 }
+
+/// The largest write-batching budget accepted (`nimbus_proto::batch`), in microseconds:
+/// beyond it an update is late, not batched.
+pub const MAX_BATCH_DELAY_US: u64 = 100_000;
+
+/// A write-batching budget in microseconds, 0 to [`MAX_BATCH_DELAY_US`] (0: no batching),
+/// or `default` when unset.
+pub fn batch_delay(
+    key: &'static str,
+    v: Option<u64>,
+    default: Duration,
+) -> Result<Duration, InvalidSetting> {
+    match v {
+        None => Ok(default),
+        Some(us) if us <= MAX_BATCH_DELAY_US => Ok(Duration::from_micros(us)),
+        Some(_) => Err(InvalidSetting {
+            key,
+            reason: format!("must be at most {MAX_BATCH_DELAY_US} (100 ms)"),
+        }),
+    }
+}

@@ -1628,7 +1628,7 @@ mod tests {
         lock(&ops).clear();
         let editor = yrs::Doc::with_client_id(7);
         let text = editor.get_or_insert_text("t");
-        let mut edit = |i: u32| {
+        let edit = |i: u32| {
             let update = {
                 let mut txn = editor.transact_mut();
                 text.insert(&mut txn, i, "x");

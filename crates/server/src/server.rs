@@ -159,7 +159,7 @@ impl Server {
     }
 
     /// Like [`Server::bind`] with a store of your choice (e.g. in memory).
-    pub async fn bind_with_store(mut config: Config, store: Store) -> Result<Server, ServerError> {
+    pub async fn bind_with_store(config: Config, store: Store) -> Result<Server, ServerError> {
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -225,9 +225,6 @@ impl Server {
             }
             Some(bp) => Arc::new(RedisHistory::new(bp.clone(), config.history)),
         };
-        // One write-batching budget for every wire (read when the rooms are built: a
-        // reload does not change it for document connections).
-        config.doc.batch_delay = config.edge.max_batch_delay;
         let docs = Arc::new(DocRooms::with_replication(
             store,
             Arc::new(config.doc),

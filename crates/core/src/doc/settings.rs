@@ -50,6 +50,9 @@ pub struct DocSettings {
     /// Document rooms: the same for the answer to a client's first SyncStep1 (the whole document) [default: 60000].
     #[arg(long, env = "NIMBUS_DOC_SYNC_SEND_TIMEOUT_MS")]
     pub doc_sync_send_timeout_ms: Option<u64>,
+    /// Document rooms: longest an update may wait to join a busy connection's next write, microseconds (0: written at once; docs/benchmarks.md) [default: 0].
+    #[arg(long, env = "NIMBUS_DOC_MAX_BATCH_DELAY_US")]
+    pub doc_max_batch_delay_us: Option<u64>,
     /// Document rooms: updates per second per connection; over it reading pauses (0: no limit) [default: 200].
     #[arg(long, env = "NIMBUS_DOC_UPDATE_RATE")]
     pub doc_update_rate: Option<u32>,
@@ -121,8 +124,9 @@ pub struct DocLimits {
     /// Counters of what these bounds did, shared by every document connection of the
     /// server (for metrics).
     pub stats: std::sync::Arc<nimbus_doc::ServeStats>,
-    /// The write-batching budget of every connection: not a document setting, the edge's
-    /// `max_batch_delay` (one budget for every wire), set by the composition root.
+    /// The write-batching budget of every connection (`nimbus_proto::batch`; 0: none).
+    /// Not the edge's 2 ms: measured, it bought no CPU on document rooms at a doubled p50
+    /// (docs/benchmarks.md), so document rooms batch only when asked to.
     pub batch_delay: Duration,
 }
 
@@ -245,7 +249,11 @@ impl DocLimits {
                 ..d.awareness
             },
             stats: d.stats,
-            batch_delay: d.batch_delay,
+            batch_delay: crate::setting::batch_delay(
+                "doc_max_batch_delay_us",
+                s.doc_max_batch_delay_us,
+                d.batch_delay,
+            )?,
         })
     }
 }
@@ -273,5 +281,27 @@ impl Default for DocLimits {
             stats: std::sync::Arc::default(),
             batch_delay: Duration::ZERO,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_connections_batch_only_when_asked_and_within_the_shared_bound() {
+        let d = DocLimits::from_settings(&DocSettings::default()).map(|l| l.batch_delay);
+        assert_eq!(d, Ok(Duration::ZERO), "off by default");
+        let set = |us| DocSettings {
+            doc_max_batch_delay_us: Some(us),
+            ..DocSettings::default()
+        };
+        let l = DocLimits::from_settings(&set(8000)).map(|l| l.serve_options(false).batch_delay);
+        assert_eq!(l, Ok(Duration::from_millis(8)), "reaches every connection");
+        let err = DocLimits::from_settings(&set(crate::setting::MAX_BATCH_DELAY_US + 1));
+        assert_eq!(
+            err.map(|_| ()).map_err(|e| e.key),
+            Err("doc_max_batch_delay_us")
+        );
     }
 }

@@ -29,7 +29,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 pub use crate::setting::InvalidSetting;
-use crate::setting::{nonzero, nonzero_millis};
+use crate::setting::{batch_delay, nonzero, nonzero_millis};
 
 /// The edge's settings (flags, `NIMBUS_*` environment, and the `[edge]` table of the
 /// config file). Durations are in milliseconds.
@@ -145,25 +145,14 @@ impl EdgeConfig {
             sets_per_sec: nonzero("sets_per_sec", s.sets_per_sec, d.sets_per_sec)?,
             sets_burst: nonzero("sets_burst", s.sets_burst, d.sets_burst)?,
             limit_loopback: s.limit_loopback.unwrap_or(d.limit_loopback),
-            max_batch_delay: batch_delay(s.max_batch_delay_us, d.max_batch_delay)?,
+            max_batch_delay: batch_delay(
+                "max_batch_delay_us",
+                s.max_batch_delay_us,
+                d.max_batch_delay,
+            )?,
             write_stall: d.write_stall,
             response_budget: d.response_budget,
         })
-    }
-}
-
-/// The largest write-batching budget accepted: beyond it an update is late, not batched.
-pub const MAX_BATCH_DELAY_US: u64 = 100_000;
-
-/// `max_batch_delay_us`: 0 to [`MAX_BATCH_DELAY_US`] microseconds.
-fn batch_delay(v: Option<u64>, default: Duration) -> Result<Duration, InvalidSetting> {
-    match v {
-        None => Ok(default),
-        Some(us) if us <= MAX_BATCH_DELAY_US => Ok(Duration::from_micros(us)),
-        Some(_) => Err(InvalidSetting {
-            key: "max_batch_delay_us",
-            reason: format!("must be at most {MAX_BATCH_DELAY_US} (100 ms)"),
-        }),
     }
 }
 
@@ -241,6 +230,8 @@ impl EdgeMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::setting::MAX_BATCH_DELAY_US;
 
     #[test]
     fn the_batch_budget_is_bounded_and_zero_turns_it_off() {
