@@ -570,6 +570,35 @@ async fn identify_concurrency_answers_op9() {
 }
 
 #[tokio::test]
+async fn each_bot_token_has_its_own_identify_budget() {
+    let mut cfg = gw_config();
+    cfg.identify_window = Duration::from_secs(3600);
+    let srv = Srv::start(cfg).await;
+    // The first bot spends its one bucket...
+    let _a = Gw::ready(&srv, 1, None).await;
+    let (mut again, _) = Gw::hello(&srv).await;
+    again.identify(TOKEN, 1, None).await;
+    let p = again.recv().await;
+    assert_eq!((p.op, p.d), (9, json!(false)), "its own bucket is spent");
+    // ...which leaves the other bot's budget whole.
+    let (mut other, _) = Gw::hello(&srv).await;
+    other.identify("cloud-only", 1, None).await;
+    let p = other.recv().await;
+    assert_eq!(p.t.as_deref(), Some("READY"), "{p:?}");
+    let remaining = |token: &'static str| {
+        let addr = srv.addr;
+        async move {
+            let (_, body) = http_get(addr, "/gateway/bot", Some(token)).await;
+            let v: Value = serde_json::from_str(&body).unwrap();
+            v["session_start_limit"]["remaining"].clone()
+        }
+    };
+    assert_eq!(remaining(TOKEN).await, 999);
+    assert_eq!(remaining("cloud-only").await, 999);
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn gateway_is_off_without_tokens() {
     let srv = Srv::start(GatewayConfig::default()).await;
     let (status, _) = http_get(srv.addr, "/gateway/bot", Some(TOKEN)).await;

@@ -1,7 +1,7 @@
 //! Identify concurrency (`max_concurrency` buckets per window) and the 24 h session
-//! start limit.
+//! start limit, kept per bot (see [`IdentifyLimiter`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,41 +30,74 @@ struct State {
     starts: VecDeque<Instant>,
 }
 
-/// See the module docs.
+impl State {
+    fn new(max_concurrency: u64) -> State {
+        State {
+            buckets: vec![None; usize::try_from(max_concurrency).unwrap_or(1)],
+            starts: VecDeque::new(),
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .starts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= DAY)
+        {
+            self.starts.pop_front();
+        }
+    }
+
+    /// Nothing left to remember: no start in the last 24 h (so no bucket within its window).
+    fn forgotten(&self) -> bool {
+        self.starts.is_empty()
+    }
+}
+
+/// Bots whose budgets are kept at once; a new bot beyond it (after forgetting every bot
+/// with no start in the last 24 h) is refused until one ages out. Each bot keeps up to
+/// `total` start times (16 KiB at the default 1,000).
+pub const MAX_BOTS: usize = 10_000;
+
+/// See the module docs. Each bot (a static token, or a signed token's issuer and subject:
+/// the caller names it) has its own buckets and its own 24 h limit, as each Discord bot
+/// token does: one bot identifying in a loop spends its own budget, not the others'.
 #[derive(Debug)]
 pub struct IdentifyLimiter {
     window: Duration,
     total: u32,
     max_concurrency: u64,
-    state: Mutex<State>,
+    bots: Mutex<HashMap<String, State>>,
 }
 
 impl IdentifyLimiter {
-    /// `max_concurrency` buckets of one Identify per `window`, `total` per 24 h.
+    /// `max_concurrency` buckets of one Identify per `window`, `total` per 24 h, per bot.
     pub fn new(max_concurrency: u64, window: Duration, total: u32) -> IdentifyLimiter {
-        let max_concurrency = max_concurrency.max(1);
         IdentifyLimiter {
             window,
             total,
-            max_concurrency,
-            state: Mutex::new(State {
-                buckets: vec![None; usize::try_from(max_concurrency).unwrap_or(1)],
-                starts: VecDeque::new(),
-            }),
+            max_concurrency: max_concurrency.max(1),
+            bots: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Take a start for `shard_id` now; `false` when its bucket was used within the
-    /// window or the 24 h limit is exhausted.
-    pub fn try_identify(&self, shard_id: u64, now: Instant) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while st
-            .starts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= DAY)
-        {
-            st.starts.pop_front();
+    /// Take a start of `bot` for `shard_id` now; `false` when its bucket was used within
+    /// the window, its 24 h limit is exhausted, or [`MAX_BOTS`] other bots hold budgets.
+    pub fn try_identify(&self, bot: &str, shard_id: u64, now: Instant) -> bool {
+        let mut bots = self.bots.lock().unwrap_or_else(PoisonError::into_inner);
+        if !bots.contains_key(bot) && bots.len() >= MAX_BOTS {
+            bots.retain(|_, st| {
+                st.expire(now);
+                !st.forgotten()
+            });
+            if bots.len() >= MAX_BOTS {
+                return false;
+            }
         }
+        let st = bots
+            .entry(bot.to_owned())
+            .or_insert_with(|| State::new(self.max_concurrency));
+        st.expire(now);
         if st.starts.len() >= self.total as usize {
             return false;
         }
@@ -81,18 +114,19 @@ impl IdentifyLimiter {
         true
     }
 
-    /// The session start limit as `/gateway/bot` reports it.
-    pub fn snapshot(&self, now: Instant) -> SessionStartLimit {
-        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let used = st
-            .starts
-            .iter()
-            .filter(|t| now.duration_since(**t) < DAY)
-            .count();
-        let reset_after = st
-            .starts
-            .iter()
-            .find(|t| now.duration_since(**t) < DAY)
+    /// The session start limit of `bot` as `/gateway/bot` reports it.
+    pub fn snapshot(&self, bot: &str, now: Instant) -> SessionStartLimit {
+        let bots = self.bots.lock().unwrap_or_else(PoisonError::into_inner);
+        let starts = bots.get(bot).map(|st| &st.starts);
+        let live = || {
+            starts
+                .into_iter()
+                .flatten()
+                .filter(|t| now.duration_since(**t) < DAY)
+        };
+        let used = live().count();
+        let reset_after = live()
+            .next()
             .map_or(Duration::ZERO, |t| DAY - now.duration_since(*t));
         SessionStartLimit {
             total: self.total,
@@ -102,6 +136,15 @@ impl IdentifyLimiter {
             reset_after_ms: u64::try_from(reset_after.as_millis()).unwrap_or(u64::MAX),
             max_concurrency: self.max_concurrency,
         }
+    }
+
+    /// Bots with budgets kept.
+    #[cfg(test)]
+    fn bots(&self) -> usize {
+        self.bots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -113,16 +156,59 @@ mod tests {
     fn buckets_and_total() {
         let l = IdentifyLimiter::new(2, Duration::from_secs(5), 3);
         let t0 = Instant::now();
-        assert!(l.try_identify(0, t0));
-        assert!(!l.try_identify(2, t0), "same bucket as shard 0");
-        assert!(l.try_identify(1, t0), "other bucket");
-        assert!(l.try_identify(0, t0 + Duration::from_secs(5)));
+        assert!(l.try_identify("a", 0, t0));
+        assert!(!l.try_identify("a", 2, t0), "same bucket as shard 0");
+        assert!(l.try_identify("a", 1, t0), "other bucket");
+        assert!(l.try_identify("a", 0, t0 + Duration::from_secs(5)));
         assert!(
-            !l.try_identify(1, t0 + Duration::from_secs(10)),
+            !l.try_identify("a", 1, t0 + Duration::from_secs(10)),
             "total used up"
         );
-        let s = l.snapshot(t0 + Duration::from_secs(10));
+        let s = l.snapshot("a", t0 + Duration::from_secs(10));
         assert_eq!((s.total, s.remaining, s.max_concurrency), (3, 0, 2));
         assert!(s.reset_after_ms > 0);
+    }
+
+    #[test]
+    fn one_bot_spending_its_budget_leaves_every_other_bots_budget_whole() {
+        let l = IdentifyLimiter::new(1, Duration::from_secs(5), 2);
+        let t0 = Instant::now();
+        assert!(l.try_identify("greedy", 0, t0));
+        assert!(!l.try_identify("greedy", 0, t0), "its bucket is used");
+        assert!(
+            l.try_identify("other", 0, t0),
+            "another bot's bucket is its own"
+        );
+        assert!(l.try_identify("greedy", 0, t0 + Duration::from_secs(5)));
+        assert!(!l.try_identify("greedy", 0, t0 + Duration::from_secs(10)));
+        let greedy = l.snapshot("greedy", t0 + Duration::from_secs(10));
+        let other = l.snapshot("other", t0 + Duration::from_secs(10));
+        let never = l.snapshot("never", t0 + Duration::from_secs(10));
+        assert_eq!(
+            (greedy.remaining, other.remaining, never.remaining),
+            (0, 1, 2)
+        );
+        assert_eq!(never.reset_after_ms, 0);
+        assert_eq!(l.bots(), 2, "asking for a snapshot keeps nothing");
+    }
+
+    #[test]
+    fn the_bots_kept_are_bounded_and_those_without_a_start_in_a_day_make_room() {
+        let l = IdentifyLimiter::new(1, Duration::from_secs(5), 10);
+        let t0 = Instant::now();
+        for i in 0..MAX_BOTS {
+            assert!(l.try_identify(&format!("b{i}"), 0, t0));
+        }
+        assert!(!l.try_identify("late", 0, t0), "over the bound: refused");
+        assert!(
+            l.try_identify("b0", 0, t0 + Duration::from_secs(5)),
+            "known bots go on"
+        );
+        let next_day = t0 + DAY + Duration::from_secs(1);
+        assert!(
+            l.try_identify("late", 0, next_day),
+            "the quiet ones are forgotten"
+        );
+        assert_eq!(l.bots(), 2, "b0 (started again within the day) and late");
     }
 }

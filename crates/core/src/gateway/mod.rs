@@ -280,10 +280,11 @@ impl Gateway {
         &self.log
     }
 
-    /// Take an Identify slot of `shard_id`'s bucket now; `false` when the bucket or the
-    /// daily start limit is spent (the client gets op 9 `false`).
-    pub fn try_identify(&self, shard_id: u64) -> bool {
-        self.limiter.try_identify(shard_id, Instant::now())
+    /// Take an Identify slot of `shard_id`'s bucket of `bot` now (the caller names the
+    /// bot: its static token, or its signed token's issuer and subject); `false` when the
+    /// bucket or the bot's daily start limit is spent (the client gets op 9 `false`).
+    pub fn try_identify(&self, bot: &str, shard_id: u64) -> bool {
+        self.limiter.try_identify(bot, shard_id, Instant::now())
     }
 
     /// Number of sessions (attached or resumable).
@@ -291,9 +292,9 @@ impl Gateway {
         self.sessions().len()
     }
 
-    /// The current session start limit (for `/gateway/bot`).
-    pub fn session_start_limit(&self) -> SessionStartLimit {
-        self.limiter.snapshot(Instant::now())
+    /// The current session start limit of `bot` (for `/gateway/bot`).
+    pub fn session_start_limit(&self, bot: &str) -> SessionStartLimit {
+        self.limiter.snapshot(bot, Instant::now())
     }
 
     /// Append `ev` to every session that selected it.

@@ -66,6 +66,8 @@ struct Conn {
 
 /// What a gateway token allows: its intents, and with a signed token its rooms and expiry.
 struct Allowed {
+    /// Whose identify budget an Identify spends ([`super::bot_of_identity`]).
+    bot: String,
     intents: Intents,
     rooms: Option<RoomFilter>,
     expires: Option<Instant>,
@@ -468,6 +470,7 @@ impl Conn {
                     return None;
                 }
                 Some(Allowed {
+                    bot: super::bot_of_identity(&identity),
                     intents: Intents(identity.gateway_intents()),
                     rooms: Some(Arc::new(move |room: &str| rooms.contains(room))),
                     expires: crate::auth::deadline(Some(identity.expires_at())),
@@ -478,6 +481,7 @@ impl Conn {
                 None
             }
             None => self.gw.check_token(token).map(|intents| Allowed {
+                bot: super::bot_of_static(bare),
                 intents,
                 rooms: None,
                 expires: None,
@@ -500,7 +504,7 @@ impl Conn {
         if intents.0 & !allowed.0 != 0 {
             return Err(close(CloseCode::DisallowedIntents));
         }
-        if !self.gw.try_identify(shard_id) {
+        if !self.gw.try_identify(&granted.bot, shard_id) {
             self.gw.metrics().invalid_sessions.inc();
             return self
                 .send(

@@ -151,24 +151,24 @@ async fn bot(State(app): State<RouteState>, headers: HeaderMap) -> Response {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let admitted = match app
-        .auth
-        .verify(nimbus_proto::gateway::strip_bot_prefix(auth))
-    {
+    let bare = nimbus_proto::gateway::strip_bot_prefix(auth);
+    let bot = match app.auth.verify(bare) {
         // A signed token must grant the gateway some rooms, as for Identify.
         Some(verdict) => verdict
-            .is_ok_and(|identity| !identity.rooms(nimbus_auth::Capability::Gateway).is_empty()),
-        None => gw.check_token(auth).is_some(),
+            .ok()
+            .filter(|identity| !identity.rooms(nimbus_auth::Capability::Gateway).is_empty())
+            .map(|identity| bot_of_identity(&identity)),
+        None => gw.check_token(auth).map(|_| bot_of_static(bare)),
     };
-    if !admitted {
+    let Some(bot) = bot else {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::CONTENT_TYPE, "application/json")],
             "{\"message\":\"401: Unauthorized\",\"code\":0}",
         )
             .into_response();
-    }
-    let l = gw.session_start_limit();
+    };
+    let l = gw.session_start_limit(&bot);
     let body = serde_json::json!({
         "url": public_url(&headers),
         "shards": 1,
@@ -184,4 +184,20 @@ async fn bot(State(app): State<RouteState>, headers: HeaderMap) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// The bot a signed token speaks for, whose identify budget its Identify spends: its
+/// issuer and subject (every token of one subject shares one budget, as a Discord bot's
+/// token does).
+pub(crate) fn bot_of_identity(identity: &nimbus_auth::Identity) -> String {
+    format!(
+        "signed\u{0}{}\u{0}{}",
+        identity.issuer().unwrap_or(""),
+        identity.sub()
+    )
+}
+
+/// The bot a static gateway token (without `Bot `) speaks for: the token itself.
+pub(crate) fn bot_of_static(token: &str) -> String {
+    format!("static\u{0}{token}")
 }
