@@ -27,8 +27,6 @@ use crate::setting::InvalidSetting;
 
 /// Most entries a room may be configured to keep.
 pub const MAX_ENTRIES: usize = 1_000_000;
-/// Longest project id accepted.
-const MAX_PROJECT_ID: usize = 256;
 
 /// The history settings, each optional so that flags, environment and file can be layered.
 #[derive(Debug, Default, Clone, clap::Args, Deserialize, merge::Merge)]
@@ -121,9 +119,7 @@ fn parse_query(q: Option<&str>) -> Result<Query, String> {
     let project = project
         .filter(|p| !p.is_empty())
         .ok_or("projectid is required")?;
-    if project.len() > MAX_PROJECT_ID {
-        return Err(format!("projectid is longer than {MAX_PROJECT_ID} bytes"));
-    }
+    nimbus_proto::cloud::check_project_id(&project)?;
     if limit > MAX_LIMIT {
         return Err(format!("limit is at most {MAX_LIMIT}"));
     }

@@ -114,9 +114,18 @@ async fn logs_answer_scratchs_format_newest_first_with_limit_and_offset() {
         "limit=5",
         "projectid=42&limit=1001",
         "projectid=42&offset=-1",
+        // The wire's rule for a room key: 1 to 999 characters, no control characters.
+        "projectid=4%0A2",
+        &format!("projectid={}", "1".repeat(1000)),
     ] {
         assert_eq!(logs(&srv, bad).await.0, 400, "{bad}");
     }
+    let long = format!("projectid={}", "1".repeat(999));
+    assert_eq!(
+        logs(&srv, &long).await.0,
+        200,
+        "999 characters is a room key"
+    );
     srv.stop().await;
 }
 

@@ -153,6 +153,22 @@ fn value_field(raw: Option<&RawValue>) -> Result<CloudValue, FieldError> {
 /// Maximum length of a room key (project id), in characters.
 pub const MAX_PROJECT_ID_LEN: usize = 999;
 
+/// The one rule for a room key (project id), on the cloud wire, the HTTP API and `GET /logs`
+/// alike: 1 to [`MAX_PROJECT_ID_LEN`] characters, none of them a control character. `Err`
+/// says why, for the refusal.
+pub fn check_project_id(id: &str) -> Result<(), String> {
+    let len = id.chars().count();
+    if len == 0 || len > MAX_PROJECT_ID_LEN {
+        return Err(format!(
+            "a project id is 1 to {MAX_PROJECT_ID_LEN} characters, got {len}"
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("a project id has no control characters".into());
+    }
+    Ok(())
+}
+
 fn project_id_field(raw: Option<&RawValue>) -> Result<String, FieldError> {
     const F: &str = "project_id";
     let raw = raw.ok_or(FieldError::Missing(F))?.get();
@@ -164,13 +180,7 @@ fn project_id_field(raw: Option<&RawValue>) -> Result<String, FieldError> {
     } else {
         return Err(FieldError::WrongType(F));
     };
-    let len = id.chars().count();
-    if len == 0 || len > MAX_PROJECT_ID_LEN {
-        return Err(FieldError::Invalid {
-            field: F,
-            reason: format!("must be 1..={MAX_PROJECT_ID_LEN} characters, got {len}"),
-        });
-    }
+    check_project_id(&id).map_err(|reason| FieldError::Invalid { field: F, reason })?;
     Ok(id)
 }
 
@@ -294,6 +304,7 @@ mod tests {
             r#"{"method":"handshake","user":"p","project_id":1.5}"#,
             r#"{"method":"handshake","user":"p","project_id":-1}"#,
             r#"{"method":"handshake","user":"p","project_id":[1]}"#,
+            r#"{"method":"handshake","user":"p","project_id":"12\n3"}"#,
         ] {
             let Ok(ClientMessage::Handshake(h)) = parse_client_line(bad) else {
                 panic!("{bad}")
@@ -308,6 +319,20 @@ mod tests {
             panic!()
         };
         assert!(h.room().is_err());
+    }
+
+    #[test]
+    fn one_project_id_rule_for_every_entry_point() {
+        assert_eq!(check_project_id("1"), Ok(()));
+        assert_eq!(
+            check_project_id(&"é".repeat(MAX_PROJECT_ID_LEN)),
+            Ok(()),
+            "characters, not bytes"
+        );
+        assert!(check_project_id("").is_err());
+        assert!(check_project_id(&"1".repeat(MAX_PROJECT_ID_LEN + 1)).is_err());
+        assert!(check_project_id("a\u{0}b").is_err());
+        assert!(check_project_id("a\tb").is_err());
     }
 
     #[test]

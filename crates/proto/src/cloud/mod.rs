@@ -29,8 +29,8 @@ mod value;
 
 pub use close::CloseCode;
 pub use message::{
-    encode_set, parse_client_line, parse_server_line, split_frame, ClientMessage, FieldError,
-    Handshake, MalformedLine, ServerMessage,
+    check_project_id, encode_set, parse_client_line, parse_server_line, split_frame, ClientMessage,
+    FieldError, Handshake, MalformedLine, ServerMessage, MAX_PROJECT_ID_LEN,
 };
 pub use name::{
     bare_name, normalize_name, validate_name, validate_username, NameError, UsernameError,

@@ -40,9 +40,6 @@ pub(super) fn routes(app: &App) -> Router<App> {
         .route("/api/rooms/{id}", delete(delete_room))
 }
 
-/// The longest room key, as a handshake's `project_id` (`nimbus_proto::cloud`).
-const MAX_PROJECT_ID_LEN: usize = 999;
-
 /// The cloud API's check, for reads and writes alike: the API's token check, then the
 /// room key ([`check_room`]).
 fn room_check(app: &App, id: &str, parts: &Parts, write: bool) -> Result<(), Box<Response>> {
@@ -50,7 +47,7 @@ fn room_check(app: &App, id: &str, parts: &Parts, write: bool) -> Result<(), Box
     check_room(app, id)
 }
 
-/// A room key: 1 to 999 characters, as a handshake's `project_id`, and not one of
+/// A room key by the wire's rule (`nimbus_proto::cloud::check_project_id`), and not one of
 /// `--blocked-rooms` (403, as the cloud wire closes those with 4004).
 fn check_room(app: &App, id: &str) -> Result<(), Box<Response>> {
     if app.hub.limits.blocked_rooms.iter().any(|b| b == id) {
@@ -59,14 +56,8 @@ fn check_room(app: &App, id: &str) -> Result<(), Box<Response>> {
             "project unavailable",
         )));
     }
-    let len = id.chars().count();
-    if len == 0 || len > MAX_PROJECT_ID_LEN || id.chars().any(char::is_control) {
-        return Err(Box::new(error(
-            StatusCode::BAD_REQUEST,
-            format!("a room id is 1 to {MAX_PROJECT_ID_LEN} characters, no control characters"),
-        )));
-    }
-    Ok(())
+    nimbus_proto::cloud::check_project_id(id)
+        .map_err(|why| Box::new(error(StatusCode::BAD_REQUEST, why)))
 }
 
 fn admin_error(room: &str, e: AdminError) -> Response {
