@@ -117,7 +117,7 @@ pub use client::{
 pub use hooks::{HookError, NoHooks, Refusal, RoomHooks};
 pub use json::doc_to_json;
 pub use limits::{RateLimit, ServeStats};
-pub use manager::RoomManager;
+pub use manager::{GetRoomError, RoomManager};
 pub use room::{Room, RoomOptions, ServeError, ServeOptions};
 pub use server::{bind, BindError, ServerGuard, ServerOptions, ServerWire};
 pub use update::ApplyError;

@@ -14,6 +14,21 @@ type Factory = dyn Fn(&str) -> Room + Send + Sync + 'static;
 struct Inner {
     factory: Box<Factory>,
     rooms: Mutex<HashMap<String, Room>>,
+    /// The most rooms kept at once ([`RoomManager::bounded`]).
+    max_rooms: usize,
+}
+
+/// Why [`RoomManager::get_room`] has no room to give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GetRoomError {
+    /// The room's load hook failed.
+    #[error(transparent)]
+    Load(#[from] HookError),
+    /// The room is not loaded and the manager holds its most rooms
+    /// ([`RoomManager::bounded`]).
+    #[error("too many rooms loaded (at most {0})")]
+    TooManyRooms(usize),
 }
 
 /// The live rooms of a server, by id. Cheap to clone (clones share the rooms).
@@ -49,10 +64,22 @@ impl Default for RoomManager {
 impl RoomManager {
     /// A manager that makes rooms with `factory(id)` (e.g. `Room::new`).
     pub fn new(factory: impl Fn(&str) -> Room + Send + Sync + 'static) -> RoomManager {
+        RoomManager::bounded(factory, usize::MAX)
+    }
+
+    /// A manager that keeps at most `max_rooms` rooms at once: a room that is not loaded
+    /// is refused beyond it ([`GetRoomError::TooManyRooms`]; a client is closed with 1013).
+    /// Checked where rooms are made, with the map locked, so concurrent joins of new rooms
+    /// cannot overshoot it. Rooms still unloading count until they are gone.
+    pub fn bounded(
+        factory: impl Fn(&str) -> Room + Send + Sync + 'static,
+        max_rooms: usize,
+    ) -> RoomManager {
         RoomManager {
             inner: Arc::new(Inner {
                 factory: Box::new(factory),
                 rooms: Mutex::new(HashMap::new()),
+                max_rooms,
             }),
         }
     }
@@ -62,12 +89,15 @@ impl RoomManager {
     }
 
     /// The live (loaded) room `id`, or a new one from the factory, loaded.
-    pub async fn get_room(&self, id: &str) -> Result<Room, HookError> {
+    pub async fn get_room(&self, id: &str) -> Result<Room, GetRoomError> {
         loop {
             let (room, fresh) = {
                 let mut rooms = self.rooms();
                 match rooms.get(id) {
                     Some(room) => (room.clone(), false),
+                    None if rooms.len() >= self.inner.max_rooms => {
+                        return Err(GetRoomError::TooManyRooms(self.inner.max_rooms));
+                    }
                     None => {
                         let room = (self.inner.factory)(id);
                         rooms.insert(id.to_owned(), room.clone());
@@ -91,7 +121,7 @@ impl RoomManager {
                     if self.remove_if_same(id, &room) {
                         room.close();
                     }
-                    return Err(e);
+                    return Err(GetRoomError::Load(e));
                 }
             }
         }
@@ -136,7 +166,10 @@ impl RoomManager {
                 Ok(room) if room.is_closed() => continue,
                 Ok(room) => break room,
                 Err(e) => {
-                    let e = ServeError::Load(e);
+                    let e = match e {
+                        GetRoomError::Load(e) => ServeError::Load(e),
+                        GetRoomError::TooManyRooms(_) => ServeError::TooManyRooms,
+                    };
                     if let Some(code) = e.close_code() {
                         // Boxed: a close only happens once, the connection's future should
                         // not carry it (see `Room::serve_or_return`).
@@ -223,4 +256,46 @@ async fn unload(room: &Room) {
     room.flush().await;
     room.hooks().emptied(room).await;
     room.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::ChannelError;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_joins_of_new_rooms_never_take_a_bounded_manager_over_its_rooms() {
+        let manager = RoomManager::bounded(|id: &str| Room::new(id), 3);
+        let joins = (0..20).map(|i| {
+            let m = manager.clone();
+            tokio::spawn(async move { m.get_room(&format!("r{i}")).await })
+        });
+        let results = futures_util::future::join_all(joins).await;
+        let ok = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        let refused = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(GetRoomError::TooManyRooms(3)))))
+            .count();
+        assert_eq!((ok, refused), (3, 17));
+        assert_eq!(manager.room_ids().len(), 3);
+        // A room already loaded is still given out.
+        let loaded = manager.room_ids()[0].clone();
+        assert!(manager.get_room(&loaded).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_client_of_a_room_over_the_bound_is_closed_with_1013() {
+        let manager = RoomManager::bounded(|id: &str| Room::new(id), 1);
+        let _held = manager.get_room("a").await.expect("the first room");
+        let (channel, mut peer) = crate::wire::memory::pair();
+        let served = manager.serve("b", channel, ServeOptions::default()).await;
+        assert!(
+            matches!(served, Err(ServeError::TooManyRooms)),
+            "{served:?}"
+        );
+        match peer.recv().await {
+            Some(Err(ChannelError::Closed { code, .. })) => assert_eq!(code, 1013),
+            other => panic!("expected a 1013 close, got {other:?}"),
+        }
+    }
 }

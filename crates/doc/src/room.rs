@@ -211,6 +211,10 @@ pub enum ServeError {
     /// again; a [`RoomManager`](crate::RoomManager) retries on a fresh room itself).
     #[error("room closed")]
     RoomClosed,
+    /// The room was not loaded and its [`RoomManager`](crate::RoomManager) holds its most
+    /// rooms already (close 1013, try again later).
+    #[error("too many rooms loaded")]
+    TooManyRooms,
     /// The room's document cannot be encoded any more (yrs panicked; only possible with
     /// [`RoomOptions::validate_updates`] off, or if server code applied a broken update to
     /// [`Room::doc`] directly). The room is closed (close 1011).
@@ -247,7 +251,7 @@ impl ServeError {
             | ServeError::RateLimited { .. } => 1008,
             ServeError::PingTimeout => 1001,
             ServeError::Load(_) | ServeError::RoomBroken => 1011,
-            ServeError::RoomClosed => 1013,
+            ServeError::RoomClosed | ServeError::TooManyRooms => 1013,
             ServeError::Refused { code, .. } => *code,
             ServeError::Channel(_) => return None,
         })

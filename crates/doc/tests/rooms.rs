@@ -414,7 +414,10 @@ async fn a_failed_load_is_returned_and_the_room_is_not_kept() {
     .await;
     let mgr = s.guard.manager().clone();
     let (r1, r2) = tokio::join!(mgr.get_room("/fail"), mgr.get_room("/fail"));
-    assert_eq!(r1.unwrap_err(), HookError::new("storage offline"));
+    assert_eq!(
+        r1.unwrap_err(),
+        nimbus_doc::GetRoomError::Load(HookError::new("storage offline"))
+    );
     assert!(r2.is_err());
     assert!(mgr.room_ids().is_empty());
     let mut raw = Raw::open(&s.addr, "fail").await;

@@ -428,21 +428,25 @@ impl DocRooms {
         let (l, m) = (limits.clone(), metrics.clone());
         let replicas = Replicas::default();
         let (r, reg) = (repl.clone(), replicas.clone());
-        let manager = RoomManager::new(move |id: &str| {
-            let hooks = Arc::new_cyclic(|me| Persisted {
-                repl: r.clone(),
-                replicas: reg.clone(),
-                sync: Mutex::new(SyncState::loading()),
-                resyncing: AtomicBool::new(false),
-                me: me.clone(),
-                limits: l.clone(),
-                metrics: m.clone(),
-                size: r.size(id),
-                held: Mutex::new(Some(Held::default())),
-                deleted: AtomicBool::new(false),
-            });
-            Room::with_options(id, hooks, l.room_options())
-        });
+        let max_rooms = limits.max_rooms;
+        let manager = RoomManager::bounded(
+            move |id: &str| {
+                let hooks = Arc::new_cyclic(|me| Persisted {
+                    repl: r.clone(),
+                    replicas: reg.clone(),
+                    sync: Mutex::new(SyncState::loading()),
+                    resyncing: AtomicBool::new(false),
+                    me: me.clone(),
+                    limits: l.clone(),
+                    metrics: m.clone(),
+                    size: r.size(id),
+                    held: Mutex::new(Some(Held::default())),
+                    deleted: AtomicBool::new(false),
+                });
+                Room::with_options(id, hooks, l.room_options())
+            },
+            max_rooms,
+        );
         let serve_options = [
             Arc::new(limits.serve_options(false)),
             Arc::new(limits.serve_options(true)),
@@ -597,11 +601,10 @@ impl DocRooms {
     pub async fn apply_update(&self, room: &str, update: &[u8]) -> Result<(), UpdateError> {
         self.admit(room).map_err(|_| UpdateError::TooManyRooms)?;
         let live = loop {
-            let live = self
-                .manager
-                .get_room(room)
-                .await
-                .map_err(|e| UpdateError::Unavailable(e.to_string()))?;
+            let live = self.manager.get_room(room).await.map_err(|e| match e {
+                nimbus_doc::GetRoomError::TooManyRooms(_) => UpdateError::TooManyRooms,
+                other => UpdateError::Unavailable(other.to_string()),
+            })?;
             if live.is_closed() {
                 // Unloading: wait for it, then load a fresh one.
                 live.closed().await;
