@@ -407,6 +407,10 @@ async fn the_first_sync_step2_of_a_big_document_gets_the_long_allowance() {
     let room = s.guard.manager().get_room("/big").await.unwrap();
     let t = room.doc().get_or_insert_text("t");
     t.insert(&mut room.doc().transact_mut(), 0, &"d".repeat(8 << 20));
+    // The insert is forwarded to the room's clients by its task: wait for that, or on a
+    // busy machine it may reach the client below as an ordinary 8 MiB update, whose 300 ms
+    // send timeout a client that does not read fails (the test would then be about that).
+    room.flush().await;
     let mut slow = small_window_client(&s.addr, "big").await;
     let sv = StateVector::default().encode_v1();
     slow.send(M::Binary(Message::SyncStep1(sv.into()).encode()))
