@@ -10,7 +10,9 @@
 //!
 //! Keys of room `R` (the room in a hash tag, one Redis Cluster slot):
 //! `nimbus:doc:{R}:seq`, `:epoch`, `:log` (stream, entry `SEQ-0`, field `u` = the
-//! update), `:snap` (the merged state up to `:snapseq`). A node that sees a room's log
+//! update), `:snap` (the merged state up to `:snapseq`), `:deleted` (the epoch last deleted,
+//! for [`DELETED_TTL`]: a node that missed the deletion's message learns it from there,
+//! [`DOC_DELETE_SCRIPT`]). A node that sees a room's log
 //! grow past [`COMPACT_AFTER`] entries folds it into the snapshot ([`COMPACT_SCRIPT`]:
 //! accepted only if it covers more than the current one, then `XTRIM MINID`).
 
@@ -32,11 +34,13 @@ pub const COMPACT_AFTER: u64 = 1000;
 
 /// The script that records one document update.
 ///
-/// KEYS: seq, epoch, log, snap, snapseq, events. ARGV: epoch candidate, node, connection,
-/// room, update, events length, channel, the epoch the writer's copy follows ("" or absent:
-/// none). Returns `{seq, log length}`, or `{0, 0}` (nothing written) when the writer follows
-/// an epoch and the room's is another or none: its copy belongs to a deleted, lost or
-/// restarted room, where its update would be a fragment of a state the room lacks.
+/// KEYS: seq, epoch, log, snap, snapseq, events, deleted. ARGV: epoch candidate, node,
+/// connection, room, update, events length, channel, the epoch the writer's copy follows
+/// ("" or absent: none). Returns `{seq, log length}`, or, with nothing written, when the
+/// writer follows an epoch and the room's is another or none (its copy belongs to a
+/// deleted, lost or restarted room, where its update would be a fragment of a state the
+/// room lacks): `{0, 1}` when that epoch was deleted (the `deleted` tombstone names it),
+/// else `{0, 0}`.
 pub const DOC_SCRIPT: &str = include_str!("lua/doc.lua");
 
 /// The script that replaces a room's snapshot by a newer one and trims the log it covers.
@@ -49,9 +53,15 @@ pub const COMPACT_SCRIPT: &str = include_str!("lua/doc_compact.lua");
 /// epoch), and every node hears `0-0 x NODE ROOM` on the events channel and closes the
 /// room's clients with 4410.
 ///
-/// KEYS: seq, epoch, log, snap, snapseq. ARGV: node, room, channel. Returns the number of
-/// keys deleted.
+/// KEYS: seq, epoch, log, snap, snapseq, deleted. ARGV: node, room, channel, tombstone ttl
+/// (ms). The deleted epoch is kept in `deleted` for [`DELETED_TTL`], so that a node that
+/// missed the message (its subscription was down) still learns, at its next write or
+/// resync, that the room it follows was deleted (4410), not lost (1011). Returns the number
+/// of keys deleted.
 pub const DOC_DELETE_SCRIPT: &str = include_str!("lua/doc_delete.lua");
+
+/// How long a deleted room's tombstone (its last epoch) is kept.
+pub const DELETED_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 pub(crate) static DOC_LUA: Lua = Lua::new(DOC_SCRIPT);
 pub(crate) static DOC_DELETE_LUA: Lua = Lua::new(DOC_DELETE_SCRIPT);
@@ -64,6 +74,8 @@ struct Keys {
     log: String,
     snap: String,
     snapseq: String,
+    /// The tombstone: the epoch last deleted, kept [`DELETED_TTL`].
+    deleted: String,
 }
 
 impl Keys {
@@ -80,6 +92,7 @@ impl Keys {
             log: k("log"),
             snap: k("snap"),
             snapseq: k("snapseq"),
+            deleted: k("deleted"),
         }
     }
 }
@@ -217,9 +230,10 @@ pub(crate) fn invocation(node: &str, w: &DocWrite, pipe: &mut redis::Pipeline) {
     let epoch = format!("{node}-{:x}", super::now_ms());
     pipe.cmd("EVALSHA")
         .arg(DOC_LUA.sha())
-        .arg(6)
+        .arg(7)
         .arg(&keys.room()[..])
         .arg(EVENTS_STREAM)
+        .arg(&keys.deleted)
         .arg(epoch)
         .arg(node)
         .arg(0)
@@ -235,11 +249,13 @@ pub(crate) fn delete_invocation(node: &str, d: &DocDelete, pipe: &mut redis::Pip
     let keys = Keys::new(&d.room);
     pipe.cmd("EVALSHA")
         .arg(DOC_DELETE_LUA.sha())
-        .arg(5)
+        .arg(6)
         .arg(&keys.room()[..])
+        .arg(&keys.deleted)
         .arg(node)
         .arg(&*d.room)
-        .arg(EVENTS_CHANNEL);
+        .arg(EVENTS_CHANNEL)
+        .arg(u64::try_from(DELETED_TTL.as_millis()).unwrap_or(u64::MAX));
 }
 
 impl RedisBackplane {
@@ -281,8 +297,18 @@ impl RedisBackplane {
             _ => (0, 0),
         };
         if seq == 0 {
-            // Refused: the room this node's copy follows is gone from Redis (deleted
-            // through another node, or lost). The room closes its clients (1011).
+            if len == 1 {
+                // Refused: the room this node's copy follows was deleted (through another
+                // node, while this node's subscription missed the message). Its clients
+                // are closed with 4410, as on the message.
+                tracing::info!(room = %w.room, follows = %w.follows, "document update refused by Redis: the room this node follows was deleted");
+                if let Some(docs) = self.docs() {
+                    docs.deleted(&w.room);
+                    return;
+                }
+            }
+            // Refused: the room this node's copy follows is gone from Redis (lost, or
+            // restarted). The room closes its clients (1011).
             tracing::info!(room = %w.room, follows = %w.follows, "document update refused by Redis: the room is gone under the epoch this node follows");
             w.failed();
             return;
@@ -329,8 +355,9 @@ impl RedisBackplane {
             Option<u64>,
             Option<Vec<u8>>,
             redis::streams::StreamRangeReply,
+            Option<String>,
         );
-        let (epoch, seq, snapshot, log): Raw = redis::pipe()
+        let (epoch, seq, snapshot, log, deleted): Raw = redis::pipe()
             .atomic()
             .get(&keys.epoch)
             .get(&keys.seq)
@@ -339,6 +366,7 @@ impl RedisBackplane {
             .arg(&keys.log)
             .arg("-")
             .arg("+")
+            .get(&keys.deleted)
             .query_async(&mut conn)
             .await?;
         let mut updates = Vec::with_capacity(log.ids.len());
@@ -352,6 +380,7 @@ impl RedisBackplane {
             epoch: Arc::from(epoch.unwrap_or_default()),
             seq: seq.unwrap_or(0),
             log: DocLog { snapshot, updates },
+            deleted: Arc::from(deleted.unwrap_or_default()),
         })
     }
 

@@ -4,7 +4,8 @@
 //!   the same answers (sequence numbers, refusals), state hash, positions, room stream,
 //!   global stream messages and history.
 //! - `DOC_SCRIPT` refuses an update from a copy that follows an epoch the room no longer has
-//!   (deleted with `DOC_DELETE_SCRIPT`, or restarted), and writes nothing then.
+//!   (deleted with `DOC_DELETE_SCRIPT`, or restarted), writes nothing then, and says which
+//!   (the deletion's tombstone).
 //!
 //! Needs `redis-server` on the PATH; without it the test prints `SKIPPED` and returns,
 //! unless `NIMBUS_REQUIRE_REDIS=1`.
@@ -387,12 +388,32 @@ async fn a_redis_that_forgot_the_scripts_fails_one_batch_and_the_next_loads_them
     bp.shutdown();
 }
 
+/// `DOC_SCRIPT`'s keys: the room's five, the global events stream, the room's tombstone.
 fn doc_keys(room: &str) -> Vec<String> {
     ["seq", "epoch", "log", "snap", "snapseq"]
         .iter()
         .map(|k| format!("nimbus:doc:{{{room}}}:{k}"))
-        .chain(["events".to_owned()])
+        .chain([
+            "events".to_owned(),
+            format!("nimbus:doc:{{{room}}}:deleted"),
+        ])
         .collect()
+}
+
+/// `DOC_DELETE_SCRIPT` on `room` (tombstone kept 60 s); the number of keys deleted.
+fn doc_delete(c: &mut redis::Connection, room: &str) -> i64 {
+    let keys = doc_keys(room);
+    redis::cmd("EVAL")
+        .arg(nimbus_redis::doc::DOC_DELETE_SCRIPT)
+        .arg(6)
+        .arg(&keys[..5])
+        .arg(&keys[6])
+        .arg("node")
+        .arg(room)
+        .arg("chan")
+        .arg(60_000)
+        .query(c)
+        .expect("delete script")
 }
 
 /// A `DOC_SCRIPT` call writing `update` to `room` from a copy following `follows` (a room it
@@ -406,7 +427,7 @@ fn doc_call(
 ) -> (i64, i64) {
     redis::cmd("EVAL")
         .arg(nimbus_redis::doc::DOC_SCRIPT)
-        .arg(6)
+        .arg(7)
         .arg(doc_keys(room))
         .arg(candidate)
         .arg("node")
@@ -434,19 +455,18 @@ fn a_document_update_from_a_copy_of_a_deleted_room_is_refused_and_writes_nothing
     assert_eq!(epoch, "e1");
     assert_eq!(doc_call(&mut c, "d", "e1", &epoch, b"u2"), (2, 2));
     // Deleted through some node.
-    let deleted: i64 = redis::cmd("EVAL")
-        .arg(nimbus_redis::doc::DOC_DELETE_SCRIPT)
-        .arg(5)
-        .arg(&doc_keys("d")[..5])
-        .arg("node")
-        .arg("d")
-        .arg("chan")
-        .query(&mut c)
-        .expect("delete script");
-    assert_eq!(deleted, 3, "seq, epoch, log");
+    assert_eq!(doc_delete(&mut c, "d"), 3, "seq, epoch, log");
     // A node whose copy still follows the deleted epoch: refused, nothing written (before,
-    // its fragment started a new room).
-    assert_eq!(doc_call(&mut c, "d", "e2", &epoch, b"u3"), (0, 0));
+    // its fragment started a new room), and told the room was deleted (`{0, 1}`), not lost.
+    assert_eq!(doc_call(&mut c, "d", "e2", &epoch, b"u3"), (0, 1));
+    let tombstone_ttl: i64 = redis::cmd("PTTL")
+        .arg("nimbus:doc:{d}:deleted")
+        .query(&mut c)
+        .expect("pttl");
+    assert!(
+        (1..=60_000).contains(&tombstone_ttl),
+        "the tombstone expires: {tombstone_ttl}"
+    );
     let left: i64 = redis::cmd("EXISTS")
         .arg(&doc_keys("d")[..5])
         .query(&mut c)
@@ -454,6 +474,22 @@ fn a_document_update_from_a_copy_of_a_deleted_room_is_refused_and_writes_nothing
     assert_eq!(left, 0, "the room stays deleted");
     // A copy under another epoch than the room's is refused too; a fresh copy starts anew.
     assert_eq!(doc_call(&mut c, "d", "e3", "", b"v1"), (1, 1));
-    assert_eq!(doc_call(&mut c, "d", "e4", &epoch, b"v2"), (0, 0));
+    assert_eq!(
+        doc_call(&mut c, "d", "e4", &epoch, b"v2"),
+        (0, 1),
+        "still the deleted one"
+    );
+    assert_eq!(
+        doc_call(&mut c, "d", "e4", "e9", b"v2"),
+        (0, 0),
+        "an epoch never deleted: lost"
+    );
     assert_eq!(doc_call(&mut c, "d", "e4", "e3", b"v2"), (2, 2));
+    // A room deleted without ever being written leaves no tombstone.
+    assert_eq!(doc_delete(&mut c, "never"), 0);
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("nimbus:doc:{never}:deleted")
+        .query(&mut c)
+        .expect("exists");
+    assert_eq!(exists, 0);
 }

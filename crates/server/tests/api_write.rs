@@ -10,6 +10,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use common::redis::redis_in_tempdir;
 use common::{config, Client, TestServer, WAIT};
@@ -921,5 +922,84 @@ async fn reads_and_writes_of_a_blocked_room_are_refused_with_403_as_the_wire_ref
     }
     let (status, _) = admin(srv.addr, "PUT", "/api/rooms/open/variables/a", b"1").await;
     assert_eq!(status, 204);
+    srv.stop().await;
+}
+
+/// Delete document room `room` in Redis the way a node does, except that the message goes
+/// to a channel nobody hears: what a node whose subscription was down misses.
+async fn delete_unheard(redis_url: &str, room: &str) {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    // The room's updates reach Redis from the node's writer, after the room applied them.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(format!("nimbus:doc:{{{room}}}:epoch"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{room} never in Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let keys: Vec<String> = ["seq", "epoch", "log", "snap", "snapseq", "deleted"]
+        .iter()
+        .map(|k| format!("nimbus:doc:{{{room}}}:{k}"))
+        .collect();
+    let deleted: i64 = redis::cmd("EVAL")
+        .arg(nimbus_redis::doc::DOC_DELETE_SCRIPT)
+        .arg(6)
+        .arg(&keys)
+        .arg("elsewhere")
+        .arg(room)
+        .arg("nobody-listens")
+        .arg(60_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let all: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        deleted >= 2,
+        "the room was in Redis ({deleted} keys): {all:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_missed_a_document_deletion_closes_its_clients_with_4410_not_1011() {
+    let Some((dir, redis)) = redis_in_tempdir().await else {
+        return;
+    };
+    let mut cfg = with_auth(dir.path(), false);
+    cfg.redis = Some(redis.url());
+    let srv = TestServer::start(cfg).await;
+    // At its next write: Redis refuses it and says the room was deleted.
+    let mut writer = Peer::join(srv.addr, "gone").await;
+    writer.edit_text("one").await;
+    delete_unheard(&redis.url(), "gone").await;
+    writer.edit_text("two").await;
+    assert_eq!(writer.closed().await, 4410);
+    // At its next resync (the subscription comes back): the load finds the tombstone.
+    let mut reader = Peer::join(srv.addr, "gone2").await;
+    reader.edit_text("one").await;
+    delete_unheard(&redis.url(), "gone2").await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(reader.closed().await, 4410);
     srv.stop().await;
 }

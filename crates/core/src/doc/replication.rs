@@ -32,6 +32,10 @@ pub struct DocState {
     pub seq: u64,
     /// Snapshot and the updates after it.
     pub log: DocLog,
+    /// The epoch under which the room was last deleted, if the replication still knows
+    /// ("" in process, or when none): a copy following that epoch belongs to a deleted
+    /// room, not a lost one.
+    pub deleted: Arc<str>,
 }
 
 /// The `DOC_UPDATE` event of an update.

@@ -267,6 +267,19 @@ impl Persisted {
         }
     }
 
+    /// The room this copy follows was deleted (found at a resync, the deletion's message
+    /// missed): not kept any more, its clients closed with 4410, as
+    /// `DocFeed::deleted` does on the message.
+    fn deleted_meanwhile(&self, room: &Room) {
+        tracing::info!(
+            room = room.id(),
+            "document room deleted while this node missed the message: closing its clients (4410)"
+        );
+        self.deleted.store(true, Ordering::Relaxed);
+        self.unregister(room);
+        room.close_with(ROOM_DELETED, ROOM_DELETED_REASON);
+    }
+
     /// Reload the room from its replication and apply what this copy misses (idempotent).
     fn resync(&self, room: &Room) {
         let repl = self.repl.clone();
@@ -300,9 +313,19 @@ impl Persisted {
                     tracing::error!(room = room.id(), %error, "cannot apply the document from Redis");
                 }
                 me.size.fetch_max(bytes, Ordering::Relaxed);
-                let step = lock(&me.sync).loaded(&state.epoch, state.seq);
+                let (followed, step) = {
+                    let mut sync = lock(&me.sync);
+                    let followed = sync.epoch();
+                    (followed, sync.loaded(&state.epoch, state.seq))
+                };
                 me.resyncing.store(false, Ordering::Release);
-                me.follow(&room, step);
+                if step == Step::Reset && !followed.is_empty() && *state.deleted == *followed {
+                    // The room this copy follows was deleted while the subscription that
+                    // would have said so was down: as on the deletion's message.
+                    me.deleted_meanwhile(&room);
+                } else {
+                    me.follow(&room, step);
+                }
                 Ok(())
             }
             .await;
@@ -783,6 +806,7 @@ mod tests {
                         snapshot: Some(self.stored.clone()),
                         updates: Vec::new(),
                     },
+                    deleted: Arc::from(""),
                 })
             })
         }

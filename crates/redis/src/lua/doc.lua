@@ -1,5 +1,8 @@
 local follows = ARGV[8] or ''
-if follows ~= '' and redis.call('GET', KEYS[2]) ~= follows then return {0, 0} end
+if follows ~= '' and redis.call('GET', KEYS[2]) ~= follows then
+  if redis.call('GET', KEYS[7]) == follows then return {0, 1} end
+  return {0, 0}
+end
 local seq = redis.call('INCR', KEYS[1])
 if seq == 1 then
   redis.call('SET', KEYS[2], ARGV[1])
