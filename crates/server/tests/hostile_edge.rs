@@ -369,24 +369,20 @@ async fn renames_count_against_the_set_rate_and_a_rename_flooder_is_closed_with_
     srv.stop().await;
 }
 
-#[tokio::test]
-async fn an_http_response_to_a_client_that_never_reads_is_dropped_after_the_write_stall() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.edge.write_stall = Duration::from_millis(300);
-    let srv = TestServer::start(c).await;
-    // A room of 100 variables of 100 KB: a 10 MB answer, more than loopback buffers hold.
+/// Fill room `big` with 100 variables of 100 KB (a 10 MB answer to
+/// `GET /api/rooms/big/variables`, more than loopback buffers hold), and wait until a client
+/// that reads gets all of it.
+async fn big_room(srv: &TestServer) -> Client {
     let mut writer = Client::join(&srv.url(), "big", "w").await;
     let value = format!("\"{}\"", "7".repeat(99_990));
     for i in 0..100 {
         writer.set(&format!("v{i}"), &value).await;
     }
-    // A client that reads gets all of it.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (status, body) = http_get(srv.addr, "/api/rooms/big/variables", &[]).await;
         if status == 200 && body.len() > 10_000_000 {
-            break;
+            return writer;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -395,12 +391,28 @@ async fn an_http_response_to_a_client_that_never_reads_is_dropped_after_the_writ
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A client with a 4 KiB receive window that asks for the big room's variables and never
+/// reads.
+async fn non_reader(srv: &TestServer) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut s = socket.connect(srv.addr).await.unwrap();
     s.write_all(b"GET /api/rooms/big/variables HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
+    s
+}
+
+#[tokio::test]
+async fn an_http_response_to_a_client_that_never_reads_is_dropped_after_the_write_stall() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.edge.write_stall = Duration::from_millis(300);
+    let srv = TestServer::start(c).await;
+    let _writer = big_room(&srv).await;
+    let mut s = non_reader(&srv).await;
     // Not reading while the server's write stalls, for longer than the bound.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut got = Vec::new();
@@ -421,29 +433,9 @@ async fn large_responses_to_clients_that_never_read_hold_one_server_wide_budget_
     let mut c = config(dir.path());
     c.edge.response_budget = 12 << 20;
     let srv = TestServer::start(c).await;
-    // A room of 100 variables of 100 KB: a 10 MB answer, more than loopback buffers hold.
-    let mut writer = Client::join(&srv.url(), "big", "w").await;
-    let value = format!("\"{}\"", "7".repeat(99_990));
-    for i in 0..100 {
-        writer.set(&format!("v{i}"), &value).await;
-    }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = http_get(srv.addr, "/api/rooms/big/variables", &[]).await;
-        if status == 200 && body.len() > 10_000_000 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _writer = big_room(&srv).await;
     // A client that asks and never reads holds its 10 MB of the 12 MB budget...
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stuck = socket.connect(srv.addr).await.unwrap();
-    stuck
-        .write_all(b"GET /api/rooms/big/variables HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let stuck = non_reader(&srv).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ...so the next large answer is refused, with a retry hint, and small ones still go.
     let (status, body) = http_get(srv.addr, "/api/rooms/big/variables", &[]).await;
