@@ -324,3 +324,67 @@ async fn zlib_stream_against_nimbus_including_a_resume() {
     let _ = stop.send(());
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_reading_holds_a_bounded_queue_and_later_gets_every_event_in_order() {
+    let (addr, hub, stop, task) = start_server(GatewayConfig {
+        tokens: vec![GatewayToken::parse("tok").unwrap()],
+        identify_window: Duration::ZERO,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let client = GatewayClient::new(GatewayOptions {
+        url: format!("ws://{addr}/gateway"),
+        backoff_base: Duration::from_millis(10),
+        backoff_cap: Duration::from_millis(50),
+        max_pending_events: 8,
+        ..GatewayOptions::default()
+    });
+    client.start("tok", 1).unwrap();
+    let (t, _) = tokio::time::timeout(WAIT, client.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t, "READY");
+    // 200 changes while nobody reads: at most 8 wait in the client, the rest stay with the
+    // server (the shard closed its connection and waits for the consumer).
+    for i in 0..200u32 {
+        hub.set_variable("q", "☁ n", CloudValue::Number(i.to_string()))
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !matches!(client.state(), ShardState::Disconnected { .. }) {
+        assert!(tokio::time::Instant::now() < deadline, "never backed off");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Now the consumer reads: every change, once, in order (resumes in between).
+    let mut values = Vec::new();
+    let mut resumed = 0;
+    while values.len() < 200 {
+        let (t, d) = tokio::time::timeout(WAIT, client.next_event())
+            .await
+            .unwrap()
+            .unwrap();
+        match t.as_str() {
+            "CLOUD_CREATE" | "CLOUD_SET" => values.push(d["value"].as_u64().unwrap()),
+            "RESUMED" => resumed += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(values, (0..200).collect::<Vec<u64>>());
+    // The server appends RESUMED after what it replays: the last resume's comes after the
+    // 200 changes (and nothing else does: no change twice).
+    while resumed == 0 {
+        let (t, _) = tokio::time::timeout(WAIT, client.next_event())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(t, "RESUMED", "only RESUMED after the last change");
+        resumed += 1;
+    }
+    assert_eq!(client.metrics().identifies, 1, "never a new session");
+    client.close().await;
+    let _ = stop.send(());
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}

@@ -54,6 +54,9 @@ enum Outcome {
     Fatal(CloseCode),
     /// `close()` was called.
     Stopped,
+    /// A dispatch found the event queue full: it was not taken; resume once the consumer
+    /// has taken half of the queue.
+    Backlogged,
 }
 
 pub(crate) struct Driver {
@@ -61,7 +64,7 @@ pub(crate) struct Driver {
     pub token: String,
     pub intents: u64,
     pub base_url: String,
-    pub events: mpsc::UnboundedSender<(String, Value)>,
+    pub events: mpsc::Sender<(String, Value)>,
     pub commands: mpsc::UnboundedReceiver<String>,
     pub stop: watch::Receiver<bool>,
 }
@@ -172,6 +175,12 @@ impl Driver {
                     return Err(GatewayError::Fatal(code));
                 }
                 Outcome::Resume => {}
+                Outcome::Backlogged => {
+                    if !self.drained().await {
+                        self.set_state(ShardState::Closed);
+                        return Ok(());
+                    }
+                }
                 Outcome::Reidentify | Outcome::InvalidSession => {
                     let mut st = self.shared.lock();
                     st.session_id = None;
@@ -187,6 +196,26 @@ impl Driver {
             }
             self.set_state(ShardState::Disconnected { attempts: failures });
         }
+    }
+
+    /// Wait until the consumer has taken at least half of the event queue; `false` when
+    /// stopped, or when the consumer is gone.
+    async fn drained(&mut self) -> bool {
+        let half = self.events.max_capacity().div_ceil(2);
+        tracing::info!(
+            queued = self.events.max_capacity() - self.events.capacity(),
+            "gateway events not taken: connection closed until the consumer catches up"
+        );
+        self.set_state(ShardState::Disconnected { attempts: 0 });
+        while self.events.capacity() < half {
+            if self.events.is_closed() {
+                return false;
+            }
+            if !self.pause(Duration::from_millis(20)).await {
+                return false;
+            }
+        }
+        true
     }
 
     async fn send(&self, ws: &mut Socket, v: &Value) -> bool {
@@ -333,28 +362,39 @@ impl Driver {
                         }
                         Some(OpCode::Dispatch) => {
                             let t = p.t.unwrap_or_default();
-                            {
-                                let mut st = self.shared.lock();
-                                if let Some(s) = p.s {
-                                    st.seq = Some(s);
+                            let ready = (t == "READY").then(|| {
+                                let s = |k: &str| p.d[k].as_str().map(str::to_owned);
+                                (s("session_id"), s("resume_gateway_url"))
+                            });
+                            let resumed = t == "RESUMED";
+                            // Queued first: the sequence moves only past what the consumer
+                            // will see, so a Resume replays whatever was not taken.
+                            match self.events.try_send((t, p.d)) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(_)) => {
+                                    Self::close(&mut ws, 4000).await;
+                                    return (Outcome::Backlogged, active, true);
                                 }
-                                match t.as_str() {
-                                    "READY" => {
-                                        st.session_id = p.d["session_id"].as_str().map(str::to_owned);
-                                        st.resume_url = p.d["resume_gateway_url"].as_str().map(str::to_owned);
-                                        st.state = ShardState::Active;
-                                        st.metrics.identifies += 1;
-                                        active = true;
-                                    }
-                                    "RESUMED" => {
-                                        st.state = ShardState::Active;
-                                        st.metrics.resumes += 1;
-                                        active = true;
-                                    }
-                                    _ => {}
+                                Err(mpsc::error::TrySendError::Closed(_)) => {
+                                    Self::close(&mut ws, 1000).await;
+                                    return (Outcome::Stopped, active, false);
                                 }
                             }
-                            let _ = self.events.send((t, p.d));
+                            let mut st = self.shared.lock();
+                            if let Some(s) = p.s {
+                                st.seq = Some(s);
+                            }
+                            if let Some((session_id, resume_url)) = ready {
+                                st.session_id = session_id;
+                                st.resume_url = resume_url;
+                                st.state = ShardState::Active;
+                                st.metrics.identifies += 1;
+                                active = true;
+                            } else if resumed {
+                                st.state = ShardState::Active;
+                                st.metrics.resumes += 1;
+                                active = true;
+                            }
                         }
                         Some(OpCode::Heartbeat) => {
                             // The server wants a heartbeat now; the schedule continues.

@@ -136,6 +136,13 @@ pub struct GatewayOptions {
     pub connect_timeout: Duration,
     /// Identify buckets shared with other shards (a fresh Identify waits for its slot).
     pub identify_queue: Option<Arc<IdentifyQueue>>,
+    /// Events received and not yet taken by [`GatewayClient::next_event`], at most. When a
+    /// dispatch finds the queue full, the shard does not take it: it closes its connection
+    /// (resumable), waits until the consumer has taken half of the queue, and resumes, so
+    /// the server replays from the last event queued. A consumer that stays away longer
+    /// than the server's resume window loses its session (op 9, a new Identify), as on
+    /// Discord. Bounds the client's memory by the consumer, not by the event rate.
+    pub max_pending_events: usize,
 }
 
 impl Default for GatewayOptions {
@@ -154,6 +161,7 @@ impl Default for GatewayOptions {
             backoff_cap: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             identify_queue: None,
+            max_pending_events: 16_384,
         }
     }
 }
@@ -201,8 +209,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct GatewayClient {
     shared: Arc<Shared>,
-    events_tx: Mutex<Option<mpsc::UnboundedSender<(String, Value)>>>,
-    events: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, Value)>>,
+    events_tx: Mutex<Option<mpsc::Sender<(String, Value)>>>,
+    events: tokio::sync::Mutex<mpsc::Receiver<(String, Value)>>,
     commands_tx: mpsc::UnboundedSender<String>,
     commands_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     stop: watch::Sender<bool>,
@@ -212,7 +220,7 @@ pub struct GatewayClient {
 impl GatewayClient {
     /// A client that has not connected yet.
     pub fn new(options: GatewayOptions) -> GatewayClient {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(options.max_pending_events.max(2));
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         GatewayClient {
             shared: Arc::new(Shared {

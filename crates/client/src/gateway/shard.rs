@@ -54,7 +54,7 @@ impl ShardManagerConfig {
 #[derive(Debug)]
 pub struct ShardManager {
     shards: Vec<Arc<GatewayClient>>,
-    events: tokio::sync::Mutex<mpsc::UnboundedReceiver<(u64, String, Value)>>,
+    events: tokio::sync::Mutex<mpsc::Receiver<(u64, String, Value)>>,
 }
 
 impl ShardManager {
@@ -86,7 +86,10 @@ impl ShardManager {
             .identify_queue
             .clone()
             .unwrap_or_else(|| Arc::new(IdentifyQueue::new(per_group, config.identify_window)));
-        let (tx, rx) = mpsc::unbounded_channel();
+        // Bounded like each shard's own queue: a consumer that stops taking events stops
+        // the forwarders, then the shards (each closes and resumes later, see
+        // `GatewayOptions::max_pending_events`).
+        let (tx, rx) = mpsc::channel(config.options.max_pending_events.max(2));
         let mut shards = Vec::new();
         let mut id = 0;
         while id < total {
@@ -102,7 +105,7 @@ impl ShardManager {
                 let (c, tx) = (client.clone(), tx.clone());
                 tokio::spawn(async move {
                     while let Some((t, d)) = c.next_event().await {
-                        if tx.send((sid, t, d)).is_err() {
+                        if tx.send((sid, t, d)).await.is_err() {
                             break;
                         }
                     }
