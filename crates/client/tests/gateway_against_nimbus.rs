@@ -47,6 +47,18 @@ async fn start_server(
     (addr, hub, stop, task)
 }
 
+/// A client started with `token` (intents 1) that got its READY, and the READY's data.
+async fn ready_client(options: GatewayOptions, token: &str) -> (GatewayClient, serde_json::Value) {
+    let client = GatewayClient::new(options);
+    client.start(token, 1).unwrap();
+    let (t, ready) = tokio::time::timeout(WAIT, client.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t, "READY");
+    (client, ready)
+}
+
 /// A loopback TCP proxy; `cut()` aborts the current connection (both directions).
 struct Proxy {
     addr: SocketAddr,
@@ -92,18 +104,17 @@ async fn thousand_forced_disconnects_lose_duplicate_or_reorder_nothing() {
     })
     .await;
     let proxy = Proxy::start(addr).await;
-    let client = Arc::new(GatewayClient::new(GatewayOptions {
-        url: format!("ws://{}/gateway", proxy.addr),
-        backoff_base: Duration::from_millis(10),
-        backoff_cap: Duration::from_millis(50),
-        ..GatewayOptions::default()
-    }));
-    client.start("Bot tok", 1).unwrap();
-    let (t, ready) = tokio::time::timeout(WAIT, client.next_event())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(t, "READY");
+    let (client, ready) = ready_client(
+        GatewayOptions {
+            url: format!("ws://{}/gateway", proxy.addr),
+            backoff_base: Duration::from_millis(10),
+            backoff_cap: Duration::from_millis(50),
+            ..GatewayOptions::default()
+        },
+        "Bot tok",
+    )
+    .await;
+    let client = Arc::new(client);
     assert!(ready["resume_gateway_url"]
         .as_str()
         .unwrap()
@@ -275,18 +286,16 @@ async fn zlib_stream_against_nimbus_including_a_resume() {
     })
     .await;
     let proxy = Proxy::start(addr).await;
-    let client = GatewayClient::new(GatewayOptions {
-        url: format!("ws://{}/gateway", proxy.addr),
-        compress: true,
-        backoff_base: Duration::from_millis(10),
-        ..GatewayOptions::default()
-    });
-    client.start("tok", 1).unwrap();
-    let (t, _) = tokio::time::timeout(WAIT, client.next_event())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(t, "READY");
+    let (client, _) = ready_client(
+        GatewayOptions {
+            url: format!("ws://{}/gateway", proxy.addr),
+            compress: true,
+            backoff_base: Duration::from_millis(10),
+            ..GatewayOptions::default()
+        },
+        "tok",
+    )
+    .await;
     let big = "7".repeat(50_000);
     hub.set_variable("z", "☁ big", CloudValue::String(big.clone()))
         .await
@@ -333,19 +342,17 @@ async fn a_consumer_that_stops_reading_holds_a_bounded_queue_and_later_gets_ever
         ..GatewayConfig::default()
     })
     .await;
-    let client = GatewayClient::new(GatewayOptions {
-        url: format!("ws://{addr}/gateway"),
-        backoff_base: Duration::from_millis(10),
-        backoff_cap: Duration::from_millis(50),
-        max_pending_events: 8,
-        ..GatewayOptions::default()
-    });
-    client.start("tok", 1).unwrap();
-    let (t, _) = tokio::time::timeout(WAIT, client.next_event())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(t, "READY");
+    let (client, _) = ready_client(
+        GatewayOptions {
+            url: format!("ws://{addr}/gateway"),
+            backoff_base: Duration::from_millis(10),
+            backoff_cap: Duration::from_millis(50),
+            max_pending_events: 8,
+            ..GatewayOptions::default()
+        },
+        "tok",
+    )
+    .await;
     // 200 changes while nobody reads: at most 8 wait in the client, the rest stay with the
     // server (the shard closed its connection and waits for the consumer).
     for i in 0..200u32 {
