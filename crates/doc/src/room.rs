@@ -1008,7 +1008,7 @@ impl Room {
         loop {
             let paused = conn.paused_until;
             // One timer for both: the end of a rate pause and the end of a write hold.
-            let timer = match (paused, conn.hold_until) {
+            let timer = match (paused, conn.held.as_ref().map(|(_, until)| *until)) {
                 (Some(p), Some(h)) => Some(p.min(h)),
                 (p, h) => p.or(h),
             };
@@ -1023,10 +1023,7 @@ impl Room {
                     match conn.batch.hold_until(Instant::now()) {
                         // Written to within the budget: gather until one budget after that
                         // write (the frame stays counted in the queue's bytes meanwhile).
-                        Some(until) => {
-                            conn.held = Some(frame);
-                            conn.hold_until = Some(until);
-                        }
+                        Some(until) => conn.held = Some((frame, until)),
                         None => Box::pin(send_queued(channel, frame, conn, opts)).await?,
                     }
                 }
@@ -1036,9 +1033,8 @@ impl Room {
                     if paused.is_some_and(|p| p <= now) {
                         conn.paused_until = None;
                     }
-                    if conn.hold_until.is_some_and(|h| h <= now) {
-                        conn.hold_until = None;
-                        if let Some(frame) = conn.held.take() {
+                    if conn.held.as_ref().is_some_and(|(_, until)| *until <= now) {
+                        if let Some((frame, _)) = conn.held.take() {
                             Box::pin(send_queued(channel, frame, conn, opts)).await?;
                         }
                     }
@@ -1293,8 +1289,7 @@ struct Conn {
     /// When this connection writes queued updates ([`ServeOptions::batch_delay`]).
     batch: Batch,
     /// The first queued frame of a held write, and when the write is due.
-    held: Option<Bytes>,
-    hold_until: Option<Instant>,
+    held: Option<(Bytes, Instant)>,
 }
 
 impl Conn {
@@ -1312,7 +1307,6 @@ impl Conn {
             awareness_dropped: 0,
             batch: Batch::new(opts.batch_delay, Duration::ZERO),
             held: None,
-            hold_until: None,
         }
     }
 

@@ -207,15 +207,16 @@ impl Driver {
             "gateway events not taken: connection closed until the consumer catches up"
         );
         self.set_state(ShardState::Disconnected { attempts: 0 });
-        while self.events.capacity() < half {
-            if self.events.is_closed() {
-                return false;
-            }
-            if !self.pause(Duration::from_millis(20)).await {
-                return false;
-            }
+        // Half of the queue free: taken (then given back at once) when the consumer has
+        // made room; an error when the consumer is gone.
+        if *self.stop.borrow() {
+            return false;
         }
-        true
+        let events = self.events.clone();
+        tokio::select! {
+            room = events.reserve_many(half) => room.is_ok(),
+            _ = self.stop.changed() => false,
+        }
     }
 
     async fn send(&self, ws: &mut Socket, v: &Value) -> bool {

@@ -14,6 +14,9 @@ pub enum Step {
     CatchUp,
     /// Redis lost the room (its epoch changed): the copy here no longer matches it.
     Reset,
+    /// The room this copy follows was deleted (Redis names its epoch as the one last
+    /// deleted): as [`Step::Reset`], but the clients are told the room is gone (4410).
+    Deleted,
 }
 
 /// A node's progress through one document room's sequence.
@@ -86,8 +89,17 @@ impl SyncState {
         }
     }
 
-    /// The room was (re)loaded from Redis up to `seq` of `epoch`.
-    pub fn loaded(&mut self, epoch: &str, seq: u64) -> Step {
+    /// The room was (re)loaded from Redis up to `seq` of `epoch`; `deleted` is the epoch
+    /// Redis last deleted the room under ("" when none known).
+    pub fn loaded(&mut self, epoch: &str, seq: u64, deleted: &str) -> Step {
+        let followed = self.epoch.clone();
+        match self.reloaded(epoch, seq) {
+            Step::Reset if !followed.is_empty() && *followed == *deleted => Step::Deleted,
+            step => step,
+        }
+    }
+
+    fn reloaded(&mut self, epoch: &str, seq: u64) -> Step {
         self.loading = false;
         if epoch.is_empty() && seq == 0 {
             // Nothing in Redis: fine for a new room, a loss for one that had updates.
@@ -120,7 +132,7 @@ mod tests {
     #[test]
     fn updates_in_order_advance_and_duplicates_are_ignored() {
         let mut s = SyncState::default();
-        assert_eq!(s.loaded("e", 3), Step::Done);
+        assert_eq!(s.loaded("e", 3, ""), Step::Done);
         assert_eq!(s.on_update("e", 4), Step::Done);
         assert_eq!(s.on_update("e", 4), Step::Done);
         assert_eq!(s.on_update("e", 2), Step::Done);
@@ -130,15 +142,15 @@ mod tests {
     #[test]
     fn a_gap_asks_for_a_catch_up_and_the_reload_closes_it() {
         let mut s = SyncState::default();
-        assert_eq!(s.loaded("e", 1), Step::Done);
+        assert_eq!(s.loaded("e", 1, ""), Step::Done);
         assert_eq!(s.on_update("e", 3), Step::CatchUp);
         assert_eq!(s.on_update("e", 4), Step::CatchUp);
         assert_eq!(s.applied(), 1);
         // The reload covered up to 2: 3 and 4 were applied already.
-        assert_eq!(s.loaded("e", 2), Step::Done);
+        assert_eq!(s.loaded("e", 2, ""), Step::Done);
         assert_eq!(s.applied(), 4);
         assert_eq!(s.on_update("e", 6), Step::CatchUp);
-        assert_eq!(s.loaded("e", 7), Step::Done);
+        assert_eq!(s.loaded("e", 7, ""), Step::Done);
         assert_eq!(s.applied(), 7);
     }
 
@@ -146,26 +158,57 @@ mod tests {
     fn updates_during_the_initial_load_are_not_gaps() {
         let mut s = SyncState::loading();
         assert_eq!(s.on_update("e", 9), Step::Done);
-        assert_eq!(s.loaded("e", 8), Step::Done);
+        assert_eq!(s.loaded("e", 8, ""), Step::Done);
         assert_eq!(s.applied(), 9);
         let mut s = SyncState::loading();
         assert_eq!(s.on_update("e", 9), Step::Done);
-        assert_eq!(s.loaded("e", 7), Step::CatchUp, "8 is missing");
+        assert_eq!(s.loaded("e", 7, ""), Step::CatchUp, "8 is missing");
     }
 
     #[test]
     fn a_new_epoch_or_a_vanished_room_is_a_reset() {
         let mut s = SyncState::default();
-        assert_eq!(s.loaded("", 0), Step::Done, "a new room");
+        assert_eq!(s.loaded("", 0, ""), Step::Done, "a new room");
         assert_eq!(
             s.on_update("e", 1),
             Step::Done,
             "its first update sets the epoch"
         );
         assert_eq!(s.on_update("f", 1), Step::Reset);
-        assert_eq!(s.loaded("", 0), Step::Reset, "Redis lost the room");
+        assert_eq!(s.loaded("", 0, ""), Step::Reset, "Redis lost the room");
         let mut s = SyncState::default();
-        assert_eq!(s.loaded("e", 5), Step::Done);
-        assert_eq!(s.loaded("f", 2), Step::Reset);
+        assert_eq!(s.loaded("e", 5, ""), Step::Done);
+        assert_eq!(s.loaded("f", 2, ""), Step::Reset);
+    }
+
+    #[test]
+    fn a_copy_of_the_epoch_redis_last_deleted_is_deleted_not_lost() {
+        let mut s = SyncState::default();
+        assert_eq!(s.loaded("e", 5, ""), Step::Done);
+        assert_eq!(
+            s.loaded("", 0, "e"),
+            Step::Deleted,
+            "deleted, not recreated"
+        );
+        let mut s = SyncState::default();
+        assert_eq!(s.loaded("e", 5, ""), Step::Done);
+        assert_eq!(
+            s.loaded("f", 1, "e"),
+            Step::Deleted,
+            "deleted, then recreated"
+        );
+        let mut s = SyncState::default();
+        assert_eq!(s.loaded("e", 5, ""), Step::Done);
+        assert_eq!(
+            s.loaded("", 0, "d"),
+            Step::Reset,
+            "another epoch was deleted"
+        );
+        // A copy that follows nothing yet was not deleted: it starts the room.
+        let mut s = SyncState::loading();
+        assert_eq!(s.loaded("", 0, "e"), Step::Done);
+        // A room that is still there is loaded, whatever was deleted before.
+        let mut s = SyncState::default();
+        assert_eq!(s.loaded("e", 5, "e"), Step::Done);
     }
 }

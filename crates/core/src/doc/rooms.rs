@@ -117,7 +117,7 @@ impl RoomHooks for Persisted {
                     .inc_by(applied.skipped as u64);
             }
             self.repl.loaded(&self.size, &log);
-            let step = lock(&self.sync).loaded(&state.epoch, state.seq);
+            let step = lock(&self.sync).loaded(&state.epoch, state.seq, &state.deleted);
             self.follow(room, step);
             self.drain_held(room);
             tracing::debug!(
@@ -264,6 +264,9 @@ impl Persisted {
                 self.unregister(room);
                 room.close_with(1011, self.repl.unavailable_reason());
             }
+            // Deleted while the subscription that would have said so was down: as on the
+            // deletion's message.
+            Step::Deleted => self.deleted_meanwhile(room),
         }
     }
 
@@ -313,19 +316,9 @@ impl Persisted {
                     tracing::error!(room = room.id(), %error, "cannot apply the document from Redis");
                 }
                 me.size.fetch_max(bytes, Ordering::Relaxed);
-                let (followed, step) = {
-                    let mut sync = lock(&me.sync);
-                    let followed = sync.epoch();
-                    (followed, sync.loaded(&state.epoch, state.seq))
-                };
+                let step = lock(&me.sync).loaded(&state.epoch, state.seq, &state.deleted);
                 me.resyncing.store(false, Ordering::Release);
-                if step == Step::Reset && !followed.is_empty() && *state.deleted == *followed {
-                    // The room this copy follows was deleted while the subscription that
-                    // would have said so was down: as on the deletion's message.
-                    me.deleted_meanwhile(&room);
-                } else {
-                    me.follow(&room, step);
-                }
+                me.follow(&room, step);
                 Ok(())
             }
             .await;

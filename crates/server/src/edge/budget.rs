@@ -98,8 +98,10 @@ impl ResponseBudget {
 /// A response body and the budget it holds until it is dropped, handed to hyper in
 /// pieces of at most [`PIECE`] bytes: hyper takes a frame into its write buffer whole and
 /// drops a body once it has taken the last one, so a body of one large frame would give its
-/// share back before any of it was written. In pieces, hyper takes more only while its own
-/// buffer has room (about 400 KiB), and the share is held until the last piece is taken.
+/// share back before any of it was written. In pieces, hyper takes another only while its
+/// write buffer holds less than its `max_buf_size` (`accept::MAX_HEAD_BYTES`, 64 KiB), and
+/// the share is held until the last piece is taken: after that a connection holds under
+/// 128 KiB of the body.
 struct Held {
     body: Body,
     /// What is left of the data frame being handed over.

@@ -17,10 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::log::{Durable, Found, TakeoverError};
 use super::session::{Buffered, ResumeError, Session};
-use super::{Gateway, RoomFilter};
+use super::{Allowed, Gateway, RoomFilter};
 use crate::auth::Auth;
 use crate::edge::EdgeMetrics;
-use nimbus_auth::Capability;
 use nimbus_proto::batch::Batch;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -62,15 +61,6 @@ struct Conn {
     expires: Option<Instant>,
     /// When to write dispatches (the edge's batching policy).
     batch: Batch,
-}
-
-/// What a gateway token allows: its intents, and with a signed token its rooms and expiry.
-struct Allowed {
-    /// Whose identify budget an Identify spends ([`super::bot_of_identity`]).
-    bot: String,
-    intents: Intents,
-    rooms: Option<RoomFilter>,
-    expires: Option<Instant>,
 }
 
 /// Serve one upgraded gateway WebSocket until it closes.
@@ -456,37 +446,13 @@ impl Conn {
         }
     }
 
-    /// What `token` (with or without `Bot `) allows: a signed token's grant, or a static
-    /// token's intents; `None`: refused (4004).
+    /// What `token` allows ([`super::allowed`]); `None`: refused (4004).
     fn check_token(&self, token: &str) -> Option<Allowed> {
-        let bare = nimbus_proto::gateway::strip_bot_prefix(token);
-        match self.auth.verify(bare) {
-            Some(Ok(identity)) => {
-                let rooms = identity.rooms(Capability::Gateway).clone();
-                if rooms.is_empty() {
-                    // Valid, but not for the gateway: it may not take sessions (nor spend
-                    // the identify budget other bots share).
-                    tracing::debug!(conn = self.id, "gateway token refused: no gateway grant");
-                    return None;
-                }
-                Some(Allowed {
-                    bot: super::bot_of_identity(&identity),
-                    intents: Intents(identity.gateway_intents()),
-                    rooms: Some(Arc::new(move |room: &str| rooms.contains(room))),
-                    expires: crate::auth::deadline(Some(identity.expires_at())),
-                })
-            }
-            Some(Err(e)) => {
-                tracing::debug!(conn = self.id, reason = e.reason(), "gateway token refused");
-                None
-            }
-            None => self.gw.check_token(token).map(|intents| Allowed {
-                bot: super::bot_of_static(bare),
-                intents,
-                rooms: None,
-                expires: None,
-            }),
+        let allowed = super::allowed(&self.auth, &self.gw, token);
+        if allowed.is_none() {
+            tracing::debug!(conn = self.id, "gateway token refused");
         }
+        allowed
     }
 
     async fn identify(&mut self, ws: &mut WebSocket, id: Identify) -> Result<(), End> {

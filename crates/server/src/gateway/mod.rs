@@ -151,16 +151,8 @@ async fn bot(State(app): State<RouteState>, headers: HeaderMap) -> Response {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let bare = nimbus_proto::gateway::strip_bot_prefix(auth);
-    let bot = match app.auth.verify(bare) {
-        // A signed token must grant the gateway some rooms, as for Identify.
-        Some(verdict) => verdict
-            .ok()
-            .filter(|identity| !identity.rooms(nimbus_auth::Capability::Gateway).is_empty())
-            .map(|identity| bot_of_identity(&identity)),
-        None => gw.check_token(auth).map(|_| bot_of_static(bare)),
-    };
-    let Some(bot) = bot else {
+    // The same check as Identify's.
+    let Some(Allowed { bot, .. }) = allowed(&app.auth, &gw, auth) else {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::CONTENT_TYPE, "application/json")],
@@ -186,18 +178,49 @@ async fn bot(State(app): State<RouteState>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-/// The bot a signed token speaks for, whose identify budget its Identify spends: its
-/// issuer and subject (every token of one subject shares one budget, as a Discord bot's
-/// token does).
-pub(crate) fn bot_of_identity(identity: &nimbus_auth::Identity) -> String {
-    format!(
-        "signed\u{0}{}\u{0}{}",
-        identity.issuer().unwrap_or(""),
-        identity.sub()
-    )
+/// What a gateway token allows: whose identify budget it spends, its intents, and with a
+/// signed token its rooms and expiry.
+pub(crate) struct Allowed {
+    /// The bot it speaks for: a signed token's issuer and subject (every token of one
+    /// subject shares one budget, as a Discord bot's token does), or a static token itself.
+    pub bot: String,
+    pub intents: nimbus_proto::gateway::Intents,
+    pub rooms: Option<RoomFilter>,
+    pub expires: Option<tokio::time::Instant>,
 }
 
-/// The bot a static gateway token (without `Bot `) speaks for: the token itself.
-pub(crate) fn bot_of_static(token: &str) -> String {
-    format!("static\u{0}{token}")
+/// What `token` (with or without `Bot `) allows, for Identify, Resume and `/gateway/bot`
+/// alike: a signed token's grant, which must name some gateway rooms (a token valid for
+/// other things may not take sessions nor spend an identify budget), or a static token's
+/// intents; `None`: refused.
+pub(crate) fn allowed(auth: &crate::auth::Auth, gw: &Gateway, token: &str) -> Option<Allowed> {
+    let bare = nimbus_proto::gateway::strip_bot_prefix(token);
+    match auth.verify(bare) {
+        Some(Ok(identity)) => {
+            let rooms = identity.rooms(nimbus_auth::Capability::Gateway).clone();
+            if rooms.is_empty() {
+                return None;
+            }
+            Some(Allowed {
+                bot: format!(
+                    "signed\u{0}{}\u{0}{}",
+                    identity.issuer().unwrap_or(""),
+                    identity.sub()
+                ),
+                intents: nimbus_proto::gateway::Intents(identity.gateway_intents()),
+                rooms: Some(Arc::new(move |room: &str| rooms.contains(room))),
+                expires: crate::auth::deadline(Some(identity.expires_at())),
+            })
+        }
+        Some(Err(e)) => {
+            tracing::debug!(reason = e.reason(), "gateway token refused");
+            None
+        }
+        None => gw.check_token(token).map(|intents| Allowed {
+            bot: format!("static\u{0}{bare}"),
+            intents,
+            rooms: None,
+            expires: None,
+        }),
+    }
 }
