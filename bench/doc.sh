@@ -14,6 +14,9 @@
 #                                      # interleaved with the others like any server
 #   NIMBUS_BIN=… GEN_BIN=… bench/doc.sh   (server binary / generator binary; default
 #                                         target/release/nimbus for both, built here)
+#   APPLY=all bench/doc.sh             (every receiver applies every update; default one:
+#                                       one editor per document does, the others read
+#                                       the markers from the bytes, see `nimbus bench doc`)
 #   GEN_THREADS=2 GEN_CPUS=0,1 bench/doc.sh   (generator worker threads and the cores it
 #                                         may use; default 1 thread on core 1; SERVER_CPUS
 #                                         likewise for the server, default core 0)
@@ -37,6 +40,7 @@ NIMBUS_BIN="${NIMBUS_BIN:-$ROOT/target/release/nimbus}"
 GEN_BIN="${GEN_BIN:-$ROOT/target/release/nimbus}"
 PORT="${SERVER_PORT:-19991}"
 GEN_THREADS="${GEN_THREADS:-1}"
+APPLY="${APPLY:-one}"
 GEN_CPUS="${GEN_CPUS:-1}"
 SERVER_CPUS="${SERVER_CPUS:-0}"
 NODE_DIR="$ROOT/tests/interop/doc"
@@ -53,7 +57,7 @@ if [[ " ${SERVER_LIST[*]} " == *" yws "* ]]; then
 fi
 echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# nimbus: $NIMBUS_BIN; generator: $GEN_BIN${YWS_VERSION:+; @y/websocket-server $YWS_VERSION (yjs $YJS_VERSION, node $(node --version))}"
-echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $RUNS runs per shape and server, warm-up $WARMUP s, measured $DURATION s; server on cores $SERVER_CPUS, generator ($GEN_THREADS threads) on cores $GEN_CPUS"
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $RUNS runs per shape and server, warm-up $WARMUP s, measured $DURATION s; server on cores $SERVER_CPUS, generator ($GEN_THREADS threads, --apply $APPLY) on cores $GEN_CPUS"
 
 SPID=""
 DATA=""
@@ -97,7 +101,7 @@ run_one() {
     sleep 0.5
     local line rc=0
     line="$(timeout -k 5 $((WARMUP + DURATION + 60)) taskset -c "$GEN_CPUS" "$GEN_BIN" bench doc --url "$BASE" --json \
-        --threads "$GEN_THREADS" --warmup "$WARMUP" --duration "$DURATION" --server-pid "$SPID" "$@" 2>"$OUT/gen.err" | tail -1)" || rc=$?
+        --threads "$GEN_THREADS" --apply "$APPLY" --warmup "$WARMUP" --duration "$DURATION" --server-pid "$SPID" "$@" 2>"$OUT/gen.err" | tail -1)" || rc=$?
     stop_server
     if [[ $rc -ne 0 || -z "$line" ]]; then
         echo "{\"server\":\"$server\",\"shape\":\"$shape\",\"failed\":\"$(tail -1 "$OUT/gen.err" | tr -d '"\\' | cut -c1-200)\"}" | tee -a "$OUT/runs"
