@@ -323,6 +323,24 @@ struct OutQueue {
     /// Bytes of the frames queued (and of the batch being sent): counted by the
     /// broadcaster before a frame is visible to the session, which subtracts them.
     queued: AtomicUsize,
+    /// [`KICKED`] / [`ROOM_CLOSED`], raised through the same wake-up as a frame, so a
+    /// waiting session has one thing to wait for (not a frame and two cancellation tokens,
+    /// whose waiters it would poll on every turn of its loop).
+    signals: std::sync::atomic::AtomicU8,
+}
+
+/// The client was found too slow (its token [`Registered::kick`] is cancelled as well,
+/// for a send in progress).
+const KICKED: u8 = 1;
+/// The room closed.
+const ROOM_CLOSED: u8 = 2;
+
+/// What a waiting session wakes up for.
+#[derive(Debug)]
+enum Popped {
+    Frame(Bytes),
+    Kicked,
+    RoomClosed,
 }
 
 impl OutQueue {
@@ -332,6 +350,7 @@ impl OutQueue {
             ready: tokio::sync::Notify::new(),
             max_frames: max_frames.max(1),
             queued: AtomicUsize::new(0),
+            signals: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -348,6 +367,12 @@ impl OutQueue {
         true
     }
 
+    /// Raise a signal ([`KICKED`], [`ROOM_CLOSED`]) and wake the session.
+    fn raise(&self, signal: u8) {
+        self.signals.fetch_or(signal, Ordering::AcqRel);
+        self.ready.notify_one();
+    }
+
     /// The next queued frame, if any.
     fn try_pop(&self) -> Option<Bytes> {
         let mut q = lock(&self.frames);
@@ -358,15 +383,26 @@ impl OutQueue {
         frame
     }
 
-    /// The next frame, waiting for one. Cancel-safe: a frame is only taken in the poll
-    /// that returns it.
-    async fn pop(&self) -> Bytes {
+    /// The next signal, or the next frame if `frames` (a session holding a write waits for
+    /// signals only), waiting for one. A signal comes before any queued frame: a kicked
+    /// client's frames are dropped, and a closed room's go with its clients. Cancel-safe:
+    /// a frame is only taken in the poll that returns it.
+    async fn pop(&self, frames: bool) -> Popped {
         loop {
-            if let Some(frame) = self.try_pop() {
-                return frame;
+            let signals = self.signals.load(Ordering::Acquire);
+            if signals & KICKED != 0 {
+                return Popped::Kicked;
             }
-            // `notify_one` leaves a permit when nobody waits: a push between `try_pop` and
-            // here is not missed.
+            if signals & ROOM_CLOSED != 0 {
+                return Popped::RoomClosed;
+            }
+            if frames {
+                if let Some(frame) = self.try_pop() {
+                    return Popped::Frame(frame);
+                }
+            }
+            // `notify_one` leaves a permit when nobody waits: a push or a signal between
+            // the checks above and here is not missed.
             self.ready.notified().await;
         }
     }
@@ -693,6 +729,7 @@ impl Room {
                 ServeStats::add(counter, 1);
                 tracing::info!(room = %self.id(), conn = id, queued = before, over = what, "client too slow: closing");
                 slot.kick.cancel();
+                slot.queue.raise(KICKED);
             }
         }
     }
@@ -754,7 +791,15 @@ impl Room {
             .inner
             .close_frame
             .set((code, truncate_reason(reason.to_owned())));
-        lock(&self.inner.clients).closing = true;
+        {
+            // Under the clients' lock: a client registers before this (and is signalled)
+            // or finds the room closing.
+            let mut clients = lock(&self.inner.clients);
+            clients.closing = true;
+            for slot in clients.map.values() {
+                slot.queue.raise(ROOM_CLOSED);
+            }
+        }
         self.inner.cancel.cancel();
         self.inner.tasks.close();
         self.inner.unloaded.cancel();
@@ -1000,11 +1045,6 @@ impl Room {
     ) -> Result<Leave, ServeError> {
         // Boxed: the greeting runs once, the connection's future should not carry it.
         Box::pin(self.greet(channel, conn, opts)).await?;
-        // Made once, outside the loop: a fresh cancellation future per turn would register
-        // and unregister a waiter on each token for every frame sent or received.
-        let kicked = conn.kick.clone().cancelled_owned();
-        let closed = self.inner.cancel.cancelled();
-        tokio::pin!(kicked, closed);
         loop {
             let paused = conn.paused_until;
             // One timer for both: the end of a rate pause and the end of a write hold.
@@ -1014,19 +1054,20 @@ impl Room {
             };
             tokio::select! {
                 // Not biased: a client that both sends and receives a lot gets both served.
-                _ = &mut kicked => return Err(ServeError::TooSlow),
-                _ = &mut closed => return Ok(Leave::RoomClosed),
-                // Boxed, like the handling of a frame below: the loop's future is what an idle
-                // connection holds, and a send (its timeout's timer, the channel's own send
-                // futures) is the largest of its states.
-                frame = conn.queue.pop(), if conn.held.is_none() => {
-                    match conn.batch.hold_until(Instant::now()) {
+                // Frames, a kick and the room's close all come through the queue: one waiter.
+                popped = conn.queue.pop(conn.held.is_none()) => match popped {
+                    Popped::Kicked => return Err(ServeError::TooSlow),
+                    Popped::RoomClosed => return Ok(Leave::RoomClosed),
+                    // Boxed, like the handling of a frame below: the loop's future is what
+                    // an idle connection holds, and a send (its timeout's timer, the
+                    // channel's own send futures) is the largest of its states.
+                    Popped::Frame(frame) => match conn.batch.hold_until(Instant::now()) {
                         // Written to within the budget: gather until one budget after that
                         // write (the frame stays counted in the queue's bytes meanwhile).
                         Some(until) => conn.held = Some((frame, until)),
                         None => Box::pin(send_queued(channel, frame, conn, opts)).await?,
-                    }
-                }
+                    },
+                },
                 _ = sleep_until_some(timer), if timer.is_some() => {
                     let now = Instant::now();
                     // Over a rate: reading stopped (TCP pushes back) until the debt is repaid.
@@ -1475,6 +1516,39 @@ impl Drop for ConnGuard<'_> {
 mod tests {
     use super::*;
     use yrs::{Text, Transact};
+
+    #[tokio::test]
+    async fn a_signal_wakes_a_waiting_session_and_comes_before_queued_frames() {
+        let q = Arc::new(OutQueue::new(8));
+        assert!(q.push(Bytes::from_static(b"a")));
+        assert!(matches!(q.pop(true).await, Popped::Frame(f) if f == "a"));
+        // A session waiting with nothing queued is woken by a signal alone.
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.pop(true).await }
+        });
+        tokio::task::yield_now().await;
+        q.raise(ROOM_CLOSED);
+        assert!(matches!(waiting.await, Ok(Popped::RoomClosed)));
+        // Queued frames do not hide a kick, and a kick outranks the close.
+        assert!(q.push(Bytes::from_static(b"b")));
+        q.raise(KICKED);
+        assert!(matches!(q.pop(true).await, Popped::Kicked));
+    }
+
+    #[tokio::test]
+    async fn a_session_holding_a_write_waits_for_signals_only() {
+        let q = OutQueue::new(8);
+        assert!(q.push(Bytes::from_static(b"a")));
+        let held = tokio::time::timeout(Duration::from_millis(20), q.pop(false)).await;
+        assert!(
+            held.is_err(),
+            "a queued frame must not end a signals-only wait"
+        );
+        q.raise(KICKED);
+        assert!(matches!(q.pop(false).await, Popped::Kicked));
+        assert_eq!(q.try_pop().as_deref(), Some(&b"a"[..]));
+    }
 
     #[test]
     fn an_update_frame_is_the_update_message_and_shares_its_bytes() {
