@@ -50,6 +50,7 @@ pub mod cloud;
 pub mod doc;
 pub mod gateway;
 pub mod history;
+pub mod identify;
 mod keys;
 pub mod lease;
 mod lua;

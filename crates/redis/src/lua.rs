@@ -64,3 +64,10 @@ pub const LEASE_SCRIPT: &str = include_str!("lua/lease.lua");
 
 /// Give the lease up if held (at shutdown). KEYS: lease. ARGV: node.
 pub const RELEASE_SCRIPT: &str = include_str!("lua/release.lua");
+
+/// A bot's Identify against its shared budget (`identify.rs`). KEYS: starts, bucket.
+/// ARGV: window (ms, 0: no bucket), total per day, member suffix. Returns 1 taken, 0 refused.
+pub const IDENTIFY_SCRIPT: &str = include_str!("lua/identify.lua");
+
+/// A bot's session start limit (`identify.rs`). KEYS: starts. Returns `[used, reset ms]`.
+pub const IDENTIFY_LIMIT_SCRIPT: &str = include_str!("lua/identify_limit.lua");

@@ -25,6 +25,8 @@ pub struct BackplaneMetrics {
     pub subscriptions: Counter,
     /// Age of the last change a room applied, origin clock to here, in ms.
     pub lag_ms: Gauge,
+    /// Gateway identify budgets answered from this node's own because Redis did not answer.
+    pub identify_fallbacks: Counter,
 }
 
 impl BackplaneMetrics {
@@ -61,6 +63,11 @@ impl BackplaneMetrics {
             "lag_ms",
             "Age in ms of the last backplane change applied (origin clock)",
             b.lag_ms.clone(),
+        );
+        r.register(
+            "identify_fallbacks",
+            "Gateway identify budgets answered from this node's own (Redis did not answer)",
+            b.identify_fallbacks.clone(),
         );
         b
     }

@@ -17,6 +17,7 @@ use nimbus_redis::cloud::RedisReplication;
 use nimbus_redis::doc::RedisDocs;
 use nimbus_redis::gateway::RedisSessionLog;
 use nimbus_redis::history::RedisHistory;
+use nimbus_redis::identify::RedisIdentify;
 use nimbus_redis::lease::RedisLease;
 use nimbus_redis::RedisBackplane;
 
@@ -27,7 +28,7 @@ use crate::doc::rooms::DocRoomsMetrics;
 use crate::doc::DocRooms;
 use crate::events::EventBus;
 use crate::gateway::log::SessionLog;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, IdentifyBudget};
 use crate::http::{router, App};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -260,10 +261,23 @@ impl Server {
             }
             None => None,
         };
-        // Gateway sessions live in memory, or in Redis (resumable on any node).
-        let session_log: Arc<dyn SessionLog> = match &backplane {
-            None => crate::gateway::log::in_memory(),
-            Some(bp) => Arc::new(RedisSessionLog::new(bp.clone())),
+        // Gateway sessions live in memory, or in Redis (resumable on any node); so do the
+        // bots' identify budgets (one budget per bot across the nodes).
+        let (session_log, budget): (Arc<dyn SessionLog>, Arc<dyn IdentifyBudget>) = match &backplane
+        {
+            None => (
+                crate::gateway::log::in_memory(),
+                Gateway::local_budget(&config.gateway),
+            ),
+            Some(bp) => (
+                Arc::new(RedisSessionLog::new(bp.clone())),
+                Arc::new(RedisIdentify::new(
+                    bp.clone(),
+                    config.gateway.max_concurrency,
+                    config.gateway.identify_window,
+                    config.gateway.session_start_limit,
+                )),
+            ),
         };
         // Served with static tokens, or with signing keys (signed tokens identify).
         let gateway = (config.gateway.enabled() || config.auth.keys.is_some()).then(|| {
@@ -272,6 +286,7 @@ impl Server {
                 metrics.gateway.clone(),
                 config.gateway.clone(),
                 session_log,
+                budget,
             )
         });
         // Webhooks: delivered by this node, or by the holder of the lease in Redis.

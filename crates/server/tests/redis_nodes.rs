@@ -212,6 +212,14 @@ struct Gw {
 
 impl Gw {
     async fn ready(srv: &TestServer) -> Gw {
+        let (mut g, ready) = Gw::identify(srv).await;
+        assert_eq!(ready["t"], "READY", "{ready}");
+        g.session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+        g
+    }
+
+    /// Connect to `srv`, Identify, and return the answer (READY, or op 9 when refused).
+    async fn identify(srv: &TestServer) -> (Gw, serde_json::Value) {
         use futures_util::SinkExt;
         let url = format!("ws://{}/gateway?v=10&encoding=json", srv.addr);
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
@@ -230,10 +238,8 @@ impl Gw {
         ))
         .await
         .unwrap();
-        let ready = g.recv().await;
-        assert_eq!(ready["t"], "READY");
-        g.session = ready["d"]["session_id"].as_str().unwrap().to_owned();
-        g
+        let answer = g.recv().await;
+        (g, answer)
     }
 
     /// Connect to `srv` and send a Resume of `session` from `seq`.
@@ -304,6 +310,44 @@ async fn gateway_nodes(dir: &Path, redis: &RedisProc) -> Vec<TestServer> {
         n.push(TestServer::start(cfg).await);
     }
     n
+}
+
+#[tokio::test]
+async fn a_bots_daily_identify_limit_is_one_budget_across_the_nodes() {
+    let Some((dir, redis)) = redis_in_tempdir().await else {
+        return;
+    };
+    let mut n = Vec::new();
+    for i in 0..3 {
+        let mut cfg = config(&dir.path().join(format!("node{i}")));
+        cfg.redis = Some(redis.url());
+        cfg.gateway = nimbus_server::GatewayConfig {
+            tokens: vec![nimbus_server::GatewayToken::parse("t").unwrap()],
+            identify_window: Duration::ZERO,
+            session_start_limit: 2,
+            ..Default::default()
+        };
+        n.push(TestServer::start(cfg).await);
+    }
+    let first = Gw::ready(&n[0]).await;
+    let second = Gw::ready(&n[1]).await;
+    // A third node has not seen this bot, but its budget is the one in Redis: spent.
+    let (_third, answer) = Gw::identify(&n[2]).await;
+    assert_eq!(
+        (answer["op"].clone(), answer["d"].clone()),
+        (9.into(), false.into()),
+        "{answer}"
+    );
+    for node in &n {
+        let (status, body) =
+            common::http_get(node.addr, "/gateway/bot", &["Authorization: Bot t"]).await;
+        assert_eq!(status, 200, "{body}");
+        let limit: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(limit["session_start_limit"]["total"], 2, "{body}");
+        assert_eq!(limit["session_start_limit"]["remaining"], 0, "{body}");
+    }
+    drop((first, second));
+    stop_all(n).await;
 }
 
 #[tokio::test]

@@ -1,13 +1,56 @@
 //! Identify concurrency (`max_concurrency` buckets per window) and the 24 h session
-//! start limit, kept per bot (see [`IdentifyLimiter`]).
+//! start limit, kept per bot.
+//!
+//! [`IdentifyBudget`] is the seam: where the budgets are kept. [`IdentifyLimiter`] keeps
+//! them in this process (one node: [`in_memory`]); with `--redis` the composition root
+//! passes nimbus-redis's `RedisIdentify`, which keeps them in Redis so that a bot has one
+//! budget however many nodes it identifies on, as a Discord bot token does.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
-const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+/// The session start limit's period.
+pub const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Where the gateway's identify budgets are kept.
+///
+/// Contract, for every implementation: a bot (named by the caller: a static token, or a
+/// signed token's issuer and subject) has `max_concurrency` buckets (shard `s` uses bucket
+/// `s % max_concurrency`) of one Identify per window, and `total` Identifies per [`DAY`];
+/// [`try_identify`](IdentifyBudget::try_identify) takes one or refuses without taking
+/// anything; [`snapshot`](IdentifyBudget::snapshot) changes nothing. Neither fails: an
+/// implementation that cannot reach where it keeps budgets answers from a local one and
+/// says so in its metrics and logs (a gateway must not stop identifying because a shared
+/// store is away).
+pub trait IdentifyBudget: Send + Sync + std::fmt::Debug + 'static {
+    /// Take a start of `bot` for `shard_id` now; `false` when its bucket was used within
+    /// the window or its daily limit is spent.
+    fn try_identify<'a>(&'a self, bot: &'a str, shard_id: u64) -> BoxFuture<'a, bool>;
+
+    /// The session start limit of `bot` now (for `GET /gateway/bot`).
+    fn snapshot<'a>(&'a self, bot: &'a str) -> BoxFuture<'a, SessionStartLimit>;
+}
+
+/// The budgets of one node: an [`IdentifyLimiter`] with the gateway's settings.
+pub fn in_memory(max_concurrency: u64, window: Duration, total: u32) -> Arc<dyn IdentifyBudget> {
+    Arc::new(IdentifyLimiter::new(max_concurrency, window, total))
+}
+
+impl IdentifyBudget for IdentifyLimiter {
+    fn try_identify<'a>(&'a self, bot: &'a str, shard_id: u64) -> BoxFuture<'a, bool> {
+        let ok = IdentifyLimiter::try_identify(self, bot, shard_id, Instant::now());
+        Box::pin(std::future::ready(ok))
+    }
+
+    fn snapshot<'a>(&'a self, bot: &'a str) -> BoxFuture<'a, SessionStartLimit> {
+        let limit = IdentifyLimiter::snapshot(self, bot, Instant::now());
+        Box::pin(std::future::ready(limit))
+    }
+}
 
 /// `session_start_limit` as reported by `GET /gateway/bot`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

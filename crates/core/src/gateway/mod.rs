@@ -32,8 +32,7 @@ use tokio::time::Instant;
 
 use crate::events::{EventBus, Interest, RoomEvent};
 
-use limiter::IdentifyLimiter;
-pub use limiter::SessionStartLimit;
+pub use limiter::{IdentifyBudget, SessionStartLimit};
 use log::SessionLog;
 pub use metrics::GatewayMetrics;
 pub use session::{RoomFilter, Session};
@@ -169,7 +168,8 @@ pub struct Gateway {
     config: GatewayConfig,
     metrics: Arc<GatewayMetrics>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
-    limiter: IdentifyLimiter,
+    /// The bots' identify budgets (this node's, or shared through Redis).
+    budget: Arc<dyn IdentifyBudget>,
     /// Where the sessions' dispatches are kept (in memory, or shared through Redis).
     log: Arc<dyn SessionLog>,
     /// On while there is at least one session: with none, rooms build no events. Always
@@ -184,20 +184,18 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway listening on `events`; its sessions' dispatches are kept by `log` (chosen
-    /// by the composition root: [`log::in_memory`] on one node).
+    /// A gateway listening on `events`; its sessions' dispatches are kept by `log` and its
+    /// bots' identify budgets by `budget` (both chosen by the composition root:
+    /// [`log::in_memory`] and [`Gateway::local_budget`] on one node).
     pub fn new(
         events: &EventBus,
         metrics: Arc<GatewayMetrics>,
         config: GatewayConfig,
         log: Arc<dyn SessionLog>,
+        budget: Arc<dyn IdentifyBudget>,
     ) -> Arc<Gateway> {
         let gw = Arc::new(Gateway {
-            limiter: IdentifyLimiter::new(
-                config.max_concurrency,
-                config.identify_window,
-                config.session_start_limit,
-            ),
+            budget,
             tokens: arc_swap::ArcSwap::from_pointee(config.clone()),
             config,
             metrics,
@@ -280,11 +278,20 @@ impl Gateway {
         &self.log
     }
 
+    /// This node's identify budgets with `config`'s buckets, window and daily limit.
+    pub fn local_budget(config: &GatewayConfig) -> Arc<dyn IdentifyBudget> {
+        limiter::in_memory(
+            config.max_concurrency,
+            config.identify_window,
+            config.session_start_limit,
+        )
+    }
+
     /// Take an Identify slot of `shard_id`'s bucket of `bot` now (the caller names the
     /// bot: its static token, or its signed token's issuer and subject); `false` when the
     /// bucket or the bot's daily start limit is spent (the client gets op 9 `false`).
-    pub fn try_identify(&self, bot: &str, shard_id: u64) -> bool {
-        self.limiter.try_identify(bot, shard_id, Instant::now())
+    pub async fn try_identify(&self, bot: &str, shard_id: u64) -> bool {
+        self.budget.try_identify(bot, shard_id).await
     }
 
     /// Number of sessions (attached or resumable).
@@ -293,8 +300,8 @@ impl Gateway {
     }
 
     /// The current session start limit of `bot` (for `/gateway/bot`).
-    pub fn session_start_limit(&self, bot: &str) -> SessionStartLimit {
-        self.limiter.snapshot(bot, Instant::now())
+    pub async fn session_start_limit(&self, bot: &str) -> SessionStartLimit {
+        self.budget.snapshot(bot).await
     }
 
     /// Append `ev` to every session that selected it.

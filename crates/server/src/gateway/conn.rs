@@ -470,7 +470,7 @@ impl Conn {
         if intents.0 & !allowed.0 != 0 {
             return Err(close(CloseCode::DisallowedIntents));
         }
-        if !self.gw.try_identify(&granted.bot, shard_id) {
+        if !self.gw.try_identify(&granted.bot, shard_id).await {
             self.gw.metrics().invalid_sessions.inc();
             return self
                 .send(

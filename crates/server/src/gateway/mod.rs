@@ -160,7 +160,7 @@ async fn bot(State(app): State<RouteState>, headers: HeaderMap) -> Response {
         )
             .into_response();
     };
-    let l = gw.session_start_limit(&bot);
+    let l = gw.session_start_limit(&bot).await;
     let body = serde_json::json!({
         "url": public_url(&headers),
         "shards": 1,
