@@ -50,6 +50,13 @@ CREATE TABLE IF NOT EXISTS doc_snapshots (
 ) WITHOUT ROWID;
 ";
 
+/// Rows a commit writes between two yields of the CPU. The store's thread shares the
+/// cores with the runtime's workers: a commit of a busy group-commit window (thousands of
+/// rows, a few ms of CPU) would otherwise hold a core for its whole length while a worker
+/// woken by the network waits for the scheduler to take it back. A yield with nothing else
+/// runnable returns at once; the transaction and what it makes durable are unchanged.
+const YIELD_EVERY: usize = 64;
+
 impl SqliteBackend {
     /// Open (or create) the database file. Errors name the file; the database must be
     /// writable (a write lock is taken once), so a read-only file fails here, not at the
@@ -114,7 +121,10 @@ impl SqliteBackend {
             )?;
             // Rooms whose history grew in this batch: trimmed once each, after the inserts.
             let mut trim: Vec<(&Arc<str>, Retention, u64)> = Vec::new();
-            for op in ops {
+            for (i, op) in ops.iter().enumerate() {
+                if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                    std::thread::yield_now();
+                }
                 match op {
                     StoreOp::Put { room, var } => {
                         let is_num = matches!(var.value, CloudValue::Number(_));
