@@ -445,6 +445,25 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_longer_than_the_yield_interval_keeps_every_row_in_order() {
+        let n = 3 * YIELD_EVERY + 5;
+        let (expected, updates) = text_updates(n);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut db = SqliteBackend::open(&dir.path().join("db")).expect("open");
+        let ops: Vec<StoreOp> = updates
+            .iter()
+            .map(|u| StoreOp::DocAppend {
+                room: "r".into(),
+                update: u.clone(),
+            })
+            .collect();
+        db.commit(&ops).expect("commit");
+        let log = db.load_doc("r").expect("load");
+        assert_eq!(log.updates.len(), n);
+        assert_eq!(text_of(&log), expected);
+    }
+
+    #[test]
     fn replacing_a_log_prefix_keeps_the_later_updates_in_order() {
         let (expected, updates) = text_updates(20);
         let dir = tempfile::tempdir().expect("tempdir");
