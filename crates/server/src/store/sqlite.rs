@@ -444,10 +444,8 @@ mod tests {
         assert_eq!(db.load_history("2", 10, 0, 0).expect("load").len(), 1);
     }
 
-    #[test]
-    fn a_commit_longer_than_the_yield_interval_keeps_every_row_in_order() {
-        let n = 3 * YIELD_EVERY + 5;
-        let (expected, updates) = text_updates(n);
+    /// A fresh database with `updates` appended to room `r` in one commit.
+    fn appended(updates: &[bytes::Bytes]) -> (tempfile::TempDir, SqliteBackend) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut db = SqliteBackend::open(&dir.path().join("db")).expect("open");
         let ops: Vec<StoreOp> = updates
@@ -458,6 +456,14 @@ mod tests {
             })
             .collect();
         db.commit(&ops).expect("commit");
+        (dir, db)
+    }
+
+    #[test]
+    fn a_commit_longer_than_the_yield_interval_keeps_every_row_in_order() {
+        let n = 3 * YIELD_EVERY + 5;
+        let (expected, updates) = text_updates(n);
+        let (_dir, mut db) = appended(&updates);
         let log = db.load_doc("r").expect("load");
         assert_eq!(log.updates.len(), n);
         assert_eq!(text_of(&log), expected);
@@ -466,16 +472,7 @@ mod tests {
     #[test]
     fn replacing_a_log_prefix_keeps_the_later_updates_in_order() {
         let (expected, updates) = text_updates(20);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut db = SqliteBackend::open(&dir.path().join("db")).expect("open");
-        let ops: Vec<StoreOp> = updates
-            .iter()
-            .map(|u| StoreOp::DocAppend {
-                room: "r".into(),
-                update: u.clone(),
-            })
-            .collect();
-        db.commit(&ops).expect("commit");
+        let (_dir, mut db) = appended(&updates);
         let prefix = DocLog {
             snapshot: None,
             updates: updates[..12].iter().map(|u| u.to_vec()).collect(),
