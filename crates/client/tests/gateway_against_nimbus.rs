@@ -18,6 +18,15 @@ use tokio::sync::oneshot;
 const WAIT: Duration = Duration::from_secs(30);
 const CUTS: u64 = 1000;
 
+/// A gateway that takes token `tok` and identifies without a window.
+fn open_gateway() -> GatewayConfig {
+    GatewayConfig {
+        tokens: vec![GatewayToken::parse("tok").unwrap()],
+        identify_window: Duration::ZERO,
+        ..GatewayConfig::default()
+    }
+}
+
 async fn start_server(
     gateway: GatewayConfig,
 ) -> (
@@ -97,10 +106,8 @@ impl Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_forced_disconnects_lose_duplicate_or_reorder_nothing() {
     let (addr, hub, stop, task) = start_server(GatewayConfig {
-        tokens: vec![GatewayToken::parse("tok").unwrap()],
         replay_buffer: 1 << 16,
-        identify_window: Duration::ZERO,
-        ..GatewayConfig::default()
+        ..open_gateway()
     })
     .await;
     let proxy = Proxy::start(addr).await;
@@ -216,10 +223,9 @@ async fn thousand_forced_disconnects_lose_duplicate_or_reorder_nothing() {
 async fn shard_manager_starts_buckets_and_splits_rooms() {
     use nimbus_client::gateway::{fetch_gateway_bot, ShardManager, ShardManagerConfig};
     let (addr, hub, stop, task) = start_server(GatewayConfig {
-        tokens: vec![GatewayToken::parse("tok").unwrap()],
         max_concurrency: 2,
         identify_window: Duration::from_millis(50),
-        ..GatewayConfig::default()
+        ..open_gateway()
     })
     .await;
     // GET /gateway/bot from nimbus gives the URL and the buckets.
@@ -279,12 +285,7 @@ async fn shard_manager_starts_buckets_and_splits_rooms() {
 
 #[tokio::test]
 async fn zlib_stream_against_nimbus_including_a_resume() {
-    let (addr, hub, stop, task) = start_server(GatewayConfig {
-        tokens: vec![GatewayToken::parse("tok").unwrap()],
-        identify_window: Duration::ZERO,
-        ..GatewayConfig::default()
-    })
-    .await;
+    let (addr, hub, stop, task) = start_server(open_gateway()).await;
     let proxy = Proxy::start(addr).await;
     let (client, _) = ready_client(
         GatewayOptions {
@@ -336,12 +337,7 @@ async fn zlib_stream_against_nimbus_including_a_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_stops_reading_holds_a_bounded_queue_and_later_gets_every_event_in_order() {
-    let (addr, hub, stop, task) = start_server(GatewayConfig {
-        tokens: vec![GatewayToken::parse("tok").unwrap()],
-        identify_window: Duration::ZERO,
-        ..GatewayConfig::default()
-    })
-    .await;
+    let (addr, hub, stop, task) = start_server(open_gateway()).await;
     let (client, _) = ready_client(
         GatewayOptions {
             url: format!("ws://{addr}/gateway"),

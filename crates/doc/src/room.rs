@@ -373,6 +373,12 @@ impl OutQueue {
         self.ready.notify_one();
     }
 
+    /// Whether [`KICKED`] was raised (one atomic load: asked for every client of every
+    /// broadcast).
+    fn kicked(&self) -> bool {
+        self.signals.load(Ordering::Acquire) & KICKED != 0
+    }
+
     /// The next queued frame, if any.
     fn try_pop(&self) -> Option<Bytes> {
         let mut q = lock(&self.frames);
@@ -414,6 +420,15 @@ struct ClientSlot {
     /// The most `queue.queued` may reach (one frame always fits in an empty queue).
     budget: usize,
     stats: Arc<ServeStats>,
+}
+
+impl ClientSlot {
+    /// Close the client as too slow: its waiting session hears it through its queue, a
+    /// send in progress through its token.
+    fn kick(&self) {
+        self.kick.cancel();
+        self.queue.raise(KICKED);
+    }
 }
 
 #[derive(Default)]
@@ -710,7 +725,7 @@ impl Room {
         let clients = lock(&self.inner.clients);
         let len = frame.len();
         for (id, slot) in &clients.map {
-            if Some(*id) == except || slot.kick.is_cancelled() {
+            if Some(*id) == except || slot.queue.kicked() {
                 continue;
             }
             // Counted before the frame is visible to the session, which subtracts it.
@@ -728,8 +743,7 @@ impl Room {
                 slot.queue.queued.fetch_sub(len, Ordering::AcqRel);
                 ServeStats::add(counter, 1);
                 tracing::info!(room = %self.id(), conn = id, queued = before, over = what, "client too slow: closing");
-                slot.kick.cancel();
-                slot.queue.raise(KICKED);
+                slot.kick();
             }
         }
     }
@@ -1532,7 +1546,9 @@ mod tests {
         assert!(matches!(waiting.await, Ok(Popped::RoomClosed)));
         // Queued frames do not hide a kick, and a kick outranks the close.
         assert!(q.push(Bytes::from_static(b"b")));
+        assert!(!q.kicked(), "closing the room is not a kick");
         q.raise(KICKED);
+        assert!(q.kicked());
         assert!(matches!(q.pop(true).await, Popped::Kicked));
     }
 

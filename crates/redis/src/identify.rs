@@ -51,6 +51,16 @@ pub struct RedisIdentify {
     next: AtomicU64,
 }
 
+/// A Redis call's answer, or why there is none (an error, or no answer within [`TIMEOUT`]).
+async fn within<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(TIMEOUT, call).await {
+        Ok(answer) => answer.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {TIMEOUT:?}")),
+    }
+}
+
 /// The key prefix of `bot`'s keys (its hash tag included).
 fn bot_prefix(bot: &str) -> String {
     let digest = Sha256::digest(bot.as_bytes());
@@ -93,31 +103,20 @@ impl RedisIdentify {
             .arg(u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX))
             .arg(self.total)
             .arg(member);
-        let call = invocation.invoke_async::<i64>(&mut conn);
-        match tokio::time::timeout(TIMEOUT, call).await {
-            Ok(Ok(taken)) => Ok(taken == 1),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {TIMEOUT:?}")),
-        }
+        let taken: i64 = within(invocation.invoke_async(&mut conn)).await?;
+        Ok(taken == 1)
     }
 
     async fn shared_snapshot(&self, bot: &str) -> Result<SessionStartLimit, String> {
         let mut conn = self.bp.conn.clone();
         let invocation = IDENTIFY_LIMIT.key(format!("{}:starts", bot_prefix(bot)));
-        let call = invocation.invoke_async::<(u64, i64)>(&mut conn);
-        let (used, reset_ms) = match tokio::time::timeout(TIMEOUT, call).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err(format!("no answer within {TIMEOUT:?}")),
-        };
-        Ok(SessionStartLimit {
-            total: self.total,
-            remaining: self
-                .total
-                .saturating_sub(u32::try_from(used).unwrap_or(u32::MAX)),
-            reset_after_ms: u64::try_from(reset_ms).unwrap_or(0),
-            max_concurrency: self.max_concurrency,
-        })
+        let (used, reset_ms): (u64, i64) = within(invocation.invoke_async(&mut conn)).await?;
+        Ok(SessionStartLimit::of(
+            self.total,
+            used,
+            u64::try_from(reset_ms).unwrap_or(0),
+            self.max_concurrency,
+        ))
     }
 
     fn fell_back(&self, what: &str, error: &str) {

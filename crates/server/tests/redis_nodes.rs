@@ -295,18 +295,32 @@ impl Gw {
     }
 }
 
+/// The gateway of [`gateway_nodes`]: token `t`, no identify window.
+fn gateway_config() -> nimbus_server::GatewayConfig {
+    nimbus_server::GatewayConfig {
+        tokens: vec![nimbus_server::GatewayToken::parse("t").unwrap()],
+        identify_window: Duration::ZERO,
+        drain_grace: Duration::from_millis(100),
+        ..Default::default()
+    }
+}
+
 /// Three nodes with a gateway (token `t`).
 async fn gateway_nodes(dir: &Path, redis: &RedisProc) -> Vec<TestServer> {
+    gateway_nodes_with(dir, redis, gateway_config()).await
+}
+
+/// Three nodes with the gateway `gateway`.
+async fn gateway_nodes_with(
+    dir: &Path,
+    redis: &RedisProc,
+    gateway: nimbus_server::GatewayConfig,
+) -> Vec<TestServer> {
     let mut n = Vec::new();
     for i in 0..3 {
         let mut cfg = config(&dir.join(format!("node{i}")));
         cfg.redis = Some(redis.url());
-        cfg.gateway = nimbus_server::GatewayConfig {
-            tokens: vec![nimbus_server::GatewayToken::parse("t").unwrap()],
-            identify_window: Duration::ZERO,
-            drain_grace: Duration::from_millis(100),
-            ..Default::default()
-        };
+        cfg.gateway = gateway.clone();
         n.push(TestServer::start(cfg).await);
     }
     n
@@ -317,18 +331,15 @@ async fn a_bots_daily_identify_limit_is_one_budget_across_the_nodes() {
     let Some((dir, redis)) = redis_in_tempdir().await else {
         return;
     };
-    let mut n = Vec::new();
-    for i in 0..3 {
-        let mut cfg = config(&dir.path().join(format!("node{i}")));
-        cfg.redis = Some(redis.url());
-        cfg.gateway = nimbus_server::GatewayConfig {
-            tokens: vec![nimbus_server::GatewayToken::parse("t").unwrap()],
-            identify_window: Duration::ZERO,
+    let n = gateway_nodes_with(
+        dir.path(),
+        &redis,
+        nimbus_server::GatewayConfig {
             session_start_limit: 2,
-            ..Default::default()
-        };
-        n.push(TestServer::start(cfg).await);
-    }
+            ..gateway_config()
+        },
+    )
+    .await;
     let first = Gw::ready(&n[0]).await;
     let second = Gw::ready(&n[1]).await;
     // A third node has not seen this bot, but its budget is the one in Redis: spent.

@@ -250,23 +250,12 @@ fn marker(editor: u32, seq: u64, ns: u64) -> String {
     format!("{editor}:{seq}:{ns};")
 }
 
-/// `(editor, seq, ns)` of every complete marker in `s`.
-fn markers(s: &str) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
-    s.split(';').filter_map(|m| {
-        let mut it = m.split(':');
-        let e = it.next()?.parse().ok()?;
-        let q = it.next()?.parse().ok()?;
-        let t = it.next()?.parse().ok()?;
-        it.next().is_none().then_some((e, q, t))
-    })
-}
-
-/// `(editor, seq, ns)` of every marker written verbatim in `bytes` (an encoded update).
-/// A marker is `digits:digits:digits;` preceded by a byte that is not a digit (the string's
+/// `(editor, seq, ns)` of every marker written verbatim in `bytes`: an encoded update, or
+/// the strings a document's observers saw (markers one after the other). A marker is `digits:digits:digits;` preceded by a byte that is not a digit (the string's
 /// length prefix, under 48 for any marker); anything else is skipped, and a stray match in
 /// binary fields is filtered by the caller (editor id and time window) and by
 /// de-duplication.
-fn raw_markers(bytes: &[u8]) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
+fn markers(bytes: &[u8]) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
     bytes
         .iter()
         .enumerate()
@@ -507,7 +496,7 @@ async fn run_editor(mut ed: Editor, plan: Arc<Plan>) -> Seen {
                             };
                             if !ed.applies {
                                 let now = plan.epoch.elapsed().as_nanos() as u64;
-                                raw_markers(data).for_each(|m| count(now, m));
+                                markers(data).for_each(|m| count(now, m));
                                 continue;
                             }
                             if apply(&ed.doc, data).is_err() {
@@ -517,7 +506,7 @@ async fn run_editor(mut ed: Editor, plan: Arc<Plan>) -> Seen {
                             let now = plan.epoch.elapsed().as_nanos() as u64;
                             let strings = std::mem::take(&mut *ed.seen.lock().unwrap_or_else(|p| p.into_inner()));
                             for s in &strings {
-                                markers(s).for_each(|m| count(now, m));
+                                markers(s.as_bytes()).for_each(|m| count(now, m));
                             }
                         }
                         Incoming::Step1(sv) => {
@@ -783,7 +772,7 @@ async fn idle(
                         std::mem::take(&mut *ed.seen.lock().unwrap_or_else(|p| p.into_inner()));
                     got += strings
                         .iter()
-                        .map(|s| markers(s).count() as u64)
+                        .map(|s| markers(s.as_bytes()).count() as u64)
                         .sum::<u64>();
                 }
                 quiet.wait().await;
@@ -916,7 +905,10 @@ mod tests {
     #[test]
     fn markers_round_trip_and_ignore_fragments() {
         let s = format!("{}{}junk:1;2:3", marker(7, 1, 99), marker(8, 2, 100));
-        assert_eq!(markers(&s).collect::<Vec<_>>(), [(7, 1, 99), (8, 2, 100)]);
+        assert_eq!(
+            markers(s.as_bytes()).collect::<Vec<_>>(),
+            [(7, 1, 99), (8, 2, 100)]
+        );
     }
 
     #[test]
@@ -938,23 +930,20 @@ mod tests {
                 );
                 txn.encode_update_v1()
             };
-            assert_eq!(raw_markers(&text).collect::<Vec<_>>(), [(editor, seq, ns)]);
-            assert_eq!(
-                raw_markers(&map).collect::<Vec<_>>(),
-                [(editor, seq + 1, ns)]
-            );
+            assert_eq!(markers(&text).collect::<Vec<_>>(), [(editor, seq, ns)]);
+            assert_eq!(markers(&map).collect::<Vec<_>>(), [(editor, seq + 1, ns)]);
         }
     }
 
     #[test]
     fn the_byte_scan_skips_fragments_and_digits_glued_to_a_marker() {
         assert_eq!(
-            raw_markers(b"\x05:1:2;\x061:2:3;9\x0512:3;\x01:2;:3;\x02x1:2:3;").collect::<Vec<_>>(),
+            markers(b"\x05:1:2;\x061:2:3;9\x0512:3;\x01:2;:3;\x02x1:2:3;").collect::<Vec<_>>(),
             [(1, 2, 3), (1, 2, 3)]
         );
         // a digit right before the editor field makes the editor ambiguous: skipped
-        assert_eq!(raw_markers(b"71:2:3;").count(), 1);
-        assert_eq!(raw_markers(b"\x06123456789012345678901:2:3;").count(), 0);
+        assert_eq!(markers(b"71:2:3;").count(), 1);
+        assert_eq!(markers(b"\x06123456789012345678901:2:3;").count(), 0);
     }
 
     #[test]
@@ -977,7 +966,7 @@ mod tests {
             .lock()
             .map(|v| {
                 v.iter()
-                    .flat_map(|s| markers(s).collect::<Vec<_>>())
+                    .flat_map(|s| markers(s.as_bytes()).collect::<Vec<_>>())
                     .collect()
             })
             .unwrap_or_default();

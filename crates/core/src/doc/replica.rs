@@ -129,6 +129,13 @@ impl SyncState {
 mod tests {
     use super::*;
 
+    /// A copy that loaded `seq` of `epoch` and follows it.
+    fn following(epoch: &str, seq: u64) -> SyncState {
+        let mut s = SyncState::default();
+        assert_eq!(s.loaded(epoch, seq, ""), Step::Done);
+        s
+    }
+
     #[test]
     fn updates_in_order_advance_and_duplicates_are_ignored() {
         let mut s = SyncState::default();
@@ -176,29 +183,25 @@ mod tests {
         );
         assert_eq!(s.on_update("f", 1), Step::Reset);
         assert_eq!(s.loaded("", 0, ""), Step::Reset, "Redis lost the room");
-        let mut s = SyncState::default();
-        assert_eq!(s.loaded("e", 5, ""), Step::Done);
+        let mut s = following("e", 5);
         assert_eq!(s.loaded("f", 2, ""), Step::Reset);
     }
 
     #[test]
     fn a_copy_of_the_epoch_redis_last_deleted_is_deleted_not_lost() {
-        let mut s = SyncState::default();
-        assert_eq!(s.loaded("e", 5, ""), Step::Done);
+        let mut s = following("e", 5);
         assert_eq!(
             s.loaded("", 0, "e"),
             Step::Deleted,
             "deleted, not recreated"
         );
-        let mut s = SyncState::default();
-        assert_eq!(s.loaded("e", 5, ""), Step::Done);
+        let mut s = following("e", 5);
         assert_eq!(
             s.loaded("f", 1, "e"),
             Step::Deleted,
             "deleted, then recreated"
         );
-        let mut s = SyncState::default();
-        assert_eq!(s.loaded("e", 5, ""), Step::Done);
+        let mut s = following("e", 5);
         assert_eq!(
             s.loaded("", 0, "d"),
             Step::Reset,

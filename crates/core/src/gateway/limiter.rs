@@ -65,6 +65,19 @@ pub struct SessionStartLimit {
     pub max_concurrency: u64,
 }
 
+impl SessionStartLimit {
+    /// The limit of a bot that started `used` sessions in the last [`DAY`], the oldest of
+    /// them `reset_after_ms` before it ages out.
+    pub fn of(total: u32, used: u64, reset_after_ms: u64, max_concurrency: u64) -> Self {
+        SessionStartLimit {
+            total,
+            remaining: total.saturating_sub(u32::try_from(used).unwrap_or(u32::MAX)),
+            reset_after_ms,
+            max_concurrency,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
     /// Last Identify per bucket.
@@ -171,14 +184,12 @@ impl IdentifyLimiter {
         let reset_after = live()
             .next()
             .map_or(Duration::ZERO, |t| DAY - now.duration_since(*t));
-        SessionStartLimit {
-            total: self.total,
-            remaining: self
-                .total
-                .saturating_sub(u32::try_from(used).unwrap_or(u32::MAX)),
-            reset_after_ms: u64::try_from(reset_after.as_millis()).unwrap_or(u64::MAX),
-            max_concurrency: self.max_concurrency,
-        }
+        SessionStartLimit::of(
+            self.total,
+            used as u64,
+            u64::try_from(reset_after.as_millis()).unwrap_or(u64::MAX),
+            self.max_concurrency,
+        )
     }
 
     /// Bots with budgets kept.
