@@ -1,6 +1,7 @@
 //! [`Channel`]: one client connection carrying whole binary frames.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -37,6 +38,42 @@ pub trait Channel: Send + 'static {
     /// Close the connection with a WebSocket close code and reason (a no-op where the wire has
     /// no such thing).
     fn close(&mut self, code: u16, reason: &str) -> impl Future<Output = ()> + Send;
+
+    /// A writer through which the room may put frames on this connection from its own task
+    /// (see [`DirectWrite`]), or `None` (the default): every frame then goes through the
+    /// connection's session, as it always may.
+    fn direct(&self) -> Option<Arc<dyn DirectWrite>> {
+        None
+    }
+}
+
+/// What [`DirectWrite::write_now`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The whole frame is on the wire.
+    All,
+    /// Part of it is; the writer holds the rest, which goes out before any other byte at
+    /// the channel's next [`Channel::flush`] (the room asks the session for one).
+    Part,
+    /// Nothing was written: the wire would block, still holds the rest of an earlier frame,
+    /// or failed. The frame must be queued for the session instead.
+    Nothing,
+}
+
+/// A connection's wire, writable from outside its session: a room whose client is idle
+/// (nothing queued, its session not writing) writes an update straight to the client's
+/// socket instead of queueing it and waking the session, which would then write it
+/// (uWebSockets' model; it saves a task wake-up and poll per delivery).
+///
+/// The contract, which the room relies on for the order and integrity of the stream:
+/// - [`write_now`](DirectWrite::write_now) never waits: it writes what the wire takes at
+///   once, as one whole binary message.
+/// - After [`Written::Part`] it answers [`Written::Nothing`] until the channel's
+///   [`Channel::flush`] has written the rest.
+/// - Its bytes and the channel's own writes never interleave inside a message.
+pub trait DirectWrite: Send + Sync {
+    /// Write `frame` as one binary message, without waiting.
+    fn write_now(&self, frame: &Bytes) -> Written;
 }
 
 /// A boxed channel is a channel: a server boxes its socket once, so that the futures
@@ -60,6 +97,10 @@ impl<C: Channel> Channel for Box<C> {
 
     fn close(&mut self, code: u16, reason: &str) -> impl Future<Output = ()> + Send {
         (**self).close(code, reason)
+    }
+
+    fn direct(&self) -> Option<Arc<dyn DirectWrite>> {
+        (**self).direct()
     }
 }
 

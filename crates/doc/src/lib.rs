@@ -97,7 +97,7 @@ pub mod server;
 pub mod update;
 pub mod wire;
 
-pub use channel::{Channel, ChannelError};
+pub use channel::{Channel, ChannelError, DirectWrite, Written};
 
 /// A new document with a random **32-bit** client id, as Yjs (`random.uint32`) makes them.
 ///

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use yrs::{Doc, Origin, ReadTxn, Transact};
 
 use crate::awareness::{check_state, AwarenessLimits, AwarenessState, AwarenessTable, ConnLimits};
-use crate::channel::{Channel, ChannelError};
+use crate::channel::{Channel, ChannelError, DirectWrite, Written};
 use crate::hooks::{HookError, NoHooks, RoomHooks};
 use crate::limits::{RateLimit, ServeStats, TokenBucket};
 use crate::update::{self, ApplyError, Backlog, Validator};
@@ -316,17 +316,37 @@ impl Source {
 /// The frames queued for one client: bounded in frames, empty until something is queued,
 /// and its buffer given back whenever it drains (an idle connection keeps no buffer; a
 /// busy one reallocates a few slots per burst, which the allocator's thread cache serves).
+///
+/// **Direct writes.** When the client's wire has a [`DirectWrite`] and the client is idle
+/// (nothing queued, its session not writing, the greeting sent), [`OutQueue::offer`] writes
+/// the frame straight to the wire instead of queueing it and waking the session. The order
+/// of the client's stream is kept by one rule, checked under the queue's lock: a frame is
+/// written directly only if no earlier frame is still queued or being written by the
+/// session. A direct write the wire takes only in part leaves the rest with the writer,
+/// which refuses further direct writes until the session's [`FLUSH`] has written it.
 struct OutQueue {
-    frames: Mutex<std::collections::VecDeque<Bytes>>,
+    state: Mutex<QueueState>,
     ready: tokio::sync::Notify,
     max_frames: usize,
     /// Bytes of the frames queued (and of the batch being sent): counted by the
     /// broadcaster before a frame is visible to the session, which subtracts them.
     queued: AtomicUsize,
-    /// [`KICKED`] / [`ROOM_CLOSED`], raised through the same wake-up as a frame, so a
-    /// waiting session has one thing to wait for (not a frame and two cancellation tokens,
-    /// whose waiters it would poll on every turn of its loop).
+    /// [`KICKED`] / [`ROOM_CLOSED`] / [`FLUSH`], raised through the same wake-up as a
+    /// frame, so a waiting session has one thing to wait for (not a frame and two
+    /// cancellation tokens, whose waiters it would poll on every turn of its loop).
     signals: std::sync::atomic::AtomicU8,
+    direct: Option<Arc<dyn DirectWrite>>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    frames: std::collections::VecDeque<Bytes>,
+    /// The session has taken a frame (or is answering the client) and not finished writing
+    /// it: direct writes wait, so that they cannot overtake it.
+    session_writes: bool,
+    /// Direct writes are allowed: the greeting is out and the connection writes at once
+    /// (no batching budget).
+    direct_on: bool,
 }
 
 /// The client was found too slow (its token [`Registered::kick`] is cancelled as well,
@@ -334,40 +354,79 @@ struct OutQueue {
 const KICKED: u8 = 1;
 /// The room closed.
 const ROOM_CLOSED: u8 = 2;
+/// A direct write left part of a frame with the writer: the session flushes the channel.
+const FLUSH: u8 = 4;
+
+/// The most clients one broadcast writes to directly; the rest are queued and woken, so a
+/// large room's fan-out is not one task's work (other workers run the sessions) and the
+/// room's client lock is held for a bounded number of system calls.
+const DIRECT_PER_BROADCAST: usize = 128;
 
 /// What a waiting session wakes up for.
 #[derive(Debug)]
 enum Popped {
     Frame(Bytes),
+    Flush,
     Kicked,
     RoomClosed,
 }
 
+/// What [`OutQueue::offer`] did with a frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Offer {
+    /// Written to the wire (whole, or the rest left with the writer).
+    Written,
+    /// Queued for the session.
+    Queued,
+    /// Not taken: the queue holds `max_frames` already.
+    Full,
+}
+
 impl OutQueue {
-    fn new(max_frames: usize) -> OutQueue {
+    fn new(max_frames: usize, direct: Option<Arc<dyn DirectWrite>>) -> OutQueue {
         OutQueue {
-            frames: Mutex::new(std::collections::VecDeque::new()),
+            state: Mutex::new(QueueState::default()),
             ready: tokio::sync::Notify::new(),
             max_frames: max_frames.max(1),
             queued: AtomicUsize::new(0),
             signals: std::sync::atomic::AtomicU8::new(0),
+            direct,
         }
     }
 
     /// Queue a frame; false if the queue holds `max_frames` already.
+    #[cfg(test)]
     fn push(&self, frame: Bytes) -> bool {
-        {
-            let mut q = lock(&self.frames);
-            if q.len() >= self.max_frames {
-                return false;
-            }
-            q.push_back(frame);
-        }
-        self.ready.notify_one();
-        true
+        self.offer(&frame, false) == Offer::Queued
     }
 
-    /// Raise a signal ([`KICKED`], [`ROOM_CLOSED`]) and wake the session.
+    /// Write `frame` directly if `may_write` and the client is idle (see the type's doc),
+    /// else queue it and wake the session.
+    fn offer(&self, frame: &Bytes, may_write: bool) -> Offer {
+        let mut state = lock(&self.state);
+        if may_write && state.direct_on && !state.session_writes && state.frames.is_empty() {
+            if let Some(direct) = &self.direct {
+                match direct.write_now(frame) {
+                    Written::All => return Offer::Written,
+                    Written::Part => {
+                        drop(state);
+                        self.raise(FLUSH);
+                        return Offer::Written;
+                    }
+                    Written::Nothing => {}
+                }
+            }
+        }
+        if state.frames.len() >= self.max_frames {
+            return Offer::Full;
+        }
+        state.frames.push_back(frame.clone());
+        drop(state);
+        self.ready.notify_one();
+        Offer::Queued
+    }
+
+    /// Raise a signal ([`KICKED`], [`ROOM_CLOSED`], [`FLUSH`]) and wake the session.
     fn raise(&self, signal: u8) {
         self.signals.fetch_or(signal, Ordering::AcqRel);
         self.ready.notify_one();
@@ -379,20 +438,36 @@ impl OutQueue {
         self.signals.load(Ordering::Acquire) & KICKED != 0
     }
 
-    /// The next queued frame, if any.
+    /// Allow direct writes from now on (after the greeting; never with a batching budget).
+    fn allow_direct(&self) {
+        lock(&self.state).direct_on = true;
+    }
+
+    /// The session starts (true) or has finished (false) writing something of its own:
+    /// direct writes wait meanwhile.
+    fn session_writes(&self, writing: bool) {
+        lock(&self.state).session_writes = writing;
+    }
+
+    /// The next queued frame, if any; the session is writing from then on (until
+    /// [`OutQueue::session_writes`]`(false)`).
     fn try_pop(&self) -> Option<Bytes> {
-        let mut q = lock(&self.frames);
-        let frame = q.pop_front();
-        if q.is_empty() && q.capacity() > 0 {
-            *q = std::collections::VecDeque::new();
+        let mut state = lock(&self.state);
+        let frame = state.frames.pop_front();
+        if frame.is_some() {
+            state.session_writes = true;
+        }
+        if state.frames.is_empty() && state.frames.capacity() > 0 {
+            state.frames = std::collections::VecDeque::new();
         }
         frame
     }
 
     /// The next signal, or the next frame if `frames` (a session holding a write waits for
     /// signals only), waiting for one. A signal comes before any queued frame: a kicked
-    /// client's frames are dropped, and a closed room's go with its clients. Cancel-safe:
-    /// a frame is only taken in the poll that returns it.
+    /// client's frames are dropped, a closed room's go with its clients, and the rest of a
+    /// direct write goes before the frames queued after it. Cancel-safe: a frame or a
+    /// [`FLUSH`] is only taken in the poll that returns it.
     async fn pop(&self, frames: bool) -> Popped {
         loop {
             let signals = self.signals.load(Ordering::Acquire);
@@ -401,6 +476,10 @@ impl OutQueue {
             }
             if signals & ROOM_CLOSED != 0 {
                 return Popped::RoomClosed;
+            }
+            if signals & FLUSH != 0 {
+                self.signals.fetch_and(!FLUSH, Ordering::AcqRel);
+                return Popped::Flush;
             }
             if frames {
                 if let Some(frame) = self.try_pop() {
@@ -724,6 +803,7 @@ impl Room {
     fn broadcast(&self, frame: &Bytes, except: Option<u64>) {
         let clients = lock(&self.inner.clients);
         let len = frame.len();
+        let mut direct_left = DIRECT_PER_BROADCAST;
         for (id, slot) in &clients.map {
             if Some(*id) == except || slot.queue.kicked() {
                 continue;
@@ -733,10 +813,14 @@ impl Room {
             let over = if before > 0 && before + len > slot.budget {
                 Some((&slot.stats.slow_queue_bytes, "bytes"))
             } else {
-                if slot.queue.push(frame.clone()) {
-                    None
-                } else {
-                    Some((&slot.stats.slow_queue_frames, "frames"))
+                match slot.queue.offer(frame, direct_left > 0) {
+                    Offer::Queued => None,
+                    Offer::Written => {
+                        slot.queue.queued.fetch_sub(len, Ordering::AcqRel);
+                        direct_left -= 1;
+                        continue;
+                    }
+                    Offer::Full => Some((&slot.stats.slow_queue_frames, "frames")),
                 }
             };
             if let Some((counter, what)) = over {
@@ -851,13 +935,20 @@ impl Room {
         lock(&self.inner.clients).closing = true;
     }
 
-    fn register(&self, opts: &ServeOptions) -> Option<Registered> {
+    fn register(
+        &self,
+        opts: &ServeOptions,
+        direct: Option<Arc<dyn DirectWrite>>,
+    ) -> Option<Registered> {
         let mut clients = lock(&self.inner.clients);
         if clients.closing {
             return None;
         }
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-        let queue = Arc::new(OutQueue::new(opts.queue_frames));
+        // A batching budget is the session's to keep: such a connection is never written
+        // to directly.
+        let direct = direct.filter(|_| opts.batch_delay.is_zero());
+        let queue = Arc::new(OutQueue::new(opts.queue_frames, direct));
         let kick = CancellationToken::new();
         clients.map.insert(
             conn,
@@ -1010,7 +1101,7 @@ impl Room {
     ) -> Result<Result<(), ServeError>, C> {
         let result = match Box::pin(self.load()).await {
             Err(e) => Err(ServeError::Load(e)),
-            Ok(()) => match self.register(opts) {
+            Ok(()) => match self.register(opts, channel.direct()) {
                 None => return Err(channel),
                 Some(reg) => {
                     let guard = ConnGuard {
@@ -1059,6 +1150,7 @@ impl Room {
     ) -> Result<Leave, ServeError> {
         // Boxed: the greeting runs once, the connection's future should not carry it.
         Box::pin(self.greet(channel, conn, opts)).await?;
+        conn.queue.allow_direct();
         loop {
             let paused = conn.paused_until;
             // One timer for both: the end of a rate pause and the end of a write hold.
@@ -1072,6 +1164,8 @@ impl Room {
                 popped = conn.queue.pop(conn.held.is_none()) => match popped {
                     Popped::Kicked => return Err(ServeError::TooSlow),
                     Popped::RoomClosed => return Ok(Leave::RoomClosed),
+                    // A direct write left the rest of a frame with the writer.
+                    Popped::Flush => Box::pin(bounded(channel.flush(), &conn.kick, opts.send_timeout, &opts.stats)).await?,
                     // Boxed, like the handling of a frame below: the loop's future is what
                     // an idle connection holds, and a send (its timeout's timer, the
                     // channel's own send futures) is the largest of its states.
@@ -1101,7 +1195,10 @@ impl Room {
                     Some(Err(ChannelError::PingTimeout)) => return Err(ServeError::PingTimeout),
                     Some(Err(e)) => return Err(ServeError::Channel(e)),
                     Some(Ok(frame)) => {
+                        // An answer to the client goes before the updates broadcast after it.
+                        conn.queue.session_writes(true);
                         Box::pin(self.handle_frame(channel, frame, opts, conn)).await?;
+                        conn.queue.session_writes(false);
                         conn.pace(opts, Instant::now())?;
                     }
                 },
@@ -1434,6 +1531,7 @@ async fn send_queued<C: Channel>(
     };
     let sent = bounded(batch, kick, opts.send_timeout, &opts.stats).await;
     conn.queue.queued.fetch_sub(taken, Ordering::AcqRel);
+    conn.queue.session_writes(false);
     conn.batch.wrote(Instant::now());
     sent
 }
@@ -1460,9 +1558,8 @@ async fn bounded<F: Future<Output = Result<(), ChannelError>>>(
     timeout: Duration,
     stats: &ServeStats,
 ) -> Result<(), ServeError> {
-    if kick.is_cancelled() {
-        return Err(ServeError::TooSlow);
-    }
+    // No check of the kick before the first poll (its token's state sits behind a mutex):
+    // a kicked session hears it through its queue at the next turn of its loop.
     let mut send = std::pin::pin!(send);
     let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
     if let Poll::Ready(r) = first {
@@ -1533,7 +1630,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_signal_wakes_a_waiting_session_and_comes_before_queued_frames() {
-        let q = Arc::new(OutQueue::new(8));
+        let q = Arc::new(OutQueue::new(8, None));
         assert!(q.push(Bytes::from_static(b"a")));
         assert!(matches!(q.pop(true).await, Popped::Frame(f) if f == "a"));
         // A session waiting with nothing queued is woken by a signal alone.
@@ -1554,7 +1651,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_holding_a_write_waits_for_signals_only() {
-        let q = OutQueue::new(8);
+        let q = OutQueue::new(8, None);
         assert!(q.push(Bytes::from_static(b"a")));
         let held = tokio::time::timeout(Duration::from_millis(20), q.pop(false)).await;
         assert!(
@@ -1564,6 +1661,93 @@ mod tests {
         q.raise(KICKED);
         assert!(matches!(q.pop(false).await, Popped::Kicked));
         assert_eq!(q.try_pop().as_deref(), Some(&b"a"[..]));
+    }
+
+    /// A direct writer that answers from a script (then [`Written::All`]) and records
+    /// what it put on the wire.
+    #[derive(Default)]
+    struct Scripted {
+        answers: Mutex<std::collections::VecDeque<Written>>,
+        wrote: Mutex<Vec<Bytes>>,
+    }
+
+    impl Scripted {
+        fn answering(answers: &[Written]) -> Arc<Scripted> {
+            Arc::new(Scripted {
+                answers: Mutex::new(answers.iter().copied().collect()),
+                wrote: Mutex::default(),
+            })
+        }
+    }
+
+    impl DirectWrite for Scripted {
+        fn write_now(&self, frame: &Bytes) -> Written {
+            let answer = lock(&self.answers).pop_front().unwrap_or(Written::All);
+            if answer != Written::Nothing {
+                lock(&self.wrote).push(frame.clone());
+            }
+            answer
+        }
+    }
+
+    fn frame(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[test]
+    fn a_frame_is_written_directly_only_when_nothing_earlier_is_queued_or_being_written() {
+        let wire = Scripted::answering(&[]);
+        let q = OutQueue::new(8, Some(wire.clone()));
+        // Before the greeting is out: queued.
+        assert_eq!(q.offer(&frame("greeting-time"), true), Offer::Queued);
+        assert_eq!(q.try_pop(), Some(frame("greeting-time")));
+        q.session_writes(false);
+        q.allow_direct();
+        // Idle: straight to the wire, no wake-up.
+        assert_eq!(q.offer(&frame("a"), true), Offer::Written);
+        // The broadcast's direct budget is spent: queued.
+        assert_eq!(q.offer(&frame("over-budget"), false), Offer::Queued);
+        // An earlier frame is queued: the next one queues behind it, though the wire is idle.
+        assert_eq!(q.offer(&frame("b"), true), Offer::Queued);
+        assert_eq!(q.try_pop(), Some(frame("over-budget")));
+        assert_eq!(q.try_pop(), Some(frame("b")));
+        // The session took the last one and has not written it yet: still queued.
+        assert_eq!(q.offer(&frame("c"), true), Offer::Queued);
+        assert_eq!(q.try_pop(), Some(frame("c")));
+        q.session_writes(false);
+        // The session answers the client: direct writes wait for the answer.
+        q.session_writes(true);
+        assert_eq!(q.offer(&frame("d"), true), Offer::Queued);
+        assert_eq!(q.try_pop(), Some(frame("d")));
+        q.session_writes(false);
+        assert_eq!(q.offer(&frame("e"), true), Offer::Written);
+        assert_eq!(*lock(&wire.wrote), [frame("a"), frame("e")]);
+    }
+
+    #[tokio::test]
+    async fn a_partial_direct_write_is_flushed_before_the_frames_queued_after_it() {
+        let wire = Scripted::answering(&[Written::Part, Written::Nothing]);
+        let q = OutQueue::new(8, Some(wire.clone()));
+        q.allow_direct();
+        assert_eq!(q.offer(&frame("a"), true), Offer::Written);
+        // The writer holds the rest of "a" and refuses: "b" is queued.
+        assert_eq!(q.offer(&frame("b"), true), Offer::Queued);
+        assert!(matches!(q.pop(true).await, Popped::Flush));
+        assert!(matches!(q.pop(true).await, Popped::Frame(f) if f == "b"));
+        // The flush was taken once.
+        let next = tokio::time::timeout(Duration::from_millis(20), q.pop(true)).await;
+        assert!(next.is_err(), "a second flush or frame: {next:?}");
+        assert_eq!(*lock(&wire.wrote), [frame("a")]);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_without_trying_the_wire_when_a_frame_is_queued() {
+        let wire = Scripted::answering(&[Written::Nothing]);
+        let q = OutQueue::new(1, Some(wire.clone()));
+        q.allow_direct();
+        assert_eq!(q.offer(&frame("a"), true), Offer::Queued);
+        assert_eq!(q.offer(&frame("b"), true), Offer::Full);
+        assert!(lock(&wire.wrote).is_empty());
     }
 
     #[test]
@@ -1581,24 +1765,24 @@ mod tests {
 
     #[test]
     fn a_client_queue_is_bounded_in_frames_and_gives_its_memory_back_after_a_burst() {
-        let q = OutQueue::new(1024);
-        assert_eq!(lock(&q.frames).capacity(), 0);
+        let q = OutQueue::new(1024, None);
+        assert_eq!(lock(&q.state).frames.capacity(), 0);
         for _ in 0..1024 {
             assert!(q.push(Bytes::from_static(b"x")));
         }
         assert!(!q.push(Bytes::from_static(b"x")), "over max_frames");
-        assert!(lock(&q.frames).capacity() >= 1024);
+        assert!(lock(&q.state).frames.capacity() >= 1024);
         while q.try_pop().is_some() {}
         // An idle queue holds no buffer at all.
         assert_eq!(
-            lock(&q.frames).capacity(),
+            lock(&q.state).frames.capacity(),
             0,
             "capacity kept after the burst"
         );
         assert!(q.push(Bytes::from_static(b"x")));
         assert_eq!(q.try_pop(), Some(Bytes::from_static(b"x")));
         assert_eq!(
-            lock(&q.frames).capacity(),
+            lock(&q.state).frames.capacity(),
             0,
             "capacity kept after one frame"
         );
@@ -1635,6 +1819,7 @@ mod tests {
         Send,
         Feed,
         Flush,
+        Direct,
     }
 
     struct Recording {
@@ -1693,6 +1878,187 @@ mod tests {
             *lock(&ops),
             [Op::Send, Op::Feed, Op::Feed, Op::Feed, Op::Flush]
         );
+        room.close();
+        let _ = serving.await;
+    }
+
+    /// A [`Recording`] channel whose wire can also be written directly (into the same log).
+    struct RecordingDirect {
+        inner: Recording,
+        wire: Arc<LoggedWire>,
+    }
+
+    struct LoggedWire {
+        ops: Arc<Mutex<Vec<Op>>>,
+        answers: Mutex<std::collections::VecDeque<Written>>,
+    }
+
+    impl DirectWrite for LoggedWire {
+        fn write_now(&self, _frame: &Bytes) -> Written {
+            let answer = lock(&self.answers).pop_front().unwrap_or(Written::All);
+            if answer != Written::Nothing {
+                lock(&self.ops).push(Op::Direct);
+            }
+            answer
+        }
+    }
+
+    impl Channel for RecordingDirect {
+        async fn send(&mut self, frame: Bytes) -> Result<(), ChannelError> {
+            self.inner.send(frame).await
+        }
+        async fn feed(&mut self, frame: Bytes) -> Result<(), ChannelError> {
+            self.inner.feed(frame).await
+        }
+        async fn flush(&mut self) -> Result<(), ChannelError> {
+            self.inner.flush().await
+        }
+        async fn recv(&mut self) -> Option<Result<Bytes, ChannelError>> {
+            self.inner.recv().await
+        }
+        async fn close(&mut self, code: u16, reason: &str) {
+            self.inner.close(code, reason).await
+        }
+        fn direct(&self) -> Option<Arc<dyn DirectWrite>> {
+            Some(self.wire.clone())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_client_is_written_directly_after_its_greeting_and_through_its_session_when_the_wire_is_full(
+    ) {
+        let room = Room::new("direct");
+        let ops = Arc::new(Mutex::new(Vec::new()));
+        let wire = Arc::new(LoggedWire {
+            ops: ops.clone(),
+            // The third update finds the wire full.
+            answers: Mutex::new([Written::All, Written::All, Written::Nothing].into()),
+        });
+        let channel = RecordingDirect {
+            inner: Recording { ops: ops.clone() },
+            wire,
+        };
+        let serving = {
+            let room = room.clone();
+            tokio::spawn(async move { room.serve(channel, ServeOptions::default()).await })
+        };
+        while room.client_count() == 0 || lock(&ops).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let editor = yrs::Doc::with_client_id(7);
+        let text = editor.get_or_insert_text("t");
+        for i in 0..4 {
+            let update = {
+                let mut txn = editor.transact_mut();
+                text.insert(&mut txn, i, "x");
+                txn.encode_update_v1()
+            };
+            assert_eq!(room.apply_update(&update), Ok(()));
+            room.flush().await;
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        }
+        // The greeting through the session, two updates straight to the wire, the third
+        // (refused by the wire) through the session, and the fourth straight again.
+        assert_eq!(
+            *lock(&ops),
+            [
+                Op::Send,
+                Op::Direct,
+                Op::Direct,
+                Op::Feed,
+                Op::Flush,
+                Op::Direct
+            ]
+        );
+        room.close();
+        let _ = serving.await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_broadcast_writes_directly_to_at_most_its_cap_of_clients_and_queues_the_rest() {
+        let room = Room::new("direct-cap");
+        let ops = Arc::new(Mutex::new(Vec::new()));
+        let clients = DIRECT_PER_BROADCAST + 3;
+        let mut serving = Vec::new();
+        for _ in 0..clients {
+            let channel = RecordingDirect {
+                inner: Recording { ops: ops.clone() },
+                wire: Arc::new(LoggedWire {
+                    ops: ops.clone(),
+                    answers: Mutex::default(),
+                }),
+            };
+            let room = room.clone();
+            serving.push(tokio::spawn(async move {
+                room.serve(channel, ServeOptions::default()).await
+            }));
+        }
+        while room.client_count() < clients || lock(&ops).len() < clients {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        lock(&ops).clear();
+        let editor = yrs::Doc::with_client_id(7);
+        let update = {
+            let text = editor.get_or_insert_text("t");
+            let mut txn = editor.transact_mut();
+            text.insert(&mut txn, 0, "x");
+            txn.encode_update_v1()
+        };
+        assert_eq!(room.apply_update(&update), Ok(()));
+        room.flush().await;
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        let ops = std::mem::take(&mut *lock(&ops));
+        let count = |op: Op| ops.iter().filter(|o| **o == op).count();
+        assert_eq!(count(Op::Direct), DIRECT_PER_BROADCAST);
+        assert_eq!(count(Op::Feed), 3, "the rest go through their sessions");
+        room.close();
+        for s in serving {
+            let _ = s.await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_with_a_batching_budget_is_never_written_directly() {
+        let room = Room::new("direct-batch");
+        let ops = Arc::new(Mutex::new(Vec::new()));
+        let channel = RecordingDirect {
+            inner: Recording { ops: ops.clone() },
+            wire: Arc::new(LoggedWire {
+                ops: ops.clone(),
+                answers: Mutex::default(),
+            }),
+        };
+        let opts = ServeOptions {
+            batch_delay: Duration::from_millis(1),
+            ..ServeOptions::default()
+        };
+        let serving = {
+            let room = room.clone();
+            tokio::spawn(async move { room.serve(channel, opts).await })
+        };
+        while room.client_count() == 0 || lock(&ops).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let editor = yrs::Doc::with_client_id(7);
+        let update = {
+            let text = editor.get_or_insert_text("t");
+            let mut txn = editor.transact_mut();
+            text.insert(&mut txn, 0, "x");
+            txn.encode_update_v1()
+        };
+        assert_eq!(room.apply_update(&update), Ok(()));
+        room.flush().await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*lock(&ops), [Op::Send, Op::Feed, Op::Flush]);
         room.close();
         let _ = serving.await;
     }

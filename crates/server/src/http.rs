@@ -102,6 +102,7 @@ async fn doc_upgrade(
     State(app): State<App>,
     Path(room): Path<String>,
     parts: Parts,
+    direct: Option<axum::Extension<crate::edge::wire::DirectWire>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let grant = match doc_access(&app, &room, &parts) {
@@ -136,6 +137,11 @@ async fn doc_upgrade(
     crate::edge::ws::configure(ws, bounds).on_upgrade(move |socket| {
         tracker.track_future(async move {
             let limits = &hub.limits;
+            // The room writes updates to an idle client's socket itself (edge::wire).
+            let direct = direct.map(|axum::Extension(d)| d);
+            if let Some(d) = &direct {
+                d.engage();
+            }
             // Boxed: every level of the serving future holds the channel, so it holds a
             // pointer instead of the socket (an idle connection's task stays small).
             let channel = Box::new(
@@ -146,7 +152,8 @@ async fn doc_upgrade(
                     limits.close_timeout,
                     metrics.edge.clone(),
                 )
-                .expire_at(crate::auth::deadline(grant.expires)),
+                .expire_at(crate::auth::deadline(grant.expires))
+                .with_direct(direct),
             );
             docs.serve(&room, channel, grant.access).await;
         })

@@ -30,6 +30,8 @@ pub(crate) struct SocketChannel {
     /// When the client's signed token expires: closed then (4401). Boxed and made once:
     /// `recv` polls it at every call, and most connections have none.
     expiry: Option<Pin<Box<Sleep>>>,
+    /// The socket as the room may write it directly (engaged), if the edge gave one.
+    direct: Option<crate::edge::wire::DirectWire>,
 }
 
 impl SocketChannel {
@@ -52,7 +54,17 @@ impl SocketChannel {
             guard: crate::edge::ws::Guard::default(),
             metrics,
             expiry: None,
+            direct: None,
         }
+    }
+
+    /// Let the room write to this socket directly through `direct` (an engaged wire).
+    pub(crate) fn with_direct(
+        mut self,
+        direct: Option<crate::edge::wire::DirectWire>,
+    ) -> SocketChannel {
+        self.direct = direct;
+        self
     }
 
     /// Close the connection at `at` (when its signed token expires).
@@ -98,6 +110,12 @@ impl SocketChannel {
 }
 
 impl Channel for SocketChannel {
+    fn direct(&self) -> Option<std::sync::Arc<dyn nimbus_doc::DirectWrite>> {
+        self.direct
+            .clone()
+            .map(|d| std::sync::Arc::new(d) as std::sync::Arc<dyn nimbus_doc::DirectWrite>)
+    }
+
     async fn send(&mut self, frame: Bytes) -> Result<(), ChannelError> {
         self.ws
             .send(Message::Binary(frame))

@@ -38,6 +38,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::budget::ResponseBudget;
+use super::wire::{DirectWire, Wire};
 use super::{EdgeConfig, EdgeMetrics};
 
 /// Refusals (429 answers) in flight at once; beyond, a refused socket is just dropped.
@@ -235,7 +236,8 @@ pub(crate) const WRITE_STALL: Duration = Duration::from_secs(60);
 /// A TCP stream that holds its [`Slot`] for as long as it lives (through an upgrade too),
 /// and fails a write that makes no progress for [`WRITE_STALL`].
 pub(crate) struct Admitted {
-    io: TcpStream,
+    read: tokio::net::tcp::OwnedReadHalf,
+    wire: Arc<Wire>,
     slot: Slot,
     /// Armed while a write waits (allocated only then, so an idle connection pays one
     /// pointer; the bound is read from the admission's limits when armed).
@@ -275,7 +277,7 @@ impl AsyncRead for Admitted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        Pin::new(&mut self.get_mut().read).poll_read(cx, buf)
     }
 }
 
@@ -286,16 +288,26 @@ impl AsyncWrite for Admitted {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        let r = this.wire.poll_write(cx, buf);
         this.stall_check(cx, r)
     }
 
+    /// A flush waits only while the wire drains the rest of a whole write (`super::wire`):
+    /// that wait is bounded like a write's; a finished flush leaves the timer to the writes.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        match this.wire.poll_flush(cx) {
+            Poll::Pending => this.stall_check(cx, Poll::Pending).map_ok(|_| ()),
+            done => done,
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        match this.wire.poll_shutdown(cx) {
+            Poll::Pending => this.stall_check(cx, Poll::Pending).map_ok(|_| ()),
+            done => done,
+        }
     }
 
     fn poll_write_vectored(
@@ -304,12 +316,12 @@ impl AsyncWrite for Admitted {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        let r = this.wire.poll_write_vectored(cx, bufs);
         this.stall_check(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.wire.tcp().is_write_vectored()
     }
 }
 
@@ -397,8 +409,10 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        let (read, wire) = Wire::split(tcp);
         let io = Admitted {
-            io: tcp,
+            read,
+            wire: Arc::new(wire),
             slot,
             stall: None,
         };
@@ -428,8 +442,11 @@ async fn serve_connection(
     header_timeout: Duration,
     stop: CancellationToken,
 ) {
+    let direct = DirectWire(io.wire.clone());
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(addr));
+        // The document route writes to its socket from the room's task (`super::wire`).
+        req.extensions_mut().insert(direct.clone());
         let answer = served
             .router
             .clone()

@@ -16,6 +16,7 @@
 pub(crate) mod accept;
 pub(crate) mod budget;
 pub(crate) mod rate;
+pub(crate) mod wire;
 pub(crate) mod ws;
 
 pub use accept::raise_fd_limit;
