@@ -321,7 +321,8 @@ impl AsyncWrite for Admitted {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.wire.tcp().is_write_vectored()
+        // A TCP stream gathers (`writev`); an engaged wire takes one buffer at a time.
+        true
     }
 }
 

@@ -2,10 +2,10 @@
 //! (hyper, then the WebSocket on top of it) and, for a document connection, the room that
 //! writes updates to it directly ([`DirectWire`], `nimbus_doc::DirectWrite`).
 //!
-//! The socket is split: the connection's task owns the read half, and the write half is
-//! written through `&self` (tokio's readiness API), so the room's task can write to it
-//! while the connection's task waits in a read. Two writers on one
-//! byte stream need a rule that keeps every WebSocket frame whole:
+//! The socket is split: the connection's task owns the read half, and the write half sits
+//! behind one lock, so the room's task can write to it while the connection's task waits
+//! in a read. Two writers on one byte stream need a rule that keeps every WebSocket frame
+//! whole:
 //!
 //! - Until a document session [engages](DirectWire::engage) the wire, writes pass straight
 //!   through (HTTP, the cloud and gateway WebSockets: nothing else writes to them).
@@ -20,13 +20,19 @@
 //!
 //! The rest is bounded by one buffer of tungstenite's (its `max_write_buffer_size`) or one
 //! directly written frame; the write-stall deadline of [`super::accept`] covers draining it.
+//!
+//! Cost for the connections that never engage (HTTP, cloud, gateway): one uncontended lock
+//! per write and one more pointer between the connection and its socket; measured at +2–4 %
+//! of the server's CPU in the cloud `fanout50` shape (`docs/benchmarks.md`, "Direct writes").
 
 use std::io::{ErrorKind, IoSlice};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use nimbus_doc::{DirectWrite, Written};
+use tokio::io::AsyncWrite;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -34,13 +40,14 @@ use tungstenite::protocol::frame::FrameHeader;
 
 /// The writing side of one admitted TCP connection's socket.
 pub(crate) struct Wire {
-    /// Its drop shuts the socket's sending side (FIN) once nobody can write any more.
-    half: OwnedWriteHalf,
     out: Mutex<Out>,
 }
 
-#[derive(Default)]
 struct Out {
+    /// tokio's write half, written through its own `AsyncWrite` (which clears the socket's
+    /// readiness after a short write, saving a system call) and, for direct writes, its
+    /// `try_write`. Its drop shuts the socket's sending side (FIN).
+    half: OwnedWriteHalf,
     /// Whole-write mode (see the module doc).
     whole: bool,
     /// A close frame went out: no more direct writes.
@@ -54,14 +61,14 @@ impl Wire {
     pub(crate) fn split(tcp: TcpStream) -> (OwnedReadHalf, Wire) {
         let (read, half) = tcp.into_split();
         let wire = Wire {
-            half,
-            out: Mutex::new(Out::default()),
+            out: Mutex::new(Out {
+                half,
+                whole: false,
+                closed: false,
+                rest: Vec::new(),
+            }),
         };
         (read, wire)
-    }
-
-    pub(crate) fn tcp(&self) -> &TcpStream {
-        self.half.as_ref()
     }
 
     fn out(&self) -> MutexGuard<'_, Out> {
@@ -74,24 +81,16 @@ impl Wire {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let mut out = self.out();
-        ready!(self.drain(&mut out, cx))?;
-        loop {
-            ready!(self.tcp().poll_write_ready(cx))?;
-            match self.tcp().try_write(buf) {
-                Ok(n) => {
-                    if out.whole {
-                        out.saw(buf);
-                        if n < buf.len() {
-                            out.rest.extend_from_slice(&buf[n..]);
-                        }
-                        return Poll::Ready(Ok(buf.len()));
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        if !out.whole {
+            return Pin::new(&mut out.half).poll_write(cx, buf);
         }
+        ready!(out.drain(cx))?;
+        let n = ready!(Pin::new(&mut out.half).poll_write(cx, buf))?;
+        out.saw(buf);
+        if n < buf.len() {
+            out.rest.extend_from_slice(&buf[n..]);
+        }
+        Poll::Ready(Ok(buf.len()))
     }
 
     pub(crate) fn poll_write_vectored(
@@ -100,54 +99,44 @@ impl Wire {
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let mut out = self.out();
-        if out.whole {
-            // Only tungstenite writes to an engaged wire, and it does not gather.
-            drop(out);
-            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
-            return self.poll_write(cx, first);
+        if !out.whole {
+            return Pin::new(&mut out.half).poll_write_vectored(cx, bufs);
         }
-        ready!(self.drain(&mut out, cx))?;
-        loop {
-            ready!(self.tcp().poll_write_ready(cx))?;
-            match self.tcp().try_write_vectored(bufs) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        // Only tungstenite writes to an engaged wire, and it does not gather.
+        drop(out);
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+        self.poll_write(cx, first)
     }
 
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let mut out = self.out();
-        self.drain(&mut out, cx)
+        self.out().drain(cx)
     }
 
     pub(crate) fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        ready!(self.poll_flush(cx))?;
-        Poll::Ready(socket2::SockRef::from(self.tcp()).shutdown(std::net::Shutdown::Write))
-    }
-
-    /// Write the kept rest, if any.
-    fn drain(&self, out: &mut Out, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        while !out.rest.is_empty() {
-            ready!(self.tcp().poll_write_ready(cx))?;
-            match self.tcp().try_write(&out.rest) {
-                Ok(0) => return Poll::Ready(Err(ErrorKind::WriteZero.into())),
-                Ok(n) => {
-                    out.rest.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-        if out.rest.capacity() > 0 {
-            out.rest = Vec::new();
-        }
-        Poll::Ready(Ok(()))
+        let mut out = self.out();
+        ready!(out.drain(cx))?;
+        Pin::new(&mut out.half).poll_shutdown(cx)
     }
 }
 
 impl Out {
+    /// Write the kept rest, if any.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.rest.is_empty() {
+            let Out { half, rest, .. } = self;
+            match ready!(Pin::new(half).poll_write(cx, rest))? {
+                0 => return Poll::Ready(Err(ErrorKind::WriteZero.into())),
+                n => {
+                    rest.drain(..n);
+                }
+            }
+        }
+        if self.rest.capacity() > 0 {
+            self.rest = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Note a close frame among the whole frames of `buf` (a buffer tungstenite wrote).
     fn saw(&mut self, buf: &[u8]) {
         if !self.closed && carries_close(buf) {
@@ -219,7 +208,7 @@ impl DirectWrite for DirectWire {
         }
         let head = &head[..head_len];
         let total = head_len + frame.len();
-        let tcp = wire.tcp();
+        let tcp = &out.half;
         // A small frame is copied behind its header and sent with one `send`; a large one
         // is gathered (`writev`, whose file-layer overhead a small write would notice).
         let mut small = [0u8; SMALL_FRAME];
