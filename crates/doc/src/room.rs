@@ -1845,35 +1845,52 @@ mod tests {
         async fn close(&mut self, _code: u16, _reason: &str) {}
     }
 
+    /// Serve `channel` in `room` and wait until its greeting has gone out.
+    async fn joined<C: Channel>(
+        room: &Room,
+        channel: C,
+        opts: ServeOptions,
+        ops: &Mutex<Vec<Op>>,
+    ) -> tokio::task::JoinHandle<Result<(), ServeError>> {
+        let serving = {
+            let room = room.clone();
+            tokio::spawn(async move { room.serve(channel, opts).await })
+        };
+        while room.client_count() == 0 || lock(ops).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        serving
+    }
+
+    /// Editor 7's update inserting "x" at `at` of its text "t".
+    fn insert_x(editor: &yrs::Doc, at: u32) -> Vec<u8> {
+        let text = editor.get_or_insert_text("t");
+        let mut txn = editor.transact_mut();
+        text.insert(&mut txn, at, "x");
+        txn.encode_update_v1()
+    }
+
+    async fn settle(turns: usize) {
+        for _ in 0..turns {
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn frames_queued_for_a_client_go_out_with_one_flush() {
         let room = Room::new("batch");
         let ops = Arc::new(Mutex::new(Vec::new()));
         let channel = Recording { ops: ops.clone() };
-        let serving = {
-            let room = room.clone();
-            tokio::spawn(async move { room.serve(channel, ServeOptions::default()).await })
-        };
-        while room.client_count() == 0 || lock(&ops).is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let serving = joined(&room, channel, ServeOptions::default(), &ops).await;
         // The greeting (SyncStep1) is one flushed send.
         assert_eq!(*lock(&ops), [Op::Send]);
         let editor = yrs::Doc::with_client_id(7);
-        let text = editor.get_or_insert_text("t");
         for i in 0..3 {
-            let update = {
-                let mut txn = editor.transact_mut();
-                text.insert(&mut txn, i, "x");
-                txn.encode_update_v1()
-            };
-            assert_eq!(room.apply_update(&update), Ok(()));
+            assert_eq!(room.apply_update(&insert_x(&editor, i)), Ok(()));
         }
         // No `run`: `flush` delivers the three updates to the client's queue at once.
         room.flush().await;
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        settle(10).await;
         assert_eq!(
             *lock(&ops),
             [Op::Send, Op::Feed, Op::Feed, Op::Feed, Op::Flush]
@@ -1938,26 +1955,12 @@ mod tests {
             inner: Recording { ops: ops.clone() },
             wire,
         };
-        let serving = {
-            let room = room.clone();
-            tokio::spawn(async move { room.serve(channel, ServeOptions::default()).await })
-        };
-        while room.client_count() == 0 || lock(&ops).is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let serving = joined(&room, channel, ServeOptions::default(), &ops).await;
         let editor = yrs::Doc::with_client_id(7);
-        let text = editor.get_or_insert_text("t");
         for i in 0..4 {
-            let update = {
-                let mut txn = editor.transact_mut();
-                text.insert(&mut txn, i, "x");
-                txn.encode_update_v1()
-            };
-            assert_eq!(room.apply_update(&update), Ok(()));
+            assert_eq!(room.apply_update(&insert_x(&editor, i)), Ok(()));
             room.flush().await;
-            for _ in 0..10 {
-                tokio::task::yield_now().await;
-            }
+            settle(10).await;
         }
         // The greeting through the session, two updates straight to the wire, the third
         // (refused by the wire) through the session, and the fourth straight again.
@@ -1998,22 +2001,12 @@ mod tests {
         while room.client_count() < clients || lock(&ops).len() < clients {
             tokio::task::yield_now().await;
         }
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        settle(10).await;
         lock(&ops).clear();
         let editor = yrs::Doc::with_client_id(7);
-        let update = {
-            let text = editor.get_or_insert_text("t");
-            let mut txn = editor.transact_mut();
-            text.insert(&mut txn, 0, "x");
-            txn.encode_update_v1()
-        };
-        assert_eq!(room.apply_update(&update), Ok(()));
+        assert_eq!(room.apply_update(&insert_x(&editor, 0)), Ok(()));
         room.flush().await;
-        for _ in 0..50 {
-            tokio::task::yield_now().await;
-        }
+        settle(50).await;
         let ops = std::mem::take(&mut *lock(&ops));
         let count = |op: Op| ops.iter().filter(|o| **o == op).count();
         assert_eq!(count(Op::Direct), DIRECT_PER_BROADCAST);
@@ -2039,25 +2032,11 @@ mod tests {
             batch_delay: Duration::from_millis(1),
             ..ServeOptions::default()
         };
-        let serving = {
-            let room = room.clone();
-            tokio::spawn(async move { room.serve(channel, opts).await })
-        };
-        while room.client_count() == 0 || lock(&ops).is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let serving = joined(&room, channel, opts, &ops).await;
         let editor = yrs::Doc::with_client_id(7);
-        let update = {
-            let text = editor.get_or_insert_text("t");
-            let mut txn = editor.transact_mut();
-            text.insert(&mut txn, 0, "x");
-            txn.encode_update_v1()
-        };
-        assert_eq!(room.apply_update(&update), Ok(()));
+        assert_eq!(room.apply_update(&insert_x(&editor, 0)), Ok(()));
         room.flush().await;
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        settle(10).await;
         assert_eq!(*lock(&ops), [Op::Send, Op::Feed, Op::Flush]);
         room.close();
         let _ = serving.await;
