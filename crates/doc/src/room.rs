@@ -1664,18 +1664,28 @@ mod tests {
     }
 
     /// A direct writer that answers from a script (then [`Written::All`]) and records
-    /// what it put on the wire.
+    /// what it put on the wire; with a log, each write also shows there as [`Op::Direct`]
+    /// (a [`Recording`] channel's log).
     #[derive(Default)]
     struct Scripted {
         answers: Mutex<std::collections::VecDeque<Written>>,
         wrote: Mutex<Vec<Bytes>>,
+        log: Option<Arc<Mutex<Vec<Op>>>>,
     }
 
     impl Scripted {
         fn answering(answers: &[Written]) -> Arc<Scripted> {
             Arc::new(Scripted {
                 answers: Mutex::new(answers.iter().copied().collect()),
-                wrote: Mutex::default(),
+                ..Scripted::default()
+            })
+        }
+
+        fn logging(log: &Arc<Mutex<Vec<Op>>>, answers: &[Written]) -> Arc<Scripted> {
+            Arc::new(Scripted {
+                answers: Mutex::new(answers.iter().copied().collect()),
+                log: Some(log.clone()),
+                ..Scripted::default()
             })
         }
     }
@@ -1685,6 +1695,9 @@ mod tests {
             let answer = lock(&self.answers).pop_front().unwrap_or(Written::All);
             if answer != Written::Nothing {
                 lock(&self.wrote).push(frame.clone());
+                if let Some(log) = &self.log {
+                    lock(log).push(Op::Direct);
+                }
             }
             answer
         }
@@ -1822,8 +1835,28 @@ mod tests {
         Direct,
     }
 
+    /// A channel that logs what it is asked to do; with a wire, it can also be written
+    /// directly (into the same log).
     struct Recording {
         ops: Arc<Mutex<Vec<Op>>>,
+        wire: Option<Arc<Scripted>>,
+    }
+
+    impl Recording {
+        fn new(ops: &Arc<Mutex<Vec<Op>>>) -> Recording {
+            Recording {
+                ops: ops.clone(),
+                wire: None,
+            }
+        }
+
+        /// A recording channel whose wire answers `answers` (then writes everything).
+        fn direct(ops: &Arc<Mutex<Vec<Op>>>, answers: &[Written]) -> Recording {
+            Recording {
+                ops: ops.clone(),
+                wire: Some(Scripted::logging(ops, answers)),
+            }
+        }
     }
 
     impl Channel for Recording {
@@ -1843,6 +1876,9 @@ mod tests {
             std::future::pending().await
         }
         async fn close(&mut self, _code: u16, _reason: &str) {}
+        fn direct(&self) -> Option<Arc<dyn DirectWrite>> {
+            self.wire.clone().map(|w| w as Arc<dyn DirectWrite>)
+        }
     }
 
     /// Serve `channel` in `room` and wait until its greeting has gone out.
@@ -1880,7 +1916,7 @@ mod tests {
     async fn frames_queued_for_a_client_go_out_with_one_flush() {
         let room = Room::new("batch");
         let ops = Arc::new(Mutex::new(Vec::new()));
-        let channel = Recording { ops: ops.clone() };
+        let channel = Recording::new(&ops);
         let serving = joined(&room, channel, ServeOptions::default(), &ops).await;
         // The greeting (SyncStep1) is one flushed send.
         assert_eq!(*lock(&ops), [Op::Send]);
@@ -1899,62 +1935,13 @@ mod tests {
         let _ = serving.await;
     }
 
-    /// A [`Recording`] channel whose wire can also be written directly (into the same log).
-    struct RecordingDirect {
-        inner: Recording,
-        wire: Arc<LoggedWire>,
-    }
-
-    struct LoggedWire {
-        ops: Arc<Mutex<Vec<Op>>>,
-        answers: Mutex<std::collections::VecDeque<Written>>,
-    }
-
-    impl DirectWrite for LoggedWire {
-        fn write_now(&self, _frame: &Bytes) -> Written {
-            let answer = lock(&self.answers).pop_front().unwrap_or(Written::All);
-            if answer != Written::Nothing {
-                lock(&self.ops).push(Op::Direct);
-            }
-            answer
-        }
-    }
-
-    impl Channel for RecordingDirect {
-        async fn send(&mut self, frame: Bytes) -> Result<(), ChannelError> {
-            self.inner.send(frame).await
-        }
-        async fn feed(&mut self, frame: Bytes) -> Result<(), ChannelError> {
-            self.inner.feed(frame).await
-        }
-        async fn flush(&mut self) -> Result<(), ChannelError> {
-            self.inner.flush().await
-        }
-        async fn recv(&mut self) -> Option<Result<Bytes, ChannelError>> {
-            self.inner.recv().await
-        }
-        async fn close(&mut self, code: u16, reason: &str) {
-            self.inner.close(code, reason).await
-        }
-        fn direct(&self) -> Option<Arc<dyn DirectWrite>> {
-            Some(self.wire.clone())
-        }
-    }
-
     #[tokio::test(flavor = "current_thread")]
     async fn an_idle_client_is_written_directly_after_its_greeting_and_through_its_session_when_the_wire_is_full(
     ) {
         let room = Room::new("direct");
         let ops = Arc::new(Mutex::new(Vec::new()));
-        let wire = Arc::new(LoggedWire {
-            ops: ops.clone(),
-            // The third update finds the wire full.
-            answers: Mutex::new([Written::All, Written::All, Written::Nothing].into()),
-        });
-        let channel = RecordingDirect {
-            inner: Recording { ops: ops.clone() },
-            wire,
-        };
+        // The third update finds the wire full.
+        let channel = Recording::direct(&ops, &[Written::All, Written::All, Written::Nothing]);
         let serving = joined(&room, channel, ServeOptions::default(), &ops).await;
         let editor = yrs::Doc::with_client_id(7);
         for i in 0..4 {
@@ -1986,13 +1973,7 @@ mod tests {
         let clients = DIRECT_PER_BROADCAST + 3;
         let mut serving = Vec::new();
         for _ in 0..clients {
-            let channel = RecordingDirect {
-                inner: Recording { ops: ops.clone() },
-                wire: Arc::new(LoggedWire {
-                    ops: ops.clone(),
-                    answers: Mutex::default(),
-                }),
-            };
+            let channel = Recording::direct(&ops, &[]);
             let room = room.clone();
             serving.push(tokio::spawn(async move {
                 room.serve(channel, ServeOptions::default()).await
@@ -2021,13 +2002,7 @@ mod tests {
     async fn a_connection_with_a_batching_budget_is_never_written_directly() {
         let room = Room::new("direct-batch");
         let ops = Arc::new(Mutex::new(Vec::new()));
-        let channel = RecordingDirect {
-            inner: Recording { ops: ops.clone() },
-            wire: Arc::new(LoggedWire {
-                ops: ops.clone(),
-                answers: Mutex::default(),
-            }),
-        };
+        let channel = Recording::direct(&ops, &[]);
         let opts = ServeOptions {
             batch_delay: Duration::from_millis(1),
             ..ServeOptions::default()
@@ -2046,7 +2021,7 @@ mod tests {
     async fn a_busy_client_gets_the_updates_of_one_budget_in_one_write_and_an_idle_one_at_once() {
         let room = Room::new("hold");
         let ops = Arc::new(Mutex::new(Vec::new()));
-        let channel = Recording { ops: ops.clone() };
+        let channel = Recording::new(&ops);
         let opts = ServeOptions {
             batch_delay: Duration::from_millis(10),
             ..ServeOptions::default()

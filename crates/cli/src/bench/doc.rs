@@ -251,10 +251,10 @@ fn marker(editor: u32, seq: u64, ns: u64) -> String {
 }
 
 /// `(editor, seq, ns)` of every marker written verbatim in `bytes`: an encoded update, or
-/// the strings a document's observers saw (markers one after the other). A marker is `digits:digits:digits;` preceded by a byte that is not a digit (the string's
-/// length prefix, under 48 for any marker); anything else is skipped, and a stray match in
-/// binary fields is filtered by the caller (editor id and time window) and by
-/// de-duplication.
+/// the strings a document's observers saw (markers one after the other). A marker is
+/// `digits:digits:digits;` preceded by a byte that is not a digit (the string's length
+/// prefix, under 48 for any marker); anything else is skipped, and a stray match in binary
+/// fields is filtered by the caller (editor id and time window) and by de-duplication.
 fn markers(bytes: &[u8]) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
     bytes
         .iter()
