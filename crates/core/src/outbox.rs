@@ -12,14 +12,45 @@
 //! - The join snapshot ([`Outbox::push_join`]) is outside the byte budget: its lines are
 //!   shared with the room's own state, so they cost the connection nothing until the room
 //!   replaces them. It still counts in [`Outbox::bytes`].
+//!
+//! **Direct writes.** An outbox made [`with_wire`](Outbox::with_wire) may skip the queue:
+//! [`Outbox::offer`] writes a line straight to the connection's socket from the room's task
+//! when the connection is *idle*, which saves the connection task's wake-up and poll per
+//! delivery (the document rooms do the same, `nimbus_doc::DirectWrite`). Idle means, all
+//! checked under the queue's lock:
+//! - nothing is queued and the connection task is not writing what it drained (so a line
+//!   never overtakes an earlier one);
+//! - the wire holds no rest of an earlier direct write;
+//! - the write-batching policy ([`Batch`]) would write now: a connection that wrote less
+//!   than its budget ago gathers its updates in the queue as before, and the connection
+//!   task writes them in one frame when the budget is over.
+//!
+//! A direct write the socket takes in part leaves the rest with the wire and raises a
+//! flush request, which [`Outbox::drain`] reports: the connection task writes the rest
+//! within its write timeout, and until then every line is queued.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
+pub use nimbus_doc::Written;
+use nimbus_proto::batch::Batch;
 use nimbus_proto::cloud::CloseCode;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// A connection's socket as its room sees it: written directly when the connection is idle
+/// (see the module doc). The contract the outbox relies on for order and integrity:
+/// - [`write_line`](DirectLine::write_line) never waits: it writes what the socket takes at
+///   once, as one whole text frame;
+/// - after [`Written::Part`] it answers [`Written::Nothing`] until the connection task has
+///   flushed the rest;
+/// - its bytes and the connection task's own writes never interleave inside a frame.
+pub trait DirectLine: Send + Sync {
+    /// Write `line` (UTF-8) as one text frame, without waiting.
+    fn write_line(&self, line: &[u8]) -> Written;
+}
 
 /// One text line (or several joined) to send: UTF-8 by construction, shared without
 /// copying by every connection of a room. The socket turns it into a WebSocket text frame.
@@ -110,9 +141,20 @@ pub enum Pushed {
     Overflow,
     /// The outbox was already closed; nothing queued.
     Closed,
+    /// Written to the socket directly (see the module doc).
+    Written,
 }
 
-#[derive(Debug, Default)]
+/// What [`Outbox::drain`] hands the connection task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// The outbox was closed with this code: send it and end.
+    pub closed: Option<CloseCode>,
+    /// A direct write left a rest with the wire: flush it (within the write timeout).
+    pub flush_wire: bool,
+}
+
+#[derive(Debug)]
 struct State {
     queue: VecDeque<Item>,
     closed: Option<CloseCode>,
@@ -120,6 +162,26 @@ struct State {
     bytes: usize,
     /// Bytes of queued join-snapshot texts.
     join_bytes: usize,
+    /// The connection task is writing what it drained (no direct write meanwhile).
+    writing: bool,
+    /// A direct write was taken in part: the wire holds a rest to flush.
+    flush_wire: bool,
+    /// When the connection writes (its write-batching policy).
+    batch: Batch,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            queue: VecDeque::new(),
+            closed: None,
+            bytes: 0,
+            join_bytes: 0,
+            writing: false,
+            flush_wire: false,
+            batch: Batch::new(std::time::Duration::ZERO, std::time::Duration::ZERO),
+        }
+    }
 }
 
 impl State {
@@ -129,12 +191,23 @@ impl State {
 }
 
 /// A bounded, replace-under-backlog message queue with a wake-up signal.
-#[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
     max_bytes: usize,
     gauge: Gauge,
+    /// The connection's socket, for direct writes.
+    wire: Option<Arc<dyn DirectLine>>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("state", &self.state)
+            .field("max_bytes", &self.max_bytes)
+            .field("direct", &self.wire.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Outbox {
@@ -152,7 +225,27 @@ impl Outbox {
             notify: Notify::new(),
             max_bytes,
             gauge,
+            wire: None,
         }
+    }
+
+    /// The same outbox writing to `wire` directly when the connection is idle, under the
+    /// write-batching policy `batch` (see the module doc).
+    pub fn with_wire(mut self, wire: Arc<dyn DirectLine>, batch: Batch) -> Outbox {
+        self.wire = Some(wire);
+        self.with_batch(batch)
+    }
+
+    /// The same outbox under the write-batching policy `batch`, without direct writes.
+    pub fn with_batch(self, batch: Batch) -> Outbox {
+        self.lock().batch = batch;
+        self
+    }
+
+    /// The write-batching policy's answer for updates ready at `now`: hold them until
+    /// then, or (`None`) write them at once.
+    pub fn hold_until(&self, now: Instant) -> Option<Instant> {
+        self.lock().batch.hold_until(now)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -181,9 +274,43 @@ impl Outbox {
         capacity: usize,
         coalesce_after: usize,
     ) -> Pushed {
+        self.offer(key, text, capacity, coalesce_after, false)
+    }
+
+    /// [`push`](Outbox::push), or with `may_write`, write `text` to the socket at once if
+    /// the connection is idle (see the module doc).
+    pub fn offer(
+        &self,
+        key: Option<&Arc<str>>,
+        text: &Line,
+        capacity: usize,
+        coalesce_after: usize,
+        may_write: bool,
+    ) -> Pushed {
         let mut st = self.lock();
         if st.closed.is_some() {
             return Pushed::Closed;
+        }
+        if may_write && st.queue.is_empty() && !st.writing && !st.flush_wire {
+            if let Some(wire) = &self.wire {
+                let now = Instant::now();
+                if st.batch.hold_until(now).is_none() {
+                    match wire.write_line(text.as_bytes()) {
+                        Written::All => {
+                            st.batch.wrote(now);
+                            return Pushed::Written;
+                        }
+                        Written::Part => {
+                            st.batch.wrote(now);
+                            st.flush_wire = true;
+                            drop(st);
+                            self.notify.notify_one();
+                            return Pushed::Written;
+                        }
+                        Written::Nothing => {}
+                    }
+                }
+            }
         }
         if let Some(key) = key {
             let backlog = st.queue.len() >= coalesce_after || st.live_bytes() >= self.max_bytes / 4;
@@ -274,16 +401,32 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// Move everything queued into `into` (which should be empty) and report a close request.
-    pub fn drain(&self, into: &mut VecDeque<Item>) -> Option<CloseCode> {
+    /// Move everything queued into `into` (which should be empty) and report a close
+    /// request and a wire to flush. Until [`wrote`](Outbox::wrote), the connection is
+    /// writing: nothing is written directly.
+    pub fn drain(&self, into: &mut VecDeque<Item>) -> Drained {
         let mut st = self.lock();
         std::mem::swap(&mut st.queue, into);
         let freed = std::mem::take(&mut st.bytes);
         st.join_bytes = 0;
-        let closed = st.closed;
+        st.writing = true;
+        let drained = Drained {
+            closed: st.closed,
+            flush_wire: std::mem::take(&mut st.flush_wire),
+        };
         drop(st);
         self.gauge_sub(freed);
-        closed
+        drained
+    }
+
+    /// The connection task finished writing what it drained (`any`: it wrote something,
+    /// which ended at `at`).
+    pub fn wrote(&self, at: Instant, any: bool) {
+        let mut st = self.lock();
+        st.writing = false;
+        if any {
+            st.batch.wrote(at);
+        }
     }
 
     /// Wait until something was pushed or the outbox was closed.
@@ -301,6 +444,7 @@ impl Drop for Outbox {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -310,7 +454,8 @@ mod tests {
 
     fn texts(o: &Outbox) -> (Vec<String>, Option<CloseCode>) {
         let mut q = VecDeque::new();
-        let c = o.drain(&mut q);
+        let c = o.drain(&mut q).closed;
+        o.wrote(Instant::now(), !q.is_empty());
         (
             q.into_iter().map(|i| i.text.as_str().to_owned()).collect(),
             c,
@@ -395,6 +540,131 @@ mod tests {
         assert_eq!(o.push(Some(&c), &t("1234567"), 100, 100), Pushed::Queued);
         let d: Arc<str> = Arc::from("d");
         assert_eq!(o.push(Some(&d), &t("1"), 1, 100), Pushed::Overflow);
+    }
+
+    /// A socket that answers each direct write from a script (`All` once it runs out) and
+    /// logs the lines it took.
+    #[derive(Default)]
+    struct Scripted {
+        answers: Mutex<VecDeque<Written>>,
+        taken: Mutex<Vec<String>>,
+    }
+
+    impl Scripted {
+        fn answering(answers: &[Written]) -> Arc<Scripted> {
+            Arc::new(Scripted {
+                answers: Mutex::new(answers.iter().copied().collect()),
+                taken: Mutex::default(),
+            })
+        }
+
+        fn taken(&self) -> Vec<String> {
+            self.taken.lock().unwrap().clone()
+        }
+    }
+
+    impl DirectLine for Scripted {
+        fn write_line(&self, line: &[u8]) -> Written {
+            let answer = self.answers.lock().unwrap().pop_front();
+            let answer = answer.unwrap_or(Written::All);
+            if answer != Written::Nothing {
+                let line = String::from_utf8(line.to_vec()).unwrap();
+                self.taken.lock().unwrap().push(line);
+            }
+            answer
+        }
+    }
+
+    const MS: std::time::Duration = std::time::Duration::from_millis(1);
+
+    fn direct(wire: &Arc<Scripted>, budget: std::time::Duration) -> Outbox {
+        Outbox::default().with_wire(wire.clone(), Batch::new(budget, std::time::Duration::ZERO))
+    }
+
+    fn offer(o: &Outbox, key: &Arc<str>, v: &str) -> Pushed {
+        o.offer(Some(key), &t(v), 100, 100, true)
+    }
+
+    #[test]
+    fn a_line_is_written_directly_only_when_nothing_earlier_is_queued_or_being_written() {
+        let wire = Scripted::answering(&[]);
+        let o = direct(&wire, std::time::Duration::ZERO);
+        let a: Arc<str> = Arc::from("a");
+        assert_eq!(offer(&o, &a, "1"), Pushed::Written, "idle: written at once");
+        // A queued line (the join snapshot, say) keeps every later one behind it.
+        o.push(Some(&a), &t("2"), 100, 100);
+        assert_eq!(offer(&o, &a, "3"), Pushed::Queued);
+        // The connection task drained them and is writing them: still queued.
+        let mut q = VecDeque::new();
+        o.drain(&mut q);
+        assert_eq!(offer(&o, &a, "4"), Pushed::Queued);
+        // Written, and 4 drained and written too: idle again.
+        o.wrote(Instant::now(), true);
+        let mut q2 = VecDeque::new();
+        o.drain(&mut q2);
+        o.wrote(Instant::now(), true);
+        assert_eq!(offer(&o, &a, "5"), Pushed::Written);
+        let queued: Vec<_> = q.iter().chain(&q2).map(|i| i.text.as_str()).collect();
+        assert_eq!(queued, ["2", "3", "4"]);
+        assert_eq!(wire.taken(), ["1", "5"]);
+    }
+
+    #[test]
+    fn a_connection_that_wrote_within_its_budget_gathers_its_lines_in_the_queue() {
+        let wire = Scripted::answering(&[]);
+        let o = direct(&wire, 50 * MS);
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        assert_eq!(offer(&o, &a, "1"), Pushed::Written);
+        // That write started the budget: the next lines wait for the connection task's
+        // one write at its end.
+        assert_eq!(offer(&o, &b, "2"), Pushed::Queued);
+        assert!(o.hold_until(Instant::now()).is_some());
+        assert_eq!(texts(&o).0, ["2"]);
+        assert_eq!(wire.taken(), ["1"]);
+    }
+
+    #[test]
+    fn a_partial_direct_write_queues_everything_until_the_connection_flushed_the_wire() {
+        let wire = Scripted::answering(&[Written::Part]);
+        let o = direct(&wire, std::time::Duration::ZERO);
+        let a: Arc<str> = Arc::from("a");
+        assert_eq!(offer(&o, &a, "big"), Pushed::Written);
+        assert_eq!(
+            offer(&o, &a, "next"),
+            Pushed::Queued,
+            "the wire holds a rest"
+        );
+        let mut q = VecDeque::new();
+        let drained = o.drain(&mut q);
+        assert!(
+            drained.flush_wire,
+            "the connection task is asked to flush the rest"
+        );
+        assert_eq!(q.len(), 1);
+        o.wrote(Instant::now(), true);
+        let mut q = VecDeque::new();
+        assert!(!o.drain(&mut q).flush_wire, "asked once");
+        o.wrote(Instant::now(), false);
+        assert_eq!(offer(&o, &a, "later"), Pushed::Written);
+        assert_eq!(wire.taken(), ["big", "later"]);
+    }
+
+    #[test]
+    fn a_refused_direct_write_is_queued_and_a_closed_outbox_writes_nothing() {
+        let wire = Scripted::answering(&[Written::Nothing]);
+        let o = direct(&wire, std::time::Duration::ZERO);
+        let a: Arc<str> = Arc::from("a");
+        assert_eq!(offer(&o, &a, "1"), Pushed::Queued);
+        assert_eq!(
+            o.offer(Some(&a), &t("2"), 100, 100, false),
+            Pushed::Queued,
+            "not offered for writing"
+        );
+        assert_eq!(texts(&o).0, ["1", "2"]);
+        o.close(CloseCode::SlowConsumer);
+        assert_eq!(offer(&o, &a, "3"), Pushed::Closed);
+        assert!(wire.taken().is_empty());
     }
 
     #[test]

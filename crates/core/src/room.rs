@@ -127,6 +127,12 @@ struct Var {
     pos: i64,
 }
 
+/// The most subscribers one fan-out writes to directly (`outbox`'s direct writes); the rest
+/// get the line queued and their connection tasks write it, so a large room's fan-out is
+/// spread over the runtime's workers and the room's task makes a bounded number of system
+/// calls per change.
+pub const DIRECT_PER_FAN_OUT: usize = 128;
+
 /// The sender id of changes made by the server itself (no connection has id 0).
 pub const SERVER_SENDER: u64 = 0;
 
@@ -510,9 +516,15 @@ impl Room {
         // Ids of subscribers cut in this fan-out (rare; no allocation unless it happens).
         let mut cut: Vec<u64> = Vec::new();
         let mut delivered = 0u64;
+        let mut direct = 0usize;
         for s in self.subs.iter().filter(|s| s.id != from) {
-            match s.outbox.push(Some(key), &line, cap, coalesce) {
+            let may_write = direct < DIRECT_PER_FAN_OUT;
+            match s.outbox.offer(Some(key), &line, cap, coalesce, may_write) {
                 Pushed::Queued => delivered += 1,
+                Pushed::Written => {
+                    delivered += 1;
+                    direct += 1;
+                }
                 Pushed::Replaced => {
                     delivered += 1;
                     metrics.coalesced.inc();

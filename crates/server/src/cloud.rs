@@ -22,7 +22,7 @@ use crate::edge::rate::{Verdict, WriteLimit};
 use crate::edge::ws::{Guard, Violation};
 use crate::edge::{EdgeConfig, EdgeMetrics};
 use crate::hub::{Hub, RoomHandle};
-use crate::outbox::{Item, Outbox};
+use crate::outbox::{DirectLine, Item, Outbox};
 use crate::room::{JoinError, RoomCmd, Subscriber};
 use nimbus_auth::{Capability, Identity, Mode};
 use nimbus_proto::batch::Batch;
@@ -91,12 +91,15 @@ fn store_unavailable() -> End {
 /// asked for in its handshake (`docs/security.md`, "Tokens").
 pub const ROOM_NOT_GRANTED: u16 = 4403;
 
-/// Serve one upgraded WebSocket until it closes.
+/// Serve one upgraded WebSocket until it closes. With `wire` (the socket, in whole-write
+/// mode), the connection's room writes lines to it directly while the connection is idle
+/// (`outbox`'s module doc).
 pub async fn serve(
     mut ws: WebSocket,
     hub: Arc<Hub>,
     (edge, edge_metrics): (Arc<EdgeConfig>, Arc<EdgeMetrics>),
     mut peer: Peer,
+    wire: Option<Arc<dyn DirectLine>>,
     shutdown: CancellationToken,
 ) {
     let metrics = hub.metrics.clone();
@@ -109,7 +112,7 @@ pub async fn serve(
             End::Close(code.code(), why.to_owned())
         }
         None => {
-            let mut conn = Conn::new(id, hub.clone(), (edge, edge_metrics), shutdown);
+            let mut conn = Conn::new(id, hub.clone(), (edge, edge_metrics), wire, shutdown);
             conn.identity = peer.identity.take();
             conn.expires = crate::auth::deadline(conn.identity.as_ref().map(|i| i.expires_at()));
             conn.run(&mut ws).await
@@ -159,12 +162,15 @@ impl Conn {
         id: u64,
         hub: Arc<Hub>,
         (edge, edge_metrics): (Arc<EdgeConfig>, Arc<EdgeMetrics>),
+        wire: Option<Arc<dyn DirectLine>>,
         shutdown: CancellationToken,
     ) -> Conn {
-        let outbox = Arc::new(Outbox::new(
-            edge.outbox_bytes,
-            hub.metrics.outbox_bytes.clone(),
-        ));
+        let outbox = Outbox::new(edge.outbox_bytes, hub.metrics.outbox_bytes.clone());
+        let batch = Batch::new(edge.max_batch_delay, hub.limits.send_interval);
+        let outbox = Arc::new(match wire {
+            Some(wire) => outbox.with_wire(wire, batch),
+            None => outbox.with_batch(batch),
+        });
         let sets = WriteLimit::new(edge.sets_per_sec, edge.sets_burst);
         Conn {
             id,
@@ -214,7 +220,6 @@ impl Conn {
         tokio::pin!(timer);
         let mut awaiting_pong = false;
         let mut pending: VecDeque<Item> = VecDeque::new();
-        let mut batch = Batch::new(self.edge.max_batch_delay, limits.send_interval);
         loop {
             tokio::select! {
                 biased;
@@ -222,7 +227,7 @@ impl Conn {
                     return End::Close(CloseCode::GoingAway.code(), "server shutting down".into());
                 }
                 () = self.outbox.ready(), if flush_at.is_none() => {
-                    match batch.hold_until(tokio::time::Instant::now()) {
+                    match self.outbox.hold_until(tokio::time::Instant::now()) {
                         // Busy (or on the grid): let more updates join this write; the
                         // socket is still read meanwhile.
                         Some(until) => {
@@ -230,7 +235,7 @@ impl Conn {
                             timer.as_mut().reset(until.min(keepalive_at));
                         }
                         None => {
-                            if let Err(end) = self.flush(ws, &mut pending, &mut batch, limits.one_message_per_frame).await {
+                            if let Err(end) = self.flush(ws, &mut pending, limits.one_message_per_frame).await {
                                 return end;
                             }
                         }
@@ -240,7 +245,7 @@ impl Conn {
                     let now = tokio::time::Instant::now();
                     if flush_at.is_some_and(|at| now >= at) {
                         flush_at = None;
-                        if let Err(end) = self.flush(ws, &mut pending, &mut batch, limits.one_message_per_frame).await {
+                        if let Err(end) = self.flush(ws, &mut pending, limits.one_message_per_frame).await {
                             return end;
                         }
                     }
@@ -293,23 +298,31 @@ impl Conn {
         }
     }
 
-    /// Drain the outbox and write what it held; end the connection if the outbox was
-    /// closed (slow consumer, replication lost, room removed).
+    /// Drain the outbox and write what it held (and the rest of a direct write the socket
+    /// took in part); end the connection if the outbox was closed (slow consumer,
+    /// replication lost, room removed).
     async fn flush(
         &self,
         ws: &mut WebSocket,
         pending: &mut VecDeque<Item>,
-        batch: &mut Batch,
         one_per_frame: bool,
     ) -> Result<(), End> {
-        let closed = self.outbox.drain(pending);
+        let drained = self.outbox.drain(pending);
         let any = !pending.is_empty();
-        // Every frame must make progress within the write timeout.
-        self.write(ws, pending, one_per_frame).await?;
-        if any {
-            batch.wrote(tokio::time::Instant::now());
-        }
-        let Some(code) = closed else { return Ok(()) };
+        // Every frame must make progress within the write timeout; writing a frame writes
+        // the wire's rest first.
+        let written = if any {
+            self.write(ws, pending, one_per_frame).await
+        } else if drained.flush_wire {
+            self.bounded(futures_util::SinkExt::flush(ws)).await
+        } else {
+            Ok(())
+        };
+        self.outbox.wrote(tokio::time::Instant::now(), any);
+        written?;
+        let Some(code) = drained.closed else {
+            return Ok(());
+        };
         let reason = match code {
             CloseCode::SlowConsumer => {
                 self.edge_metrics.violation("outbox_bytes");
@@ -333,7 +346,6 @@ impl Conn {
         pending: &mut VecDeque<Item>,
         one_per_frame: bool,
     ) -> Result<(), End> {
-        let deadline = self.edge.write_timeout;
         let mut frame = Vec::new();
         while !pending.is_empty() {
             let msg = if one_per_frame || pending.len() == 1 {
@@ -359,23 +371,32 @@ impl Conn {
                 );
                 return Err(End::Drop);
             };
-            match tokio::time::timeout(deadline, ws.send(Message::Text(text))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(End::Drop),
-                Err(_) => {
-                    self.edge_metrics.write_timeouts.inc();
-                    self.edge_metrics.violation("write_timeout");
-                    self.hub.metrics.slow_consumers.inc();
-                    return Err(End::Cut(
-                        CloseCode::SlowConsumer.code(),
-                        "write stalled: client too slow".into(),
-                    ));
-                }
-            }
+            self.bounded(ws.send(Message::Text(text))).await?;
         }
         // Give back the queue's memory once a burst is over.
         pending.shrink_to(4);
         Ok(())
+    }
+
+    /// Run one write of the socket within the write timeout; a write that makes no progress
+    /// in it cuts the client (1008).
+    async fn bounded(
+        &self,
+        write: impl std::future::Future<Output = Result<(), axum::Error>>,
+    ) -> Result<(), End> {
+        match tokio::time::timeout(self.edge.write_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Drop),
+            Err(_) => {
+                self.edge_metrics.write_timeouts.inc();
+                self.edge_metrics.violation("write_timeout");
+                self.hub.metrics.slow_consumers.inc();
+                Err(End::Cut(
+                    CloseCode::SlowConsumer.code(),
+                    "write stalled: client too slow".into(),
+                ))
+            }
+        }
     }
 
     /// The per-connection write rate (`--sets-per-sec`), shared by sets, renames and

@@ -194,6 +194,7 @@ async fn upgrade(
     State(app): State<App>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     parts: Parts,
+    direct: Option<axum::Extension<crate::edge::wire::DirectWire>>,
     mut ws: WebSocketUpgrade,
 ) -> Response {
     let headers = &parts.headers;
@@ -246,11 +247,17 @@ async fn upgrade(
         max_outgoing: cloud::max_frame_out(limits),
     };
     crate::edge::ws::configure(ws, bounds).on_upgrade(move |socket| {
+        // The room writes lines to an idle client's socket itself (edge::wire).
+        let wire = direct.map(|axum::Extension(d)| {
+            d.engage();
+            Arc::new(d) as Arc<dyn crate::outbox::DirectLine>
+        });
         tracker.track_future(cloud::serve(
             socket,
             hub,
             (edge.load_full(), metrics.edge.clone()),
             peer,
+            wire,
             shutdown,
         ))
     })

@@ -1,14 +1,15 @@
 //! [`Wire`]: an admitted connection's socket, shared by the task that serves the connection
-//! (hyper, then the WebSocket on top of it) and, for a document connection, the room that
-//! writes updates to it directly ([`DirectWire`], `nimbus_doc::DirectWrite`).
+//! (hyper, then the WebSocket on top of it) and, for a document or cloud connection, the room
+//! that writes to it directly ([`DirectWire`]: `nimbus_doc::DirectWrite` for binary document
+//! updates, `outbox::DirectLine` for cloud lines).
 //!
 //! The socket is split: the connection's task owns the read half, and the write half sits
 //! behind one lock, so the room's task can write to it while the connection's task waits
 //! in a read. Two writers on one byte stream need a rule that keeps every WebSocket frame
 //! whole:
 //!
-//! - Until a document session [engages](DirectWire::engage) the wire, writes pass straight
-//!   through (HTTP, the cloud and gateway WebSockets: nothing else writes to them).
+//! - Until a document or cloud connection [engages](DirectWire::engage) the wire, writes
+//!   pass straight through (HTTP, the gateway WebSocket: nothing else writes to them).
 //! - Engaged, the wire is in **whole-write** mode: a write is taken whole or not at all.
 //!   What the socket does not take at once is kept (`rest`) and written before any other
 //!   byte, at the next write or flush. tungstenite hands over its buffer of whole frames and
@@ -21,9 +22,10 @@
 //! The rest is bounded by one buffer of tungstenite's (its `max_write_buffer_size`) or one
 //! directly written frame; the write-stall deadline of [`super::accept`] covers draining it.
 //!
-//! Cost for the connections that never engage (HTTP, cloud, gateway): one uncontended lock
-//! per write and one more pointer between the connection and its socket; measured at +2–4 %
-//! of the server's CPU in the cloud `fanout50` shape (`docs/benchmarks.md`, "Direct writes").
+//! Cost for the connections that never engage (HTTP, gateway): one uncontended lock per write
+//! and one more pointer between the connection and its socket (measured at +2–4 % of the
+//! server's CPU in the cloud `fanout50` shape before the cloud wire engaged too;
+//! `docs/benchmarks.md`, "Direct writes").
 
 use std::io::{ErrorKind, IoSlice};
 use std::pin::Pin;
@@ -31,6 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
+use nimbus_core::outbox::DirectLine;
 use nimbus_doc::{DirectWrite, Written};
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -173,9 +176,10 @@ fn carries_close(mut buf: &[u8]) -> bool {
 /// `send`.
 const SMALL_FRAME: usize = 2048;
 
-/// A document connection's wire as the room sees it: written directly when the client is
-/// idle (`nimbus_doc::DirectWrite`). Every request of a connection carries one (an
-/// extension); the document route [engages](DirectWire::engage) it once upgraded.
+/// A connection's wire as its room sees it: written directly when the client is idle
+/// (`nimbus_doc::DirectWrite`, `outbox::DirectLine`). Every request of a connection carries
+/// one (an extension); the document and cloud routes [engage](DirectWire::engage) it once
+/// upgraded.
 #[derive(Clone)]
 pub(crate) struct DirectWire(pub(crate) Arc<Wire>);
 
@@ -189,13 +193,27 @@ impl DirectWire {
 
 impl DirectWrite for DirectWire {
     fn write_now(&self, frame: &Bytes) -> Written {
+        self.write_frame(Data::Binary, frame)
+    }
+}
+
+impl DirectLine for DirectWire {
+    fn write_line(&self, line: &[u8]) -> Written {
+        self.write_frame(Data::Text, line)
+    }
+}
+
+impl DirectWire {
+    /// Write `frame` as one whole data frame of type `kind`, without waiting: the one
+    /// direct-write path of both wires that take them (documents, cloud).
+    fn write_frame(&self, kind: Data, frame: &[u8]) -> Written {
         let wire = &self.0;
         let mut out = wire.out();
         if !out.whole || out.closed || !out.rest.is_empty() {
             return Written::Nothing;
         }
         let header = FrameHeader {
-            opcode: OpCode::Data(Data::Binary),
+            opcode: OpCode::Data(kind),
             ..FrameHeader::default()
         };
         let mut head = [0u8; 10];
@@ -281,6 +299,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn direct_and_session_writes_reach_a_slow_reader_whole_and_in_order() {
+        // Binary frames are the document rooms', text frames the cloud rooms' (one line).
         use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut peer = TcpStream::connect(listener.local_addr().unwrap())
@@ -297,6 +316,8 @@ mod tests {
         // Not engaged yet: the room may not write.
         assert_eq!(wire.write_now(&message(0, 8)), Written::Nothing);
         wire.engage();
+        let line = b"{\"method\":\"set\",\"name\":\"x\",\"value\":1}\n";
+        assert_eq!(wire.write_line(line), Written::All);
         // The peer does not read. Small frames (one copy, `send`) go out whole; a frame
         // larger than any socket buffer (gathered) is taken in part and its rest held; after
         // it nothing more is taken directly.
@@ -341,8 +362,8 @@ mod tests {
             .unwrap();
         let frames = parse(&reader.await.unwrap());
         let binary = OpCode::Data(Data::Binary);
-        let mut expected: Vec<(OpCode, Vec<u8>)> =
-            sent.iter().map(|m| (binary, m.to_vec())).collect();
+        let mut expected = vec![(OpCode::Data(Data::Text), line.to_vec())];
+        expected.extend(sent.iter().map(|m| (binary, m.to_vec())));
         expected.push((
             OpCode::Control(tungstenite::protocol::frame::coding::Control::Pong),
             vec![9u8; 5],
