@@ -28,6 +28,15 @@
 //! A direct write the socket takes in part leaves the rest with the wire and raises a
 //! flush request, which [`Outbox::drain`] reports: the connection task writes the rest
 //! within its write timeout, and until then every line is queued.
+//!
+//! **Held lines.** When the budget is not over (the connection wrote less than a budget
+//! ago), the first line queued is *held* for the room ([`Pushed::Held`]): the connection task
+//! is not woken, and the room calls [`Outbox::release`] when the hold ends, which writes
+//! everything queued in one frame directly (uWebSockets' "cork": the writer that has the
+//! data writes it, at most once per budget). Whatever the room cannot write that way (the
+//! connection is writing, the wire is full or refuses, more than one frame's worth) it hands
+//! to the connection task by waking it. Whoever comes first under the lock writes the
+//! lines: a connection task that drains the queue for its own reasons takes held lines too.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -143,7 +152,28 @@ pub enum Pushed {
     Closed,
     /// Written to the socket directly (see the module doc).
     Written,
+    /// Queued and held for the room until this instant: the room must
+    /// [`release`](Outbox::release) it then (the connection task was not woken).
+    Held(Instant),
 }
+
+/// What [`Outbox::release`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// Nothing was held (the connection task took the lines, or none were queued).
+    Nothing,
+    /// The held lines went out in one direct write.
+    Written,
+    /// Handed to the connection task (woken to write them).
+    Handed,
+    /// Still held: release again at this instant.
+    Later(Instant),
+}
+
+/// The most bytes of queued lines sent in one frame (a single longer line goes alone). Joining
+/// a large room sends its variables as a run of frames of this size, so the connection never
+/// builds a copy of the room.
+pub const FRAME_CHUNK: usize = 64 << 10;
 
 /// What [`Outbox::drain`] hands the connection task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +198,8 @@ struct State {
     flush_wire: bool,
     /// When the connection writes (its write-batching policy).
     batch: Batch,
+    /// The queued lines are held for the room until then (see the module doc).
+    due: Option<Instant>,
 }
 
 impl Default for State {
@@ -180,6 +212,7 @@ impl Default for State {
             writing: false,
             flush_wire: false,
             batch: Batch::new(std::time::Duration::ZERO, std::time::Duration::ZERO),
+            due: None,
         }
     }
 }
@@ -198,6 +231,9 @@ pub struct Outbox {
     gauge: Gauge,
     /// The connection's socket, for direct writes.
     wire: Option<Arc<dyn DirectLine>>,
+    /// Lines may be joined into one frame (not `one_message_per_frame`): only then are they
+    /// held for the room.
+    joins: bool,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -226,13 +262,16 @@ impl Outbox {
             max_bytes,
             gauge,
             wire: None,
+            joins: false,
         }
     }
 
     /// The same outbox writing to `wire` directly when the connection is idle, under the
-    /// write-batching policy `batch` (see the module doc).
-    pub fn with_wire(mut self, wire: Arc<dyn DirectLine>, batch: Batch) -> Outbox {
+    /// write-batching policy `batch`; with `joins` (lines may share a frame), lines that
+    /// must wait for the budget are held for the room (see the module doc).
+    pub fn with_wire(mut self, wire: Arc<dyn DirectLine>, batch: Batch, joins: bool) -> Outbox {
         self.wire = Some(wire);
+        self.joins = joins;
         self.with_batch(batch)
     }
 
@@ -291,10 +330,14 @@ impl Outbox {
         if st.closed.is_some() {
             return Pushed::Closed;
         }
+        // Held for the room: the first line queued while the budget runs.
+        let mut held = None;
         if may_write && st.queue.is_empty() && !st.writing && !st.flush_wire {
             if let Some(wire) = &self.wire {
                 let now = Instant::now();
-                if st.batch.hold_until(now).is_none() {
+                if let Some(until) = st.batch.hold_until(now) {
+                    held = Some(until).filter(|_| self.joins);
+                } else {
                     match wire.write_line(text.as_bytes()) {
                         Written::All => {
                             st.batch.wrote(now);
@@ -357,12 +400,80 @@ impl Outbox {
         let was_empty = st.queue.is_empty();
         st.queue.push_back(Item::new(key.cloned(), text.clone()));
         st.bytes += text.len();
+        if let Some(until) = held {
+            st.due = Some(until);
+            drop(st);
+            self.gauge_add(text.len());
+            return Pushed::Held(until);
+        }
         drop(st);
         self.gauge_add(text.len());
         if was_empty {
             self.notify.notify_one();
         }
         Pushed::Queued
+    }
+
+    /// The room's side of a hold ([`Pushed::Held`]): at `now`, write the held lines in one
+    /// frame directly (`may_write`), or hand them to the connection task; `scratch` is the
+    /// room's buffer for joining them. Lines due later stay held ([`Released::Later`]).
+    pub fn release(&self, now: Instant, scratch: &mut Vec<u8>, may_write: bool) -> Released {
+        let mut st = self.lock();
+        let Some(due) = st.due else {
+            return Released::Nothing;
+        };
+        if due > now {
+            return Released::Later(due);
+        }
+        st.due = None;
+        if st.queue.is_empty() || st.closed.is_some() {
+            return Released::Nothing;
+        }
+        let wire = self
+            .wire
+            .as_ref()
+            .filter(|_| may_write && !st.writing && !st.flush_wire);
+        let mut taken = 0;
+        let written = wire.map_or(Written::Nothing, |wire| {
+            if st.queue.len() == 1 {
+                taken = 1;
+                return wire.write_line(st.queue[0].text.as_bytes());
+            }
+            scratch.clear();
+            for item in &st.queue {
+                if taken > 0 && scratch.len() + item.text.len() > FRAME_CHUNK {
+                    break;
+                }
+                scratch.extend_from_slice(item.text.as_bytes());
+                taken += 1;
+            }
+            wire.write_line(scratch)
+        });
+        if written == Written::Nothing {
+            drop(st);
+            self.notify.notify_one();
+            return Released::Handed;
+        }
+        let mut freed = 0;
+        let State {
+            queue, join_bytes, ..
+        } = &mut *st;
+        for item in queue.drain(..taken) {
+            freed += item.text.len();
+            if item.join {
+                *join_bytes -= item.text.len();
+            }
+        }
+        st.bytes -= freed;
+        st.batch.wrote(now);
+        st.flush_wire = written == Written::Part;
+        let wake = st.flush_wire || !st.queue.is_empty();
+        drop(st);
+        self.gauge_sub(freed);
+        if wake {
+            self.notify.notify_one();
+        }
+        Released::Written
     }
 
     /// Queue the join snapshot: one item per variable, outside the byte budget.
@@ -410,6 +521,7 @@ impl Outbox {
         let freed = std::mem::take(&mut st.bytes);
         st.join_bytes = 0;
         st.writing = true;
+        st.due = None;
         let drained = Drained {
             closed: st.closed,
             flush_wire: std::mem::take(&mut st.flush_wire),
@@ -578,7 +690,13 @@ mod tests {
     const MS: std::time::Duration = std::time::Duration::from_millis(1);
 
     fn direct(wire: &Arc<Scripted>, budget: std::time::Duration) -> Outbox {
-        Outbox::default().with_wire(wire.clone(), Batch::new(budget, std::time::Duration::ZERO))
+        let batch = Batch::new(budget, std::time::Duration::ZERO);
+        Outbox::default().with_wire(wire.clone(), batch, true)
+    }
+
+    /// Whether the connection task was woken (consumes the wake-up).
+    fn woken(o: &Outbox) -> bool {
+        futures_util::FutureExt::now_or_never(o.ready()).is_some()
     }
 
     fn offer(o: &Outbox, key: &Arc<str>, v: &str) -> Pushed {
@@ -610,18 +728,82 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_that_wrote_within_its_budget_gathers_its_lines_in_the_queue() {
+    fn lines_within_the_budget_are_held_for_the_room_and_released_in_one_frame() {
         let wire = Scripted::answering(&[]);
         let o = direct(&wire, 50 * MS);
         let a: Arc<str> = Arc::from("a");
         let b: Arc<str> = Arc::from("b");
+        assert_eq!(offer(&o, &a, "1\n"), Pushed::Written);
+        // That write started the budget: the next line is held until its end, and the
+        // connection task is not woken for it.
+        let Pushed::Held(due) = offer(&o, &b, "2\n") else {
+            panic!("not held")
+        };
+        assert_eq!(o.hold_until(Instant::now()), Some(due));
+        assert_eq!(offer(&o, &a, "3\n"), Pushed::Queued, "behind the held line");
+        assert!(!woken(&o));
+        let mut scratch = Vec::new();
+        assert_eq!(
+            o.release(due - MS, &mut scratch, true),
+            Released::Later(due)
+        );
+        assert_eq!(o.release(due, &mut scratch, true), Released::Written);
+        assert_eq!(wire.taken(), ["1\n", "2\n3\n"], "one frame for both");
+        assert_eq!(o.bytes(), 0);
+        assert!(!woken(&o));
+        // The release was a write: the budget starts again from it.
+        assert!(matches!(offer(&o, &a, "4\n"), Pushed::Held(at) if at > due));
+    }
+
+    #[test]
+    fn held_lines_the_room_cannot_write_are_handed_to_the_connection_task() {
+        let wire = Scripted::answering(&[Written::All, Written::Nothing]);
+        let o = direct(&wire, 50 * MS);
+        let a: Arc<str> = Arc::from("a");
         assert_eq!(offer(&o, &a, "1"), Pushed::Written);
-        // That write started the budget: the next lines wait for the connection task's
-        // one write at its end.
-        assert_eq!(offer(&o, &b, "2"), Pushed::Queued);
-        assert!(o.hold_until(Instant::now()).is_some());
+        let Pushed::Held(due) = offer(&o, &a, "2") else {
+            panic!("not held")
+        };
+        let mut scratch = Vec::new();
+        assert_eq!(o.release(due, &mut scratch, true), Released::Handed);
+        assert!(woken(&o), "the connection task writes them");
         assert_eq!(texts(&o).0, ["2"]);
+        // Over the room's cap of direct writes: handed without trying the wire.
+        let o = direct(&wire, 50 * MS);
+        assert_eq!(offer(&o, &a, "3"), Pushed::Written);
+        let Pushed::Held(due) = offer(&o, &a, "4") else {
+            panic!("not held")
+        };
+        assert_eq!(o.release(due, &mut scratch, false), Released::Handed);
+        assert_eq!(texts(&o).0, ["4"]);
+        assert_eq!(wire.taken(), ["1", "3"]);
+    }
+
+    #[test]
+    fn a_connection_task_that_drains_first_takes_the_held_lines() {
+        let wire = Scripted::answering(&[]);
+        let o = direct(&wire, 50 * MS);
+        let a: Arc<str> = Arc::from("a");
+        assert_eq!(offer(&o, &a, "1"), Pushed::Written);
+        let Pushed::Held(due) = offer(&o, &a, "2") else {
+            panic!("not held")
+        };
+        // Woken for something else (a keepalive, a flush request), it writes them.
+        assert_eq!(texts(&o).0, ["2"]);
+        let mut scratch = Vec::new();
+        assert_eq!(o.release(due, &mut scratch, true), Released::Nothing);
         assert_eq!(wire.taken(), ["1"]);
+    }
+
+    #[test]
+    fn lines_that_may_not_share_a_frame_are_not_held() {
+        let wire = Scripted::answering(&[]);
+        let batch = Batch::new(50 * MS, std::time::Duration::ZERO);
+        let o = Outbox::default().with_wire(wire.clone(), batch, false);
+        let a: Arc<str> = Arc::from("a");
+        assert_eq!(offer(&o, &a, "1"), Pushed::Written);
+        assert_eq!(offer(&o, &a, "2"), Pushed::Queued);
+        assert!(woken(&o), "the connection task writes them, one per frame");
     }
 
     #[test]

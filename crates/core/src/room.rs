@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cloud::metrics::CloudMetrics;
 use crate::cloud::settings::CloudLimits;
 use crate::events::{EventBody, RoomEvent};
-use crate::outbox::{Line, Outbox, Pushed};
+use crate::outbox::{Line, Outbox, Pushed, Released};
 use crate::replication::{
     Change, CloudReplication, Committed, Follower, OrderedChange, OrderedOp, Proposal,
     ReplicationMetrics, Reply, RoomState, RoomView, Step,
@@ -133,6 +133,10 @@ struct Var {
 /// calls per change.
 pub const DIRECT_PER_FAN_OUT: usize = 128;
 
+/// Held lines due this soon are released with those due now, so that the room's timer serves
+/// several connections per wake-up (their budgets end at scattered instants).
+pub const RELEASE_EARLY: std::time::Duration = std::time::Duration::from_micros(250);
+
 /// The sender id of changes made by the server itself (no connection has id 0).
 pub const SERVER_SENDER: u64 = 0;
 
@@ -177,6 +181,12 @@ pub struct Room {
     subs: Vec<Subscriber>,
     /// The room's place in its order (epoch, offset).
     follow: Follower,
+    /// Outboxes holding lines for the room to release (`outbox`'s module doc), and the
+    /// earliest instant one is due.
+    held: Vec<Arc<Outbox>>,
+    due: Option<tokio::time::Instant>,
+    /// The buffer held lines are joined in.
+    scratch: Vec<u8>,
 }
 
 impl RoomView for Room {
@@ -213,6 +223,9 @@ impl Room {
             next_pos: 0,
             subs: Vec::new(),
             follow: Follower::default(),
+            held: Vec::new(),
+            due: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -245,14 +258,32 @@ impl Room {
                 return Unload::LoadFailed;
             }
         }
+        // When held lines are due (one timer, reset only when the earliest due moves).
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let mut armed = None;
         loop {
+            if self.due != armed {
+                if let Some(at) = self.due {
+                    timer.as_mut().reset(at);
+                }
+                armed = self.due;
+            }
             let cmd = if self.subs.is_empty() {
                 tokio::select! {
                     cmd = rx.recv() => cmd,
                     () = tokio::time::sleep(self.limits.room_idle) => None,
                 }
             } else {
-                rx.recv().await
+                tokio::select! {
+                    biased;
+                    () = &mut timer, if armed.is_some() => {
+                        armed = None;
+                        self.release_held();
+                        continue;
+                    }
+                    cmd = rx.recv() => cmd,
+                }
             };
             match cmd {
                 Some(cmd) => self.handle(cmd).await,
@@ -507,6 +538,30 @@ impl Room {
         Ok(())
     }
 
+    /// Write the held lines that are due (or nearly: [`RELEASE_EARLY`]) and note when the
+    /// next are.
+    fn release_held(&mut self) {
+        let now = tokio::time::Instant::now() + RELEASE_EARLY;
+        let mut next: Option<tokio::time::Instant> = None;
+        let mut written = 0;
+        let scratch = &mut self.scratch;
+        self.held.retain(|outbox| {
+            match outbox.release(now, scratch, written < DIRECT_PER_FAN_OUT) {
+                Released::Written => written += 1,
+                Released::Later(at) => {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                    return true;
+                }
+                Released::Nothing | Released::Handed => {}
+            }
+            false
+        });
+        if scratch.capacity() > 4 * crate::outbox::FRAME_CHUNK {
+            *scratch = Vec::new();
+        }
+        self.due = next;
+    }
+
     /// Queue `key = value` to every subscriber but `from`; cut those that stay full.
     fn fan_out(&mut self, from: u64, key: &Arc<str>, value: &CloudValue) {
         let line = Line::from(encode_set(key, value));
@@ -524,6 +579,11 @@ impl Room {
                 Pushed::Written => {
                     delivered += 1;
                     direct += 1;
+                }
+                Pushed::Held(at) => {
+                    delivered += 1;
+                    self.held.push(s.outbox.clone());
+                    self.due = Some(self.due.map_or(at, |d| d.min(at)));
                 }
                 Pushed::Replaced => {
                     delivered += 1;

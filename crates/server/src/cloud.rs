@@ -31,10 +31,7 @@ pub use settings::{CloudLimits, CloudSettings};
 /// Close code for an internal failure (the room could not be loaded).
 const INTERNAL_ERROR: u16 = 1011;
 
-/// The most bytes of queued lines sent in one frame (a single longer line goes alone).
-/// Joining a large room sends its variables as a run of frames of this size, so the
-/// connection never builds a copy of the room.
-pub const FRAME_CHUNK: usize = 64 << 10;
+pub use crate::outbox::FRAME_CHUNK;
 
 /// How long the close frame to a client cut for being slow may take: it is not reading.
 const CUT_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -168,7 +165,7 @@ impl Conn {
         let outbox = Outbox::new(edge.outbox_bytes, hub.metrics.outbox_bytes.clone());
         let batch = Batch::new(edge.max_batch_delay, hub.limits.send_interval);
         let outbox = Arc::new(match wire {
-            Some(wire) => outbox.with_wire(wire, batch),
+            Some(wire) => outbox.with_wire(wire, batch, !hub.limits.one_message_per_frame),
             None => outbox.with_batch(batch),
         });
         let sets = WriteLimit::new(edge.sets_per_sec, edge.sets_burst);

@@ -306,3 +306,67 @@ async fn in_process_the_room_orders_at_once_and_the_store_keeps_the_changes() {
         vec![("☁ z".into(), "3".into(), 0), ("y".into(), "2".into(), 1)]
     );
 }
+
+/// A socket that takes every direct write whole and records it.
+#[derive(Default)]
+struct RecordingWire(std::sync::Mutex<Vec<String>>);
+
+impl crate::outbox::DirectLine for RecordingWire {
+    fn write_line(&self, line: &[u8]) -> crate::outbox::Written {
+        let mut frames = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        frames.push(String::from_utf8_lossy(line).into_owned());
+        crate::outbox::Written::All
+    }
+}
+
+#[tokio::test]
+async fn a_held_line_is_written_by_the_rooms_timer_in_one_frame_without_waking_the_connection() {
+    use futures_util::FutureExt;
+    let fake = Arc::new(Fake::default());
+    let hub = hub_with(fake.clone(), memory_store());
+    let wire = Arc::new(RecordingWire::default());
+    let batch = nimbus_proto::batch::Batch::new(Duration::from_millis(30), Duration::ZERO);
+    let outbox = Arc::new(Outbox::default().with_wire(wire.clone(), batch, true));
+    let sub = Subscriber {
+        id: 2,
+        user: "user2".into(),
+        outbox: outbox.clone(),
+    };
+    hub.join(ROOM, sub).await.expect("join");
+    // The connection task takes the join frame, as it would.
+    lines(&outbox);
+    outbox.wrote(tokio::time::Instant::now(), true);
+    let _ = outbox.ready().now_or_never();
+    // Three changes within one budget: the first is held (the join frame started the
+    // budget), the others queue behind it.
+    for (i, (name, value)) in [("x", "1"), ("y", "2"), ("x", "3")].into_iter().enumerate() {
+        let change = fake.order(ROOM, set(name, value), 1);
+        assert_eq!(change.seq, i as u64 + 1);
+        fake.deliver(change).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let frames = loop {
+        let frames = wire
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if !frames.is_empty() || tokio::time::Instant::now() > deadline {
+            break frames;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let expected: String = [line("x", "1"), line("y", "2"), line("x", "3")]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(frames, vec![expected], "one frame, written by the room");
+    assert!(
+        outbox.ready().now_or_never().is_none(),
+        "the connection task was never woken"
+    );
+    assert_eq!(outbox.bytes(), 0);
+}
