@@ -559,6 +559,7 @@ impl Room {
         if scratch.capacity() > 4 * crate::outbox::FRAME_CHUNK {
             *scratch = Vec::new();
         }
+        self.metrics.direct_writes.inc_by(written as u64);
         self.due = next;
     }
 
@@ -598,6 +599,9 @@ impl Room {
             }
         }
         metrics.deliveries.inc_by(delivered);
+        if direct > 0 {
+            metrics.direct_writes.inc_by(direct as u64);
+        }
         if !cut.is_empty() {
             let mut gone = Vec::new();
             self.subs.retain(|s| {

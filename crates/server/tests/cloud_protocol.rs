@@ -426,5 +426,14 @@ async fn a_busy_connection_gathers_updates_into_fewer_frames_in_order() {
         frames < 10,
         "updates shared frames ({frames} frames for 10)"
     );
+    // The room wrote them itself: the idle update at once, the held ones when b's budget
+    // ended (the connection task was not woken for them).
+    let (_, m) = srv.http_get("/metrics").await;
+    let direct: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("nimbus_cloud_direct_writes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no direct-write counter: {m}"));
+    assert!(direct >= 2, "{direct} frames written by the room");
     srv.stop().await;
 }

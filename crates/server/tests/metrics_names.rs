@@ -45,7 +45,7 @@ async fn metrics_exports_every_series_with_its_type() {
         .copied()
         .filter(|l| !empty.iter().any(|e| l.split(' ').nth(2) == Some(*e)))
         .collect();
-    assert_eq!(all.len(), 56);
+    assert_eq!(all.len(), 57);
     assert_eq!(pinned.len(), all.len() - empty.len());
     assert_eq!(types, pinned, "{text}");
     srv.stop().await;

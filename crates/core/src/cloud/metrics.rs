@@ -44,6 +44,9 @@ pub struct CloudMetrics {
     pub deliveries: Counter,
     /// Queued values replaced by a newer value of the same variable.
     pub coalesced: Counter,
+    /// Frames the rooms wrote to idle connections' sockets themselves (a fan-out's line, or
+    /// the lines held for a busy connection's budget), instead of waking the connection.
+    pub direct_writes: Counter,
     /// Peers dropped because they missed a keepalive ping.
     pub keepalive_timeouts: Counter,
     /// Bytes queued in cloud clients' send queues (all connections).
@@ -73,6 +76,7 @@ impl CloudMetrics {
             malformed_lines: Counter::default(),
             deliveries: Counter::default(),
             coalesced: Counter::default(),
+            direct_writes: Counter::default(),
             keepalive_timeouts: Counter::default(),
             outbox_bytes: Gauge::default(),
         };
@@ -105,6 +109,11 @@ impl CloudMetrics {
             "coalesced",
             "Queued values replaced by a newer value of the same variable",
             c.coalesced.clone(),
+        );
+        r.register(
+            "direct_writes",
+            "Frames rooms wrote to idle connections' sockets themselves",
+            c.direct_writes.clone(),
         );
         r.register(
             "keepalive_timeouts",
