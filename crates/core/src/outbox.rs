@@ -703,6 +703,14 @@ mod tests {
         o.offer(Some(key), &t(v), 100, 100, true)
     }
 
+    /// Offer `v`, which must be held for the room; when it is due.
+    fn held(o: &Outbox, key: &Arc<str>, v: &str) -> Instant {
+        match offer(o, key, v) {
+            Pushed::Held(due) => due,
+            other => panic!("{v:?} not held: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_line_is_written_directly_only_when_nothing_earlier_is_queued_or_being_written() {
         let wire = Scripted::answering(&[]);
@@ -736,9 +744,7 @@ mod tests {
         assert_eq!(offer(&o, &a, "1\n"), Pushed::Written);
         // That write started the budget: the next line is held until its end, and the
         // connection task is not woken for it.
-        let Pushed::Held(due) = offer(&o, &b, "2\n") else {
-            panic!("not held")
-        };
+        let due = held(&o, &b, "2\n");
         assert_eq!(o.hold_until(Instant::now()), Some(due));
         assert_eq!(offer(&o, &a, "3\n"), Pushed::Queued, "behind the held line");
         assert!(!woken(&o));
@@ -761,9 +767,7 @@ mod tests {
         let o = direct(&wire, 50 * MS);
         let a: Arc<str> = Arc::from("a");
         assert_eq!(offer(&o, &a, "1"), Pushed::Written);
-        let Pushed::Held(due) = offer(&o, &a, "2") else {
-            panic!("not held")
-        };
+        let due = held(&o, &a, "2");
         let mut scratch = Vec::new();
         assert_eq!(o.release(due, &mut scratch, true), Released::Handed);
         assert!(woken(&o), "the connection task writes them");
@@ -771,9 +775,7 @@ mod tests {
         // Over the room's cap of direct writes: handed without trying the wire.
         let o = direct(&wire, 50 * MS);
         assert_eq!(offer(&o, &a, "3"), Pushed::Written);
-        let Pushed::Held(due) = offer(&o, &a, "4") else {
-            panic!("not held")
-        };
+        let due = held(&o, &a, "4");
         assert_eq!(o.release(due, &mut scratch, false), Released::Handed);
         assert_eq!(texts(&o).0, ["4"]);
         assert_eq!(wire.taken(), ["1", "3"]);
@@ -785,9 +787,7 @@ mod tests {
         let o = direct(&wire, 50 * MS);
         let a: Arc<str> = Arc::from("a");
         assert_eq!(offer(&o, &a, "1"), Pushed::Written);
-        let Pushed::Held(due) = offer(&o, &a, "2") else {
-            panic!("not held")
-        };
+        let due = held(&o, &a, "2");
         // Woken for something else (a keepalive, a flush request), it writes them.
         assert_eq!(texts(&o).0, ["2"]);
         let mut scratch = Vec::new();
