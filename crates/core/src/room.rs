@@ -541,7 +541,7 @@ impl Room {
     /// Write the held lines that are due (or nearly: [`RELEASE_EARLY`]) and note when the
     /// next are.
     fn release_held(&mut self) {
-        let now = tokio::time::Instant::now() + RELEASE_EARLY;
+        let now = (tokio::time::Instant::now(), RELEASE_EARLY);
         let mut next: Option<tokio::time::Instant> = None;
         let mut written = 0;
         let scratch = &mut self.scratch;
