@@ -175,6 +175,22 @@ pub enum Released {
 /// builds a copy of the room.
 pub const FRAME_CHUNK: usize = 64 << 10;
 
+/// Join the lines at the front of `items` into `into` (cleared first): as many as fit in
+/// [`FRAME_CHUNK`] bytes, or one longer line alone. Returns how many it took. The one rule for
+/// which queued lines share a frame, whether the room or the connection task writes them.
+pub fn join_frame<'a>(items: impl IntoIterator<Item = &'a Item>, into: &mut Vec<u8>) -> usize {
+    into.clear();
+    let mut taken = 0;
+    for item in items {
+        if taken > 0 && into.len() + item.text.len() > FRAME_CHUNK {
+            break;
+        }
+        into.extend_from_slice(item.text.as_bytes());
+        taken += 1;
+    }
+    taken
+}
+
 /// What [`Outbox::drain`] hands the connection task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Drained {
@@ -220,6 +236,14 @@ impl Default for State {
 impl State {
     fn live_bytes(&self) -> usize {
         self.bytes - self.join_bytes
+    }
+
+    /// Note a direct write that the socket took, whole or in part, at `now`; whether the
+    /// connection task must be woken (to flush the rest a partial write left with the wire).
+    fn wrote_directly(&mut self, now: Instant, written: Written) -> bool {
+        self.batch.wrote(now);
+        self.flush_wire = written == Written::Part;
+        self.flush_wire
     }
 }
 
@@ -338,19 +362,14 @@ impl Outbox {
                 if let Some(until) = st.batch.hold_until(now) {
                     held = Some(until).filter(|_| self.joins);
                 } else {
-                    match wire.write_line(text.as_bytes()) {
-                        Written::All => {
-                            st.batch.wrote(now);
-                            return Pushed::Written;
-                        }
-                        Written::Part => {
-                            st.batch.wrote(now);
-                            st.flush_wire = true;
-                            drop(st);
+                    let written = wire.write_line(text.as_bytes());
+                    if written != Written::Nothing {
+                        let wake = st.wrote_directly(now, written);
+                        drop(st);
+                        if wake {
                             self.notify.notify_one();
-                            return Pushed::Written;
                         }
-                        Written::Nothing => {}
+                        return Pushed::Written;
                     }
                 }
             }
@@ -442,17 +461,11 @@ impl Outbox {
         let mut taken = 0;
         let written = wire.map_or(Written::Nothing, |wire| {
             if st.queue.len() == 1 {
+                // One line: written from the shared bytes, without joining.
                 taken = 1;
                 return wire.write_line(st.queue[0].text.as_bytes());
             }
-            scratch.clear();
-            for item in &st.queue {
-                if taken > 0 && scratch.len() + item.text.len() > FRAME_CHUNK {
-                    break;
-                }
-                scratch.extend_from_slice(item.text.as_bytes());
-                taken += 1;
-            }
+            taken = join_frame(&st.queue, scratch);
             wire.write_line(scratch)
         });
         if written == Written::Nothing {
@@ -471,9 +484,7 @@ impl Outbox {
             }
         }
         st.bytes -= freed;
-        st.batch.wrote(now);
-        st.flush_wire = written == Written::Part;
-        let wake = st.flush_wire || !st.queue.is_empty();
+        let wake = st.wrote_directly(now, written) || !st.queue.is_empty();
         drop(st);
         self.gauge_sub(freed);
         if wake {
@@ -558,6 +569,53 @@ impl Drop for Outbox {
         let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         let left = st.bytes;
         self.gauge_sub(left);
+    }
+}
+
+/// A socket for tests: answers each direct write from a script (`All` once it runs out) and
+/// logs the lines it took.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Scripted {
+    answers: Mutex<VecDeque<Written>>,
+    taken: Mutex<Vec<String>>,
+}
+
+#[cfg(test)]
+impl Scripted {
+    pub(crate) fn answering(answers: &[Written]) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            answers: Mutex::new(answers.iter().copied().collect()),
+            taken: Mutex::default(),
+        })
+    }
+
+    /// The lines (or joined lines) written so far, one per frame.
+    pub(crate) fn taken(&self) -> Vec<String> {
+        self.taken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[cfg(test)]
+impl DirectLine for Scripted {
+    fn write_line(&self, line: &[u8]) -> Written {
+        let answer = self
+            .answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
+        let answer = answer.unwrap_or(Written::All);
+        if answer != Written::Nothing {
+            let line = String::from_utf8_lossy(line).into_owned();
+            self.taken
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(line);
+        }
+        answer
     }
 }
 
@@ -658,39 +716,6 @@ mod tests {
         assert_eq!(o.push(Some(&c), &t("1234567"), 100, 100), Pushed::Queued);
         let d: Arc<str> = Arc::from("d");
         assert_eq!(o.push(Some(&d), &t("1"), 1, 100), Pushed::Overflow);
-    }
-
-    /// A socket that answers each direct write from a script (`All` once it runs out) and
-    /// logs the lines it took.
-    #[derive(Default)]
-    struct Scripted {
-        answers: Mutex<VecDeque<Written>>,
-        taken: Mutex<Vec<String>>,
-    }
-
-    impl Scripted {
-        fn answering(answers: &[Written]) -> Arc<Scripted> {
-            Arc::new(Scripted {
-                answers: Mutex::new(answers.iter().copied().collect()),
-                taken: Mutex::default(),
-            })
-        }
-
-        fn taken(&self) -> Vec<String> {
-            self.taken.lock().unwrap().clone()
-        }
-    }
-
-    impl DirectLine for Scripted {
-        fn write_line(&self, line: &[u8]) -> Written {
-            let answer = self.answers.lock().unwrap().pop_front();
-            let answer = answer.unwrap_or(Written::All);
-            if answer != Written::Nothing {
-                let line = String::from_utf8(line.to_vec()).unwrap();
-                self.taken.lock().unwrap().push(line);
-            }
-            answer
-        }
     }
 
     const MS: std::time::Duration = std::time::Duration::from_millis(1);
@@ -865,6 +890,25 @@ mod tests {
         o.close(CloseCode::SlowConsumer);
         assert_eq!(offer(&o, &a, "3"), Pushed::Closed);
         assert!(wire.taken().is_empty());
+    }
+
+    #[test]
+    fn a_frame_joins_lines_up_to_its_chunk_and_a_longer_line_goes_alone() {
+        let item = |n: usize| Item::new(None, Line::from("x".repeat(n)));
+        let half = FRAME_CHUNK / 2;
+        let mut frame = Vec::new();
+        let items = [item(half), item(half), item(1)];
+        assert_eq!(
+            join_frame(&items, &mut frame),
+            2,
+            "two halves fill the chunk"
+        );
+        assert_eq!(frame.len(), FRAME_CHUNK);
+        let items = [item(FRAME_CHUNK + 1), item(1)];
+        assert_eq!(join_frame(&items, &mut frame), 1, "a longer line alone");
+        assert_eq!(frame.len(), FRAME_CHUNK + 1);
+        assert_eq!(join_frame(&[], &mut frame), 0);
+        assert!(frame.is_empty());
     }
 
     #[test]

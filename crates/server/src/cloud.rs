@@ -31,7 +31,7 @@ pub use settings::{CloudLimits, CloudSettings};
 /// Close code for an internal failure (the room could not be loaded).
 const INTERNAL_ERROR: u16 = 1011;
 
-pub use crate::outbox::FRAME_CHUNK;
+use crate::outbox::{join_frame, FRAME_CHUNK};
 
 /// How long the close frame to a client cut for being slow may take: it is not reading.
 const CUT_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -348,14 +348,8 @@ impl Conn {
             let msg = if one_per_frame || pending.len() == 1 {
                 pending.pop_front().map(|i| i.text.into_bytes())
             } else {
-                frame.clear();
-                while let Some(item) = pending.front() {
-                    if !frame.is_empty() && frame.len() + item.text.len() > FRAME_CHUNK {
-                        break;
-                    }
-                    frame.extend_from_slice(item.text.as_bytes());
-                    pending.pop_front();
-                }
+                let taken = join_frame(&*pending, &mut frame);
+                pending.drain(..taken);
                 Some(bytes::Bytes::from(std::mem::take(&mut frame)))
             };
             let Some(bytes) = msg else { break };

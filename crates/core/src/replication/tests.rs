@@ -307,27 +307,12 @@ async fn in_process_the_room_orders_at_once_and_the_store_keeps_the_changes() {
     );
 }
 
-/// A socket that takes every direct write whole and records it.
-#[derive(Default)]
-struct RecordingWire(std::sync::Mutex<Vec<String>>);
-
-impl crate::outbox::DirectLine for RecordingWire {
-    fn write_line(&self, line: &[u8]) -> crate::outbox::Written {
-        let mut frames = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        frames.push(String::from_utf8_lossy(line).into_owned());
-        crate::outbox::Written::All
-    }
-}
-
 #[tokio::test]
 async fn a_held_line_is_written_by_the_rooms_timer_in_one_frame_without_waking_the_connection() {
     use futures_util::FutureExt;
     let fake = Arc::new(Fake::default());
     let hub = hub_with(fake.clone(), memory_store());
-    let wire = Arc::new(RecordingWire::default());
+    let wire = crate::outbox::Scripted::answering(&[]);
     let batch = nimbus_proto::batch::Batch::new(Duration::from_millis(30), Duration::ZERO);
     let outbox = Arc::new(Outbox::default().with_wire(wire.clone(), batch, true));
     let sub = Subscriber {
@@ -349,11 +334,7 @@ async fn a_held_line_is_written_by_the_rooms_timer_in_one_frame_without_waking_t
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let frames = loop {
-        let frames = wire
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let frames = wire.taken();
         if !frames.is_empty() || tokio::time::Instant::now() > deadline {
             break frames;
         }
