@@ -54,10 +54,13 @@ pub trait RoomHooks: Send + Sync + 'static {
         Ok(())
     }
 
-    /// After a transaction changed the room's document: `update` is the v1 update of that
-    /// transaction as yrs produced it (whatever its origin: a client, or server code editing
-    /// [`Room::doc`] directly), except those of [`Room::apply_replicated`] and
-    /// [`Room::transact_loaded`]. Called in order from [`Room::run`]. Persist here.
+    /// After a transaction changed the room's document: `update` is a v1 update that brings
+    /// a replica from the state before the transaction to the state after it (whatever its
+    /// origin: a client, or server code editing [`Room::doc`] directly), except those of
+    /// [`Room::apply_replicated`] and [`Room::transact_loaded`]. For a client's `Update`
+    /// message it is the bytes the client sent, which may also hold parts the room had
+    /// already; for anything else, the transaction's changes as yrs encodes them. Called in
+    /// order from [`Room::run`]. Persist here.
     fn updated(&self, room: &Room, update: &Bytes) {
         let _ = (room, update);
     }

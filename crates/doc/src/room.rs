@@ -292,6 +292,28 @@ enum Event {
     Flush(oneshot::Sender<()>),
 }
 
+/// What a validated update is forwarded (and passed to the hooks) as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forward {
+    /// The bytes the client sent, when they applied cleanly: a client's `Update` message
+    /// holds one local transaction of its own, so the bytes are what the room integrated
+    /// (a part the room had already is harmless to every receiver), and re-encoding them
+    /// would only cost time.
+    AsSent,
+    /// Re-encoded from the transaction (only what was new to the room): a `SyncStep2`
+    /// carries the client's whole delete set and everything it has that the room's state
+    /// vector did not cover, which must not reach every other client and the store again
+    /// at each reconnect; also the API's updates, and an update that failed part-way.
+    Encoded,
+}
+
+/// A validated update `Room::integrate` forwards itself.
+struct Report<'a> {
+    conn: Option<u64>,
+    bytes: &'a [u8],
+    forward: Forward,
+}
+
 /// Where a transaction's update came from, which decides the hook it reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
@@ -597,19 +619,23 @@ impl Room {
         let tx = events_tx.clone();
         let bl = backlog.clone();
         let validate = options.validate_updates;
-        let observed = doc.observe_update_v1("nimbus-doc/room", move |txn, event| {
-            let (frame, update) = update_frame(&event.update);
+        // Every transaction but a client's or the API's (which `Room::integrate` reports
+        // itself, with the bytes it applied) is encoded here and forwarded.
+        let observed = doc.observe_after_transaction("nimbus-doc/room", move |txn| {
+            if validated_origin(txn.origin()) || !txn.has_changes() {
+                return;
+            }
+            let (frame, update) = update_frame(&txn.encode_update_v1());
             // The replica already has what went through the validator; everything else
             // (server code editing the document) is queued for it.
             // A load's state is not queued either: the validator is rebuilt from the
             // document after it (`Room::transact_loaded`).
             let source = Source::of(txn.origin());
-            if validate && source != Source::Loaded && !validated_origin(txn.origin()) {
+            if validate && source != Source::Loaded {
                 lock(&bl).push(update.clone());
             }
-            let conn = txn.origin().and_then(conn_of_origin);
             let _ = tx.send(Event::Update {
-                conn,
+                conn: None,
                 frame,
                 update,
                 source,
@@ -966,7 +992,7 @@ impl Room {
     /// the [`update`] module); it is forwarded to every client and passed
     /// to [`RoomHooks::updated`]. [`RoomHooks::check_update`] is not consulted.
     pub fn apply_update(&self, update: &[u8]) -> Result<(), ApplyError> {
-        self.apply_checked(None, update)
+        self.apply_checked(None, update, Forward::Encoded)
     }
 
     /// Apply a v1 update another replica of this room already validated and persisted (a
@@ -976,7 +1002,7 @@ impl Room {
     /// of yrs applying it still closes the room.
     pub fn apply_replicated(&self, update: &[u8]) -> Result<(), ApplyError> {
         let parsed = update::decode_update(update)?;
-        self.integrate(None, Origin::from(REPLICA_ORIGIN), parsed)
+        self.integrate(None, Origin::from(REPLICA_ORIGIN), parsed, None)
     }
 
     /// A transaction for a [`RoomHooks::load`] hook to put the room's stored state into
@@ -1009,12 +1035,22 @@ impl Room {
         validator.warm(&self.inner.doc, backlog)
     }
 
-    fn apply_client_update(&self, conn: u64, bytes: &[u8]) -> Result<(), ApplyError> {
-        self.apply_checked(Some(conn), bytes)
+    fn apply_client_update(
+        &self,
+        conn: u64,
+        bytes: &[u8],
+        forward: Forward,
+    ) -> Result<(), ApplyError> {
+        self.apply_checked(Some(conn), bytes, forward)
     }
 
     /// Apply an update (validated first, see the [`update`] module).
-    fn apply_checked(&self, conn: Option<u64>, bytes: &[u8]) -> Result<(), ApplyError> {
+    fn apply_checked(
+        &self,
+        conn: Option<u64>,
+        bytes: &[u8],
+        forward: Forward,
+    ) -> Result<(), ApplyError> {
         let mut validator = lock(&self.inner.validator);
         let parsed = if self.inner.options.validate_updates {
             let backlog = std::mem::take(&mut *lock(&self.inner.backlog));
@@ -1032,15 +1068,24 @@ impl Room {
             }
             None => Origin::from(API_ORIGIN),
         };
-        self.integrate(Some(validator), origin, parsed)
+        let report = Report {
+            conn,
+            bytes,
+            forward,
+        };
+        self.integrate(Some(validator), origin, parsed, Some(report))
     }
 
-    /// Apply a decoded update to the room's document in a transaction of `origin`.
+    /// Apply a decoded update to the room's document in a transaction of `origin`. A
+    /// client's or the API's update (`report`) is forwarded and passed to the hooks from
+    /// here, while the transaction still holds the document (so it keeps its place among
+    /// the room's updates); any other origin's by the document's observer.
     fn integrate(
         &self,
         validator: Option<MutexGuard<'_, Validator>>,
         origin: Origin,
         parsed: yrs::Update,
+        report: Option<Report<'_>>,
     ) -> Result<(), ApplyError> {
         let doc = &self.inner.doc;
         // Validated updates should not panic here; if one does anyway (or validation is
@@ -1048,7 +1093,23 @@ impl Room {
         // now unknown, is closed.
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut_with(origin);
-            txn.apply_update(parsed)
+            let applied = txn.apply_update(parsed);
+            txn.commit();
+            if let Some(report) = report {
+                if txn.has_changes() {
+                    let (frame, update) = match (&applied, report.forward) {
+                        (Ok(()), Forward::AsSent) => update_frame(report.bytes),
+                        _ => update_frame(&txn.encode_update_v1()),
+                    };
+                    let _ = self.inner.events_tx.send(Event::Update {
+                        conn: report.conn,
+                        frame,
+                        update,
+                        source: Source::Local,
+                    });
+                }
+            }
+            applied
         }));
         match applied {
             Ok(Ok(())) => Ok(()),
@@ -1274,6 +1335,10 @@ impl Room {
         }
         let (kick, stats) = (&conn.kick.clone(), &opts.stats);
         for msg in decode_frame(&frame)? {
+            let forward = match msg {
+                Message::Update(_) => Forward::AsSent,
+                _ => Forward::Encoded,
+            };
             match msg {
                 Message::SyncStep1(sv) => {
                     let sv =
@@ -1343,7 +1408,7 @@ impl Room {
                         }
                         continue;
                     }
-                    if let Err(e) = self.apply_client_update(conn.id, &u) {
+                    if let Err(e) = self.apply_client_update(conn.id, &u, forward) {
                         tracing::warn!(room = %self.id(), error = %e, bytes = u.len(), "client update refused; the room is unchanged");
                         return Err(ServeError::InvalidUpdate(e));
                     }
@@ -1592,11 +1657,6 @@ fn update_frame(update: &[u8]) -> (Bytes, Bytes) {
 
 fn denied(reason: &str) -> Message {
     Message::Auth(AuthMessage::PermissionDenied(reason.to_owned()))
-}
-
-fn conn_of_origin(origin: &Origin) -> Option<u64> {
-    let rest = origin.as_ref().strip_prefix(CONN_ORIGIN_PREFIX)?;
-    Some(u64::from_be_bytes(rest.try_into().ok()?))
 }
 
 enum Leave {

@@ -734,3 +734,72 @@ async fn a_loaded_state_reaches_the_validator_through_warming_and_updates_on_it_
         assert!(text.starts_with("sto-edit-red"), "{warm}: {text}");
     }
 }
+
+#[tokio::test]
+async fn a_clients_update_is_forwarded_as_sent_and_its_sync_step2_with_only_what_was_new() {
+    use nimbus_doc::yrs::updates::decoder::Decode;
+    use nimbus_doc::yrs::{GetString, ReadTxn, StateVector};
+    for kind in KINDS {
+        let s = server(kind).await;
+        let mut a = Raw::open(&s.addr, "fwd").await;
+        let mut b = Raw::open(&s.addr, "fwd").await;
+        assert_eq!(a.recv().await, Got::Frame(vec![0, 0, 1, 0]));
+        assert_eq!(b.recv().await, Got::Frame(vec![0, 0, 1, 0]));
+        let editor = Doc::new();
+        let t = editor.get_or_insert_text("t");
+        let whole = |editor: &Doc| {
+            editor
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default())
+        };
+
+        // An Update message reaches the other client byte for byte.
+        t.push(&mut editor.transact_mut(), "hello");
+        let hello_u = whole(&editor);
+        let hello = Message::Update(hello_u.clone().into()).encode();
+        a.send(&hello).await;
+        assert_eq!(b.recv().await, Got::Frame(hello.to_vec()), "{kind:?}");
+
+        // The same update again changes nothing and is not forwarded: the next frame the
+        // other client gets is the next change's. That one is an Update holding the
+        // whole text, "hello" included, which the room had: forwarded as sent, not cut
+        // down to the new part.
+        a.send(&hello).await;
+        t.push(&mut editor.transact_mut(), " world");
+        let hello_world_u = whole(&editor);
+        let hello_world = Message::Update(hello_world_u.clone().into()).encode();
+        a.send(&hello_world).await;
+        assert_eq!(b.recv().await, Got::Frame(hello_world.to_vec()), "{kind:?}");
+
+        // A SyncStep2 holding everything the client has (what a reconnecting client sends)
+        // reaches the others as an Update of only the part the room did not have.
+        let before = editor.transact().state_vector();
+        t.push(&mut editor.transact_mut(), "!");
+        let only_new = editor.transact().encode_state_as_update_v1(&before);
+        let everything = whole(&editor);
+        a.send(&Message::SyncStep2(everything.clone().into()).encode())
+            .await;
+        let Got::Frame(got) = b.recv().await else {
+            panic!("{kind:?}: no frame")
+        };
+        let msgs = decode_frame(&Bytes::from(got)).unwrap();
+        let [Message::Update(forwarded)] = msgs.as_slice() else {
+            panic!("{kind:?}: {msgs:?}")
+        };
+        assert_eq!(
+            forwarded.len(),
+            only_new.len(),
+            "{kind:?}: not only the new part"
+        );
+        let receiver = Doc::new();
+        let rt = receiver.get_or_insert_text("t");
+        for u in [&hello_u[..], &hello_world_u, forwarded] {
+            receiver
+                .transact_mut()
+                .apply_update(nimbus_doc::yrs::Update::decode_v1(u).unwrap())
+                .unwrap();
+        }
+        assert_eq!(rt.get_string(&receiver.transact()), "hello world!");
+        s.guard.shutdown().await;
+    }
+}
