@@ -1002,7 +1002,7 @@ impl Room {
     /// of yrs applying it still closes the room.
     pub fn apply_replicated(&self, update: &[u8]) -> Result<(), ApplyError> {
         let parsed = update::decode_update(update)?;
-        self.integrate(None, Origin::from(REPLICA_ORIGIN), parsed, None)
+        self.integrate(None, REPLICA_ORIGIN, parsed, None)
     }
 
     /// A transaction for a [`RoomHooks::load`] hook to put the room's stored state into
@@ -1060,13 +1060,15 @@ impl Room {
         } else {
             update::decode_update(bytes)?
         };
+        let mut conn_origin = [0; CONN_ORIGIN_PREFIX.len() + 8];
         let origin = match conn {
             Some(conn) => {
-                let mut origin = CONN_ORIGIN_PREFIX.to_vec();
-                origin.extend_from_slice(&conn.to_be_bytes());
-                Origin::from(origin.as_slice())
+                let (prefix, id) = conn_origin.split_at_mut(CONN_ORIGIN_PREFIX.len());
+                prefix.copy_from_slice(CONN_ORIGIN_PREFIX);
+                id.copy_from_slice(&conn.to_be_bytes());
+                &conn_origin[..]
             }
-            None => Origin::from(API_ORIGIN),
+            None => API_ORIGIN,
         };
         let report = Report {
             conn,
@@ -1083,7 +1085,7 @@ impl Room {
     fn integrate(
         &self,
         validator: Option<MutexGuard<'_, Validator>>,
-        origin: Origin,
+        origin: &[u8],
         parsed: yrs::Update,
         report: Option<Report<'_>>,
     ) -> Result<(), ApplyError> {
@@ -1092,7 +1094,7 @@ impl Room {
         // off), the transaction is dropped while unwinding and the room, whose state is
         // now unknown, is closed.
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut txn = doc.transact_mut_with(origin);
+            let mut txn = update::write_txn(doc, origin);
             let applied = txn.apply_update(parsed);
             txn.commit();
             if let Some(report) = report {

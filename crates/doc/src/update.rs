@@ -202,6 +202,24 @@ pub fn encode_state(doc: &Doc) -> Option<Vec<u8>> {
     encode_diff(doc, &StateVector::default())
 }
 
+/// A read-write transaction of `doc` with `origin` (none if empty). yrs'
+/// `transact_mut_with` acquires the document's lock through async-lock's blocking path (a
+/// future polled to completion, which registers listeners when it meets readers); the
+/// document is nearly always free, and the try path is one compare-and-swap, so it goes
+/// first.
+pub(crate) fn write_txn<'d>(doc: &'d Doc, origin: &[u8]) -> yrs::TransactionMut<'d> {
+    let tried = if origin.is_empty() {
+        doc.try_transact_mut()
+    } else {
+        doc.try_transact_mut_with(origin)
+    };
+    match tried {
+        Ok(txn) => txn,
+        Err(_) if origin.is_empty() => doc.transact_mut(),
+        Err(_) => doc.transact_mut_with(origin),
+    }
+}
+
 /// Whether `bytes` is the empty v1 update (no structs, no deletions).
 pub(crate) fn is_empty_update(bytes: &[u8]) -> bool {
     bytes == [0, 0]
@@ -284,7 +302,7 @@ impl Validator {
             // The backlog is already contained in the full state taken now.
             None => rebuild(room_doc),
         };
-        let mut txn = replica.transact_mut();
+        let mut txn = write_txn(&replica, &[]);
         match catch_unwind(AssertUnwindSafe(|| txn.apply_update(parsed))) {
             Ok(Ok(())) => {
                 let missing = txn.has_missing_updates();
@@ -494,5 +512,50 @@ mod screen_tests {
         let u = Update::decode_v1(&e[0]).unwrap();
         assert_eq!(u.insertions(true).iter().count(), 1);
         assert_eq!(leading_varuint(&e[0]), Some((1, 1)));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod write_txn_tests {
+    use super::*;
+    use yrs::{GetString, Text};
+
+    #[test]
+    fn a_write_transaction_carries_its_origin_and_waits_out_a_reader() {
+        let doc = Doc::new();
+        let t = doc.get_or_insert_text("t");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        doc.observe_after_transaction("test", move |txn| {
+            s.lock()
+                .unwrap()
+                .push(txn.origin().map(|o| o.as_ref().to_vec()));
+        })
+        .unwrap();
+        // Free document: the try path.
+        t.push(&mut write_txn(&doc, b"first"), "a");
+        t.push(&mut write_txn(&doc, &[]), "b");
+        // A reader on another thread holds the document: the blocking path, once it is free.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let reader = {
+            let doc = doc.clone();
+            std::thread::spawn(move || {
+                let read = doc.transact();
+                held_tx.send(()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                drop(read);
+            })
+        };
+        held_rx.recv().unwrap();
+        t.push(&mut write_txn(&doc, b"third"), "c");
+        reader.join().unwrap();
+        assert_eq!(t.get_string(&doc.transact()), "abc");
+        // (yrs may commit a transaction of its own first, creating the text's root.)
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.ends_with(&[Some(b"first".to_vec()), None, Some(b"third".to_vec())]),
+            "{seen:?}"
+        );
     }
 }
