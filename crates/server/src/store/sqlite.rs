@@ -798,4 +798,23 @@ mod tests {
             assert!(err.to_string().contains("sqlite"), "{err}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn a_pack_unpacks_to_its_updates(
+            updates in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 1..20)
+        ) {
+            let slices: Vec<&[u8]> = updates.iter().map(Vec::as_slice).collect();
+            let (data, n) = pack(&slices);
+            proptest::prop_assert_eq!(unpack(data.to_vec(), n).expect("unpack"), updates);
+        }
+
+        #[test]
+        fn unpacking_any_row_returns_or_errs_without_panicking(
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            n in -3i64..40,
+        ) {
+            let _ = unpack(data, n);
+        }
+    }
 }
