@@ -601,18 +601,22 @@ mod tests {
         assert_eq!(db.load_history("2", 10, 0, 0).expect("load").len(), 1);
     }
 
+    /// The ops appending `updates` to `room`.
+    fn appends(room: &str, updates: &[bytes::Bytes]) -> Vec<StoreOp> {
+        updates
+            .iter()
+            .map(|u| StoreOp::DocAppend {
+                room: room.into(),
+                update: u.clone(),
+            })
+            .collect()
+    }
+
     /// A fresh database with `updates` appended to room `r` in one commit.
     fn appended(updates: &[bytes::Bytes]) -> (tempfile::TempDir, SqliteBackend) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut db = SqliteBackend::open(&dir.path().join("db")).expect("open");
-        let ops: Vec<StoreOp> = updates
-            .iter()
-            .map(|u| StoreOp::DocAppend {
-                room: "r".into(),
-                update: u.clone(),
-            })
-            .collect();
-        db.commit(&ops).expect("commit");
+        db.commit(&appends("r", updates)).expect("commit");
         (dir, db)
     }
 
@@ -667,14 +671,7 @@ mod tests {
             }
         }
         db.commit(&ops).expect("commit");
-        let rest: Vec<StoreOp> = updates[20..]
-            .iter()
-            .map(|u| StoreOp::DocAppend {
-                room: "a".into(),
-                update: u.clone(),
-            })
-            .collect();
-        db.commit(&rest).expect("commit");
+        db.commit(&appends("a", &updates[20..])).expect("commit");
         assert_eq!(rows(&db, "a"), [20, 10]);
         assert_eq!(rows(&db, "b"), [20]);
         let log = db.load_doc("a").expect("load");
@@ -691,18 +688,10 @@ mod tests {
         let (_, updates) = text_updates(4);
         let dir = tempfile::tempdir().expect("tempdir");
         let mut db = SqliteBackend::open(&dir.path().join("db")).expect("open");
-        let append = |u: &bytes::Bytes| StoreOp::DocAppend {
-            room: "r".into(),
-            update: u.clone(),
-        };
-        db.commit(&[
-            append(&updates[0]),
-            append(&updates[1]),
-            StoreOp::DocDelete { room: "r".into() },
-            append(&updates[2]),
-            append(&updates[3]),
-        ])
-        .expect("commit");
+        let mut ops = appends("r", &updates[..2]);
+        ops.push(StoreOp::DocDelete { room: "r".into() });
+        ops.extend(appends("r", &updates[2..]));
+        db.commit(&ops).expect("commit");
         let log = db.load_doc("r").expect("load");
         assert_eq!(log.updates, [updates[2].to_vec(), updates[3].to_vec()]);
     }
@@ -720,14 +709,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut db = SqliteBackend::open(&dir.path().join("db")).expect("open");
         for chunk in updates.chunks(5) {
-            let ops: Vec<StoreOp> = chunk
-                .iter()
-                .map(|u| StoreOp::DocAppend {
-                    room: "r".into(),
-                    update: u.clone(),
-                })
-                .collect();
-            db.commit(&ops).expect("commit");
+            db.commit(&appends("r", chunk)).expect("commit");
         }
         assert_eq!(rows(&db, "r"), [5, 5, 5, 5]);
         let prefix = DocLog {
@@ -767,14 +749,7 @@ mod tests {
             }
         }
         let mut db = SqliteBackend::open(&path).expect("open");
-        let ops: Vec<StoreOp> = updates[4..]
-            .iter()
-            .map(|u| StoreOp::DocAppend {
-                room: "r".into(),
-                update: u.clone(),
-            })
-            .collect();
-        db.commit(&ops).expect("commit");
+        db.commit(&appends("r", &updates[4..])).expect("commit");
         assert_eq!(rows(&db, "r"), [1, 1, 1, 1, 2]);
         let log = db.load_doc("r").expect("load");
         assert_eq!(log.updates.len(), 6);
