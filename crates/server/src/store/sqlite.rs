@@ -63,9 +63,9 @@ const YIELD_EVERY: usize = 64;
 ///
 /// A `doc_updates` row holds `n` updates: with `n` = 1 its `data` is the update itself (every
 /// row written before packing, whose `n` the migration sets to 1), with more it is the `n`
-/// updates as lib0 `varUint8Array`s back to back. An insert costs the same for one update as
-/// for fifty (two B-trees, about 9,000 instructions), and a busy room appends several per
-/// group-commit window. [`Backend`] still counts updates, not rows: a load unpacks, and a
+/// updates as lib0 `varUint8Array`s back to back. An insert costs about 9,000 instructions,
+/// most of it per row (two B-trees), not per byte, and a busy room appends several updates
+/// per group-commit window. [`Backend`] still counts updates, not rows: a load unpacks, and a
 /// compaction that covers part of a pack rewrites the pack with the rest.
 const PACK_MAX_BYTES: usize = 1 << 20;
 
