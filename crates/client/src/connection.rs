@@ -482,7 +482,8 @@ async fn open(inner: &Inner) -> Result<Socket, CloudError> {
     if let Ok(ua) = inner.cfg.user_agent.parse() {
         req.headers_mut().insert(USER_AGENT, ua);
     }
-    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+    let (ws, _) =
+        tokio_tungstenite::connect_async_with_config(req, Some(crate::ws_config()), false).await?;
     inner.emitter.emit(Event::Handshake);
     Ok(ws)
 }

@@ -291,6 +291,32 @@ async fn two_clients_can_share_one_document() {
 }
 
 #[tokio::test]
+async fn messages_many_times_the_read_buffer_arrive_whole_both_ways() {
+    // Client and server sockets read `READ_BUFFER` bytes at a time; a frame longer than
+    // that must still arrive whole (the buffer grows to the frame's declared length).
+    let big = "y".repeat(20 * nimbus_doc::wire::websocket::READ_BUFFER + 17);
+    let s = server(Kind::WebSocket).await;
+    let writer = s.client("big").await;
+    writer
+        .doc()
+        .get_or_insert_text("t")
+        .push(&mut writer.doc().transact_mut(), &big);
+    let room = within(s.guard.manager().get_room("/big")).await.unwrap();
+    eventually("the server has the big update", || {
+        json_of(room.doc())["t"] == big.as_str()
+    })
+    .await;
+    // A late joiner gets it in the server's one SyncStep2.
+    let reader = s.client("big").await;
+    eventually("the late joiner has it", || {
+        json_of(reader.doc())["t"] == big.as_str()
+    })
+    .await;
+    writer.close().await;
+    reader.close().await;
+}
+
+#[tokio::test]
 async fn wss_uses_rustls_and_a_failed_tls_handshake_is_an_error() {
     // A TCP server that is no TLS server: the handshake fails cleanly (no panic about a
     // missing crypto provider).

@@ -482,6 +482,29 @@ async fn many_in_flight_on_several_connections() {
 }
 
 #[tokio::test]
+async fn a_reply_many_times_the_client_read_buffer_arrives_whole() {
+    // The client reads 8 KiB at a time; a longer reply must still arrive whole.
+    let s = Server::builder()
+        .host("127.0.0.1")
+        .port(0)
+        .multicast(false)
+        .build()
+        .unwrap();
+    s.route("echo", |r: Request| async move {
+        Ok(Value::Object(r.data().clone()))
+    });
+    s.start().await.unwrap();
+    let mut c = ClientSession::new("127.0.0.1", s.local_addr().map(|a| a.port()), 1, None)
+        .with_timeout(WAIT);
+    let big = "x".repeat(200_003);
+    assert_eq!(
+        c.request("echo", json!({ "s": big })).await.unwrap(),
+        json!({ "s": big })
+    );
+    s.terminate_server().await;
+}
+
+#[tokio::test]
 async fn frame_size_limit() {
     let s = Server::builder()
         .host("127.0.0.1")

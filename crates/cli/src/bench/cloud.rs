@@ -100,7 +100,8 @@ async fn open(addr: SocketAddr, url: &str, n: usize, source_ips: u8) -> anyhow::
     }
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(super::ws_config())).await?;
     Ok(ws)
 }
 

@@ -30,7 +30,6 @@ use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use nimbus_doc::yrs;
@@ -348,8 +347,7 @@ async fn connect_editor(
 ) -> anyhow::Result<Editor> {
     let stream = TcpStream::connect(addr).await.context("tcp connect")?;
     stream.set_nodelay(true)?;
-    let mut config = WebSocketConfig::default();
-    config.max_message_size = Some(64 << 20);
+    let config = super::ws_config();
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
             .await

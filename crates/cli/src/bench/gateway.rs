@@ -78,8 +78,9 @@ async fn recv(ws: &mut Ws) -> anyhow::Result<Value> {
 }
 
 async fn hello(addr: SocketAddr) -> anyhow::Result<Ws> {
+    let url = format!("ws://{addr}/gateway?v=10&encoding=json");
     let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{addr}/gateway?v=10&encoding=json")).await?;
+        tokio_tungstenite::connect_async_with_config(url, Some(super::ws_config()), false).await?;
     let h = recv(&mut ws).await?;
     anyhow::ensure!(h["op"] == 10, "expected Hello, got {h}");
     Ok(ws)

@@ -62,9 +62,10 @@ async fn conn_task(
     start_measure: Instant,
     end: Instant,
 ) -> anyhow::Result<ConnResult> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .with_context(|| format!("connect {url}"))?;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(super::ws_config()), false)
+            .await
+            .with_context(|| format!("connect {url}"))?;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut done, mut errors) = (0u64, 0u64);
     let mut inflight = VecDeque::with_capacity(depth);

@@ -1,6 +1,14 @@
 //! `nimbus bench ...`: load generators (see docs/benchmarks.md).
 use clap::Subcommand;
 
+/// The WebSocket config of every generator socket: tungstenite's default read buffer
+/// (128 KiB) is zero-filled before every read, which cost `nimbus bench doc` about half of
+/// its CPU in `bench/doc.sh spread`; 8 KiB reads hold many messages and the buffer grows to
+/// a larger frame's length.
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    nimbus_doc::wire::websocket::config(64 << 20)
+}
+
 mod cloud;
 mod doc;
 mod gateway;

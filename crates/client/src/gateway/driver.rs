@@ -131,7 +131,11 @@ impl Driver {
             tracing::debug!(%url, resuming, "gateway connecting");
             let connect = tokio::time::timeout(
                 self.shared.options.connect_timeout,
-                tokio_tungstenite::connect_async(url.as_str()),
+                tokio_tungstenite::connect_async_with_config(
+                    url.as_str(),
+                    Some(crate::ws_config()),
+                    false,
+                ),
             );
             let ws = tokio::select! {
                 r = connect => r,
