@@ -732,7 +732,10 @@ impl Room {
         let mut checked = Instant::now();
         let timer = tokio::time::sleep_until(checked + interval);
         let closed = self.inner.cancel.cancelled();
-        tokio::pin!(timer, closed);
+        // Kept across turns of the loop: a `Notified` made and dropped at every turn takes
+        // the `Notify`'s lock twice per update forwarded.
+        let awareness_changed = self.inner.awareness_changed.notified();
+        tokio::pin!(timer, closed, awareness_changed);
         loop {
             let deadline = {
                 let next = lock(&self.inner.awareness).next_deadline();
@@ -756,7 +759,9 @@ impl Room {
                     // the next one).
                     timer.as_mut().reset(checked + interval);
                 }
-                _ = self.inner.awareness_changed.notified() => {}
+                _ = &mut awareness_changed => {
+                    awareness_changed.set(self.inner.awareness_changed.notified());
+                }
             }
         }
         // Deliver what is left to the hooks (persistence) before returning.
