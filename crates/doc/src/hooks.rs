@@ -60,14 +60,18 @@ pub trait RoomHooks: Send + Sync + 'static {
     /// [`Room::apply_replicated`] and [`Room::transact_loaded`]. For a client's `Update`
     /// message it is the bytes the client sent, which may also hold parts the room had
     /// already; for anything else, the transaction's changes as yrs encodes them. Called in
-    /// order from [`Room::run`]. Persist here.
+    /// commit order, one call at a time, never while the document is locked: from
+    /// [`Room::run`], or, when nothing waits in the room's queue, from the task that applied
+    /// a client's or the API's update, right after its transaction. So it must not block or
+    /// wait: hand the update on (a channel, a queue) and return. Persist here.
     fn updated(&self, room: &Room, update: &Bytes) {
         let _ = (room, update);
     }
 
     /// After a transaction of [`Room::apply_replicated`] changed the document: an update
     /// another replica of the room (another node) already persisted. Called in order from
-    /// [`Room::run`], like [`RoomHooks::updated`], which is not called for it.
+    /// [`Room::run`], in the same sequence as [`RoomHooks::updated`], which is not called
+    /// for it.
     fn replicated(&self, room: &Room, update: &Bytes) {
         let _ = (room, update);
     }

@@ -48,6 +48,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
+/// The room's event queue (to [`Room::run`]) with a count of the events sent and not yet
+/// delivered, so that an update may skip the queue only when nothing waits in it.
+#[derive(Clone)]
+struct Events {
+    tx: mpsc::UnboundedSender<Event>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Events {
+    fn send(&self, ev: Event) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(ev).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Per-client options of [`Room::serve`].
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -549,8 +574,11 @@ struct Inner {
     awareness_changed: tokio::sync::Notify,
     validator: Mutex<Validator>,
     backlog: Arc<Mutex<Backlog>>,
-    events_tx: mpsc::UnboundedSender<Event>,
+    events: Events,
     events_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>,
+    /// Held while an event is delivered (broadcast and hooks), by [`Room::run`] or by the
+    /// task that applied an update and delivers it itself: one delivery at a time, in order.
+    deliver: Mutex<()>,
     loaded: OnceCell<Result<(), HookError>>,
     /// The close frame connected clients get when the room closes.
     close_frame: std::sync::OnceLock<(u16, String)>,
@@ -615,8 +643,12 @@ impl Room {
         options: RoomOptions,
     ) -> Room {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let events = Events {
+            tx: events_tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+        };
         let backlog = Arc::new(Mutex::new(Backlog::default()));
-        let tx = events_tx.clone();
+        let tx = events.clone();
         let bl = backlog.clone();
         let validate = options.validate_updates;
         // Every transaction but a client's or the API's (which `Room::integrate` reports
@@ -634,7 +666,7 @@ impl Room {
             if validate && source != Source::Loaded {
                 lock(&bl).push(update.clone());
             }
-            let _ = tx.send(Event::Update {
+            tx.send(Event::Update {
                 conn: None,
                 frame,
                 update,
@@ -656,8 +688,9 @@ impl Room {
                 awareness_changed: tokio::sync::Notify::new(),
                 validator: Mutex::new(Validator::default()),
                 backlog,
-                events_tx,
+                events,
                 events_rx: tokio::sync::Mutex::new(events_rx),
+                deliver: Mutex::new(()),
                 loaded: OnceCell::new(),
                 close_frame: std::sync::OnceLock::new(),
                 cancel: CancellationToken::new(),
@@ -719,6 +752,8 @@ impl Room {
     /// The main task: forwards every update of the document to the clients (each update
     /// once, as a `[0,2,…]` frame, to every client but the one it came from), calls
     /// [`RoomHooks::updated`], and times out awareness states, broadcasting their removal.
+    /// A client's or the API's update that finds nothing queued is delivered by the task
+    /// that applied it instead (see `Room::integrate`), in the same order.
     /// Returns when the room closes. Only one `run` per room does anything.
     pub async fn run(&self) {
         let Ok(mut rx) = self.inner.events_rx.try_lock() else {
@@ -749,7 +784,7 @@ impl Room {
                 biased;
                 _ = &mut closed => break,
                 ev = rx.recv() => match ev {
-                    Some(ev) => self.handle_event(ev),
+                    Some(ev) => self.deliver_queued(ev),
                     None => break,
                 },
                 _ = &mut timer => {
@@ -766,8 +801,15 @@ impl Room {
         }
         // Deliver what is left to the hooks (persistence) before returning.
         while let Ok(ev) = rx.try_recv() {
-            self.handle_event(ev);
+            self.deliver_queued(ev);
         }
+    }
+
+    /// Deliver an event taken from the queue.
+    fn deliver_queued(&self, ev: Event) {
+        let _delivering = lock(&self.inner.deliver);
+        self.handle_event(ev);
+        self.inner.events.queued.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn handle_event(&self, ev: Event) {
@@ -798,20 +840,21 @@ impl Room {
         if let Ok(mut rx) = self.inner.events_rx.try_lock() {
             // `run` is not running: deliver inline.
             while let Ok(ev) = rx.try_recv() {
-                self.handle_event(ev);
+                self.deliver_queued(ev);
             }
             return;
         }
-        if self.inner.events_tx.send(Event::Flush(ack_tx)).is_err() {
+        if self.inner.events.tx.is_closed() {
             return;
         }
+        self.inner.events.send(Event::Flush(ack_tx));
         loop {
             tokio::select! {
                 _ = &mut ack_rx => return,
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {
                     if let Ok(mut rx) = self.inner.events_rx.try_lock() {
                         while let Ok(ev) = rx.try_recv() {
-                            self.handle_event(ev);
+                            self.deliver_queued(ev);
                         }
                         return;
                     }
@@ -1084,9 +1127,19 @@ impl Room {
     }
 
     /// Apply a decoded update to the room's document in a transaction of `origin`. A
-    /// client's or the API's update (`report`) is forwarded and passed to the hooks from
-    /// here, while the transaction still holds the document (so it keeps its place among
-    /// the room's updates); any other origin's by the document's observer.
+    /// client's or the API's update (`report`) is reported from here, while the transaction
+    /// still holds the document (so it keeps its place among the room's updates); any other
+    /// origin's by the document's observer.
+    ///
+    /// **A session's update is delivered here when nothing waits.** Every update is
+    /// reported while its transaction holds the document, so reports are in commit order.
+    /// When a client's update (from its session, with no caller's code on the stack) finds
+    /// no event waiting in the room's queue and [`Room::run`] not delivering one, this task
+    /// takes the delivery lock before the transaction ends and, once the document is free
+    /// again, broadcasts the update and calls the hooks itself: no queue, no wake-up of the
+    /// room's task. Otherwise, and for the API's updates ([`Room::apply_update`], whose
+    /// caller may hold a lock its own `updated` hook takes), the update joins the queue.
+    /// Either way one delivery runs at a time, in commit order.
     fn integrate(
         &self,
         validator: Option<MutexGuard<'_, Validator>>,
@@ -1102,38 +1155,57 @@ impl Room {
             let mut txn = update::write_txn(doc, origin);
             let applied = txn.apply_update(parsed);
             txn.commit();
+            let mut inline = None;
             if let Some(report) = report {
                 if txn.has_changes() {
+                    // Only a session's update skips the queue: an API caller could hold
+                    // a lock its own `updated` hook takes.
+                    let from_session = report.conn.is_some();
                     let (frame, update) = match (&applied, report.forward) {
                         (Ok(()), Forward::AsSent) => update_frame(report.bytes),
                         _ => update_frame(&txn.encode_update_v1()),
                     };
-                    let _ = self.inner.events_tx.send(Event::Update {
+                    let ev = Event::Update {
                         conn: report.conn,
                         frame,
                         update,
                         source: Source::Local,
-                    });
+                    };
+                    // Nothing else can queue an update while the transaction holds the
+                    // document, and `run` takes the lock to deliver one.
+                    match try_lock(&self.inner.deliver) {
+                        Some(delivering)
+                            if from_session
+                                && self.inner.events.queued.load(Ordering::Acquire) == 0 =>
+                        {
+                            inline = Some((delivering, ev));
+                        }
+                        _ => self.inner.events.send(ev),
+                    }
                 }
             }
-            applied
+            drop(txn);
+            (applied, inline)
         }));
-        match applied {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                // The replica took it, the room did not: they differ now.
-                if let Some(mut v) = validator {
-                    v.reset();
-                }
-                Err(ApplyError::Integrate(e.to_string()))
-            }
+        let (applied, inline) = match applied {
+            Ok(done) => done,
             Err(_) => {
                 tracing::error!(room = %self.id(), "yrs panicked applying an update to the room: closing the room");
                 drop(validator);
                 self.close();
-                Err(ApplyError::Panicked)
+                return Err(ApplyError::Panicked);
             }
+        };
+        if let (Err(_), Some(mut v)) = (&applied, validator) {
+            // The replica took it, the room did not: they differ now.
+            v.reset();
         }
+        // The validator is free again (dropped above) before the delivery: another
+        // client's update may be checked meanwhile, and is delivered after this one.
+        if let Some((_delivering, ev)) = inline {
+            self.handle_event(ev);
+        }
+        applied.map_err(|e| ApplyError::Integrate(e.to_string()))
     }
 
     /// Serve one client until it leaves: load the room (once), send SyncStep1 and the known

@@ -803,3 +803,90 @@ async fn a_clients_update_is_forwarded_as_sent_and_its_sync_step2_with_only_what
         s.guard.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_reach_the_hooks_in_commit_order_whether_delivered_by_their_session_or_queued() {
+    use nimbus_doc::yrs::updates::decoder::Decode;
+    use nimbus_doc::yrs::{ReadTxn, Update};
+    /// Records like `Recording`, slowly, so that server code's updates wait in the queue.
+    struct Slow(Recording);
+    impl RoomHooks for Slow {
+        fn updated(&self, room: &Room, update: &Bytes) {
+            std::thread::sleep(Duration::from_micros(100));
+            self.0.updated(room, update);
+        }
+    }
+    let reached = Arc::new(Reached::default());
+    let r2 = reached.clone();
+    let s = serve_with(
+        Addr::new(Kind::WebSocket),
+        move |id: &str| Room::with_hooks(id, Arc::new(Slow(Recording(r2.clone())))),
+        ServerOptions::default(),
+    )
+    .await;
+    let mut writers = Vec::new();
+    for _ in 0..3 {
+        writers.push(Raw::open(&s.addr, "order").await);
+    }
+    let room = within(s.guard.manager().get_room("/order")).await.unwrap();
+    // Server code appends to the text on its own thread (its updates are queued by the
+    // document's observer) while raw clients append after reading the room's document
+    // directly, so their updates may build on server code's that are still queued. A
+    // session delivers its client's update itself only when nothing is queued; one
+    // delivered before an update it builds on would leave the replay below pending.
+    let editor = {
+        let room = room.clone();
+        std::thread::spawn(move || {
+            let t = room.doc().get_or_insert_text("t");
+            for i in 0..600 {
+                t.push(&mut room.doc().transact_mut(), &format!("s{i} "));
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for (w, mut raw) in writers.into_iter().enumerate() {
+        let room = room.clone();
+        tasks.push(tokio::spawn(async move {
+            let doc = Doc::new();
+            let t = doc.get_or_insert_text("t");
+            for i in 0..200 {
+                let sv = doc.transact().state_vector();
+                let diff = room.doc().transact().encode_diff_v1(&sv);
+                doc.transact_mut()
+                    .apply_update(Update::decode_v1(&diff).unwrap())
+                    .unwrap();
+                let before = doc.transact().state_vector();
+                t.push(&mut doc.transact_mut(), &format!("w{w}.{i} "));
+                let u = doc.transact().encode_diff_v1(&before);
+                raw.send(&Message::Update(u.into()).encode()).await;
+                tokio::time::sleep(Duration::from_micros(100)).await;
+            }
+            raw
+        }));
+    }
+    let mut raws = Vec::new();
+    for t in tasks {
+        raws.push(within(t).await.unwrap());
+    }
+    editor.join().unwrap();
+    eventually("the room has every edit", || {
+        json_of(room.doc())["t"]
+            .as_str()
+            .is_some_and(|t| t.split_whitespace().count() == 1200)
+    })
+    .await;
+    room.flush().await;
+    let replay = Doc::new();
+    for (n, (hook, u)) in reached.0.lock().unwrap().iter().enumerate() {
+        assert_eq!(*hook, "updated");
+        let mut txn = replay.transact_mut();
+        txn.apply_update(Update::decode_v1(u).unwrap()).unwrap();
+        assert!(
+            !txn.has_missing_updates(),
+            "update {n} reached the hooks before one it builds on"
+        );
+    }
+    assert_eq!(json_of(&replay), json_of(room.doc()));
+    drop(raws);
+}
