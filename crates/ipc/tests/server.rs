@@ -481,6 +481,15 @@ async fn many_in_flight_on_several_connections() {
     s.terminate_server().await;
 }
 
+/// Start `s` with an `echo` route; a client of it.
+async fn start_echo(s: &Server) -> ClientSession {
+    s.route("echo", |r: Request| async move {
+        Ok(Value::Object(r.data().clone()))
+    });
+    s.start().await.unwrap();
+    ClientSession::new("127.0.0.1", s.local_addr().map(|a| a.port()), 1, None).with_timeout(WAIT)
+}
+
 #[tokio::test]
 async fn a_reply_many_times_the_client_read_buffer_arrives_whole() {
     // The client reads 8 KiB at a time; a longer reply must still arrive whole.
@@ -490,12 +499,7 @@ async fn a_reply_many_times_the_client_read_buffer_arrives_whole() {
         .multicast(false)
         .build()
         .unwrap();
-    s.route("echo", |r: Request| async move {
-        Ok(Value::Object(r.data().clone()))
-    });
-    s.start().await.unwrap();
-    let mut c = ClientSession::new("127.0.0.1", s.local_addr().map(|a| a.port()), 1, None)
-        .with_timeout(WAIT);
+    let mut c = start_echo(&s).await;
     let big = "x".repeat(200_003);
     assert_eq!(
         c.request("echo", json!({ "s": big })).await.unwrap(),
@@ -513,12 +517,7 @@ async fn frame_size_limit() {
         .max_frame(1024)
         .build()
         .unwrap();
-    s.route("echo", |r: Request| async move {
-        Ok(Value::Object(r.data().clone()))
-    });
-    s.start().await.unwrap();
-    let mut c = ClientSession::new("127.0.0.1", s.local_addr().map(|a| a.port()), 1, None)
-        .with_timeout(WAIT);
+    let mut c = start_echo(&s).await;
     let big = "x".repeat(4096);
     assert!(c.request("echo", json!({ "s": big })).await.is_err());
     assert_eq!(
