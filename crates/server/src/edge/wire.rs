@@ -176,6 +176,24 @@ fn carries_close(mut buf: &[u8]) -> bool {
 /// `send`.
 const SMALL_FRAME: usize = 2048;
 
+/// Most frames (a keystroke's update, a cloud line) fit in this, and the stack buffer a
+/// frame is copied into is zeroed first: 128 bytes, not [`SMALL_FRAME`], for those.
+const TINY_FRAME: usize = 128;
+
+/// Send `head` and `frame` (together at most `N` bytes) with one `send`, copied into a
+/// stack buffer of `N` bytes.
+fn send_copied<const N: usize>(
+    tcp: &tokio::net::tcp::OwnedWriteHalf,
+    head: &[u8],
+    frame: &[u8],
+) -> std::io::Result<usize> {
+    let mut buf = [0u8; N];
+    let total = head.len() + frame.len();
+    buf[..head.len()].copy_from_slice(head);
+    buf[head.len()..total].copy_from_slice(frame);
+    tcp.try_write(&buf[..total])
+}
+
 /// A connection's wire as its room sees it: written directly when the client is idle
 /// (`nimbus_doc::DirectWrite`, `outbox::DirectLine`). Every request of a connection carries
 /// one (an extension); the document and cloud routes [engage](DirectWire::engage) it once
@@ -229,11 +247,10 @@ impl DirectWire {
         let tcp = &out.half;
         // A small frame is copied behind its header and sent with one `send`; a large one
         // is gathered (`writev`, whose file-layer overhead a small write would notice).
-        let mut small = [0u8; SMALL_FRAME];
-        let sent = if total <= SMALL_FRAME {
-            small[..head_len].copy_from_slice(head);
-            small[head_len..total].copy_from_slice(frame);
-            tcp.try_write(&small[..total])
+        let sent = if total <= TINY_FRAME {
+            send_copied::<TINY_FRAME>(tcp, head, frame)
+        } else if total <= SMALL_FRAME {
+            send_copied::<SMALL_FRAME>(tcp, head, frame)
         } else {
             tcp.try_write_vectored(&[IoSlice::new(head), IoSlice::new(frame)])
         };
@@ -322,9 +339,12 @@ mod tests {
         // larger than any socket buffer (gathered) is taken in part and its rest held; after
         // it nothing more is taken directly.
         let mut sent = Vec::new();
-        for i in 0..5 {
-            let m = message(i, 600);
-            assert_eq!(wire.write_now(&m), Written::All);
+        // Either side of each copy buffer's size (a payload up to 125 bytes has a 2-byte
+        // header, a longer one 4): copied into 128 bytes, into 2,048, or gathered.
+        let lens = [600, 125, 126, SMALL_FRAME - 4, SMALL_FRAME - 3];
+        for (i, len) in (0..).zip(lens) {
+            let m = message(i, len);
+            assert_eq!(wire.write_now(&m), Written::All, "{len} bytes");
             sent.push(m);
         }
         let huge = message(5, 16 << 20);
