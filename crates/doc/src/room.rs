@@ -595,7 +595,8 @@ struct Inner {
 /// Like the seed's `Room`: spawn [`Room::run`] (a [`RoomManager`](crate::RoomManager) does),
 /// then [`Room::serve`] each client. [`Room::close`] ends everything. A room used without
 /// a manager must be closed: until then `run` keeps it alive, and without `run` its
-/// document's updates queue up (they are delivered by `run` or [`Room::flush`]).
+/// document's updates queue up (they are delivered by `run` or [`Room::flush`]; a
+/// client's update that finds the queue empty is delivered by its session right away).
 ///
 /// Transactions on [`Room::doc`] may come from any thread; client updates are applied
 /// through a validator replica first (see [`update`]). Do not hold a
