@@ -12,6 +12,9 @@
 #   SERVERS="nimbus nimbus:--max-batch-delay-us,0 yws" bench/doc.sh
 #                                      # nimbus:ARGS = nimbus with extra flags (commas → spaces),
 #                                      # interleaved with the others like any server
+#   SERVERS="nimbus@/tmp/a nimbus@/tmp/b yws" GEN_BIN=… bench/doc.sh
+#                                      # nimbus@BIN[:ARGS] = another nimbus build (an A/B of
+#                                      # two builds against Node, interleaved)
 #   NIMBUS_BIN=… GEN_BIN=… bench/doc.sh   (server binary / generator binary; default
 #                                         target/release/nimbus for both, built here)
 #   APPLY=all bench/doc.sh             (every receiver applies every update; default one:
@@ -61,13 +64,19 @@ echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $RUNS runs per shape and server, warm-
 
 SPID=""
 DATA=""
-start_server() {  # nimbus|nimbus:ARGS|yws; sets SPID and BASE
-    local kind=$1 extra=""
+start_server() {  # nimbus|nimbus:ARGS|nimbus@BIN[:ARGS]|yws; sets SPID and BASE
+    local kind=$1 extra="" bin="$NIMBUS_BIN" spec
     case $kind in
-        nimbus|nimbus:*)
-            [[ $kind == nimbus:* ]] && extra="${kind#nimbus:}" && extra="${extra//,/ }"
+        nimbus|nimbus:*|nimbus@*)
+            spec="${kind#nimbus}"
+            if [[ $spec == @* ]]; then
+                spec="${spec#@}"
+                bin="${spec%%:*}"
+                [[ $spec == *:* ]] && spec=":${spec#*:}" || spec=""
+            fi
+            [[ $spec == :* ]] && extra="${spec#:}" && extra="${extra//,/ }"
             DATA="$(mktemp -d "$OUT/data.XXXXXX")"
-            taskset -c "$SERVER_CPUS" "$NIMBUS_BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" ${SERVER_ARGS:-} $extra >"$OUT/server.log" 2>&1 &
+            taskset -c "$SERVER_CPUS" "$bin" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" ${SERVER_ARGS:-} $extra >"$OUT/server.log" 2>&1 &
             SPID=$!
             BASE="ws://127.0.0.1:$PORT/doc"
             ;;
