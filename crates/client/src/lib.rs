@@ -21,16 +21,10 @@ mod event;
 pub mod gateway;
 mod pacing;
 
-/// The read buffer of the sockets this crate opens, bytes. tungstenite's default is 128 KiB,
-/// and it zero-fills the free part of the buffer before *every* read (128 KiB of `memset` per
-/// message received, and 128 KiB held per connection). A larger message still arrives
-/// whole: the buffer grows to a frame's declared length, read this much at a time.
-const READ_BUFFER: usize = 8 << 10;
-
 /// The WebSocket config of every socket this crate opens.
 fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
+        .read_buffer_size(nimbus_proto::CLIENT_READ_BUFFER)
 }
 
 pub use connection::{CloudConnection, CloudConnectionBuilder, HostProfile, DEFAULT_USER_AGENT};

@@ -61,8 +61,9 @@ pub trait RoomHooks: Send + Sync + 'static {
     /// message it is the bytes the client sent, which may also hold parts the room had
     /// already; for anything else, the transaction's changes as yrs encodes them. Called in
     /// commit order, one call at a time, never while the document is locked: from
-    /// [`Room::run`], or, when nothing waits in the room's queue, from the task that applied
-    /// a client's or the API's update, right after its transaction. So it must not block or
+    /// [`Room::run`], or, when nothing waits in the room's queue, from the session task that
+    /// applied a client's update, right after its transaction (never from inside a call of
+    /// [`Room::apply_update`] or a transaction of [`Room::doc`]). So it must not block or
     /// wait: hand the update on (a channel, a queue) and return. Persist here.
     fn updated(&self, room: &Room, update: &Bytes) {
         let _ = (room, update);

@@ -65,11 +65,14 @@ struct Events {
 }
 
 impl Events {
-    fn send(&self, ev: Event) {
+    /// Queue `ev`; false if the queue is closed.
+    fn send(&self, ev: Event) -> bool {
         self.queued.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(ev).is_err() {
+        let sent = self.tx.send(ev).is_ok();
+        if !sent {
             self.queued.fetch_sub(1, Ordering::AcqRel);
         }
+        sent
     }
 }
 
@@ -753,8 +756,8 @@ impl Room {
     /// The main task: forwards every update of the document to the clients (each update
     /// once, as a `[0,2,…]` frame, to every client but the one it came from), calls
     /// [`RoomHooks::updated`], and times out awareness states, broadcasting their removal.
-    /// A client's or the API's update that finds nothing queued is delivered by the task
-    /// that applied it instead (see `Room::integrate`), in the same order.
+    /// A client's update that finds nothing queued is delivered by the session that applied
+    /// it instead (see `Room::integrate`), in the same order.
     /// Returns when the room closes. Only one `run` per room does anything.
     pub async fn run(&self) {
         let Ok(mut rx) = self.inner.events_rx.try_lock() else {
@@ -845,10 +848,9 @@ impl Room {
             }
             return;
         }
-        if self.inner.events.tx.is_closed() {
+        if !self.inner.events.send(Event::Flush(ack_tx)) {
             return;
         }
-        self.inner.events.send(Event::Flush(ack_tx));
         loop {
             tokio::select! {
                 _ = &mut ack_rx => return,
@@ -1159,9 +1161,6 @@ impl Room {
             let mut inline = None;
             if let Some(report) = report {
                 if txn.has_changes() {
-                    // Only a session's update skips the queue: an API caller could hold
-                    // a lock its own `updated` hook takes.
-                    let from_session = report.conn.is_some();
                     let (frame, update) = match (&applied, report.forward) {
                         (Ok(()), Forward::AsSent) => update_frame(report.bytes),
                         _ => update_frame(&txn.encode_update_v1()),
@@ -1172,16 +1171,19 @@ impl Room {
                         update,
                         source: Source::Local,
                     };
-                    // Nothing else can queue an update while the transaction holds the
-                    // document, and `run` takes the lock to deliver one.
-                    match try_lock(&self.inner.deliver) {
-                        Some(delivering)
-                            if from_session
-                                && self.inner.events.queued.load(Ordering::Acquire) == 0 =>
-                        {
-                            inline = Some((delivering, ev));
+                    // Only a session's update skips the queue (an API caller could hold a
+                    // lock its own `updated` hook takes). Nothing else can queue an update
+                    // while the transaction holds the document, and `run` takes the lock
+                    // to deliver one.
+                    let delivering = (report.conn.is_some()
+                        && self.inner.events.queued.load(Ordering::Acquire) == 0)
+                        .then(|| try_lock(&self.inner.deliver))
+                        .flatten();
+                    match delivering {
+                        Some(delivering) => inline = Some((delivering, ev)),
+                        None => {
+                            self.inner.events.send(ev);
                         }
-                        _ => self.inner.events.send(ev),
                     }
                 }
             }

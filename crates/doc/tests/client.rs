@@ -292,9 +292,9 @@ async fn two_clients_can_share_one_document() {
 
 #[tokio::test]
 async fn messages_many_times_the_read_buffer_arrive_whole_both_ways() {
-    // Client and server sockets read `READ_BUFFER` bytes at a time; a frame longer than
+    // Client and server sockets read `CLIENT_READ_BUFFER` bytes at a time; a frame longer than
     // that must still arrive whole (the buffer grows to the frame's declared length).
-    let big = "y".repeat(20 * nimbus_doc::wire::websocket::READ_BUFFER + 17);
+    let big = "y".repeat(20 * nimbus_proto::CLIENT_READ_BUFFER + 17);
     let s = server(Kind::WebSocket).await;
     let writer = s.client("big").await;
     writer

@@ -11,9 +11,6 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::IpcError;
 
-/// The read buffer of a client socket, bytes (see [`ClientSession`]'s `open`).
-const READ_BUFFER: usize = 8 << 10;
-
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A client of an IPC server. Holds no background task: dropping it closes the socket.
@@ -95,10 +92,8 @@ impl ClientSession {
 
     async fn open(&self, port: u16) -> Result<Ws, IpcError> {
         let url = format!("ws://{}:{}/", self.host, port);
-        // tungstenite's default 128 KiB read buffer is zero-filled before every read; replies
-        // larger than this still arrive whole (the buffer grows to a frame's length).
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER);
+            .read_buffer_size(nimbus_proto::CLIENT_READ_BUFFER);
         let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
         let (ws, _) = tokio::time::timeout(self.timeout, connect)
             .await

@@ -492,7 +492,8 @@ async fn start_echo(s: &Server) -> ClientSession {
 
 #[tokio::test]
 async fn a_reply_many_times_the_client_read_buffer_arrives_whole() {
-    // The client reads 8 KiB at a time; a longer reply must still arrive whole.
+    // The client reads `CLIENT_READ_BUFFER` bytes at a time; a longer reply must still
+    // arrive whole.
     let s = Server::builder()
         .host("127.0.0.1")
         .port(0)
@@ -500,7 +501,7 @@ async fn a_reply_many_times_the_client_read_buffer_arrives_whole() {
         .build()
         .unwrap();
     let mut c = start_echo(&s).await;
-    let big = "x".repeat(200_003);
+    let big = "x".repeat(20 * nimbus_proto::CLIENT_READ_BUFFER + 3);
     assert_eq!(
         c.request("echo", json!({ "s": big })).await.unwrap(),
         json!({ "s": big })

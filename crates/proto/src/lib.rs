@@ -15,6 +15,14 @@
 //! - [`gateway`]: the Discord v10 gateway protocol (payloads, close codes, intents, `shard_of`).
 #![forbid(unsafe_code)]
 
+/// How much a WebSocket client reads per call, bytes: the read buffer of every socket that
+/// nimbus' clients (document, cloud, gateway, IPC) and `nimbus bench`'s generators open.
+/// tungstenite's default is 128 KiB, and it zero-fills the free part of its buffer before
+/// every read: a 128 KiB `memset` per message received (37.5 % of `nimbus bench doc`'s
+/// samples in `bench/doc.sh spread`) and 128 KiB held per connection. A longer frame still
+/// arrives whole: the buffer grows to the frame's declared length.
+pub const CLIENT_READ_BUFFER: usize = 8 << 10;
+
 pub mod backoff;
 pub mod backplane;
 pub mod batch;

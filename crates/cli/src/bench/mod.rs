@@ -1,10 +1,8 @@
 //! `nimbus bench ...`: load generators (see docs/benchmarks.md).
 use clap::Subcommand;
 
-/// The WebSocket config of every generator socket: tungstenite's default read buffer
-/// (128 KiB) is zero-filled before every read, which cost `nimbus bench doc` about half of
-/// its CPU in `bench/doc.sh spread`; 8 KiB reads hold many messages and the buffer grows to
-/// a larger frame's length.
+/// The WebSocket config of every generator socket (reads of
+/// [`nimbus_proto::CLIENT_READ_BUFFER`]).
 fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     nimbus_doc::wire::websocket::config(64 << 20)
 }

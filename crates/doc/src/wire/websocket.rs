@@ -19,20 +19,14 @@ use crate::channel::{Channel, ChannelError};
 /// The keepalive ping period of the reference (y-websocket-server's `pingTimeout`).
 pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The read buffer of a socket this crate opens or accepts, bytes. tungstenite's default is
-/// 128 KiB, and it zero-fills the free part of the buffer before *every* read: 128 KiB of
-/// `memset` per message received (a third of a busy client's CPU in `nimbus bench doc`) and
-/// 128 KiB held per connection. A larger message still arrives whole: the buffer grows to a
-/// frame's declared length, and reads take up to this much at a time.
-pub const READ_BUFFER: usize = 8 << 10;
-
-/// A WebSocket config with this maximum message (and frame) size and a [`READ_BUFFER`]
-/// read buffer.
+/// A WebSocket config with this maximum message (and frame) size and a
+/// [`nimbus_proto::CLIENT_READ_BUFFER`] read buffer (for the sockets this crate opens and
+/// the ones its server accepts).
 pub fn config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
-        .read_buffer_size(READ_BUFFER)
+        .read_buffer_size(nimbus_proto::CLIENT_READ_BUFFER)
 }
 
 /// A [`Channel`] over a WebSocket stream.

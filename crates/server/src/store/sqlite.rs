@@ -95,12 +95,13 @@ impl<'a> Packs<'a> {
         full
     }
 
-    /// A room's updates so far (before an op that must come after them).
-    fn take(&mut self, room: &str) -> Option<(&'a str, Vec<&'a [u8]>)> {
-        let i = *self.index.get(room)?;
-        let (room, updates, bytes) = &mut self.packs[i];
-        *bytes = 0;
-        (!updates.is_empty()).then(|| (*room, std::mem::take(updates)))
+    /// Forget a room's updates so far (a delete of the room follows them).
+    fn forget(&mut self, room: &str) {
+        if let Some(&i) = self.index.get(room) {
+            let (_, updates, bytes) = &mut self.packs[i];
+            updates.clear();
+            *bytes = 0;
+        }
     }
 
     fn drain(self) -> impl Iterator<Item = (&'a str, Vec<&'a [u8]>)> {
@@ -261,9 +262,8 @@ impl SqliteBackend {
                     }
                     StoreOp::DocCompact { .. } => {}
                     StoreOp::DocDelete { room } => {
-                        if let Some((room, before)) = packs.take(room) {
-                            write_pack(room, &before)?;
-                        }
+                        // The room's earlier appends of this commit would be deleted next.
+                        packs.forget(room);
                         tx.execute("DELETE FROM doc_updates WHERE room = ?1", [&**room])?;
                         tx.execute("DELETE FROM doc_snapshots WHERE room = ?1", [&**room])?;
                     }
