@@ -13,6 +13,17 @@ use crate::Room;
 /// Hooks must not block: `load` and `emptied` are async; `check_update` and `updated` run
 /// on the room's tasks and should only do quick work (queue a write, check a size).
 ///
+/// A hook that panics is contained, and counted in [`Room::hook_panics`]:
+///
+/// - `load`: as if it had failed with a [`HookError`] (every waiting client is refused and
+///   the room is not kept);
+/// - `check_update`: the update is refused and its client closed with 1011 `update check
+///   failed`; the room goes on;
+/// - `updated` or `replicated`: the hook has missed an update (a persistence hook has not
+///   stored it), so the room closes with 1011 `room hook failed`. Its clients reconnect to a
+///   fresh room, and their SyncStep2 brings back what the hook missed;
+/// - `emptied`: logged; the room is closed as usual.
+///
 /// ```
 /// use std::sync::Arc;
 /// use nimbus_doc::{HookError, Refusal, Room, RoomHooks};

@@ -254,7 +254,16 @@ impl RoomManager {
 /// Flush the room's changes to the hooks, run `emptied`, close it.
 async fn unload(room: &Room) {
     room.flush().await;
-    room.hooks().emptied(room).await;
+    // A panicking `emptied` must not keep the room open, nor (in `close_all`) the rooms after
+    // it from being flushed.
+    let emptied = std::panic::AssertUnwindSafe(room.hooks().emptied(room));
+    if futures_util::FutureExt::catch_unwind(emptied)
+        .await
+        .is_err()
+    {
+        room.count_hook_panic();
+        tracing::error!(room = %room.id(), "the room's emptied hook panicked");
+    }
     room.close();
 }
 

@@ -412,6 +412,10 @@ const FLUSH: u8 = 4;
 /// room's client lock is held for a bounded number of system calls.
 const DIRECT_PER_BROADCAST: usize = 128;
 
+/// The close code and reason of a room whose `updated` or `replicated` hook panicked, and
+/// the code of a client whose update made `check_update` panic (1011: the server failed).
+const HOOK_FAILED: (u16, &str) = (1011, "room hook failed");
+
 /// What a waiting session wakes up for.
 #[derive(Debug)]
 enum Popped {
@@ -582,6 +586,8 @@ struct Inner {
     /// Held while an event is delivered (broadcast and hooks), by [`Room::run`] or by the
     /// task that applied an update and delivers it itself: one delivery at a time, in order.
     deliver: Mutex<()>,
+    /// Panics of the room's hooks (contained).
+    hook_panics: AtomicU64,
     loaded: OnceCell<Result<(), HookError>>,
     /// The close frame connected clients get when the room closes.
     close_frame: std::sync::OnceLock<(u16, String)>,
@@ -695,6 +701,7 @@ impl Room {
                 events,
                 events_rx: tokio::sync::Mutex::new(events_rx),
                 deliver: Mutex::new(()),
+                hook_panics: AtomicU64::new(0),
                 loaded: OnceCell::new(),
                 close_frame: std::sync::OnceLock::new(),
                 cancel: CancellationToken::new(),
@@ -743,7 +750,13 @@ impl Room {
         self.inner
             .loaded
             .get_or_init(|| async {
-                let r = self.inner.hooks.load(self).await;
+                let load = std::panic::AssertUnwindSafe(self.inner.hooks.load(self));
+                let r = futures_util::FutureExt::catch_unwind(load)
+                    .await
+                    .unwrap_or_else(|_| {
+                        self.count_hook_panic();
+                        Err(HookError::new("the room's load hook panicked"))
+                    });
                 if let Err(e) = &r {
                     tracing::warn!(room = %self.id(), error = %e, "room load failed");
                 }
@@ -825,10 +838,20 @@ impl Room {
                 source,
             } => {
                 self.broadcast(&frame, conn);
-                match source {
-                    Source::Local => self.inner.hooks.updated(self, &update),
-                    Source::Replicated => self.inner.hooks.replicated(self, &update),
-                    Source::Loaded => {}
+                // A hook that panics has missed this update (for a persistence hook: it
+                // is not stored). The room closes, so that its clients reconnect to a
+                // fresh room and their SyncStep2 brings the update back; the task that
+                // was delivering (a session's, or `run`) goes on.
+                let hooked =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match source {
+                        Source::Local => self.inner.hooks.updated(self, &update),
+                        Source::Replicated => self.inner.hooks.replicated(self, &update),
+                        Source::Loaded => {}
+                    }));
+                if hooked.is_err() {
+                    self.count_hook_panic();
+                    tracing::error!(room = %self.id(), "a room hook panicked on an update: closing the room");
+                    self.close_with(HOOK_FAILED.0, HOOK_FAILED.1);
                 }
             }
             Event::Flush(ack) => {
@@ -951,6 +974,16 @@ impl Room {
     /// How many client updates the validator replica caught panicking.
     pub fn contained_panics(&self) -> u64 {
         lock(&self.inner.validator).panics
+    }
+
+    /// How many times one of the room's hooks panicked (each was contained: see
+    /// [`RoomHooks`]).
+    pub fn hook_panics(&self) -> u64 {
+        self.inner.hook_panics.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_hook_panic(&self) {
+        self.inner.hook_panics.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Close the room: no client can join, connected clients are closed (1001), background
@@ -1472,7 +1505,15 @@ impl Room {
                         // The SyncStep2 of a client with nothing new: nothing to do.
                         continue;
                     }
-                    if let Err(refusal) = self.inner.hooks.check_update(self, &u) {
+                    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.inner.hooks.check_update(self, &u)
+                    }))
+                    .unwrap_or_else(|_| {
+                        self.count_hook_panic();
+                        tracing::error!(room = %self.id(), "the room's check_update hook panicked: the update is refused and its client closed");
+                        Err(crate::Refusal::closing(HOOK_FAILED.0, "update check failed"))
+                    });
+                    if let Err(refusal) = checked {
                         tracing::info!(room = %self.id(), reason = %refusal, "update refused by the room's hook");
                         send_frame(
                             channel,

@@ -890,3 +890,183 @@ async fn updates_reach_the_hooks_in_commit_order_whether_delivered_by_their_sess
     assert_eq!(json_of(&replay), json_of(room.doc()));
     drop(raws);
 }
+
+/// Hooks that panic on updates holding a marker (`updated` on "boom", `check_update` on
+/// "veto") and in rooms whose name says so (`load`, `emptied`), and record every update
+/// `updated` got and every `emptied` that returned.
+struct Panicking(Arc<Reached>);
+
+fn holds(update: &[u8], marker: &str) -> bool {
+    update.windows(marker.len()).any(|w| w == marker.as_bytes())
+}
+
+impl RoomHooks for Panicking {
+    fn load<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, Result<(), HookError>> {
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            assert!(room.id() != "/load-panic", "load hook bug");
+            Ok(())
+        })
+    }
+
+    fn emptied<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            assert!(room.id() != "/emptied-panic", "emptied hook bug");
+            let id = Bytes::copy_from_slice(room.id().as_bytes());
+            self.0 .0.lock().unwrap().push(("emptied", id));
+        })
+    }
+
+    fn check_update(&self, _room: &Room, update: &[u8]) -> Result<(), Refusal> {
+        assert!(!holds(update, "veto"), "check_update hook bug");
+        Ok(())
+    }
+
+    fn updated(&self, _room: &Room, update: &Bytes) {
+        assert!(!holds(update, "boom"), "updated hook bug");
+        self.0 .0.lock().unwrap().push(("updated", update.clone()));
+    }
+}
+
+fn panicking(reached: &Arc<Reached>) -> impl Fn(&str) -> Room + Send + Sync + 'static {
+    let reached = reached.clone();
+    move |id: &str| Room::with_hooks(id, Arc::new(Panicking(reached.clone())))
+}
+
+#[tokio::test]
+async fn a_panicking_update_check_refuses_the_update_and_closes_only_its_client_with_1011() {
+    for kind in KINDS {
+        let reached = Arc::new(Reached::default());
+        let s = serve_with(
+            Addr::new(kind),
+            panicking(&reached),
+            ServerOptions::default(),
+        )
+        .await;
+        let mgr = s.guard.manager().clone();
+        let mut a = Raw::open(&s.addr, "veto").await;
+        let mut b = Raw::open(&s.addr, "veto").await;
+        assert_eq!(a.recv().await, Got::Frame(vec![0, 0, 1, 0]));
+        assert_eq!(b.recv().await, Got::Frame(vec![0, 0, 1, 0]));
+        a.send(&Message::Update(text_update("veto").into()).encode())
+            .await;
+        assert_eq!(
+            a.until_close().await,
+            Got::Close(1011, "update check failed".into()),
+            "{kind:?}"
+        );
+        // The room is open and unchanged: the next update is the first thing b gets, and the
+        // first the hook records.
+        let room = mgr.get("/veto").unwrap();
+        assert!(!room.is_closed(), "{kind:?}");
+        assert_eq!(room.hook_panics(), 1, "{kind:?}");
+        let ok = Message::Update(text_update("fine").into()).encode();
+        let mut c = Raw::open(&s.addr, "veto").await;
+        assert_eq!(c.recv().await, Got::Frame(vec![0, 0, 1, 0]), "{kind:?}");
+        c.send(&ok).await;
+        assert_eq!(b.recv().await, Got::Frame(ok.to_vec()), "{kind:?}");
+        eventually("the hook got the update", || {
+            reached.0.lock().unwrap().len() == 1
+        })
+        .await;
+        s.guard.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_updated_hook_closes_the_room_with_1011_and_the_next_client_gets_a_fresh_room()
+{
+    for kind in KINDS {
+        let reached = Arc::new(Reached::default());
+        let s = serve_with(
+            Addr::new(kind),
+            panicking(&reached),
+            ServerOptions::default(),
+        )
+        .await;
+        let mgr = s.guard.manager().clone();
+        let mut a = Raw::open(&s.addr, "boom").await;
+        let mut b = Raw::open(&s.addr, "boom").await;
+        assert_eq!(a.recv().await, Got::Frame(vec![0, 0, 1, 0]));
+        assert_eq!(b.recv().await, Got::Frame(vec![0, 0, 1, 0]));
+        let first = Message::Update(text_update("first").into()).encode();
+        a.send(&first).await;
+        assert_eq!(b.recv().await, Got::Frame(first.to_vec()), "{kind:?}");
+        let room = mgr.get("/boom").unwrap();
+        // The hook misses the update it panics on, so the room closes and every client (the
+        // sender too) gets 1011 (whether the update reached b before is a race with the
+        // close, which drops what b's queue held).
+        a.send(&Message::Update(text_update("boom").into()).encode())
+            .await;
+        for raw in [&mut a, &mut b] {
+            assert_eq!(
+                raw.until_close().await,
+                Got::Close(1011, "room hook failed".into()),
+                "{kind:?}"
+            );
+        }
+        assert!(room.is_closed(), "{kind:?}");
+        assert_eq!(room.hook_panics(), 1, "{kind:?}");
+        assert_eq!(reached.0.lock().unwrap().len(), 1, "{kind:?}");
+        eventually("the closed room left the manager", || {
+            mgr.room_ids().is_empty()
+        })
+        .await;
+        // The server goes on: a fresh room serves the next client and takes its updates.
+        let mut c = Raw::open(&s.addr, "boom").await;
+        assert_eq!(c.recv().await, Got::Frame(vec![0, 0, 1, 0]), "{kind:?}");
+        c.send(&Message::Update(text_update("again").into()).encode())
+            .await;
+        eventually("the fresh room's hook got the update", || {
+            reached.0.lock().unwrap().len() == 2
+        })
+        .await;
+        s.guard.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_load_fails_the_load_and_a_panicking_emptied_still_unloads_every_room() {
+    let reached = Arc::new(Reached::default());
+    let s = serve_with(
+        Addr::new(Kind::Memory),
+        panicking(&reached),
+        ServerOptions::default(),
+    )
+    .await;
+    let mgr = s.guard.manager().clone();
+    // load: every waiting caller gets the failure, the room is not kept, a client gets 1011.
+    let (r1, r2) = tokio::join!(mgr.get_room("/load-panic"), mgr.get_room("/load-panic"));
+    assert_eq!(
+        r1.unwrap_err(),
+        nimbus_doc::GetRoomError::Load(HookError::new("the room's load hook panicked"))
+    );
+    assert!(r2.is_err());
+    assert!(mgr.room_ids().is_empty());
+    let mut raw = Raw::open(&s.addr, "load-panic").await;
+    assert!(matches!(raw.until_close().await, Got::Close(1011, _)));
+
+    // emptied: the room still leaves the manager when its last client goes.
+    let mut a = Raw::open(&s.addr, "emptied-panic").await;
+    assert_eq!(a.recv().await, Got::Frame(vec![0, 0, 1, 0]));
+    let room = mgr.get("/emptied-panic").unwrap();
+    drop(a);
+    eventually("the room is unloaded", || mgr.room_ids().is_empty()).await;
+    assert!(room.is_closed());
+    assert_eq!(room.hook_panics(), 1);
+
+    // At shutdown, a panicking emptied does not keep the other rooms from being unloaded.
+    let _b = Raw::open(&s.addr, "emptied-panic").await;
+    let _c = Raw::open(&s.addr, "other").await;
+    eventually("both rooms are loaded", || mgr.room_ids().len() == 2).await;
+    s.guard.shutdown().await;
+    let emptied: Vec<Bytes> = reached
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(hook, _)| *hook == "emptied")
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(emptied, vec![Bytes::from_static(b"/other")]);
+}
