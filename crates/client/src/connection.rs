@@ -62,6 +62,7 @@ pub struct CloudConnectionBuilder {
     user_agent: String,
     reconnect: bool,
     backoff: Backoff,
+    max_message_bytes: usize,
 }
 
 impl CloudConnectionBuilder {
@@ -99,6 +100,13 @@ impl CloudConnectionBuilder {
     /// Reconnect backoff (default 1 s base, 30 s cap, full jitter).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+    /// The longest message taken from the server, bytes (default
+    /// [`nimbus_proto::CLIENT_MAX_MESSAGE`], 16 MiB). A longer one ends the connection (a
+    /// `disconnect` event; then a reconnect, if on).
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
         self
     }
 
@@ -221,6 +229,7 @@ impl CloudConnection {
             user_agent: DEFAULT_USER_AGENT.into(),
             reconnect: true,
             backoff: Backoff::default(),
+            max_message_bytes: nimbus_proto::CLIENT_MAX_MESSAGE,
         }
     }
 
@@ -482,8 +491,12 @@ async fn open(inner: &Inner) -> Result<Socket, CloudError> {
     if let Ok(ua) = inner.cfg.user_agent.parse() {
         req.headers_mut().insert(USER_AGENT, ua);
     }
-    let (ws, _) =
-        tokio_tungstenite::connect_async_with_config(req, Some(crate::ws_config()), false).await?;
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(
+        req,
+        Some(crate::ws_config(inner.cfg.max_message_bytes)),
+        false,
+    )
+    .await?;
     inner.emitter.emit(Event::Handshake);
     Ok(ws)
 }

@@ -21,10 +21,13 @@ mod event;
 pub mod gateway;
 mod pacing;
 
-/// The WebSocket config of every socket this crate opens.
-fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+/// The WebSocket config of every socket this crate opens: messages and frames of at most
+/// `max_message` bytes (a longer one ends the connection with an error).
+fn ws_config(max_message: usize) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(nimbus_proto::CLIENT_READ_BUFFER)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
 }
 
 pub use connection::{CloudConnection, CloudConnectionBuilder, HostProfile, DEFAULT_USER_AGENT};

@@ -244,3 +244,46 @@ async fn wss_to_a_plain_server_is_an_error_not_a_panic() {
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_over_the_clients_bound_ends_its_connection_and_is_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path(), None).await;
+    let a = conn(srv.addr, "alice");
+    let mut a_events = a.events();
+    a.connect().await.unwrap();
+    let long = "1".repeat(5_000);
+    a.set_cloud_variable("long", long.as_str()).await.unwrap();
+    next_matching(&mut a_events, |e| matches!(e, Event::Change(_))).await;
+    // b takes messages of up to 1 KiB: the handshake reply holding the 5,000-digit value
+    // ends its connection, and b does not hold the value.
+    let b = CloudConnection::builder("77")
+        .cloud_host(format!("ws://{}", srv.addr))
+        .username("bob")
+        .profile(HostProfile::TURBOWARP)
+        .reconnect(false)
+        .max_message_bytes(1024)
+        .build()
+        .unwrap();
+    let mut b_events = b.events();
+    b.connect().await.unwrap();
+    let ev = next_matching(&mut b_events, |e| matches!(e, Event::Disconnect { .. })).await;
+    assert!(
+        matches!(&ev, Event::Disconnect { code: None, reason } if reason.contains("too long")),
+        "{ev:?}"
+    );
+    assert_eq!(b.get_cloud_variable("long"), None);
+    // With the default bound the same reply arrives whole.
+    let c = conn(srv.addr, "carol");
+    let mut c_events = c.events();
+    c.connect().await.unwrap();
+    next_matching(&mut c_events, |e| matches!(e, Event::Create(_))).await;
+    assert_eq!(
+        c.get_cloud_variable("long"),
+        Some(CloudValue::from(long.as_str()))
+    );
+    a.close().await;
+    b.close().await;
+    c.close().await;
+    srv.stop().await;
+}

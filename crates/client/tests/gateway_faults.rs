@@ -478,3 +478,43 @@ async fn zlib_stream_transport_compression() {
     assert_eq!(c.expect_resume().await["seq"], 3);
     client.close().await;
 }
+
+#[tokio::test]
+async fn a_message_over_the_bound_ends_the_connection_and_the_client_resumes_after_it() {
+    for compress in [false, true] {
+        let srv = FaultServer::bind().await;
+        let max = 64 << 10;
+        let client = GatewayClient::new(GatewayOptions {
+            compress,
+            max_message_bytes: max,
+            ..options(&srv)
+        });
+        client.start("tok", 1).unwrap();
+        let mut c = srv.accept().await;
+        c.identify(&srv, "big").await;
+        assert_eq!(event(&client).await.0, "READY");
+        // Under the bound: delivered.
+        let fits = "v".repeat(max - 100);
+        c.dispatch(2, "CLOUD_SET", json!({ "value": fits })).await;
+        assert_eq!(event(&client).await.1["value"], fits, "compress {compress}");
+        // Over it (inflated, when compressed: 1 MiB of one letter is a few KiB on the wire):
+        // the client drops the connection without taking it, and resumes from seq 2.
+        let big = json!({"op": 0, "s": 3, "t": "CLOUD_SET", "d": { "value": "w".repeat(1 << 20) }});
+        let msg = match c.zlib.as_mut() {
+            Some(z) => {
+                let mut out = Vec::with_capacity(64 << 10);
+                z.compress_vec(big.to_string().as_bytes(), &mut out, FlushCompress::Sync)
+                    .unwrap();
+                Message::binary(out)
+            }
+            None => Message::text(big.to_string()),
+        };
+        // The client may drop the connection before it has all of it.
+        let _ = c.ws.send(msg).await;
+        let mut c = srv.accept().await;
+        assert_eq!(c.expect_resume().await["seq"], 2, "compress {compress}");
+        c.dispatch(3, "CLOUD_SET", json!({ "value": 3 })).await;
+        assert_eq!(event(&client).await.1["value"], 3, "compress {compress}");
+        client.close().await;
+    }
+}

@@ -33,6 +33,7 @@ pub struct ClientSession {
     multicast_port: u16,
     secret_key: Option<String>,
     timeout: Duration,
+    max_message: usize,
     resolved: Option<u16>,
     ws: Option<Ws>,
 }
@@ -51,9 +52,17 @@ impl ClientSession {
             multicast_port,
             secret_key,
             timeout: Duration::from_secs(30),
+            max_message: nimbus_proto::CLIENT_MAX_MESSAGE,
             resolved: port,
             ws: None,
         }
+    }
+
+    /// Set the longest reply taken, bytes (default [`nimbus_proto::CLIENT_MAX_MESSAGE`],
+    /// 16 MiB). A longer one fails its request with [`IpcError::Io`] and ends the connection.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
     }
 
     /// Set the per-request timeout (default 30 s).
@@ -93,7 +102,9 @@ impl ClientSession {
     async fn open(&self, port: u16) -> Result<Ws, IpcError> {
         let url = format!("ws://{}:{}/", self.host, port);
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(nimbus_proto::CLIENT_READ_BUFFER);
+            .read_buffer_size(nimbus_proto::CLIENT_READ_BUFFER)
+            .max_message_size(Some(self.max_message))
+            .max_frame_size(Some(self.max_message));
         let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
         let (ws, _) = tokio::time::timeout(self.timeout, connect)
             .await

@@ -510,6 +510,32 @@ async fn a_reply_many_times_the_client_read_buffer_arrives_whole() {
 }
 
 #[tokio::test]
+async fn a_reply_over_the_clients_bound_fails_its_request_and_the_next_one_reconnects() {
+    let s = Server::builder()
+        .host("127.0.0.1")
+        .port(0)
+        .multicast(false)
+        .build()
+        .unwrap();
+    let max = 64 << 10;
+    let mut c = start_echo(&s).await.with_max_message_bytes(max);
+    // A reply of the bound arrives (the JSON around the string takes 8 bytes).
+    let fits = "x".repeat(max - 8);
+    assert_eq!(
+        c.request("echo", json!({ "s": fits })).await.unwrap(),
+        json!({ "s": fits })
+    );
+    let over = "x".repeat(max - 7);
+    let err = c.request("echo", json!({ "s": over })).await.unwrap_err();
+    assert!(matches!(err, IpcError::Io(_)), "{err:?}");
+    assert_eq!(
+        c.request("echo", json!({"s": 1})).await.unwrap(),
+        json!({"s": 1})
+    );
+    s.terminate_server().await;
+}
+
+#[tokio::test]
 async fn frame_size_limit() {
     let s = Server::builder()
         .host("127.0.0.1")

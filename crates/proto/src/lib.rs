@@ -23,6 +23,14 @@
 /// arrives whole: the buffer grows to the frame's declared length.
 pub const CLIENT_READ_BUFFER: usize = 8 << 10;
 
+/// The default bound on one message (and one frame) that a client socket nimbus opens will
+/// take, bytes, inflated for the gateway's zlib-stream: the cloud, gateway and IPC clients'
+/// default (each has a setting). tungstenite's default is 64 MiB, which lets a server (or
+/// whoever answers in its place) make a client hold that much per connection. 16 MiB is
+/// above what these protocols carry: a TurboWarp handshake of 128 variables at their
+/// 100,000-character limit is ~12.8 MB, and nimbus' own servers refuse messages of 1 MiB.
+pub const CLIENT_MAX_MESSAGE: usize = 16 << 20;
+
 pub mod backoff;
 pub mod backplane;
 pub mod batch;

@@ -133,7 +133,7 @@ impl Driver {
                 self.shared.options.connect_timeout,
                 tokio_tungstenite::connect_async_with_config(
                     url.as_str(),
-                    Some(crate::ws_config()),
+                    Some(crate::ws_config(self.shared.options.max_message_bytes)),
                     false,
                 ),
             );
@@ -253,7 +253,12 @@ impl Driver {
     /// Serve one connection; returns how it ended, whether it reached READY/RESUMED,
     /// and whether the end was the server's instruction (op 7 / op 9).
     async fn connection(&mut self, mut ws: Socket, resuming: bool) -> (Outcome, bool, bool) {
-        let mut inflater = self.shared.options.compress.then(Inflater::new);
+        let max_message = self.shared.options.max_message_bytes;
+        let mut inflater = self
+            .shared
+            .options
+            .compress
+            .then(|| Inflater::new(max_message));
         let mut active = false;
         let mut interval: Option<Duration> = None;
         let mut next_beat = Instant::now();

@@ -143,6 +143,10 @@ pub struct GatewayOptions {
     /// than the server's resume window loses its session (op 9, a new Identify), as on
     /// Discord. Bounds the client's memory by the consumer, not by the event rate.
     pub max_pending_events: usize,
+    /// The longest message taken from the server, bytes, after inflating when `compress` is
+    /// on (so a zlib bomb is cut off here too). A longer one ends the connection, which
+    /// resumes like after a drop. Default [`nimbus_proto::CLIENT_MAX_MESSAGE`] (16 MiB).
+    pub max_message_bytes: usize,
 }
 
 impl Default for GatewayOptions {
@@ -162,6 +166,7 @@ impl Default for GatewayOptions {
             connect_timeout: Duration::from_secs(10),
             identify_queue: None,
             max_pending_events: 16_384,
+            max_message_bytes: nimbus_proto::CLIENT_MAX_MESSAGE,
         }
     }
 }
