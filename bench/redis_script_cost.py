@@ -2,10 +2,11 @@
 """Redis CPU per cloud change of CLOUD_SCRIPT, and of format variants derived from it.
 
 What a change of the backplane's format would buy, before building one: each variant is
-the live `crates/redis/src/lua/cloud.lua` with one part of its per-change work moved to
-once per call. Variants (each includes the ones before it):
+the script of commit BASE (default 378a69b) with one part of its per-change work moved to
+once per call. Variants (each derived one includes the ones before it):
 
-  current   the script as it is: per change INCR, HSET, XADD room stream, XADD global
+  current   the script in the working tree (`crates/redis/src/lua/cloud.lua`)
+  base      the script at BASE: per change INCR, HSET, XADD room stream, XADD global
             stream, PUBLISH
   global1   one XADD to the global stream (one field `m` per change) and one PUBLISH per call
   room1     ... and one XADD to the room's stream per call (entry id: the first sequence)
@@ -20,7 +21,8 @@ at a time. Prints Redis CPU (user+system from INFO cpu) per change and EVALSHA u
 call. Loopback only; every run ends by itself.
 
     python3 bench/redis_script_cost.py                     # every variant, in turn, x3
-    python3 bench/redis_script_cost.py current room1       # some, x3
+    python3 bench/redis_script_cost.py current base        # some, x3
+    BASE=<commit> python3 bench/redis_script_cost.py current base
     ROUNDS=1 CALLS=2000 PER_CALL=32 python3 bench/redis_script_cost.py
 """
 import hashlib
@@ -35,6 +37,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "..", "crates", "redis", "src", "lua", "cloud.lua")
+BASE = os.environ.get("BASE", "378a69b")
 CALLS = int(os.environ.get("CALLS", "6000"))
 PER_CALL = int(os.environ.get("PER_CALL", "16"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
@@ -43,12 +46,13 @@ PORT = int(os.environ.get("PORT", "16411"))
 
 def sub(text, old, new):
     if old not in text:
-        sys.exit(f"cloud.lua changed: cannot derive a variant (missing {old[:50]!r})")
+        sys.exit(f"cloud.lua of {BASE}: cannot derive a variant (missing {old[:50]!r})")
     return text.replace(old, new)
 
 
 def variants():
-    a = open(SCRIPT).read()
+    a = subprocess.run(["git", "-C", HERE, "show", f"{BASE}:crates/redis/src/lua/cloud.lua"],
+                       check=True, capture_output=True, text=True).stdout
     b = sub(a, """  local gid
   if trim_at_end then
     redis.call('XADD', KEYS[6], n .. '-0', 'm', msg)
@@ -113,7 +117,7 @@ return out
 for i = 7, #ARGV, 5 do out[#out + 1] = i end
 return out
 """
-    return {"current": a, "global1": b, "room1": c, "counter1": d,
+    return {"current": open(SCRIPT).read(), "base": a, "global1": b, "room1": c, "counter1": d,
             "lua-only": lua_only, "args-only": args_only}
 
 

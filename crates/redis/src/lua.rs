@@ -15,7 +15,10 @@
 /// trimmed to the entries and set to expire after the age once per call). Returns one
 /// integer per change: its sequence number, or -1 when it is refused (variable limit,
 /// unknown name, name taken). What the changes share (the epoch, the number
-/// of variables, whether a name exists and its position) is read once per call.
+/// of variables, whether a name exists, its value and position) is read once per call. The
+/// state hash's values and the counter are written once per call (one `HSET`, one `HDEL`,
+/// one `INCRBY`), before anything is appended or published: the same end state and numbers
+/// as one call per change, with two Redis calls per change fewer.
 ///
 /// For a rename or a delete the script adds the variable's value as the state hash holds
 /// it (the renamed variable's value, the deleted one's old value) to the change JSON as
