@@ -41,6 +41,12 @@ enum Command {
     Ipc(ipc::IpcCmd),
 }
 
+/// jemalloc, configured at build time (`.cargo/config.toml`: a background thread returns
+/// freed pages to the system after a second). See docs/operations.md, "Memory allocator".
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {

@@ -119,6 +119,9 @@ mod tests {
     fn compressed_bytes_past_the_bound_without_an_end_are_refused() {
         let mut inf = Inflater::new(1000);
         assert_eq!(inf.push(&[1; 600]), Ok(None));
-        assert!(inf.push(&[1; 600]).expect_err("over").contains("without an end"));
+        assert!(inf
+            .push(&[1; 600])
+            .expect_err("over")
+            .contains("without an end"));
     }
 }
