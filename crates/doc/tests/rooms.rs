@@ -403,6 +403,28 @@ async fn custom_factory_rooms_seed_filter_persist_and_unload() {
     }
 }
 
+/// Room `room`'s load fails with `why`: two concurrent callers both get it, the room is not
+/// kept, and a client is closed with 1011 and the reason.
+async fn load_fails(s: &TestServer, room: &str, why: &str) {
+    let mgr = s.guard.manager();
+    let id = format!("/{room}");
+    let (r1, r2) = tokio::join!(mgr.get_room(&id), mgr.get_room(&id));
+    assert_eq!(
+        r1.unwrap_err(),
+        nimbus_doc::GetRoomError::Load(HookError::new(why))
+    );
+    assert!(r2.is_err());
+    assert!(mgr.room_ids().is_empty());
+    let mut raw = Raw::open(&s.addr, room).await;
+    match raw.until_close().await {
+        Got::Close(code, reason) => {
+            assert_eq!(code, 1011);
+            assert!(reason.contains(why), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_failed_load_is_returned_and_the_room_is_not_kept() {
     let store = Arc::new(Store::default());
@@ -413,21 +435,7 @@ async fn a_failed_load_is_returned_and_the_room_is_not_kept() {
     )
     .await;
     let mgr = s.guard.manager().clone();
-    let (r1, r2) = tokio::join!(mgr.get_room("/fail"), mgr.get_room("/fail"));
-    assert_eq!(
-        r1.unwrap_err(),
-        nimbus_doc::GetRoomError::Load(HookError::new("storage offline"))
-    );
-    assert!(r2.is_err());
-    assert!(mgr.room_ids().is_empty());
-    let mut raw = Raw::open(&s.addr, "fail").await;
-    match raw.until_close().await {
-        Got::Close(code, reason) => {
-            assert_eq!(code, 1011);
-            assert!(reason.contains("storage offline"));
-        }
-        other => panic!("{other:?}"),
-    }
+    load_fails(&s, "fail", "storage offline").await;
     // Concurrent callers of a good room share one load.
     let before = *store.loads.lock().unwrap();
     let (a, b) = tokio::join!(mgr.get_room("/ok"), mgr.get_room("/ok"));
@@ -1035,16 +1043,7 @@ async fn a_panicking_load_fails_the_load_and_a_panicking_emptied_still_unloads_e
     )
     .await;
     let mgr = s.guard.manager().clone();
-    // load: every waiting caller gets the failure, the room is not kept, a client gets 1011.
-    let (r1, r2) = tokio::join!(mgr.get_room("/load-panic"), mgr.get_room("/load-panic"));
-    assert_eq!(
-        r1.unwrap_err(),
-        nimbus_doc::GetRoomError::Load(HookError::new("the room's load hook panicked"))
-    );
-    assert!(r2.is_err());
-    assert!(mgr.room_ids().is_empty());
-    let mut raw = Raw::open(&s.addr, "load-panic").await;
-    assert!(matches!(raw.until_close().await, Got::Close(1011, _)));
+    load_fails(&s, "load-panic", "the room's load hook panicked").await;
 
     // emptied: the room still leaves the manager when its last client goes.
     let mut a = Raw::open(&s.addr, "emptied-panic").await;

@@ -482,6 +482,16 @@ async fn many_in_flight_on_several_connections() {
 }
 
 /// Start `s` with an `echo` route; a client of it.
+/// A server on an ephemeral loopback port, without the multicast port.
+fn loopback_server() -> Server {
+    Server::builder()
+        .host("127.0.0.1")
+        .port(0)
+        .multicast(false)
+        .build()
+        .unwrap()
+}
+
 async fn start_echo(s: &Server) -> ClientSession {
     s.route("echo", |r: Request| async move {
         Ok(Value::Object(r.data().clone()))
@@ -494,12 +504,7 @@ async fn start_echo(s: &Server) -> ClientSession {
 async fn a_reply_many_times_the_client_read_buffer_arrives_whole() {
     // The client reads `CLIENT_READ_BUFFER` bytes at a time; a longer reply must still
     // arrive whole.
-    let s = Server::builder()
-        .host("127.0.0.1")
-        .port(0)
-        .multicast(false)
-        .build()
-        .unwrap();
+    let s = loopback_server();
     let mut c = start_echo(&s).await;
     let big = "x".repeat(20 * nimbus_proto::CLIENT_READ_BUFFER + 3);
     assert_eq!(
@@ -511,12 +516,7 @@ async fn a_reply_many_times_the_client_read_buffer_arrives_whole() {
 
 #[tokio::test]
 async fn a_reply_over_the_clients_bound_fails_its_request_and_the_next_one_reconnects() {
-    let s = Server::builder()
-        .host("127.0.0.1")
-        .port(0)
-        .multicast(false)
-        .build()
-        .unwrap();
+    let s = loopback_server();
     let max = 64 << 10;
     let mut c = start_echo(&s).await.with_max_message_bytes(max);
     // A reply of the bound arrives (the JSON around the string takes 8 bytes).
