@@ -103,7 +103,7 @@ impl CloudConnectionBuilder {
         self
     }
     /// The longest message taken from the server, bytes (default
-    /// [`nimbus_proto::CLIENT_MAX_MESSAGE`], 16 MiB). A longer one ends the connection (a
+    /// [`nimbus_proto::CLIENT_MAX_MESSAGE`], 32 MiB). A longer one ends the connection (a
     /// `disconnect` event; then a reconnect, if on).
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;

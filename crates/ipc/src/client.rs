@@ -59,7 +59,7 @@ impl ClientSession {
     }
 
     /// Set the longest reply taken, bytes (default [`nimbus_proto::CLIENT_MAX_MESSAGE`],
-    /// 16 MiB). A longer one fails its request with [`IpcError::Io`] and ends the connection.
+    /// 32 MiB, above the server's largest reply). A longer one fails its request with [`IpcError::Io`] and ends the connection.
     pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message = bytes;
         self

@@ -16,7 +16,8 @@
 #![forbid(unsafe_code)]
 
 /// How much a WebSocket client reads per call, bytes: the read buffer of every socket that
-/// nimbus' clients (document, cloud, gateway, IPC) and `nimbus bench`'s generators open.
+/// nimbus' clients (document, cloud, gateway, IPC) and `nimbus bench`'s generators open, and
+/// of the sockets `nimbus-doc`'s embeddable server accepts.
 /// tungstenite's default is 128 KiB, and it zero-fills the free part of its buffer before
 /// every read: a 128 KiB `memset` per message received (37.5 % of `nimbus bench doc`'s
 /// samples in `bench/doc.sh spread`) and 128 KiB held per connection. A longer frame still
@@ -26,10 +27,15 @@ pub const CLIENT_READ_BUFFER: usize = 8 << 10;
 /// The default bound on one message (and one frame) that a client socket nimbus opens will
 /// take, bytes, inflated for the gateway's zlib-stream: the cloud, gateway and IPC clients'
 /// default (each has a setting). tungstenite's default is 64 MiB, which lets a server (or
-/// whoever answers in its place) make a client hold that much per connection. 16 MiB is
-/// above what these protocols carry: a TurboWarp handshake of 128 variables at their
-/// 100,000-character limit is ~12.8 MB, and nimbus' own servers refuse messages of 1 MiB.
-pub const CLIENT_MAX_MESSAGE: usize = 16 << 20;
+/// whoever answers in its place) make a client hold that much per connection. 32 MiB takes
+/// the largest message a server sends at its defaults: a TurboWarp handshake of 128
+/// variables at 100,000 characters (~12.8 MB), nimbus' largest IPC reply (16 MiB) and its
+/// gateway's largest dispatch (a `DOC_UPDATE` of a 16 MiB document update in base64,
+/// ~21.4 MiB; `nimbus-core` tests that the gateway's bound stays under this one). A
+/// message over the bound ends the connection, and a server that sends it again on the
+/// next connection gets the same answer, so the bound must not be below what the server may
+/// send.
+pub const CLIENT_MAX_MESSAGE: usize = 32 << 20;
 
 pub mod backoff;
 pub mod backplane;

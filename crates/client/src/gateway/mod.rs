@@ -145,7 +145,8 @@ pub struct GatewayOptions {
     pub max_pending_events: usize,
     /// The longest message taken from the server, bytes, after inflating when `compress` is
     /// on (so a zlib bomb is cut off here too). A longer one ends the connection, which
-    /// resumes like after a drop. Default [`nimbus_proto::CLIENT_MAX_MESSAGE`] (16 MiB).
+    /// resumes like after a drop. Default [`nimbus_proto::CLIENT_MAX_MESSAGE`] (32 MiB, above the
+    /// largest dispatch of a nimbus server at its defaults).
     pub max_message_bytes: usize,
 }
 

@@ -394,6 +394,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_largest_dispatch_at_default_settings_fits_the_sdk_clients_default_bound() {
+        // A client that refuses a dispatch resumes and is sent it again: the SDK's default
+        // must take every dispatch a server with default settings may send.
+        let largest = GatewayConfig::default().max_dispatch_bytes;
+        assert!(largest > 16 << 20, "{largest}");
+        assert!(
+            largest <= nimbus_proto::CLIENT_MAX_MESSAGE,
+            "{largest} > {}",
+            nimbus_proto::CLIENT_MAX_MESSAGE
+        );
+    }
+
+    #[test]
     fn token_specs() {
         let t = GatewayToken::parse("abc").expect("bare");
         assert_eq!(t.allowed, Intents::ALL);
